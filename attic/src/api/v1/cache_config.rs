@@ -1,0 +1,102 @@
+//! `/_api/v1/cache-config/{cache}`: GET a cache's settings, POST to create
+//! it, PATCH to change it, DELETE to destroy it.
+
+use serde::{Deserialize, Serialize};
+
+/// What key a cache signs with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeypairConfig {
+    /// Let the server generate one.
+    Generate,
+    /// Use this secret key, in Nix's `name:base64` form.
+    Keypair(String),
+}
+
+/// How long a cache keeps paths nobody reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetentionPeriodConfig {
+    /// The server's default.
+    Global,
+    /// This many seconds since last access; 0 keeps paths forever.
+    Period(u32),
+}
+
+/// The body of POST (create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCacheRequest {
+    /// The signing key.
+    pub keypair: KeypairConfig,
+    /// Whether anyone may pull without a token.
+    pub is_public: bool,
+    /// The store directory of the paths it holds, usually `/nix/store`.
+    pub store_dir: String,
+    /// Substituter priority; lower is preferred (cache.nixos.org is 40).
+    pub priority: i32,
+    /// Names of upstream keys whose paths clients need not push.
+    pub upstream_cache_key_names: Vec<String>,
+}
+
+/// A cache's settings: the GET reply, and the PATCH body where `None`
+/// leaves a setting as it is. The secret key is never sent back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    /// A new signing key (PATCH only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keypair: Option<KeypairConfig>,
+    /// The URL to use as a Nix substituter (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substituter_endpoint: Option<String>,
+    /// The URL of the API (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_endpoint: Option<String>,
+    /// The public key for Nix's `trusted-public-keys` (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Whether anyone may pull without a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_public: Option<bool>,
+    /// The store directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_dir: Option<String>,
+    /// Substituter priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Names of upstream keys whose paths clients need not push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_cache_key_names: Option<Vec<String>>,
+    /// Retention of unread paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_period: Option<RetentionPeriodConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_like_attic() {
+        let create = CreateCacheRequest {
+            keypair: KeypairConfig::Generate,
+            is_public: false,
+            store_dir: "/nix/store".into(),
+            priority: 41,
+            upstream_cache_key_names: vec!["cache.nixos.org-1".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&create).expect("serialises"),
+            r#"{"keypair":"Generate","is_public":false,"store_dir":"/nix/store","priority":41,"upstream_cache_key_names":["cache.nixos.org-1"]}"#
+        );
+        let patch: CacheConfig = serde_json::from_str(
+            r#"{"keypair":{"Keypair":"k:abc"},"retention_period":{"Period":3600}}"#,
+        )
+        .expect("parses");
+        assert_eq!(patch.keypair, Some(KeypairConfig::Keypair("k:abc".into())));
+        assert_eq!(
+            patch.retention_period,
+            Some(RetentionPeriodConfig::Period(3600))
+        );
+        let global: CacheConfig =
+            serde_json::from_str(r#"{"retention_period":"Global"}"#).expect("parses");
+        assert_eq!(global.retention_period, Some(RetentionPeriodConfig::Global));
+    }
+}

@@ -1,0 +1,5 @@
+//! Version 1 of the API, under `/_api/v1/`: one module per route.
+
+pub mod cache_config;
+pub mod get_missing_paths;
+pub mod upload_path;

@@ -1,0 +1,1 @@
+//! The `attic` client: login, push, cache management; filled in by the client work.

@@ -1,0 +1,1 @@
+//! Database schema migrations for the server; filled in by the server work.

@@ -1,0 +1,1 @@
+//! Biscuit tokens that grant permissions on caches; filled in by the server work.
