@@ -1,0 +1,30 @@
+{
+  description = "Attic: a multi-tenant, chunk-deduplicating Nix binary cache";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: {
+        default = pkgs.rustPlatform.buildRustPackage {
+          pname = "attic";
+          version = "0.1.0";
+          src = self;
+          cargoLock.lockFile = ./Cargo.lock;
+          # The integration tests need a writable Nix store; run them with scripts/test.
+          cargoTestFlags = [ "--workspace" "--exclude" "integration-tests" ];
+          nativeBuildInputs = [ pkgs.pkg-config ];
+        };
+      });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = with pkgs; [ cargo rustc rustfmt clippy cargo-nextest mdbook ];
+        };
+      });
+    };
+}

@@ -1,0 +1,247 @@
+//! Driving the real `nix`, `nix-store` and `nix-build` binaries.
+//!
+//! Tests run Nix single-user as root against the machine's `/nix/store`, with
+//! the settings `.ci/run` documents. Each test builds derivations carrying a
+//! unique nonce, so tests running in parallel never share store paths.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use attic::hash::Sha256Hash;
+
+/// Settings that let Nix build and substitute as root without a daemon.
+pub const NIX_CONFIG: &str = "experimental-features = nix-command\n\
+sandbox = false\n\
+build-users-group =\n\
+substitute = true\n\
+narinfo-cache-negative-ttl = 0\n\
+narinfo-cache-positive-ttl = 0\n";
+
+/// A Nix command with our settings, any inherited store override removed.
+pub fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("NIX_CONFIG", NIX_CONFIG)
+        .env_remove("NIX_REMOTE")
+        .env_remove("NIX_STORE_DIR");
+    cmd
+}
+
+/// Runs a command, panicking with its stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Output {
+    let output = run_unchecked(cmd);
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs a command and returns its output whatever its status, panicking
+/// only if it cannot start: a missing Nix must fail the test, not skip it.
+pub fn run_unchecked(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cmd:?}: {e}. Real Nix is required: install Debian's nix-bin \
+             (scripts/test does this)"
+        )
+    })
+}
+
+/// Runs a command with `input` on its stdin, panicking unless it succeeds.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}. Real Nix is required"));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input)
+        .expect("write to the child's stdin");
+    let output = child.wait_with_output().expect("wait for the child");
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs a command and returns its stdout as a trimmed string.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    String::from_utf8(run(cmd).stdout)
+        .expect("Nix prints UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// A string unique to this process and call, for derivation names and inputs.
+pub fn nonce() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A closure built by real Nix: `top` refers to `middle`, which refers to `leaf`.
+pub struct TestClosure {
+    /// The outputs, leaf first.
+    pub paths: Vec<String>,
+}
+
+impl TestClosure {
+    /// The path that refers to the others.
+    pub fn top(&self) -> &str {
+        self.paths.last().expect("a closure has paths")
+    }
+}
+
+/// Builds a three-path closure with references, files, an executable, a
+/// symlink, nested and empty directories, and a file of `big_file_size` bytes.
+pub fn build_closure(dir: &Path, big_file_size: usize) -> TestClosure {
+    let nonce = nonce();
+    let expr = format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    nonce = "{nonce}";
+  }};
+  leaf = mk "leaf" ''
+    /bin/mkdir -p $out/share/empty $out/bin
+    echo "leaf {nonce}" > $out/share/data
+    /usr/bin/head -c {big_file_size} /dev/urandom > $out/share/big
+    printf '#!/bin/sh\necho hi\n' > $out/bin/hello
+    /bin/chmod +x $out/bin/hello
+    /bin/ln -s ../share/data $out/bin/link
+  '';
+  middle = mk "middle" ''
+    /bin/mkdir -p $out
+    echo "${{leaf}}" > $out/ref
+  '';
+in mk "top" ''
+  /bin/mkdir -p $out
+  echo "${{middle}} ${{leaf}}/bin/hello" > $out/refs
+''
+"#
+    );
+    let file = dir.join("closure.nix");
+    std::fs::write(&file, expr).expect("write the expression");
+    let top = stdout_of(command("nix-build").arg(&file).arg("--no-out-link"));
+    let paths = stdout_of(command("nix-store").args(["--query", "--requisites", &top]));
+    let mut paths: Vec<String> = paths.lines().map(str::to_owned).collect();
+    // `--requisites` lists dependencies before dependents; keep that order.
+    assert_eq!(paths.len(), 3, "closure of {top}: {paths:?}");
+    assert_eq!(paths.last().map(String::as_str), Some(top.as_str()));
+    paths.shrink_to_fit();
+    TestClosure { paths }
+}
+
+/// What `nix path-info --json` says of a path.
+pub struct PathInfo {
+    /// `narHash`.
+    pub nar_hash: Sha256Hash,
+    /// `narSize`.
+    pub nar_size: u64,
+    /// `references`, full paths.
+    pub references: Vec<String>,
+    /// `deriver`, a full path.
+    pub deriver: Option<String>,
+}
+
+/// Asks Nix for a path's metadata.
+pub fn path_info(path: &str) -> PathInfo {
+    let json = stdout_of(command("nix").args(["path-info", "--json", path]));
+    let value: serde_json::Value = serde_json::from_str(&json).expect("path-info prints JSON");
+    let info = &value[0];
+    PathInfo {
+        nar_hash: info["narHash"]
+            .as_str()
+            .expect("narHash")
+            .parse()
+            .expect("Nix's hash parses"),
+        nar_size: info["narSize"].as_u64().expect("narSize"),
+        references: info["references"]
+            .as_array()
+            .expect("references")
+            .iter()
+            .map(|r| r.as_str().expect("reference").to_owned())
+            .collect(),
+        deriver: info["deriver"].as_str().map(str::to_owned),
+    }
+}
+
+/// `nix-store --dump` of any path.
+pub fn dump(path: &Path) -> Vec<u8> {
+    run(command("nix-store").arg("--dump").arg(path)).stdout
+}
+
+/// A key pair made by `nix key generate-secret`: (secret, public).
+pub fn generate_key(name: &str) -> (String, String) {
+    let secret = stdout_of(command("nix").args(["key", "generate-secret", "--key-name", name]));
+    let public = run_with_input(
+        command("nix").args(["key", "convert-secret-to-public"]),
+        secret.as_bytes(),
+    );
+    let public = String::from_utf8(public.stdout)
+        .expect("UTF-8 key")
+        .trim()
+        .to_owned();
+    (secret, public)
+}
+
+/// Removes paths from the local store (they must be unreferenced).
+pub fn delete(paths: &[String]) {
+    run(command("nix-store").arg("--delete").args(paths));
+}
+
+/// Whether a path is valid in the local store.
+pub fn is_valid(path: &str) -> bool {
+    run_unchecked(command("nix-store").args(["--check-validity", path]))
+        .status
+        .success()
+}
+
+/// Tries to substitute `path` from `substituter`, trusting only `public_key`.
+pub fn substitute(path: &str, substituter: &str, public_key: &str) -> Output {
+    run_unchecked(command("nix-store").args([
+        "--realise",
+        path,
+        "--option",
+        "substituters",
+        substituter,
+        "--option",
+        "trusted-public-keys",
+        public_key,
+        "--option",
+        "require-sigs",
+        "true",
+    ]))
+}
+
+/// Writes a `nix-cache-info` for a binary cache directory.
+pub fn write_cache_info(dir: &Path) -> PathBuf {
+    let path = dir.join("nix-cache-info");
+    std::fs::write(&path, "StoreDir: /nix/store\n").expect("write nix-cache-info");
+    path
+}
