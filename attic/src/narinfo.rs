@@ -131,7 +131,9 @@ impl FromStr for NarInfo {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut fields = Fields::default();
-        for (index, line) in text.lines().enumerate() {
+        // Nix splits on `\n` alone; `lines()` would also eat a `\r` before
+        // it, so a value ending in `\r` would not survive a round trip.
+        for (index, line) in text.split('\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
@@ -369,6 +371,16 @@ Sig: test-1:rjJeL70muSrMMyh/qs+yywmBRDZaGc+0M8MpKD+PNChKmX55QXhBn+xMzK3O5KTUxbzG
             [("X-Future".to_owned(), "something".to_owned())]
         );
         assert_eq!(info.to_string(), text);
+    }
+
+    #[test]
+    fn keeps_carriage_returns_as_nix_does() {
+        // Found by fuzzing: a final line "Sig: x\r" with no newline.
+        let text = format!("{FROM_NIX}Sig: x\r");
+        let info: NarInfo = text.parse().expect("parses");
+        assert_eq!(info.sigs.last().map(String::as_str), Some("x\r"));
+        let again: NarInfo = info.to_string().parse().expect("parses");
+        assert_eq!(again, info);
     }
 
     #[test]
