@@ -1,1 +1,19 @@
-//! Database schema migrations for the server; filled in by the server work.
+//! Database schema migrations of `atticd`, one per file, applied in order at
+//! start-up (or alone with `atticd --mode db-migrations`).
+//!
+//! Timestamps are Unix seconds in `BIGINT` columns, and lists are JSON text,
+//! so the same schema works unchanged on SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_create_tables;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_create_tables::Migration)]
+    }
+}
