@@ -2,6 +2,9 @@
 //! NARs and chunks (the global store), chunkrefs (a NAR's chunks in order),
 //! and revoked token identifiers.
 
+// Identifier enums spell column names, which often begin with their table's.
+#![allow(clippy::enum_variant_names)]
+
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -28,6 +31,8 @@ enum Nar {
     Id,
     NarHash,
     NarSize,
+    Compression,
+    FileSize,
     State,
     NumChunks,
     CreatedAt,
@@ -134,6 +139,8 @@ impl MigrationTrait for Migration {
                             .unique_key(),
                     )
                     .col(ColumnDef::new(Nar::NarSize).big_integer().not_null())
+                    .col(ColumnDef::new(Nar::Compression).string().not_null())
+                    .col(ColumnDef::new(Nar::FileSize).big_integer().not_null())
                     .col(ColumnDef::new(Nar::State).string().not_null())
                     .col(ColumnDef::new(Nar::NumChunks).big_integer().not_null())
                     .col(ColumnDef::new(Nar::CreatedAt).big_integer().not_null())
