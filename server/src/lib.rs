@@ -1,1 +1,17 @@
-//! The `atticd` server: HTTP API, binary cache protocol, chunk store and GC; filled in by the server work.
+//! `atticd`: a multi-tenant Nix binary cache with a global, chunk-deduplicated store.
+//!
+//! Requests enter through [`api`], are authorised by [`access`], and read or
+//! write metadata through [`database`] and blobs through [`storage`]. Uploads
+//! are verified and chunked by [`ingest`]; NARs are served by [`nar_stream`].
+//! [`setup`] turns a configuration into a running server.
+
+pub mod access;
+pub mod api;
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod ingest;
+pub mod nar_stream;
+pub mod setup;
+pub mod state;
+pub mod storage;

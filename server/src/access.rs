@@ -1,0 +1,121 @@
+//! Who is asking, and may they: token extraction and permission checks.
+//!
+//! A token arrives as `Authorization: Bearer <token>` or, as Nix sends
+//! netrc credentials, `Authorization: Basic base64(<user>:<token>)`. A
+//! caller without the right to a cache cannot tell a private cache from a
+//! missing one: both answer 401 to anonymous callers and 403 to tokens.
+
+use std::sync::Arc;
+
+use attic::cache::CacheName;
+use attic_token::{Permission, Token, TokenError};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::database::entity::cache;
+use crate::error::{ServerError, ServerResult};
+use crate::state::AppState;
+
+/// The caller: a verified, unrevoked token, or nobody.
+#[derive(Debug)]
+pub struct Caller {
+    token: Option<Token>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ServerError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ServerResult<Self> {
+        let Some(header) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(Caller { token: None });
+        };
+        let header = header
+            .to_str()
+            .map_err(|_| ServerError::InvalidToken("the Authorization header is not text"))?;
+        let text = token_text(header)?;
+        let token = Token::parse(&text, &state.token_key).map_err(|_| {
+            ServerError::InvalidToken("it is malformed or not signed by this server")
+        })?;
+        if state.database.is_revoked(&token.revocation_ids()).await? {
+            return Err(ServerError::InvalidToken("it has been revoked"));
+        }
+        Ok(Caller { token: Some(token) })
+    }
+}
+
+fn token_text(header: &str) -> ServerResult<String> {
+    let (scheme, value) = header.split_once(' ').ok_or(ServerError::InvalidToken(
+        "the Authorization header has no scheme",
+    ))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Ok(value.trim().to_owned()),
+        "basic" => {
+            let decoded = BASE64
+                .decode(value.trim())
+                .map_err(|_| ServerError::InvalidToken("basic credentials are not base64"))?;
+            let decoded = String::from_utf8(decoded)
+                .map_err(|_| ServerError::InvalidToken("basic credentials are not text"))?;
+            let (_user, password) = decoded.split_once(':').ok_or(ServerError::InvalidToken(
+                "basic credentials lack a password",
+            ))?;
+            Ok(password.to_owned())
+        }
+        _ => Err(ServerError::InvalidToken("use the Bearer or Basic scheme")),
+    }
+}
+
+impl Caller {
+    /// The token's subject, recorded on uploads.
+    pub fn subject(&self) -> Option<String> {
+        self.token.as_ref().and_then(Token::subject)
+    }
+
+    /// Checks `permission` from the token alone.
+    pub fn require(&self, cache: &CacheName, permission: Permission) -> ServerResult<()> {
+        let token = self.token.as_ref().ok_or(ServerError::Unauthenticated)?;
+        match token.authorize(cache, permission) {
+            Ok(()) => Ok(()),
+            Err(TokenError::Expired) => Err(ServerError::InvalidToken("it has expired")),
+            Err(TokenError::Denied { .. }) => Err(ServerError::Forbidden { permission }),
+            Err(e) => Err(ServerError::Internal(e.to_string())),
+        }
+    }
+
+    /// Checks `permission` and returns the live cache.
+    pub async fn require_cache(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+        permission: Permission,
+    ) -> ServerResult<cache::Model> {
+        self.require(name, permission)?;
+        state
+            .database
+            .find_cache(name.as_str())
+            .await?
+            .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))
+    }
+
+    /// The cache if the caller may pull from it: with a token that grants
+    /// pull, or from a public cache by anyone.
+    pub async fn pullable_cache(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+    ) -> ServerResult<cache::Model> {
+        let granted = self.require(name, Permission::Pull);
+        if let Err(ServerError::InvalidToken(reason)) = granted {
+            return Err(ServerError::InvalidToken(reason));
+        }
+        let cache = state.database.find_cache(name.as_str()).await?;
+        match (granted, cache) {
+            (Ok(()), Some(cache)) => Ok(cache),
+            (Ok(()), None) => Err(ServerError::NoSuchCache(name.to_string())),
+            (Err(_), Some(cache)) if cache.is_public => Ok(cache),
+            (Err(denied), _) => Err(denied),
+        }
+    }
+}

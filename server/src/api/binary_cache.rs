@@ -1,0 +1,160 @@
+//! The Nix binary cache protocol, what `nix` reads as a substituter:
+//! `/{cache}/nix-cache-info`, `/{cache}/{hash}.narinfo` (signed on the fly
+//! with the cache's key) and `/{cache}/nar/{hash}.nar[.zst]`.
+//!
+//! NAR URLs name the store path hash, not the NAR hash, and resolve only
+//! through the cache's own objects: one cache's URLs never reach another's data.
+
+use std::sync::Arc;
+
+use attic::hash::Sha256Hash;
+use attic::narinfo::NarInfo;
+use attic::store_path::{StoreDir, StorePathHash};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::cache_name;
+use super::v1::cache_config::signing_key;
+use crate::access::Caller;
+use crate::database::entity::{cache, nar, object};
+use crate::error::{ServerError, ServerResult};
+use crate::nar_stream::{NarEncoding, stream_nar};
+use crate::state::AppState;
+
+/// The binary cache routes.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/{cache}/nix-cache-info", get(nix_cache_info))
+        .route("/{cache}/nar/{file}", get(get_nar))
+        .route("/{cache}/{file}", get(get_narinfo))
+}
+
+async fn nix_cache_info(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ServerResult<Response> {
+    let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
+    let body = format!(
+        "WantMassQuery: 1\nStoreDir: {}\nPriority: {}\n",
+        cache.store_dir, cache.priority
+    );
+    Ok(([(CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response())
+}
+
+/// The object and NAR behind `hash`, if the caller may read this cache.
+async fn find_path(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    hash: &str,
+) -> ServerResult<(cache::Model, object::Model, nar::Model)> {
+    let cache = caller.pullable_cache(state, &cache_name(name)?).await?;
+    let hash: StorePathHash = hash.parse().map_err(|_| ServerError::NoSuchObject)?;
+    let (object, nar) = state
+        .database
+        .find_object(cache.id, hash.as_str())
+        .await?
+        .ok_or(ServerError::NoSuchObject)?;
+    Ok((cache, object, nar))
+}
+
+async fn get_narinfo(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let hash = file
+        .strip_suffix(".narinfo")
+        .ok_or(ServerError::NoSuchRoute)?;
+    let (cache, object, nar) = find_path(&state, &caller, &name, hash).await?;
+    state.access_log.record(object.id);
+    let narinfo = build_narinfo(&cache, &object, &nar)?;
+    Ok(([(CONTENT_TYPE, "text/x-nix-narinfo")], narinfo.to_string()).into_response())
+}
+
+/// The narinfo of an object, signed with the cache's key.
+fn build_narinfo(
+    cache: &cache::Model,
+    object: &object::Model,
+    nar: &nar::Model,
+) -> ServerResult<NarInfo> {
+    let corrupt =
+        |what: &str| ServerError::Internal(format!("object {} has a bad {what}", object.id));
+    let store_dir = StoreDir::new(&cache.store_dir).map_err(|_| corrupt("store dir"))?;
+    let store_path = store_dir
+        .parse_path(&object.store_path)
+        .map_err(|_| corrupt("store path"))?;
+    let references: Vec<String> =
+        serde_json::from_str(&object.references).map_err(|_| corrupt("reference list"))?;
+    let references = references
+        .iter()
+        .map(|r| store_dir.parse_path(r))
+        .collect::<Result<_, _>>()
+        .map_err(|_| corrupt("reference"))?;
+    let deriver = object
+        .deriver
+        .as_deref()
+        .map(|d| store_dir.parse_path(d))
+        .transpose()
+        .map_err(|_| corrupt("deriver"))?;
+    let sigs: Vec<String> =
+        serde_json::from_str(&object.sigs).map_err(|_| corrupt("signature list"))?;
+    let nar_hash: Sha256Hash = nar.nar_hash.parse().map_err(|_| corrupt("NAR hash"))?;
+    let encoding = NarEncoding::stored(nar);
+    let mut narinfo = NarInfo {
+        store_dir,
+        url: format!("nar/{}{}", store_path.hash(), encoding.suffix()),
+        store_path,
+        compression: Some(encoding.compression().to_owned()),
+        file_hash: None,
+        file_size: Some(encoding.file_size(nar)),
+        nar_hash,
+        nar_size: nar.nar_size as u64,
+        references,
+        deriver,
+        system: object.system.clone(),
+        sigs,
+        ca: object.ca.clone(),
+        extra_fields: Vec::new(),
+    };
+    narinfo.sign(&signing_key(cache)?);
+    Ok(narinfo)
+}
+
+async fn get_nar(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let (hash, encoding) = if let Some(hash) = file.strip_suffix(".nar.zst") {
+        (hash, NarEncoding::Zstd)
+    } else if let Some(hash) = file.strip_suffix(".nar") {
+        (hash, NarEncoding::Plain)
+    } else {
+        return Err(ServerError::NoSuchObject);
+    };
+    let (_cache, _object, nar) = find_path(&state, &caller, &name, hash).await?;
+    if encoding == NarEncoding::Zstd && NarEncoding::stored(&nar) != NarEncoding::Zstd {
+        return Err(ServerError::NoSuchObject);
+    }
+    let chunks = state.database.nar_chunks(nar.id).await?;
+    let length = encoding.file_size(&nar);
+    let stream = stream_nar(state.storage.clone(), chunks, encoding);
+    Ok((
+        [
+            (CONTENT_TYPE, "application/x-nix-nar".to_owned()),
+            (CONTENT_LENGTH, length.to_string()),
+            (
+                CACHE_CONTROL,
+                "private, max-age=31536000, immutable".to_owned(),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,93 @@
+//! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
+//! `/_api/v1/...`, and `/_health`. The whole route table is [`router`].
+
+pub mod binary_cache;
+pub mod v1;
+
+use std::sync::Arc;
+
+use attic::cache::CacheName;
+use axum::Router;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::HOST;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ServerError, ServerResult};
+use crate::state::AppState;
+
+/// Every route of the server.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/_health", get(|| async { "OK" }))
+        .nest("/_api/v1", v1::router())
+        .merge(binary_cache::router())
+        .fallback(|| async { ServerError::NoSuchRoute })
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .with_state(state)
+}
+
+/// Refuses requests for hosts not in `allowed-hosts` (when it is set).
+async fn check_host(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let allowed = &state.config.allowed_hosts;
+    if !allowed.is_empty() {
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !allowed.iter().any(|a| a == host) {
+            return Err(ServerError::bad_request(
+                "HostNotAllowed",
+                format!("this server does not answer for host {host:?}"),
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// A cache name from a URL path.
+pub fn cache_name(raw: &str) -> ServerResult<CacheName> {
+    raw.parse().map_err(|e: attic::cache::BadCacheName| {
+        ServerError::bad_request("InvalidCacheName", e.to_string())
+    })
+}
+
+/// The public base URL: `api-endpoint`, or `http://<Host>/`.
+pub fn endpoint(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    if let Some(endpoint) = &state.config.api_endpoint {
+        let mut endpoint = endpoint.clone();
+        if !endpoint.ends_with('/') {
+            endpoint.push('/');
+        }
+        return endpoint;
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/")
+}
+
+/// A JSON body whose rejection is our own error.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ServerError;
+
+    async fn from_request(request: Request, state: &S) -> ServerResult<Self> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ServerError::bad_request(
+                "InvalidJson",
+                rejection.body_text(),
+            )),
+        }
+    }
+}

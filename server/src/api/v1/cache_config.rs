@@ -1,0 +1,228 @@
+//! `/_api/v1/cache-config/{cache}`: GET (needs pull, or a public cache),
+//! POST to create (create_cache), PATCH to configure (configure_cache;
+//! configure_cache_retention for the retention period alone), DELETE to
+//! destroy (destroy_cache).
+
+use std::sync::Arc;
+
+use attic::api::v1::cache_config::{
+    CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig,
+};
+use attic::signing::SigningKey;
+use attic::store_path::StoreDir;
+use attic_token::Permission;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use sea_orm::ActiveValue::Set;
+use sea_orm::IntoActiveModel;
+use serde_json::{Value, json};
+
+use super::super::{JsonBody, cache_name, endpoint};
+use crate::access::Caller;
+use crate::database::entity::cache;
+use crate::database::{DatabaseError, NewCache};
+use crate::error::{ServerError, ServerResult};
+use crate::state::AppState;
+
+/// A cache's settings, without its secret key.
+pub async fn get_cache_config(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ServerResult<Json<CacheConfig>> {
+    let name = cache_name(&name)?;
+    let cache = caller.pullable_cache(&state, &name).await?;
+    let key = signing_key(&cache)?;
+    let base = endpoint(&state, &headers);
+    Ok(Json(CacheConfig {
+        keypair: None,
+        substituter_endpoint: Some(format!("{base}{}", cache.name)),
+        api_endpoint: Some(base),
+        public_key: Some(key.public_key().to_string()),
+        is_public: Some(cache.is_public),
+        store_dir: Some(cache.store_dir.clone()),
+        priority: Some(cache.priority),
+        upstream_cache_key_names: Some(upstream_names(&cache)?),
+        retention_period: Some(match cache.retention_period {
+            None => RetentionPeriodConfig::Global,
+            Some(seconds) => RetentionPeriodConfig::Period(seconds.try_into().unwrap_or(u32::MAX)),
+        }),
+    }))
+}
+
+/// Creates a cache.
+pub async fn create_cache(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<CreateCacheRequest>,
+) -> ServerResult<Json<Value>> {
+    let name = cache_name(&name)?;
+    caller.require(&name, Permission::CreateCache)?;
+    let key = make_key(&request.keypair, &state, &headers, name.as_str())?;
+    StoreDir::new(&request.store_dir)
+        .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
+    check_key_names(&request.upstream_cache_key_names)?;
+    let created = state
+        .database
+        .create_cache(NewCache {
+            name: name.to_string(),
+            keypair: key.to_nix_secret(),
+            is_public: request.is_public,
+            store_dir: request.store_dir,
+            priority: request.priority,
+            upstream_cache_key_names: serde_json::to_string(&request.upstream_cache_key_names)
+                .expect("strings serialise"),
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(Json(json!({}))),
+        Err(DatabaseError::CacheExists) => Err(ServerError::CacheExists(name.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Changes the settings given; leaves the rest.
+pub async fn configure_cache(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    JsonBody(patch): JsonBody<CacheConfig>,
+) -> ServerResult<Json<Value>> {
+    let name = cache_name(&name)?;
+    let only_retention = CacheConfig {
+        retention_period: None,
+        ..patch.clone()
+    } == CacheConfig::default();
+    if patch.retention_period.is_some() {
+        caller.require(&name, Permission::ConfigureCacheRetention)?;
+    }
+    if !only_retention {
+        caller.require(&name, Permission::ConfigureCache)?;
+    }
+    let cache = state
+        .database
+        .find_cache(name.as_str())
+        .await?
+        .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))?;
+    let mut changes = cache.into_active_model();
+    if let Some(keypair) = &patch.keypair {
+        changes.keypair = Set(make_key(keypair, &state, &headers, name.as_str())?.to_nix_secret());
+    }
+    if let Some(is_public) = patch.is_public {
+        changes.is_public = Set(is_public);
+    }
+    if let Some(store_dir) = patch.store_dir {
+        StoreDir::new(&store_dir)
+            .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
+        changes.store_dir = Set(store_dir);
+    }
+    if let Some(priority) = patch.priority {
+        changes.priority = Set(priority);
+    }
+    if let Some(names) = patch.upstream_cache_key_names {
+        check_key_names(&names)?;
+        changes.upstream_cache_key_names =
+            Set(serde_json::to_string(&names).expect("strings serialise"));
+    }
+    if let Some(retention) = patch.retention_period {
+        changes.retention_period = Set(match retention {
+            RetentionPeriodConfig::Global => None,
+            RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
+        });
+    }
+    if patch.substituter_endpoint.is_some()
+        || patch.api_endpoint.is_some()
+        || patch.public_key.is_some()
+    {
+        return Err(ServerError::bad_request(
+            "ReadOnlyField",
+            "substituter_endpoint, api_endpoint and public_key cannot be set; send keypair to change the key",
+        ));
+    }
+    state.database.update_cache(changes).await?;
+    Ok(Json(json!({})))
+}
+
+/// Destroys a cache; its paths are gone at once.
+pub async fn destroy_cache(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ServerResult<Json<Value>> {
+    let name = cache_name(&name)?;
+    let cache = caller
+        .require_cache(&state, &name, Permission::DestroyCache)
+        .await?;
+    state.database.destroy_cache(cache.id).await?;
+    Ok(Json(json!({})))
+}
+
+/// The cache's signing key.
+pub fn signing_key(cache: &cache::Model) -> ServerResult<SigningKey> {
+    cache
+        .keypair
+        .parse()
+        .map_err(|e| ServerError::Internal(format!("cache {} has a bad key: {e}", cache.name)))
+}
+
+fn upstream_names(cache: &cache::Model) -> ServerResult<Vec<String>> {
+    serde_json::from_str(&cache.upstream_cache_key_names).map_err(|e| {
+        ServerError::Internal(format!("cache {} has bad upstream names: {e}", cache.name))
+    })
+}
+
+/// A key as asked: generated, named after the server's host and the cache
+/// so that keys of caches on different servers never share a name, or given.
+fn make_key(
+    config: &KeypairConfig,
+    state: &AppState,
+    headers: &HeaderMap,
+    cache: &str,
+) -> ServerResult<SigningKey> {
+    match config {
+        KeypairConfig::Generate => {
+            let base = endpoint(state, headers);
+            let host = base
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let host: String = host
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            SigningKey::generate(&format!("{host}-{cache}-1"))
+                .map_err(|e| ServerError::Internal(e.to_string()))
+        }
+        KeypairConfig::Keypair(secret) => {
+            secret.parse().map_err(|e: attic::signing::SigningError| {
+                ServerError::bad_request("InvalidKeypair", e.to_string())
+            })
+        }
+    }
+}
+
+fn check_key_names(names: &[String]) -> ServerResult<()> {
+    for name in names {
+        if name.is_empty()
+            || name.contains(':')
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ServerError::bad_request(
+                "InvalidKeyName",
+                format!("{name:?} is not a key name"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `POST /_api/v1/get-missing-paths`: which paths a cache lacks. Needs push.
+
+use std::sync::Arc;
+
+use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
+use attic_token::Permission;
+use axum::Json;
+use axum::extract::State;
+
+use crate::access::Caller;
+use crate::api::JsonBody;
+use crate::error::ServerResult;
+use crate::state::AppState;
+
+/// Longest list of hashes one request may ask about.
+const MAX_HASHES: usize = 100_000;
+
+/// Answers with the subset of the hashes the cache does not hold.
+pub async fn get_missing_paths(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    JsonBody(request): JsonBody<GetMissingPathsRequest>,
+) -> ServerResult<Json<GetMissingPathsResponse>> {
+    let cache = caller
+        .require_cache(&state, &request.cache, Permission::Push)
+        .await?;
+    if request.store_path_hashes.len() > MAX_HASHES {
+        return Err(crate::error::ServerError::TooLarge(format!(
+            "ask about at most {MAX_HASHES} paths per request"
+        )));
+    }
+    let hashes: Vec<String> = request
+        .store_path_hashes
+        .iter()
+        .map(|h| h.as_str().to_owned())
+        .collect();
+    let missing = state.database.find_missing_paths(cache.id, &hashes).await?;
+    let missing_paths = missing
+        .iter()
+        .map(|h| h.parse().expect("hashes came from valid StorePathHashes"))
+        .collect();
+    Ok(Json(GetMissingPathsResponse { missing_paths }))
+}

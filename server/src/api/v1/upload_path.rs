@@ -1,0 +1,197 @@
+//! `PUT /_api/v1/upload-path`: the NAR is the body; its metadata is the
+//! `X-Attic-Nar-Info` header or a JSON preamble. Needs push.
+//!
+//! The body is always read and verified, even when the store already holds
+//! the NAR: attaching a stored NAR to a cache requires proof that the
+//! uploader has its content, so knowing a hash never grants another
+//! tenant's data.
+
+use std::sync::Arc;
+
+use attic::api::v1::upload_path::{
+    NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
+    UploadPathResultKind,
+};
+use attic::store_path::StoreDir;
+use attic_token::Permission;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::io::StreamReader;
+
+use crate::access::Caller;
+use crate::database::{NewNar, NewObject};
+use crate::error::{ServerError, ServerResult};
+use crate::ingest::{self, Declared};
+use crate::state::AppState;
+
+/// Largest metadata preamble accepted.
+const MAX_PREAMBLE: usize = 1024 * 1024;
+
+/// Stores a path's NAR (or proves and reuses a stored one) and adds the
+/// path to the cache.
+pub async fn upload_path(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ServerResult<Json<UploadPathResult>> {
+    let mut body = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let info = read_nar_info(&headers, &mut body).await?;
+    let cache = caller
+        .require_cache(&state, &info.cache, Permission::Push)
+        .await?;
+    let object = new_object(&info, cache.id, &cache.store_dir, caller.subject())?;
+    if info.nar_size == 0 {
+        return Err(ServerError::bad_request(
+            "InvalidNarInfo",
+            "nar_size must be positive",
+        ));
+    }
+    if info.nar_size > state.config.max_nar_size {
+        return Err(ServerError::TooLarge(format!(
+            "the NAR is {} bytes; this server accepts at most {}",
+            info.nar_size, state.config.max_nar_size
+        )));
+    }
+    let declared = Declared {
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+    };
+    let nar_hash = info.nar_hash.to_typed_hex();
+
+    if let Some(existing) = state.database.find_nar(&nar_hash).await? {
+        ingest::verify_only(body, declared).await?;
+        state
+            .database
+            .attach_existing_nar(existing.id, object)
+            .await?;
+        return Ok(Json(UploadPathResult {
+            kind: UploadPathResultKind::Deduplicated,
+            file_size: Some(existing.file_size as u64),
+            bytes_stored: Some(0),
+            frac_deduplicated: Some(1.0),
+        }));
+    }
+
+    let stored = ingest::store_nar(&state, body, declared).await?;
+    let nar = state
+        .database
+        .commit_upload(
+            NewNar {
+                nar_hash,
+                nar_size: info.nar_size as i64,
+                chunks: stored.chunks,
+            },
+            object,
+        )
+        .await?;
+    let new_chunk_bytes = stored.bytes_stored;
+    Ok(Json(UploadPathResult {
+        kind: UploadPathResultKind::Uploaded,
+        file_size: Some(nar.file_size as u64),
+        bytes_stored: Some(new_chunk_bytes),
+        frac_deduplicated: Some(if nar.file_size > 0 {
+            1.0 - (new_chunk_bytes as f64 / nar.file_size as f64).min(1.0)
+        } else {
+            0.0
+        }),
+    }))
+}
+
+/// The path's metadata, from the header or the body's preamble.
+async fn read_nar_info<R: AsyncRead + Unpin>(
+    headers: &HeaderMap,
+    body: &mut R,
+) -> ServerResult<UploadPathNarInfo> {
+    let invalid = |e: serde_json::Error| ServerError::bad_request("InvalidNarInfo", e.to_string());
+    if let Some(value) = headers.get(NAR_INFO_HEADER) {
+        return serde_json::from_slice(value.as_bytes()).map_err(invalid);
+    }
+    let Some(size) = headers.get(NAR_INFO_PREAMBLE_SIZE_HEADER) else {
+        return Err(ServerError::bad_request(
+            "MissingNarInfo",
+            format!(
+                "send the path's metadata in {NAR_INFO_HEADER} or a {NAR_INFO_PREAMBLE_SIZE_HEADER} preamble"
+            ),
+        ));
+    };
+    let size: usize = size
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            ServerError::bad_request("InvalidNarInfo", "the preamble size is not a number")
+        })?;
+    if size > MAX_PREAMBLE {
+        return Err(ServerError::TooLarge(format!(
+            "the metadata preamble may be at most {MAX_PREAMBLE} bytes"
+        )));
+    }
+    let mut preamble = vec![0; size];
+    body.read_exact(&mut preamble)
+        .await
+        .map_err(ServerError::UploadInterrupted)?;
+    serde_json::from_slice(&preamble).map_err(invalid)
+}
+
+/// Checks the metadata and turns it into the cache's object. Every string
+/// that ends up in a narinfo line is checked for line breaks, so a client
+/// can never inject fields into what other clients read.
+fn new_object(
+    info: &UploadPathNarInfo,
+    cache_id: i64,
+    store_dir: &str,
+    created_by: Option<String>,
+) -> ServerResult<NewObject> {
+    let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
+    let store_dir = StoreDir::new(store_dir).map_err(|e| ServerError::Internal(e.to_string()))?;
+    let store_path = store_dir
+        .parse_path(&info.store_path)
+        .map_err(|e| bad(format!("store_path: {e}")))?;
+    if store_path.hash() != &info.store_path_hash {
+        return Err(bad("store_path_hash does not match store_path".into()));
+    }
+    for reference in &info.references {
+        store_dir
+            .parse_path(reference)
+            .map_err(|e| bad(format!("references: {e}")))?;
+    }
+    if let Some(deriver) = &info.deriver {
+        store_dir
+            .parse_path(deriver)
+            .map_err(|e| bad(format!("deriver: {e}")))?;
+    }
+    let single_line = |field: &str, value: &str| {
+        if value.is_empty() || value.chars().any(char::is_control) {
+            Err(bad(format!(
+                "{field} must be non-empty and hold no control characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    for sig in &info.sigs {
+        single_line("sigs", sig)?;
+    }
+    if let Some(system) = &info.system {
+        single_line("system", system)?;
+    }
+    if let Some(ca) = &info.ca {
+        single_line("ca", ca)?;
+    }
+    Ok(NewObject {
+        cache_id,
+        store_path_hash: info.store_path_hash.to_string(),
+        store_path: info.store_path.clone(),
+        references: serde_json::to_string(&info.references).expect("strings serialise"),
+        system: info.system.clone(),
+        deriver: info.deriver.clone(),
+        sigs: serde_json::to_string(&info.sigs).expect("strings serialise"),
+        ca: info.ca.clone(),
+        created_by,
+    })
+}

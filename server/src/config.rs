@@ -1,0 +1,395 @@
+//! `server.toml`: parsed strictly, validated before anything is opened.
+//!
+//! Every key is optional but `token-root-key`; the defaults are the embedded
+//! set-up (SQLite and local blobs under the data directory). An unknown key
+//! or a bad value is an error that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use attic::chunking::ChunkingParams;
+use attic_token::RootKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why the configuration is unusable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("cannot access the config file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key, as written in the file.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Public base URL of the server, e.g. `https://cache.example.com/`.
+    /// Defaults to `http://<Host header>/`.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// Host names the server answers to; empty allows any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// The key that signs tokens: `ed25519-private/<hex>`.
+    pub token_root_key: String,
+    /// Largest NAR accepted, in bytes.
+    #[serde(default = "default_max_nar_size")]
+    pub max_nar_size: u64,
+    /// Where metadata lives.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// Where blobs live.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// How NARs are cut into chunks.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    /// How chunks are compressed.
+    #[serde(default)]
+    pub compression: CompressionConfig,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DatabaseConfig {
+    /// A sea-orm URL, e.g. `sqlite:///var/lib/attic/server.db?mode=rwc`.
+    /// Defaults to `server.db` in the data directory.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "type")]
+pub enum StorageConfig {
+    /// Files on local disk.
+    #[serde(rename = "local")]
+    Local {
+        /// The directory; defaults to `storage` in the data directory.
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self::Local { path: None }
+    }
+}
+
+/// `[chunking]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ChunkingConfig {
+    /// NARs up to this size are stored as one chunk.
+    #[serde(default = "default_nar_size_threshold")]
+    pub nar_size_threshold: u64,
+    /// FastCDC minimum chunk size.
+    #[serde(default = "default_min_size")]
+    pub min_size: u32,
+    /// FastCDC average chunk size.
+    #[serde(default = "default_avg_size")]
+    pub avg_size: u32,
+    /// FastCDC maximum chunk size.
+    #[serde(default = "default_max_size")]
+    pub max_size: u32,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            nar_size_threshold: default_nar_size_threshold(),
+            min_size: default_min_size(),
+            avg_size: default_avg_size(),
+            max_size: default_max_size(),
+        }
+    }
+}
+
+impl ChunkingConfig {
+    /// The FastCDC sizes.
+    pub fn params(&self) -> ChunkingParams {
+        ChunkingParams {
+            min_size: self.min_size,
+            avg_size: self.avg_size,
+            max_size: self.max_size,
+        }
+    }
+}
+
+/// `[compression]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CompressionConfig {
+    /// `zstd` or `none`.
+    #[serde(default, rename = "type")]
+    pub kind: CompressionKind,
+    /// zstd level, 1 to 19.
+    #[serde(default = "default_zstd_level")]
+    pub level: i32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            kind: CompressionKind::default(),
+            level: default_zstd_level(),
+        }
+    }
+}
+
+/// How chunks are compressed at rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressionKind {
+    /// One zstd frame per chunk, so a NAR is served as its frames concatenated.
+    #[default]
+    Zstd,
+    /// Stored as is.
+    None,
+}
+
+impl CompressionKind {
+    /// The name in the database and in narinfo `Compression:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionKind::Zstd => "zstd",
+            CompressionKind::None => "none",
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_nar_size() -> u64 {
+    64 << 30
+}
+fn default_nar_size_threshold() -> u64 {
+    64 * 1024
+}
+fn default_min_size() -> u32 {
+    ChunkingParams::default().min_size
+}
+fn default_avg_size() -> u32 {
+    ChunkingParams::default().avg_size
+}
+fn default_max_size() -> u32 {
+    ChunkingParams::default().max_size
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+impl ServerConfig {
+    /// Parses TOML text; `path` is only for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// A fresh embedded-default configuration with a new token key.
+    pub fn generate() -> Self {
+        Self {
+            listen: default_listen(),
+            api_endpoint: None,
+            allowed_hosts: Vec::new(),
+            token_root_key: RootKey::generate().to_config_string(),
+            max_nar_size: default_max_nar_size(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            chunking: ChunkingConfig::default(),
+            compression: CompressionConfig::default(),
+        }
+    }
+
+    /// Writes the config, readable by its owner only (it holds the token key).
+    pub fn write_new(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io_error = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error)?;
+        }
+        let text = toml::to_string_pretty(self).expect("the config serialises");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
+        let header = "# atticd configuration, written on first start. Every key is documented in\n\
+                      # the book (book/src/server.md). Keep it secret: it holds the token key.\n\n";
+        file.write_all(header.as_bytes())
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(io_error)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        RootKey::parse(&self.token_root_key).map_err(|e| ConfigError::Invalid {
+            key: "token-root-key",
+            reason: e.to_string(),
+        })?;
+        self.chunking
+            .params()
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                key: "chunking",
+                reason: e.to_string(),
+            })?;
+        if self.chunking.nar_size_threshold > u64::from(self.chunking.max_size) {
+            return Err(ConfigError::Invalid {
+                key: "chunking.nar-size-threshold",
+                reason: "must not exceed chunking.max-size".into(),
+            });
+        }
+        if !(1..=19).contains(&self.compression.level) {
+            return Err(ConfigError::Invalid {
+                key: "compression.level",
+                reason: format!("{} is outside 1..=19", self.compression.level),
+            });
+        }
+        if let Some(endpoint) = &self.api_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "api-endpoint",
+                reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+            });
+        }
+        if self.max_nar_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-nar-size",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in `data_dir`.
+    pub fn database_url(&self, data_dir: &Path) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", data_dir.join("server.db").display())
+        })
+    }
+
+    /// The local storage directory, defaulting to `storage` in `data_dir`.
+    pub fn local_storage_path(&self, data_dir: &Path) -> PathBuf {
+        match &self.storage {
+            StorageConfig::Local { path } => {
+                path.clone().unwrap_or_else(|| data_dir.join("storage"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse(text, Path::new("server.toml"))
+    }
+
+    fn key_line() -> String {
+        format!(
+            "token-root-key = {:?}\n",
+            RootKey::generate().to_config_string()
+        )
+    }
+
+    #[test]
+    fn a_generated_config_round_trips() {
+        let config = ServerConfig::generate();
+        let text = toml::to_string_pretty(&config).expect("serialises");
+        let again = parse(&text).expect("parses");
+        assert_eq!(again.token_root_key, config.token_root_key);
+        assert_eq!(again.listen, config.listen);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(&key_line()).expect("parses");
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.chunking.avg_size, 64 * 1024);
+        assert_eq!(config.compression.kind, CompressionKind::Zstd);
+        assert_eq!(config.compression.level, 3);
+        assert!(
+            config
+                .database_url(Path::new("/d"))
+                .starts_with("sqlite:///d/server.db")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(&format!("{}listn = \"x\"\n", key_line())).expect_err("unknown key");
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err = parse(&format!("{}[chunking]\nmin = 1\n", key_line())).expect_err("unknown key");
+        assert!(err.to_string().contains("min"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("[compression]\nlevel = 30\n", "compression.level"),
+            ("[chunking]\nmin-size = 3\n", "chunking"),
+            ("api-endpoint = \"ftp://x\"\n", "api-endpoint"),
+            ("listen = \"nowhere\"\n", "listen"),
+            ("[storage]\ntype = \"floppy\"\n", "floppy"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&format!("{}{text}", key_line())).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let err = parse("token-root-key = \"nope\"\n").expect_err("bad key");
+        assert!(err.to_string().contains("token-root-key"), "{err}");
+        let err = parse("listen = \"127.0.0.1:1\"\n").expect_err("missing key");
+        assert!(err.to_string().contains("token-root-key"), "{err}");
+    }
+}

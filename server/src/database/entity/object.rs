@@ -1,0 +1,42 @@
+//! `object`: a store path as one cache sees it, pointing at a global NAR.
+
+use sea_orm::entity::prelude::*;
+
+/// One path in one cache.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "object")]
+pub struct Model {
+    /// Row id.
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// The cache.
+    pub cache_id: i64,
+    /// The NAR.
+    pub nar_id: i64,
+    /// The 32-character hash part.
+    pub store_path_hash: String,
+    /// The full store path.
+    pub store_path: String,
+    /// JSON array of full reference paths.
+    pub references: String,
+    /// Platform it was built for.
+    pub system: Option<String>,
+    /// Full path of its derivation.
+    pub deriver: Option<String>,
+    /// JSON array of signatures the uploader supplied.
+    pub sigs: String,
+    /// Content address.
+    pub ca: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last read, updated in batches.
+    pub last_accessed_at: Option<i64>,
+    /// Subject of the token that uploaded it.
+    pub created_by: Option<String>,
+}
+
+/// No navigable relations: queries join explicitly.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

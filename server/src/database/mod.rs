@@ -1,0 +1,449 @@
+//! Every query `atticd` makes, as methods of [`Database`]; handlers never
+//! touch sea-orm directly.
+//!
+//! Writes that must be atomic run in one transaction, begun `IMMEDIATE` on
+//! SQLite so concurrent writers wait for the lock instead of failing.
+
+pub mod entity;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionOptions, TransactionTrait,
+};
+
+use self::entity::{STATE_VALID, cache, chunk, chunkref, nar, object, revoked_token};
+
+/// The current time in Unix seconds.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// A live cache of that name exists.
+    #[error("a cache of that name already exists")]
+    CacheExists,
+    /// The database failed.
+    #[error("database error")]
+    Db(#[from] DbErr),
+}
+
+/// The metadata database.
+#[derive(Debug, Clone)]
+pub struct Database {
+    conn: DatabaseConnection,
+}
+
+/// A new cache's settings.
+#[derive(Debug, Clone)]
+pub struct NewCache {
+    /// Name.
+    pub name: String,
+    /// Nix secret key.
+    pub keypair: String,
+    /// Public or private.
+    pub is_public: bool,
+    /// Store directory.
+    pub store_dir: String,
+    /// Priority.
+    pub priority: i32,
+    /// JSON array of upstream key names.
+    pub upstream_cache_key_names: String,
+}
+
+/// The per-cache metadata of an uploaded path.
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    /// The cache.
+    pub cache_id: i64,
+    /// Hash part.
+    pub store_path_hash: String,
+    /// Full path.
+    pub store_path: String,
+    /// JSON array of full reference paths.
+    pub references: String,
+    /// Platform.
+    pub system: Option<String>,
+    /// Derivation path.
+    pub deriver: Option<String>,
+    /// JSON array of signatures.
+    pub sigs: String,
+    /// Content address.
+    pub ca: Option<String>,
+    /// Uploader.
+    pub created_by: Option<String>,
+}
+
+/// A chunk of an upload, already durable in storage or already known.
+#[derive(Debug, Clone)]
+pub struct UploadedChunk {
+    /// blake3 hex.
+    pub chunk_hash: String,
+    /// Uncompressed bytes.
+    pub chunk_size: i64,
+    /// Stored bytes.
+    pub file_size: i64,
+    /// `zstd` or `none`.
+    pub compression: String,
+    /// Storage key.
+    pub remote_file: String,
+}
+
+/// A verified NAR whose chunks are all durable.
+#[derive(Debug, Clone)]
+pub struct NewNar {
+    /// `sha256:<hex>`.
+    pub nar_hash: String,
+    /// Bytes.
+    pub nar_size: i64,
+    /// Its chunks in order.
+    pub chunks: Vec<UploadedChunk>,
+}
+
+/// Rows to touch per statement, kept under every backend's parameter limit.
+const BATCH: usize = 500;
+
+impl Database {
+    /// Connects, tuning SQLite for concurrent writers.
+    pub async fn connect(url: &str) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(8)
+            .min_connections(1)
+            .sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(30));
+        if url.starts_with("sqlite:") {
+            options.map_sqlx_sqlite_opts(|opts| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+                    .create_if_missing(true)
+            });
+        }
+        let conn = sea_orm::Database::connect(options).await?;
+        Ok(Self { conn })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.conn, None).await
+    }
+
+    /// The underlying connection, for tests and tools.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.conn
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+    }
+
+    /// A live cache by name.
+    pub async fn find_cache(&self, name: &str) -> Result<Option<cache::Model>, DbErr> {
+        cache::Entity::find()
+            .filter(cache::Column::Name.eq(name))
+            .filter(cache::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await
+    }
+
+    /// Creates a cache, refusing a name already live.
+    pub async fn create_cache(&self, new: NewCache) -> Result<cache::Model, DatabaseError> {
+        let txn = self.begin_write().await?;
+        let exists = cache::Entity::find()
+            .filter(cache::Column::Name.eq(&new.name))
+            .filter(cache::Column::DeletedAt.is_null())
+            .one(&txn)
+            .await?
+            .is_some();
+        if exists {
+            return Err(DatabaseError::CacheExists);
+        }
+        let model = cache::ActiveModel {
+            name: Set(new.name),
+            keypair: Set(new.keypair),
+            is_public: Set(new.is_public),
+            store_dir: Set(new.store_dir),
+            priority: Set(new.priority),
+            upstream_cache_key_names: Set(new.upstream_cache_key_names),
+            retention_period: Set(None),
+            created_at: Set(now()),
+            deleted_at: Set(None),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(model)
+    }
+
+    /// Saves changed settings of a cache.
+    pub async fn update_cache(&self, changes: cache::ActiveModel) -> Result<cache::Model, DbErr> {
+        changes.update(&self.conn).await
+    }
+
+    /// Destroys a cache: it and its paths vanish at once; GC reclaims the data.
+    pub async fn destroy_cache(&self, cache_id: i64) -> Result<(), DbErr> {
+        cache::Entity::update_many()
+            .col_expr(cache::Column::DeletedAt, now().into())
+            .filter(cache::Column::Id.eq(cache_id))
+            .exec(&self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Which of `hashes` the cache does not hold.
+    pub async fn find_missing_paths(
+        &self,
+        cache_id: i64,
+        hashes: &[String],
+    ) -> Result<Vec<String>, DbErr> {
+        let mut present = std::collections::HashSet::new();
+        for batch in hashes.chunks(BATCH) {
+            let found: Vec<String> = object::Entity::find()
+                .select_only()
+                .column(object::Column::StorePathHash)
+                .filter(object::Column::CacheId.eq(cache_id))
+                .filter(object::Column::StorePathHash.is_in(batch.iter().cloned()))
+                .into_tuple()
+                .all(&self.conn)
+                .await?;
+            present.extend(found);
+        }
+        Ok(hashes
+            .iter()
+            .filter(|h| !present.contains(*h))
+            .cloned()
+            .collect())
+    }
+
+    /// A path in a cache, with its NAR.
+    pub async fn find_object(
+        &self,
+        cache_id: i64,
+        store_path_hash: &str,
+    ) -> Result<Option<(object::Model, nar::Model)>, DbErr> {
+        let Some(object) = object::Entity::find()
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(object::Column::StorePathHash.eq(store_path_hash))
+            .one(&self.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let nar = nar::Entity::find_by_id(object.nar_id)
+            .filter(nar::Column::State.eq(STATE_VALID))
+            .one(&self.conn)
+            .await?;
+        Ok(nar.map(|nar| (object, nar)))
+    }
+
+    /// A whole NAR in the global store.
+    pub async fn find_nar(&self, nar_hash: &str) -> Result<Option<nar::Model>, DbErr> {
+        nar::Entity::find()
+            .filter(nar::Column::NarHash.eq(nar_hash))
+            .filter(nar::Column::State.eq(STATE_VALID))
+            .one(&self.conn)
+            .await
+    }
+
+    /// A stored chunk by content hash.
+    pub async fn find_chunk(&self, chunk_hash: &str) -> Result<Option<chunk::Model>, DbErr> {
+        chunk::Entity::find()
+            .filter(chunk::Column::ChunkHash.eq(chunk_hash))
+            .filter(chunk::Column::State.eq(STATE_VALID))
+            .one(&self.conn)
+            .await
+    }
+
+    /// The chunks of a NAR, in order.
+    pub async fn nar_chunks(&self, nar_id: i64) -> Result<Vec<chunk::Model>, DbErr> {
+        let rows = chunkref::Entity::find()
+            .filter(chunkref::Column::NarId.eq(nar_id))
+            .order_by_asc(chunkref::Column::Seq)
+            .find_also_related(chunk::Entity)
+            .all(&self.conn)
+            .await?;
+        rows.into_iter()
+            .map(|(chunkref, chunk)| {
+                chunk.ok_or_else(|| {
+                    DbErr::RecordNotFound(format!("chunk {} of a NAR", chunkref.chunk_id))
+                })
+            })
+            .collect()
+    }
+
+    /// Records a verified upload in one transaction: the NAR (unless a
+    /// concurrent upload of the same NAR won the race, whose row is then
+    /// used), its chunks and chunkrefs, and the cache's object, replacing any
+    /// earlier object for the same path.
+    pub async fn commit_upload(&self, nar: NewNar, new: NewObject) -> Result<nar::Model, DbErr> {
+        let txn = self.begin_write().await?;
+        let nar_row = match nar::Entity::find()
+            .filter(nar::Column::NarHash.eq(&nar.nar_hash))
+            .one(&txn)
+            .await?
+        {
+            Some(existing) => existing,
+            None => insert_nar(&txn, nar).await?,
+        };
+        attach_object(&txn, nar_row.id, new).await?;
+        txn.commit().await?;
+        Ok(nar_row)
+    }
+
+    /// Adds an existing NAR to a cache after the uploader proved it holds it.
+    pub async fn attach_existing_nar(&self, nar_id: i64, new: NewObject) -> Result<(), DbErr> {
+        let txn = self.begin_write().await?;
+        attach_object(&txn, nar_id, new).await?;
+        txn.commit().await
+    }
+
+    /// Whether any of a token's revocation ids is revoked.
+    pub async fn is_revoked(&self, ids: &[String]) -> Result<bool, DbErr> {
+        let found = revoked_token::Entity::find()
+            .filter(revoked_token::Column::RevocationId.is_in(ids.iter().cloned()))
+            .one(&self.conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Revokes tokens by revocation id.
+    pub async fn revoke(&self, ids: &[String]) -> Result<(), DbErr> {
+        let rows = ids.iter().map(|id| revoked_token::ActiveModel {
+            revocation_id: Set(id.clone()),
+            revoked_at: Set(now()),
+        });
+        revoked_token::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(revoked_token::Column::RevocationId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks objects as read at `when`.
+    pub async fn touch_objects(&self, ids: &[i64], when: i64) -> Result<(), DbErr> {
+        for batch in ids.chunks(BATCH) {
+            object::Entity::update_many()
+                .col_expr(object::Column::LastAccessedAt, when.into())
+                .filter(object::Column::Id.is_in(batch.iter().copied()))
+                .exec(&self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn insert_nar(txn: &DatabaseTransaction, nar: NewNar) -> Result<nar::Model, DbErr> {
+    let all_zstd = nar.chunks.iter().all(|c| c.compression == "zstd");
+    let (compression, file_size) = if all_zstd {
+        ("zstd", nar.chunks.iter().map(|c| c.file_size).sum())
+    } else {
+        ("none", nar.nar_size)
+    };
+    let nar_row = nar::ActiveModel {
+        nar_hash: Set(nar.nar_hash),
+        nar_size: Set(nar.nar_size),
+        compression: Set(compression.to_owned()),
+        file_size: Set(file_size),
+        state: Set(STATE_VALID.to_owned()),
+        num_chunks: Set(nar.chunks.len() as i64),
+        created_at: Set(now()),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+
+    let mut chunk_ids = Vec::with_capacity(nar.chunks.len());
+    for chunk in nar.chunks {
+        chunk_ids.push(ensure_chunk(txn, chunk).await?);
+    }
+    for (batch_index, batch) in chunk_ids.chunks(BATCH).enumerate() {
+        let rows = batch
+            .iter()
+            .enumerate()
+            .map(|(i, &chunk_id)| chunkref::ActiveModel {
+                nar_id: Set(nar_row.id),
+                seq: Set((batch_index * BATCH + i) as i64),
+                chunk_id: Set(chunk_id),
+                ..Default::default()
+            });
+        chunkref::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(nar_row)
+}
+
+/// The id of a chunk's row, inserting it if this upload stored it first.
+async fn ensure_chunk(txn: &DatabaseTransaction, chunk: UploadedChunk) -> Result<i64, DbErr> {
+    if let Some(existing) = chunk::Entity::find()
+        .filter(chunk::Column::ChunkHash.eq(&chunk.chunk_hash))
+        .one(txn)
+        .await?
+    {
+        return Ok(existing.id);
+    }
+    let row = chunk::ActiveModel {
+        chunk_hash: Set(chunk.chunk_hash),
+        chunk_size: Set(chunk.chunk_size),
+        file_size: Set(chunk.file_size),
+        compression: Set(chunk.compression),
+        remote_file: Set(chunk.remote_file),
+        state: Set(STATE_VALID.to_owned()),
+        created_at: Set(now()),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    Ok(row.id)
+}
+
+async fn attach_object(
+    txn: &DatabaseTransaction,
+    nar_id: i64,
+    new: NewObject,
+) -> Result<(), DbErr> {
+    object::Entity::delete_many()
+        .filter(object::Column::CacheId.eq(new.cache_id))
+        .filter(object::Column::StorePathHash.eq(&new.store_path_hash))
+        .exec(txn)
+        .await?;
+    object::ActiveModel {
+        cache_id: Set(new.cache_id),
+        nar_id: Set(nar_id),
+        store_path_hash: Set(new.store_path_hash),
+        store_path: Set(new.store_path),
+        references: Set(new.references),
+        system: Set(new.system),
+        deriver: Set(new.deriver),
+        sigs: Set(new.sigs),
+        ca: Set(new.ca),
+        created_at: Set(now()),
+        last_accessed_at: Set(None),
+        created_by: Set(new.created_by),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The server's one error type, mapped to HTTP in exactly one place.
+//!
+//! Every reply body is `{"code", "error", "message"}`. Server-side failures
+//! (database, storage) answer a generic 500 and are logged with their cause;
+//! nothing internal (paths, SQL, OS errors) reaches a client.
+
+use attic::api::ErrorResponse;
+use attic::nar::NarError;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use thiserror::Error;
+
+use crate::database::DatabaseError;
+use crate::storage::StorageError;
+
+/// Everything a request can fail with.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// No credentials where they are needed.
+    #[error("this requires a token: send `Authorization: Bearer <token>`")]
+    Unauthenticated,
+    /// Credentials that do not verify, have expired or were revoked.
+    #[error("the token is invalid: {0}")]
+    InvalidToken(&'static str),
+    /// A valid token that lacks the permission.
+    #[error("the token does not grant {permission} on this cache")]
+    Forbidden {
+        /// The permission that was missing.
+        permission: attic_token::Permission,
+    },
+    /// No live cache of that name.
+    #[error("no cache named {0:?}")]
+    NoSuchCache(String),
+    /// The cache exists but lacks the path or file.
+    #[error("not found in this cache")]
+    NoSuchObject,
+    /// An unknown route.
+    #[error("no such route")]
+    NoSuchRoute,
+    /// Creating a cache whose name is taken.
+    #[error("a cache named {0:?} already exists")]
+    CacheExists(String),
+    /// Input that is not what the route takes.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable name of the problem.
+        error: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// The uploaded NAR is malformed.
+    #[error("the NAR is malformed: {0}")]
+    MalformedNar(#[source] NarError),
+    /// The uploaded NAR does not match its declared hash or size.
+    #[error("the NAR does not match its metadata: {0}")]
+    NarMismatch(String),
+    /// A body over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The client stopped sending before the body ended.
+    #[error("the upload was interrupted")]
+    UploadInterrupted(#[source] std::io::Error),
+    /// The database failed.
+    #[error("database error")]
+    Database(#[source] sea_orm::DbErr),
+    /// Blob storage failed.
+    #[error("storage error")]
+    Storage(#[source] StorageError),
+    /// Anything else that is our fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    /// Shorthand for a 400 with a stable name.
+    pub fn bad_request(error: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            error,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_name(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Self::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "InvalidToken"),
+            Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            Self::NoSuchCache(_) => (StatusCode::NOT_FOUND, "NoSuchCache"),
+            Self::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
+            Self::NoSuchRoute => (StatusCode::NOT_FOUND, "NoSuchRoute"),
+            Self::CacheExists(_) => (StatusCode::CONFLICT, "CacheAlreadyExists"),
+            Self::BadRequest { error, .. } => (StatusCode::BAD_REQUEST, error),
+            Self::MalformedNar(_) => (StatusCode::BAD_REQUEST, "MalformedNar"),
+            Self::NarMismatch(_) => (StatusCode::BAD_REQUEST, "NarMismatch"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TooLarge"),
+            Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
+            Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
+            }
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for ServerError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<StorageError> for ServerError {
+    fn from(e: StorageError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl From<DatabaseError> for ServerError {
+    fn from(e: DatabaseError) -> Self {
+        match e {
+            DatabaseError::CacheExists => Self::Internal("unexpected cache conflict".into()),
+            DatabaseError::Db(e) => Self::Database(e),
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let (status, error) = self.status_and_name();
+        let message = if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+            "the server failed to handle the request; the error is in its log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = ErrorResponse {
+            code: status.as_u16(),
+            error: error.to_owned(),
+            message,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Results of handlers.
+pub type ServerResult<T> = Result<T, ServerError>;

@@ -1,0 +1,261 @@
+//! Storing an uploaded NAR: verify, chunk, deduplicate, compress, store.
+//!
+//! The body flows once through a [`VerifyingReader`] (NAR grammar, SHA-256,
+//! length bound) into the chunker. Known chunks are skipped; new ones are
+//! compressed off the async executor and written to storage, a few at a
+//! time. Nothing is recorded in the database here: the caller commits only
+//! after [`VerifyingReader::finish`] has confirmed hash and size, so a bad or
+//! interrupted upload leaves at most orphan blobs, never a visible row.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError};
+use attic::hash::{Sha256Hash, Sha256Hasher};
+use attic::nar::{NarError, NarParser};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+use crate::config::CompressionKind;
+use crate::database::UploadedChunk;
+use crate::error::{ServerError, ServerResult};
+use crate::state::AppState;
+use crate::storage::{StorageKey, stream_of};
+
+/// New chunks compressed and written at once per upload; memory per upload
+/// is about this many times twice the maximum chunk size.
+const CHUNK_CONCURRENCY: usize = 4;
+
+/// What the uploader declared, which the body must match.
+#[derive(Debug, Clone, Copy)]
+pub struct Declared {
+    /// `NarHash`.
+    pub nar_hash: Sha256Hash,
+    /// `NarSize`.
+    pub nar_size: u64,
+}
+
+/// Why the stream stopped, when the reader itself stopped it.
+#[derive(Debug)]
+enum Refusal {
+    Malformed(NarError),
+    Oversize,
+}
+
+/// Passes bytes through while parsing them as a NAR, hashing them, and
+/// refusing more than the declared size.
+pub struct VerifyingReader<R> {
+    inner: R,
+    parser: NarParser,
+    hasher: Sha256Hasher,
+    declared: Declared,
+    refusal: Option<Refusal>,
+}
+
+impl<R> VerifyingReader<R> {
+    /// Wraps a body declared to be `declared`.
+    pub fn new(inner: R, declared: Declared) -> Self {
+        Self {
+            inner,
+            parser: NarParser::new(),
+            hasher: Sha256Hasher::new(),
+            declared,
+            refusal: None,
+        }
+    }
+
+    /// Explains a read error: our own refusal, or the client's stream failing.
+    fn explain(&mut self, error: io::Error) -> ServerError {
+        match self.refusal.take() {
+            Some(Refusal::Malformed(e)) => ServerError::MalformedNar(e),
+            Some(Refusal::Oversize) => ServerError::NarMismatch(format!(
+                "the body is longer than the declared nar_size of {} bytes",
+                self.declared.nar_size
+            )),
+            None => ServerError::UploadInterrupted(error),
+        }
+    }
+
+    /// After the last byte: the NAR must be complete and match what was declared.
+    pub fn finish(self) -> ServerResult<()> {
+        self.parser.finish().map_err(ServerError::MalformedNar)?;
+        let (hash, size) = self.hasher.finish();
+        if size != self.declared.nar_size {
+            return Err(ServerError::NarMismatch(format!(
+                "the body has {size} bytes, but nar_size is {}",
+                self.declared.nar_size
+            )));
+        }
+        if hash != self.declared.nar_hash {
+            return Err(ServerError::NarMismatch(format!(
+                "the body hashes to {}, but nar_hash is {}",
+                hash.to_typed_hex(),
+                self.declared.nar_hash.to_typed_hex()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if this.hasher.len() + new.len() as u64 > this.declared.nar_size {
+            this.refusal = Some(Refusal::Oversize);
+            return Poll::Ready(Err(io::Error::other("body longer than declared")));
+        }
+        if let Err(e) = this.parser.feed(new, &mut |_| ()) {
+            this.refusal = Some(Refusal::Malformed(e));
+            return Poll::Ready(Err(io::Error::other("malformed NAR")));
+        }
+        this.hasher.update(new);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The chunks of a verified upload, all durable in storage.
+#[derive(Debug)]
+pub struct StoredNar {
+    /// Chunks in order.
+    pub chunks: Vec<UploadedChunk>,
+    /// Bytes this upload added to storage.
+    pub bytes_stored: u64,
+}
+
+/// Reads the whole body, checking it, without storing anything: proof that
+/// the uploader holds a NAR the store already has.
+pub async fn verify_only<R: AsyncRead + Unpin>(body: R, declared: Declared) -> ServerResult<()> {
+    let mut reader = VerifyingReader::new(body, declared);
+    let mut sink = tokio::io::sink();
+    if let Err(e) = tokio::io::copy(&mut reader, &mut sink).await {
+        return Err(reader.explain(e));
+    }
+    reader.finish()
+}
+
+/// Verifies and stores a NAR's chunks.
+pub async fn store_nar<R: AsyncRead + Unpin + Send>(
+    state: &AppState,
+    body: R,
+    declared: Declared,
+) -> ServerResult<StoredNar> {
+    let mut reader = VerifyingReader::new(body, declared);
+    let stored = if declared.nar_size <= state.config.chunking.nar_size_threshold {
+        store_whole(state, &mut reader).await
+    } else {
+        state
+            .chunker
+            .chunks(&mut reader)
+            .map_err(|e| match e {
+                ChunkingError::Read(e) => StoreFailure::Body(e),
+                other => StoreFailure::Server(ServerError::Internal(other.to_string())),
+            })
+            .map(|chunk| async move {
+                store_chunk(state, chunk?)
+                    .await
+                    .map_err(StoreFailure::Server)
+            })
+            .buffered(CHUNK_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await
+    };
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(StoreFailure::Body(e)) => return Err(reader.explain(e)),
+        Err(StoreFailure::Server(e)) => return Err(e),
+    };
+    reader.finish()?;
+    let bytes_stored = stored.iter().map(|(_, new_bytes)| new_bytes).sum();
+    Ok(StoredNar {
+        chunks: stored.into_iter().map(|(chunk, _)| chunk).collect(),
+        bytes_stored,
+    })
+}
+
+/// A failure while storing.
+enum StoreFailure {
+    /// Reading the body failed; the reader knows whether it refused it.
+    Body(io::Error),
+    /// Storing failed on our side.
+    Server(ServerError),
+}
+
+/// Small NARs are one chunk: a read bounded by the declared size.
+async fn store_whole<R: AsyncRead + Unpin>(
+    state: &AppState,
+    reader: &mut VerifyingReader<R>,
+) -> Result<Vec<(UploadedChunk, u64)>, StoreFailure> {
+    let mut data = Vec::with_capacity(reader.declared.nar_size as usize);
+    reader
+        .read_to_end(&mut data)
+        .await
+        .map_err(StoreFailure::Body)?;
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chunk = Chunk {
+        id: ChunkId::of(&data),
+        offset: 0,
+        data: Bytes::from(data),
+    };
+    Ok(vec![
+        store_chunk(state, chunk)
+            .await
+            .map_err(StoreFailure::Server)?,
+    ])
+}
+
+/// Stores one chunk unless the store has it; returns it and the bytes added.
+async fn store_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
+    let hash = chunk.id.to_string();
+    if let Some(known) = state.database.find_chunk(&hash).await? {
+        return Ok((
+            UploadedChunk {
+                chunk_hash: known.chunk_hash,
+                chunk_size: known.chunk_size,
+                file_size: known.file_size,
+                compression: known.compression,
+                remote_file: known.remote_file,
+            },
+            0,
+        ));
+    }
+    let compression = state.config.compression;
+    let chunk_size = chunk.data.len() as i64;
+    let (file, suffix) = match compression.kind {
+        CompressionKind::Zstd => {
+            let level = compression.level;
+            let data = chunk.data;
+            let compressed =
+                tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+                    .await
+                    .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
+                    .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?;
+            (Bytes::from(compressed), "zst")
+        }
+        CompressionKind::None => (chunk.data, "raw"),
+    };
+    let key = StorageKey::new(format!("chunks/{}/{hash}.{suffix}", &hash[..2]))
+        .expect("hex chunk ids make valid keys");
+    let file_size = file.len() as u64;
+    state.storage.put(&key, stream_of(file)).await?;
+    Ok((
+        UploadedChunk {
+            chunk_hash: hash,
+            chunk_size,
+            file_size: file_size as i64,
+            compression: compression.kind.as_str().to_owned(),
+            remote_file: key.as_str().to_owned(),
+        },
+        file_size,
+    ))
+}

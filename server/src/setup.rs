@@ -1,0 +1,166 @@
+//! From configuration to a running server: default locations, the
+//! first-start set-up, opening the database and storage, serving.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use attic::chunking::FastCdcChunker;
+use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
+
+use crate::config::ServerConfig;
+use crate::database::Database;
+use crate::state::{AccessLog, AppState, spawn_access_log_flusher};
+use crate::storage::LocalStorage;
+
+/// `$XDG_CONFIG_HOME/attic/server.toml`, or `~/.config/attic/server.toml`.
+pub fn default_config_path() -> Result<PathBuf> {
+    Ok(xdg_dir("XDG_CONFIG_HOME", ".config")?.join("attic/server.toml"))
+}
+
+/// `$XDG_DATA_HOME/attic`, or `~/.local/share/attic`.
+pub fn default_data_dir() -> Result<PathBuf> {
+    Ok(xdg_dir("XDG_DATA_HOME", ".local/share")?.join("attic"))
+}
+
+fn xdg_dir(variable: &str, fallback: &str) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(variable).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("neither {variable} nor HOME is set"))?;
+    Ok(PathBuf::from(home).join(fallback))
+}
+
+/// A loaded configuration, and whether this call created it.
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: ServerConfig,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Whether it was written just now (first start).
+    pub created: bool,
+}
+
+/// Loads `explicit`, or the default config, writing the default once if
+/// it does not exist yet. An explicit path must exist.
+pub fn load_or_create_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
+    if let Some(path) = explicit {
+        let config = ServerConfig::load(path)?;
+        return Ok(LoadedConfig {
+            config,
+            path: path.to_owned(),
+            created: false,
+        });
+    }
+    let path = default_config_path()?;
+    if path.exists() {
+        let config = ServerConfig::load(&path)?;
+        return Ok(LoadedConfig {
+            config,
+            path,
+            created: false,
+        });
+    }
+    let config = ServerConfig::generate();
+    match config.write_new(&path) {
+        Ok(()) => Ok(LoadedConfig {
+            config,
+            path,
+            created: true,
+        }),
+        // Another process (atticadm, a second atticd) wrote it first: use theirs.
+        Err(_) if path.exists() => Ok(LoadedConfig {
+            config: ServerConfig::load(&path)?,
+            path,
+            created: false,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the database and applies migrations.
+pub async fn open_database(config: &ServerConfig, data_dir: &Path) -> Result<Database> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let url = config.database_url(data_dir);
+    let database = Database::connect(&url)
+        .await
+        .context("connecting to the database")?;
+    database
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    Ok(database)
+}
+
+/// Builds the shared state: database, storage, keys.
+pub async fn build_state(config: ServerConfig, data_dir: &Path) -> Result<Arc<AppState>> {
+    let database = open_database(&config, data_dir).await?;
+    let storage_path = config.local_storage_path(data_dir);
+    let storage = LocalStorage::open(&storage_path)
+        .await
+        .with_context(|| format!("opening local storage at {}", storage_path.display()))?;
+    let token_key = RootKey::parse(&config.token_root_key)?.public();
+    let chunker = FastCdcChunker::new(config.chunking.params())?;
+    let state = Arc::new(AppState {
+        config,
+        database,
+        storage: Arc::new(storage),
+        token_key,
+        chunker,
+        access_log: AccessLog::default(),
+    });
+    spawn_access_log_flusher(state.clone(), Duration::from_secs(10));
+    Ok(state)
+}
+
+/// A token with every permission on every cache, for the first start.
+pub fn root_token(config: &ServerConfig) -> Result<String> {
+    let root = RootKey::parse(&config.token_root_key)?;
+    let spec = TokenSpec {
+        subject: "root".into(),
+        expires_at: None,
+        grants: Permission::ALL
+            .iter()
+            .map(|p| (CacheNamePattern::any(), *p))
+            .collect(),
+    };
+    Ok(spec.sign(&root)?.to_base64()?)
+}
+
+/// Serves until SIGINT or SIGTERM, then flushes pending access times.
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> Result<()> {
+    let app = crate::api::router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    state.access_log.flush(&state.database).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Binds the listen address.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address}"))
+}
