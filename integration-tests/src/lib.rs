@@ -1,6 +1,9 @@
-//! Shared harness for end-to-end tests: real Nix as the client and oracle.
+//! Shared harness for end-to-end tests: real Nix as the client and oracle,
+//! and the real `atticd`/`atticadm` binaries on loopback.
 //!
 //! Every helper fails loudly when a tool is missing, so a green run means
-//! the tests really ran against Nix.
+//! the tests really ran against Nix and the real server.
 
 pub mod nix;
+pub mod server;
+pub mod upload;

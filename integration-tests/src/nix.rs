@@ -224,7 +224,22 @@ pub fn is_valid(path: &str) -> bool {
 
 /// Tries to substitute `path` from `substituter`, trusting only `public_key`.
 pub fn substitute(path: &str, substituter: &str, public_key: &str) -> Output {
-    run_unchecked(command("nix-store").args([
+    substitute_with_netrc(path, substituter, public_key, None)
+}
+
+/// Like [`substitute`], sending credentials from a netrc file, as a user of
+/// a private cache would.
+pub fn substitute_with_netrc(
+    path: &str,
+    substituter: &str,
+    public_key: &str,
+    netrc: Option<&Path>,
+) -> Output {
+    let mut cmd = command("nix-store");
+    if let Some(netrc) = netrc {
+        cmd.arg("--option").arg("netrc-file").arg(netrc);
+    }
+    run_unchecked(cmd.args([
         "--realise",
         path,
         "--option",
@@ -237,6 +252,13 @@ pub fn substitute(path: &str, substituter: &str, public_key: &str) -> Output {
         "require-sigs",
         "true",
     ]))
+}
+
+/// Writes a netrc file giving `token` as the password for `host`.
+pub fn write_netrc(dir: &Path, host: &str, token: &str) -> PathBuf {
+    let path = dir.join("netrc");
+    std::fs::write(&path, format!("machine {host}\npassword {token}\n")).expect("write netrc");
+    path
 }
 
 /// Writes a `nix-cache-info` for a binary cache directory.

@@ -109,13 +109,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
-        if this.hasher.len() + new.len() as u64 > this.declared.nar_size {
-            this.refusal = Some(Refusal::Oversize);
-            return Poll::Ready(Err(io::Error::other("body longer than declared")));
-        }
-        if let Err(e) = this.parser.feed(new, &mut |_| ()) {
-            this.refusal = Some(Refusal::Malformed(e));
-            return Poll::Ready(Err(io::Error::other("malformed NAR")));
+        let refusal = if this.hasher.len() + new.len() as u64 > this.declared.nar_size {
+            Some(Refusal::Oversize)
+        } else {
+            this.parser
+                .feed(new, &mut |_| ())
+                .err()
+                .map(Refusal::Malformed)
+        };
+        if let Some(refusal) = refusal {
+            this.refusal = Some(refusal);
+            // A failed read must not hand out bytes.
+            buf.set_filled(before);
+            return Poll::Ready(Err(io::Error::other("upload refused")));
         }
         this.hasher.update(new);
         Poll::Ready(Ok(()))

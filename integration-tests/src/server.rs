@@ -1,0 +1,201 @@
+//! A real `atticd` on a free loopback port, with its own empty config and
+//! data directories, exactly as a new user would start it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The path of one of the workspace's binaries, built beside this test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test runs from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `atticd`, killed on drop.
+pub struct TestServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub url: String,
+    /// The token printed on first start.
+    pub root_token: String,
+    home: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts `atticd --listen 127.0.0.1:0` with empty XDG directories.
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`TestServer::start`], with extra arguments.
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut child = Self::command_in(home.path(), "atticd")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start atticd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    // Keep draining so the server never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let mut url = None;
+        let mut root_token = None;
+        let mut expect_token = false;
+        while url.is_none() || root_token.is_none() {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("atticd printed its URL and root token within a minute");
+            if let Some(rest) = line.strip_prefix("atticd listening on ") {
+                url = Some(rest.trim_end_matches('/').to_owned());
+            } else if line.starts_with("Root token") {
+                expect_token = true;
+            } else if expect_token && !line.trim().is_empty() {
+                root_token = Some(line.trim().to_owned());
+                expect_token = false;
+            }
+        }
+        Self {
+            child,
+            url: url.expect("url"),
+            root_token: root_token.expect("token"),
+            home,
+        }
+    }
+
+    /// A command for one of our binaries with this server's environment.
+    fn command_in(home: &Path, name: &str) -> Command {
+        let mut cmd = Command::new(binary(name));
+        cmd.env("HOME", home)
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs `atticadm` against this server's config and data.
+    pub fn atticadm(&self, args: &[&str]) -> Output {
+        Self::command_in(self.home.path(), "atticadm")
+            .args(args)
+            .output()
+            .expect("run atticadm")
+    }
+
+    /// `atticadm make-token --sub test --validity 1d` with more arguments.
+    pub fn make_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["make-token", "--sub", "test", "--validity", "1d"];
+        all.extend_from_slice(args);
+        let output = self.atticadm(&all);
+        assert!(
+            output.status.success(),
+            "atticadm failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    /// The data directory: `server.db` and `storage/`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.path().join("data/attic")
+    }
+
+    /// The config file atticd wrote.
+    pub fn config_path(&self) -> PathBuf {
+        self.home.path().join("config/attic/server.toml")
+    }
+
+    /// Runs `atticd` (not as a server) with this environment.
+    pub fn atticd(&self, args: &[&str]) -> Output {
+        Self::command_in(self.home.path(), "atticd")
+            .args(args)
+            .output()
+            .expect("run atticd")
+    }
+
+    /// Number of blob files in local storage.
+    pub fn blob_count(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| {
+                            let path = e.path();
+                            if path.is_dir() { count(&path) } else { 1 }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.data_dir().join("storage/chunks"))
+    }
+
+    /// Runs a counting query against the server's SQLite database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sea_orm::{ConnectionTrait, Statement};
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            self.data_dir().join("server.db").display()
+        );
+        let db = sea_orm::Database::connect(url)
+            .await
+            .expect("open the database");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                sql.to_owned(),
+            ))
+            .await
+            .expect("query")
+            .expect("a row");
+        row.try_get_by_index::<i64>(0).expect("a count")
+    }
+
+    /// Peak resident memory of the server so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

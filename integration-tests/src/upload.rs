@@ -1,0 +1,194 @@
+//! Talking to the server's HTTP API as a client would.
+
+use attic::api::v1::upload_path::{NAR_INFO_HEADER, UploadPathNarInfo};
+use attic::hash::Sha256Hash;
+use attic::nix_base32;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::nix;
+
+/// An HTTP client bound to one server.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    /// Base URL, no trailing slash.
+    pub url: String,
+}
+
+impl Api {
+    /// A client for `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            url: url.to_owned(),
+        }
+    }
+
+    /// A request with an optional bearer token.
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.url));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// POSTs `cache-config/{name}` with a generated key; panics unless it succeeds.
+    pub async fn create_cache(&self, token: &str, name: &str, is_public: bool) {
+        let response = self.try_create_cache(token, name, is_public).await;
+        let status = response.status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "create {name}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// POSTs `cache-config/{name}` and returns the reply.
+    pub async fn try_create_cache(&self, token: &str, name: &str, is_public: bool) -> Response {
+        self.request(
+            Method::POST,
+            &format!("/_api/v1/cache-config/{name}"),
+            Some(token),
+        )
+        .json(&json!({
+            "keypair": "Generate",
+            "is_public": is_public,
+            "store_dir": "/nix/store",
+            "priority": 41,
+            "upstream_cache_key_names": ["cache.nixos.org-1"],
+        }))
+        .send()
+        .await
+        .expect("request")
+    }
+
+    /// A cache's public key, from GET cache-config.
+    pub async fn public_key(&self, token: &str, name: &str) -> String {
+        let config: Value = self
+            .request(
+                Method::GET,
+                &format!("/_api/v1/cache-config/{name}"),
+                Some(token),
+            )
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON");
+        config["public_key"]
+            .as_str()
+            .expect("public_key")
+            .to_owned()
+    }
+
+    /// PUTs a NAR to upload-path.
+    pub async fn upload(
+        &self,
+        token: Option<&str>,
+        info: &UploadPathNarInfo,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.request(Method::PUT, "/_api/v1/upload-path", token)
+            .header(
+                NAR_INFO_HEADER,
+                serde_json::to_string(info).expect("serialise"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// PUTs a NAR and returns the JSON reply, panicking unless it succeeds.
+    pub async fn upload_ok(
+        &self,
+        token: &str,
+        info: &UploadPathNarInfo,
+        body: impl Into<reqwest::Body>,
+    ) -> Value {
+        let response = self.upload(Some(token), info, body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "upload of {}: {text}",
+            info.store_path
+        );
+        serde_json::from_str(&text).expect("JSON reply")
+    }
+
+    /// POSTs get-missing-paths.
+    pub async fn missing(&self, token: &str, cache: &str, hashes: &[&str]) -> Vec<String> {
+        let response = self
+            .request(Method::POST, "/_api/v1/get-missing-paths", Some(token))
+            .json(&json!({ "cache": cache, "store_path_hashes": hashes }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("JSON");
+        body["missing_paths"]
+            .as_array()
+            .expect("missing_paths")
+            .iter()
+            .map(|h| h.as_str().expect("hash").to_owned())
+            .collect()
+    }
+}
+
+/// Upload metadata for a path in the local Nix store, as `nix path-info` tells it.
+pub fn nar_info_from_nix(cache: &str, path: &str) -> UploadPathNarInfo {
+    let info = nix::path_info(path);
+    UploadPathNarInfo {
+        cache: cache.parse().expect("cache name"),
+        store_path_hash: path_hash(path).parse().expect("hash"),
+        store_path: path.to_owned(),
+        references: info.references,
+        system: None,
+        deriver: info.deriver,
+        sigs: Vec::new(),
+        ca: None,
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+    }
+}
+
+/// The hash part of a full store path.
+pub fn path_hash(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// A made-up store path, unique to this call.
+pub fn fake_store_path(name: &str) -> String {
+    let digest = Sha256Hash::digest(nix::nonce().as_bytes());
+    format!(
+        "/nix/store/{}-{name}",
+        nix_base32::encode(&digest.as_bytes()[..20])
+    )
+}
+
+/// Upload metadata for an in-memory NAR at a made-up path.
+pub fn nar_info_for(cache: &str, store_path: &str, nar: &[u8]) -> UploadPathNarInfo {
+    UploadPathNarInfo {
+        cache: cache.parse().expect("cache name"),
+        store_path_hash: path_hash(store_path).parse().expect("hash"),
+        store_path: store_path.to_owned(),
+        references: Vec::new(),
+        system: Some("x86_64-linux".into()),
+        deriver: None,
+        sigs: Vec::new(),
+        ca: None,
+        nar_hash: Sha256Hash::digest(nar),
+        nar_size: nar.len() as u64,
+    }
+}

@@ -1,0 +1,384 @@
+//! Who may do what: tokens scoped to caches, bad tokens, attenuation,
+//! public and private caches, and error bodies that reveal nothing.
+
+use attic::nar::NarNode;
+use integration_tests::server::TestServer;
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, path_hash};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn small_nar(text: &str) -> Vec<u8> {
+    NarNode::Regular {
+        executable: false,
+        contents: text.as_bytes().to_vec(),
+    }
+    .to_nar()
+}
+
+/// Calls every route on `cache` with `token`, returning each status.
+async fn every_route(
+    api: &Api,
+    token: Option<&str>,
+    cache: &str,
+    hash: &str,
+) -> Vec<(String, StatusCode)> {
+    let nar = small_nar("probe");
+    let path = fake_store_path("probe");
+    let info = nar_info_for(cache, &path, &nar);
+    let config = format!("/_api/v1/cache-config/{cache}");
+    let requests = vec![
+        ("GET cache-config", api.request(Method::GET, &config, token)),
+        (
+            "POST cache-config",
+            api.request(Method::POST, &config, token).json(&json!({
+                "keypair": "Generate", "is_public": false, "store_dir": "/nix/store",
+                "priority": 41, "upstream_cache_key_names": []
+            })),
+        ),
+        (
+            "PATCH cache-config",
+            api.request(Method::PATCH, &config, token)
+                .json(&json!({"priority": 1})),
+        ),
+        (
+            "PATCH retention",
+            api.request(Method::PATCH, &config, token)
+                .json(&json!({"retention_period": {"Period": 60}})),
+        ),
+        (
+            "DELETE cache-config",
+            api.request(Method::DELETE, &config, token),
+        ),
+        (
+            "get-missing-paths",
+            api.request(Method::POST, "/_api/v1/get-missing-paths", token)
+                .json(&json!({"cache": cache, "store_path_hashes": [hash]})),
+        ),
+        (
+            "upload-path",
+            api.request(Method::PUT, "/_api/v1/upload-path", token)
+                .header(
+                    "X-Attic-Nar-Info",
+                    serde_json::to_string(&info).expect("json"),
+                )
+                .body(nar),
+        ),
+        (
+            "nix-cache-info",
+            api.request(Method::GET, &format!("/{cache}/nix-cache-info"), token),
+        ),
+        (
+            "narinfo",
+            api.request(Method::GET, &format!("/{cache}/{hash}.narinfo"), token),
+        ),
+        (
+            "HEAD narinfo",
+            api.request(Method::HEAD, &format!("/{cache}/{hash}.narinfo"), token),
+        ),
+        (
+            "nar",
+            api.request(Method::GET, &format!("/{cache}/nar/{hash}.nar"), token),
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for (name, request) in requests {
+        let response = request.send().await.expect("request");
+        statuses.push((name.to_owned(), response.status()));
+    }
+    statuses
+}
+
+/// A server with private cache `b` holding one path, and the path's hash.
+async fn server_with_cache_b() -> (TestServer, Api, String) {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "b", false).await;
+    let nar = small_nar("in b");
+    let path = fake_store_path("in-b");
+    api.upload_ok(&server.root_token, &nar_info_for("b", &path, &nar), nar)
+        .await;
+    let hash = path_hash(&path).to_owned();
+    (server, api, hash)
+}
+
+#[tokio::test]
+async fn a_token_for_cache_a_is_forbidden_on_cache_b_for_every_route() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let all_on_a: Vec<&str> = [
+        "--pull",
+        "--push",
+        "--delete",
+        "--create-cache",
+        "--configure-cache",
+        "--configure-cache-retention",
+        "--destroy-cache",
+    ]
+    .iter()
+    .flat_map(|flag| [*flag, "a"])
+    .collect();
+    let token_a = server.make_token(&all_on_a);
+    for (route, status) in every_route(&api, Some(&token_a), "b", &hash).await {
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{route} on b with a token for a"
+        );
+    }
+    // And on a cache that does not exist, the same answer: no discovery.
+    for (route, status) in every_route(&api, Some(&token_a), "nonexistent", &hash).await {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{route} on a missing cache");
+    }
+    // b is untouched.
+    let narinfo = api
+        .request(
+            Method::GET,
+            &format!("/b/{hash}.narinfo"),
+            Some(&server.root_token),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(narinfo.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn private_caches_refuse_anonymous_reads_and_public_ones_allow_them() {
+    let (server, api, hash) = server_with_cache_b().await;
+    // Anonymous on private b, and on a cache that does not exist: both 401.
+    for cache in ["b", "nonexistent"] {
+        for (route, status) in every_route(&api, None, cache, &hash).await {
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "anonymous {route} on {cache}"
+            );
+        }
+    }
+    // Made public, b serves reads to anyone but still refuses writes.
+    let patch = api
+        .request(
+            Method::PATCH,
+            "/_api/v1/cache-config/b",
+            Some(&server.root_token),
+        )
+        .json(&json!({"is_public": true}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(patch.status(), StatusCode::OK);
+    let statuses = every_route(&api, None, "b", &hash).await;
+    for (route, status) in statuses {
+        let read = [
+            "GET cache-config",
+            "nix-cache-info",
+            "narinfo",
+            "HEAD narinfo",
+            "nar",
+        ]
+        .contains(&route.as_str());
+        let expected = if read {
+            StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(status, expected, "anonymous {route} on public b");
+    }
+}
+
+#[tokio::test]
+async fn expired_tampered_revoked_and_garbage_tokens_get_401() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let good = server.make_token(&["--pull", "*"]);
+    let narinfo = |token: String| {
+        let api = api.clone();
+        let hash = hash.clone();
+        async move {
+            api.request(Method::GET, &format!("/b/{hash}.narinfo"), Some(&token))
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    assert_eq!(narinfo(good.clone()).await, StatusCode::OK);
+
+    // Expired: an attenuation with no validity left.
+    let output = server.atticadm(&["attenuate-token", &good, "--validity", "1ms"]);
+    assert!(output.status.success());
+    let expiring = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(narinfo(expiring).await, StatusCode::UNAUTHORIZED);
+
+    // Tampered: one character changed in the middle.
+    let mut bytes = good.clone().into_bytes();
+    let middle = bytes.len() / 2;
+    bytes[middle] = if bytes[middle] == b'A' { b'B' } else { b'A' };
+    assert_eq!(
+        narinfo(String::from_utf8(bytes).expect("ascii")).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Garbage.
+    assert_eq!(narinfo("garbage".into()).await, StatusCode::UNAUTHORIZED);
+
+    // Revoked, and its attenuated child with it.
+    let output = server.atticadm(&["attenuate-token", &good, "--cache", "b"]);
+    let child = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    assert_eq!(narinfo(child.clone()).await, StatusCode::OK);
+    let output = server.atticadm(&["revoke-token", &good]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(narinfo(good).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(narinfo(child).await, StatusCode::UNAUTHORIZED);
+
+    // A token from another server's key.
+    let other = TestServer::start();
+    assert_eq!(
+        narinfo(other.root_token.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_attenuated_token_cannot_exceed_its_parent() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    for cache in ["a1", "a2", "z"] {
+        api.create_cache(&server.root_token, cache, false).await;
+    }
+    let parent = server.make_token(&["--pull", "a*", "--push", "a*"]);
+    let attenuate = |args: &[&str]| {
+        let mut all = vec!["attenuate-token", parent.as_str()];
+        all.extend_from_slice(args);
+        let output = server.atticadm(&all);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let status = |token: &str, cache: &str, push: bool| {
+        let api = api.clone();
+        let token = token.to_owned();
+        let cache = cache.to_owned();
+        async move {
+            let nar = small_nar("x");
+            let path = fake_store_path("x");
+            if push {
+                api.upload(Some(&token), &nar_info_for(&cache, &path, &nar), nar)
+                    .await
+                    .status()
+            } else {
+                api.request(
+                    Method::GET,
+                    &format!("/{cache}/nix-cache-info"),
+                    Some(&token),
+                )
+                .send()
+                .await
+                .expect("request")
+                .status()
+            }
+        }
+    };
+
+    let narrow = attenuate(&["--cache", "a1", "--permission", "pull"]);
+    assert_eq!(status(&narrow, "a1", false).await, StatusCode::OK);
+    assert_eq!(status(&narrow, "a1", true).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(&narrow, "a2", false).await, StatusCode::FORBIDDEN);
+
+    let greedy = attenuate(&[
+        "--cache",
+        "*",
+        "--permission",
+        "pull",
+        "--permission",
+        "destroy-cache",
+    ]);
+    assert_eq!(status(&greedy, "z", false).await, StatusCode::FORBIDDEN);
+    let destroy = api
+        .request(Method::DELETE, "/_api/v1/cache-config/a1", Some(&greedy))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(destroy.status(), StatusCode::FORBIDDEN);
+    assert_eq!(status(&greedy, "a2", false).await, StatusCode::OK);
+    assert_eq!(status(&parent, "a2", true).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn error_bodies_are_uniform_and_leak_nothing_internal() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let token = server.root_token.clone();
+    let mut bodies = Vec::new();
+    let requests = vec![
+        api.request(Method::GET, "/b/nope.narinfo", Some(&token)),
+        api.request(
+            Method::GET,
+            &format!("/b/{}.narinfo", "0".repeat(32)),
+            Some(&token),
+        ),
+        api.request(Method::GET, "/b/nar/../../etc/passwd", Some(&token)),
+        api.request(Method::GET, "/_api/v1/cache-config/..", Some(&token)),
+        api.request(Method::GET, "/_api/v1/cache-config/b", Some("garbage")),
+        api.request(Method::POST, "/_api/v1/cache-config/b", Some(&token))
+            .body("{not json"),
+        api.request(Method::POST, "/_api/v1/cache-config/b", Some(&token))
+            .json(&json!({
+                "keypair": "Generate", "is_public": false, "store_dir": "/nix/store",
+                "priority": 41, "upstream_cache_key_names": []
+            })),
+        api.request(Method::PUT, "/_api/v1/upload-path", Some(&token))
+            .body("no metadata"),
+        api.request(Method::PUT, "/_api/v1/upload-path", Some(&token))
+            .header("X-Attic-Nar-Info", "{\"cache\": \"../etc\"}")
+            .body("x"),
+        api.request(Method::GET, "/no/such/route/here", None),
+        api.request(Method::GET, &format!("/b/nar/{hash}.nar.xz"), Some(&token)),
+    ];
+    for request in requests {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        bodies.push((status, text));
+    }
+    let data_dir = server.data_dir().display().to_string();
+    for (status, text) in &bodies {
+        assert!(status.is_client_error(), "{status}: {text}");
+        let body: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_eq!(body["code"], status.as_u16(), "{text}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{text}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
+        for secret in [
+            data_dir.as_str(),
+            "sqlite",
+            "SELECT",
+            "No such file",
+            "os error",
+            "/tmp/",
+        ] {
+            assert!(!text.contains(secret), "{text} leaks {secret}");
+        }
+    }
+    let conflict = &bodies[6];
+    assert_eq!(conflict.0, StatusCode::CONFLICT, "{}", conflict.1);
+}

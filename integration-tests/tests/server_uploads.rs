@@ -1,0 +1,425 @@
+//! Uploads: chunk-level deduplication, bad input that changes nothing,
+//! concurrency, and both ways of serving a NAR.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use attic::api::v1::upload_path::{NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo};
+use attic::hash::Sha256Hash;
+use attic::nar::NarNode;
+use integration_tests::nix::nonce;
+use integration_tests::server::TestServer;
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, path_hash};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+fn nar_of_file(contents: Vec<u8>) -> Vec<u8> {
+    let mut entries = BTreeMap::new();
+    entries.insert(
+        b"data".to_vec(),
+        NarNode::Regular {
+            executable: false,
+            contents,
+        },
+    );
+    NarNode::Directory(entries).to_nar()
+}
+
+async fn setup() -> (TestServer, Api, String) {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "main", false).await;
+    (server, api, token)
+}
+
+#[tokio::test]
+async fn a_slightly_changed_large_file_stores_only_the_changed_chunks() {
+    let (server, api, token) = setup().await;
+    let original = noise(8 * 1024 * 1024, 1);
+    let mut edited = original.clone();
+    edited[4 * 1024 * 1024] ^= 0xff;
+
+    let first = nar_of_file(original);
+    let first_path = fake_store_path("big");
+    let reply = api
+        .upload_ok(
+            &token,
+            &nar_info_for("main", &first_path, &first),
+            first.clone(),
+        )
+        .await;
+    let first_stored = reply["bytes_stored"].as_u64().expect("bytes_stored");
+    assert!(first_stored > 8 * 1024 * 1024, "{reply}");
+    let chunks_before = server.count("SELECT COUNT(*) FROM chunk").await;
+
+    let second = nar_of_file(edited);
+    let second_path = fake_store_path("big-edited");
+    let reply = api
+        .upload_ok(
+            &token,
+            &nar_info_for("main", &second_path, &second),
+            second.clone(),
+        )
+        .await;
+    assert_eq!(reply["kind"], "Uploaded");
+    let second_stored = reply["bytes_stored"].as_u64().expect("bytes_stored");
+    let new_chunks = server.count("SELECT COUNT(*) FROM chunk").await - chunks_before;
+    assert!(
+        new_chunks <= 2,
+        "{new_chunks} new chunks for a one-byte edit"
+    );
+    assert!(
+        second_stored * 10 < first_stored,
+        "a one-byte edit stored {second_stored} of {first_stored} bytes"
+    );
+    assert!(
+        reply["frac_deduplicated"].as_f64().expect("fraction") > 0.9,
+        "{reply}"
+    );
+
+    // Both read back whole, compressed and plain.
+    for (path, nar) in [(&first_path, &first), (&second_path, &second)] {
+        let hash = path_hash(path);
+        let plain = api
+            .request(Method::GET, &format!("/main/nar/{hash}.nar"), Some(&token))
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(plain == nar.as_slice(), "plain NAR differs");
+        let zstd = api
+            .request(
+                Method::GET,
+                &format!("/main/nar/{hash}.nar.zst"),
+                Some(&token),
+            )
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body");
+        let mut decoded = Vec::new();
+        zstd_decode(&zstd, &mut decoded);
+        assert!(
+            decoded == *nar,
+            "concatenated zstd frames do not decode to the NAR"
+        );
+    }
+}
+
+fn zstd_decode(data: &[u8], out: &mut Vec<u8>) {
+    // The test links libzstd through the server crate's zstd dependency.
+    let mut decoder = server_zstd::Decoder::new(data).expect("zstd stream");
+    decoder.read_to_end(out).expect("decode");
+}
+
+mod server_zstd {
+    pub use zstd::stream::read::Decoder;
+}
+
+/// A bad upload: it must be refused with `status`, and leave the cache as it was.
+async fn assert_refused(
+    api: &Api,
+    token: &str,
+    info: &UploadPathNarInfo,
+    body: Vec<u8>,
+    status: StatusCode,
+    error: &str,
+) {
+    let response = api.upload(Some(token), info, body).await;
+    let got = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(got, status, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON error");
+    assert_eq!(body["error"], error, "{text}");
+    let hash = info.store_path_hash.as_str();
+    assert_eq!(
+        api.missing(token, "main", &[hash]).await,
+        vec![hash.to_owned()],
+        "a refused upload left a path"
+    );
+    let narinfo = api
+        .request(Method::GET, &format!("/main/{hash}.narinfo"), Some(token))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(narinfo.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_and_change_nothing() {
+    let (server, api, token) = setup().await;
+    let nar = nar_of_file(noise(300_000, 2));
+    let small = nar_of_file(b"small".to_vec());
+
+    // Wrong hash: the body is fine but not what was declared.
+    let mut info = nar_info_for("main", &fake_store_path("wrong-hash"), &nar);
+    info.nar_hash = Sha256Hash::digest(b"something else");
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        nar.clone(),
+        StatusCode::BAD_REQUEST,
+        "NarMismatch",
+    )
+    .await;
+    let mut info = nar_info_for("main", &fake_store_path("wrong-hash-small"), &small);
+    info.nar_hash = Sha256Hash::digest(b"something else");
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        small.clone(),
+        StatusCode::BAD_REQUEST,
+        "NarMismatch",
+    )
+    .await;
+
+    // Truncated: declared whole, sent half.
+    let info = nar_info_for("main", &fake_store_path("truncated"), &nar);
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        nar[..nar.len() / 2].to_vec(),
+        StatusCode::BAD_REQUEST,
+        "MalformedNar",
+    )
+    .await;
+
+    // Longer than declared.
+    let info = nar_info_for("main", &fake_store_path("long"), &nar);
+    let mut long = nar.clone();
+    long.extend_from_slice(&[0; 64]);
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        long,
+        StatusCode::BAD_REQUEST,
+        "NarMismatch",
+    )
+    .await;
+
+    // Not a NAR at all, with a matching hash and size.
+    let garbage = noise(100_000, 3);
+    let info = nar_info_for("main", &fake_store_path("garbage"), &garbage);
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        garbage,
+        StatusCode::BAD_REQUEST,
+        "MalformedNar",
+    )
+    .await;
+
+    // A NAR with a `..` entry, hash and size correct.
+    let evil = evil_nar();
+    let info = nar_info_for("main", &fake_store_path("evil"), &evil);
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        evil,
+        StatusCode::BAD_REQUEST,
+        "MalformedNar",
+    )
+    .await;
+
+    // Over the size limit: refused before reading.
+    let mut info = nar_info_for("main", &fake_store_path("huge"), &small);
+    info.nar_size = 1 << 50;
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        small.clone(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "TooLarge",
+    )
+    .await;
+
+    // Metadata that could escape the store or inject narinfo lines.
+    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
+    info.store_path = "/nix/store/../../etc/passwd".into();
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        small.clone(),
+        StatusCode::BAD_REQUEST,
+        "InvalidNarInfo",
+    )
+    .await;
+    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
+    info.sigs = vec!["k:sig\nStorePath: /nix/store/evil".into()];
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        small.clone(),
+        StatusCode::BAD_REQUEST,
+        "InvalidNarInfo",
+    )
+    .await;
+    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
+    info.references = vec!["/etc/passwd".into()];
+    assert_refused(
+        &api,
+        &token,
+        &info,
+        small.clone(),
+        StatusCode::BAD_REQUEST,
+        "InvalidNarInfo",
+    )
+    .await;
+    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
+    info.store_path_hash = path_hash(&fake_store_path("other")).parse().expect("hash");
+    let response = api.upload(Some(&token), &info, small.clone()).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    assert_eq!(server.count("SELECT COUNT(*) FROM object").await, 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM chunk").await, 0);
+}
+
+/// A directory with an entry named `..`.
+fn evil_nar() -> Vec<u8> {
+    let mut entries = BTreeMap::new();
+    entries.insert(
+        b"dotdot".to_vec(),
+        NarNode::Regular {
+            executable: false,
+            contents: b"x".to_vec(),
+        },
+    );
+    let mut nar = NarNode::Directory(entries).to_nar();
+    // Same length, so only the name changes: "dotdot" becomes "..\0\0\0\0" is
+    // invalid; rewrite the length field and name to ".." with padding.
+    let at = nar
+        .windows(6)
+        .position(|w| w == b"dotdot")
+        .expect("name in NAR");
+    nar[at - 8..at].copy_from_slice(&2u64.to_le_bytes());
+    nar[at..at + 6].copy_from_slice(b"..\0\0\0\0");
+    nar
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_leaves_nothing() {
+    let (server, api, token) = setup().await;
+    let nar = nar_of_file(noise(2 * 1024 * 1024, 4));
+    let path = fake_store_path("interrupted");
+    let info = nar_info_for("main", &path, &nar);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        stream,
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
+        serde_json::to_string(&info).expect("json"),
+        nar.len()
+    )
+    .expect("headers");
+    stream
+        .write_all(&nar[..nar.len() / 2])
+        .expect("half the body");
+    drop(stream);
+    // The server notices the disconnect; give it a moment, then look.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let hash = path_hash(&path);
+    assert_eq!(
+        api.missing(&token, "main", &[hash]).await,
+        vec![hash.to_owned()]
+    );
+    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM chunk").await, 0);
+
+    // The same upload, complete, then works.
+    api.upload_ok(&token, &info, nar).await;
+    assert!(api.missing(&token, "main", &[hash]).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_uploads_of_the_same_nar_end_with_one_copy() {
+    let (server, api, token) = setup().await;
+    api.create_cache(&token, "other", false).await;
+    let nar = nar_of_file(noise(3 * 1024 * 1024, 5));
+    let path = fake_store_path("race");
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let cache = if i % 2 == 0 { "main" } else { "other" };
+        let info = nar_info_for(cache, &path, &nar);
+        let api = api.clone();
+        let token = token.clone();
+        let body = nar.clone();
+        tasks.push(tokio::spawn(async move {
+            api.upload_ok(&token, &info, body).await
+        }));
+    }
+    for task in tasks {
+        let reply = task.await.expect("task");
+        assert!(
+            reply["kind"] == "Uploaded" || reply["kind"] == "Deduplicated",
+            "{reply}"
+        );
+    }
+    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 1);
+    assert_eq!(server.count("SELECT COUNT(*) FROM object").await, 2);
+    let chunks = server.count("SELECT COUNT(*) FROM chunk").await;
+    assert_eq!(chunks as usize, server.blob_count());
+    assert_eq!(
+        server
+            .count("SELECT COUNT(DISTINCT chunk_id) FROM chunk_ref")
+            .await,
+        chunks,
+        "every chunk row is used exactly by the one NAR"
+    );
+}
+
+#[tokio::test]
+async fn metadata_may_come_as_a_preamble() {
+    let (_server, api, token) = setup().await;
+    let nar = nar_of_file(format!("preamble {}", nonce()).into_bytes());
+    let path = fake_store_path("preamble");
+    let info = serde_json::to_vec(&nar_info_for("main", &path, &nar)).expect("json");
+    let mut body = info.clone();
+    body.extend_from_slice(&nar);
+    let response = api
+        .request(Method::PUT, "/_api/v1/upload-path", Some(&token))
+        .header(NAR_INFO_PREAMBLE_SIZE_HEADER, info.len().to_string())
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    assert!(
+        api.missing(&token, "main", &[path_hash(&path)])
+            .await
+            .is_empty()
+    );
+}
