@@ -24,6 +24,46 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// An empty home with its own XDG directories, as a new user has.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    /// A fresh, empty home.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The home directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for one of our binaries living in this home.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(binary(name));
+        cmd.env("HOME", self.path())
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("XDG_DATA_HOME", self.path().join("data"))
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs one of our binaries to completion.
+    pub fn run(&self, name: &str, args: &[&str]) -> Output {
+        self.command(name).args(args).output().expect("run binary")
+    }
+}
+
+impl Default for TestHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A running `atticd`, killed on drop.
 pub struct TestServer {
     child: Child,
@@ -31,7 +71,7 @@ pub struct TestServer {
     pub url: String,
     /// The token printed on first start.
     pub root_token: String,
-    home: tempfile::TempDir,
+    home: TestHome,
 }
 
 impl TestServer {
@@ -42,8 +82,9 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra arguments.
     pub fn start_with_args(args: &[&str]) -> Self {
-        let home = tempfile::tempdir().expect("tempdir");
-        let mut child = Self::command_in(home.path(), "atticd")
+        let home = TestHome::new();
+        let mut child = home
+            .command("atticd")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -85,22 +126,9 @@ impl TestServer {
         }
     }
 
-    /// A command for one of our binaries with this server's environment.
-    fn command_in(home: &Path, name: &str) -> Command {
-        let mut cmd = Command::new(binary(name));
-        cmd.env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("XDG_DATA_HOME", home.join("data"))
-            .env("RUST_LOG", "warn");
-        cmd
-    }
-
     /// Runs `atticadm` against this server's config and data.
     pub fn atticadm(&self, args: &[&str]) -> Output {
-        Self::command_in(self.home.path(), "atticadm")
-            .args(args)
-            .output()
-            .expect("run atticadm")
+        self.home.run("atticadm", args)
     }
 
     /// `atticadm make-token --sub test --validity 1d` with more arguments.
@@ -127,14 +155,6 @@ impl TestServer {
     /// The config file atticd wrote.
     pub fn config_path(&self) -> PathBuf {
         self.home.path().join("config/attic/server.toml")
-    }
-
-    /// Runs `atticd` (not as a server) with this environment.
-    pub fn atticd(&self, args: &[&str]) -> Output {
-        Self::command_in(self.home.path(), "atticd")
-            .args(args)
-            .output()
-            .expect("run atticd")
     }
 
     /// Number of blob files in local storage.
