@@ -82,24 +82,34 @@ pub fn load_or_create_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
     }
 }
 
-/// Opens the database and applies migrations.
-pub async fn open_database(config: &ServerConfig, data_dir: &Path) -> Result<Database> {
+/// Opens the database, applying pending migrations when `migrate` is set.
+pub async fn open_database(
+    config: &ServerConfig,
+    data_dir: &Path,
+    migrate: bool,
+) -> Result<Database> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let url = config.database_url(data_dir);
     let database = Database::connect(&url)
         .await
         .context("connecting to the database")?;
-    database
-        .migrate()
-        .await
-        .context("applying database migrations")?;
+    if migrate {
+        database
+            .migrate()
+            .await
+            .context("applying database migrations")?;
+    }
     Ok(database)
 }
 
-/// Builds the shared state: database, storage, keys.
-pub async fn build_state(config: ServerConfig, data_dir: &Path) -> Result<Arc<AppState>> {
-    let database = open_database(&config, data_dir).await?;
+/// Builds the shared state: database (migrated first if `migrate`), storage, keys.
+pub async fn build_state(
+    config: ServerConfig,
+    data_dir: &Path,
+    migrate: bool,
+) -> Result<Arc<AppState>> {
+    let database = open_database(&config, data_dir, migrate).await?;
     let storage_path = config.local_storage_path(data_dir);
     let storage = LocalStorage::open(&storage_path)
         .await

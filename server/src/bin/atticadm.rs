@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
                 Some(dir) => dir,
                 None => setup::default_data_dir()?,
             };
-            let database = setup::open_database(&loaded.config, &data_dir).await?;
+            let database = setup::open_database(&loaded.config, &data_dir, true).await?;
             database.revoke(&token.revocation_ids()).await?;
             eprintln!(
                 "revoked {} (and every token attenuated from it)",

@@ -34,7 +34,8 @@ struct Options {
 enum Mode {
     /// The API and binary cache server, with migrations applied first.
     Monolithic,
-    /// The API and binary cache server (for replicas behind a load balancer).
+    /// The API and binary cache server without migrations (for replicas
+    /// behind a load balancer; run `--mode db-migrations` once first).
     ApiServer,
     /// Apply database migrations, then exit.
     DbMigrations,
@@ -64,7 +65,7 @@ async fn main() -> Result<()> {
     };
 
     if options.mode == Mode::DbMigrations {
-        setup::open_database(&config, &data_dir).await?;
+        setup::open_database(&config, &data_dir, true).await?;
         println!("database migrations applied");
         return Ok(());
     }
@@ -75,7 +76,10 @@ async fn main() -> Result<()> {
         .created
         .then(|| setup::root_token(&config))
         .transpose()?;
-    let state = setup::build_state(config, &data_dir).await?;
+    // Replicas leave migrations to one `--mode db-migrations` run, so that
+    // they never race each other over the schema.
+    let migrate = options.mode == Mode::Monolithic;
+    let state = setup::build_state(config, &data_dir, migrate).await?;
     println!("atticd listening on http://{address}/");
     if let Some(token) = root_token {
         println!(
