@@ -1,0 +1,249 @@
+//! The `/_api/v1/` client.
+//!
+//! Errors say what happened in terms a user can act on: the server's own
+//! message for refusals, the address for connection failures. They also say
+//! whether trying again could help ([`ApiError::is_transient`]).
+
+use std::time::Duration;
+
+use attic::api::ErrorResponse;
+use attic::api::v1::cache_config::{CacheConfig, CreateCacheRequest};
+use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
+use attic::api::v1::upload_path::{
+    NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
+};
+use attic::cache::CacheName;
+use attic::store_path::StorePathHash;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::config::ServerEntry;
+
+/// Metadata longer than this goes in a preamble rather than a header.
+const MAX_HEADER_NAR_INFO: usize = 4096;
+
+/// Why an API call failed.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The server answered with an error.
+    #[error("{endpoint} refused: {status} {error}: {message}")]
+    Refused {
+        /// The server.
+        endpoint: String,
+        /// HTTP status.
+        status: StatusCode,
+        /// The server's stable error name.
+        error: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach {endpoint}: {source}")]
+    Unreachable {
+        /// The server.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered something that is not what the API promises.
+    #[error("{endpoint} sent an unexpected reply: {detail}")]
+    BadReply {
+        /// The server.
+        endpoint: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// Whether the same request could succeed later: connection trouble,
+    /// server errors, rate limiting. Refusals (4xx) will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Unreachable { .. } => true,
+            ApiError::Refused { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::BadReply { .. } => false,
+        }
+    }
+
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one server.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// A client for a configured server.
+    pub fn new(server: &ServerEntry) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("attic/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with static settings");
+        Self {
+            http,
+            endpoint: server.endpoint.clone(),
+            token: server.token.clone(),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self
+            .http
+            .request(method, format!("{}_api/v1/{path}", self.endpoint));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ApiError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| ApiError::BadReply {
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            });
+        }
+        let (error, message) = match serde_json::from_slice::<ErrorResponse>(&body) {
+            Ok(e) => (e.error, e.message),
+            Err(_) => (
+                status.canonical_reason().unwrap_or("Error").to_owned(),
+                String::from_utf8_lossy(&body).chars().take(200).collect(),
+            ),
+        };
+        Err(ApiError::Refused {
+            endpoint: self.endpoint.clone(),
+            status,
+            error,
+            message,
+        })
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ApiError {
+        ApiError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            source,
+        }
+    }
+
+    /// `GET cache-config/{cache}`.
+    pub async fn get_cache_config(&self, cache: &CacheName) -> Result<CacheConfig, ApiError> {
+        self.send(self.request(Method::GET, &format!("cache-config/{cache}")))
+            .await
+    }
+
+    /// `POST cache-config/{cache}`.
+    pub async fn create_cache(
+        &self,
+        cache: &CacheName,
+        request: &CreateCacheRequest,
+    ) -> Result<(), ApiError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("cache-config/{cache}"))
+                .json(request),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `PATCH cache-config/{cache}`.
+    pub async fn configure_cache(
+        &self,
+        cache: &CacheName,
+        patch: &CacheConfig,
+    ) -> Result<(), ApiError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::PATCH, &format!("cache-config/{cache}"))
+                .json(patch),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE cache-config/{cache}`.
+    pub async fn destroy_cache(&self, cache: &CacheName) -> Result<(), ApiError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::DELETE, &format!("cache-config/{cache}")),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST get-missing-paths`.
+    pub async fn get_missing_paths(
+        &self,
+        cache: &CacheName,
+        hashes: Vec<StorePathHash>,
+    ) -> Result<Vec<StorePathHash>, ApiError> {
+        let request = GetMissingPathsRequest {
+            cache: cache.clone(),
+            store_path_hashes: hashes,
+        };
+        let response: GetMissingPathsResponse = self
+            .send(
+                self.request(Method::POST, "get-missing-paths")
+                    .json(&request),
+            )
+            .await?;
+        Ok(response.missing_paths)
+    }
+
+    /// `PUT upload-path`, the NAR streamed from `nar`. Large metadata
+    /// travels in a preamble, which `nar` must then already start with:
+    /// [`ApiClient::preamble`] gives it.
+    pub async fn upload_path(
+        &self,
+        info: &UploadPathNarInfo,
+        nar: reqwest::Body,
+    ) -> Result<UploadPathResult, ApiError> {
+        let json = serde_json::to_string(info).expect("upload metadata serialises");
+        let request = self.request(Method::PUT, "upload-path");
+        let request = if json.len() <= MAX_HEADER_NAR_INFO {
+            request.header(NAR_INFO_HEADER, json)
+        } else {
+            request.header(NAR_INFO_PREAMBLE_SIZE_HEADER, json.len().to_string())
+        };
+        self.send(
+            request
+                .header("Content-Type", "application/x-nix-nar")
+                .body(nar),
+        )
+        .await
+    }
+
+    /// The preamble to put before the NAR, if the metadata is too large
+    /// for a header.
+    pub fn preamble(info: &UploadPathNarInfo) -> Option<bytes::Bytes> {
+        let json = serde_json::to_vec(info).expect("upload metadata serialises");
+        (json.len() > MAX_HEADER_NAR_INFO).then(|| bytes::Bytes::from(json))
+    }
+}

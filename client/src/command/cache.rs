@@ -1,0 +1,211 @@
+//! `attic cache create|configure|info|destroy`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use attic::api::v1::cache_config::{
+    CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig,
+};
+use clap::{Args, Subcommand};
+
+use super::client_for;
+use crate::cache_ref::CacheRef;
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Create a cache, with a new signing key.
+    Create(Create),
+    /// Change a cache's settings.
+    Configure(Configure),
+    /// Show a cache's settings and public key.
+    Info {
+        /// The cache: `server:cache` or a name on the default server.
+        cache: CacheRef,
+    },
+    /// Destroy a cache and everything in it.
+    Destroy {
+        /// The cache: `server:cache` or a name on the default server.
+        cache: CacheRef,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        no_confirm: bool,
+    },
+}
+
+/// Arguments of `attic cache create`.
+#[derive(Debug, Args)]
+pub struct Create {
+    /// The cache: `server:cache` or a name on the default server.
+    cache: CacheRef,
+    /// Let anyone pull without a token.
+    #[arg(long)]
+    public: bool,
+    /// Substituter priority; lower is preferred (cache.nixos.org is 40).
+    #[arg(long, default_value_t = 41)]
+    priority: i32,
+    /// Upstream key whose paths need not be pushed (repeatable).
+    #[arg(long = "upstream-cache-key-name", default_values_t = ["cache.nixos.org-1".to_owned()])]
+    upstream_cache_key_names: Vec<String>,
+    /// The Nix store directory of the cache's paths.
+    #[arg(long, default_value = "/nix/store")]
+    store_dir: String,
+}
+
+/// Arguments of `attic cache configure`.
+#[derive(Debug, Args)]
+pub struct Configure {
+    /// The cache: `server:cache` or a name on the default server.
+    cache: CacheRef,
+    /// Let anyone pull without a token.
+    #[arg(long, conflicts_with = "private")]
+    public: bool,
+    /// Require a token to pull.
+    #[arg(long)]
+    private: bool,
+    /// Substituter priority; lower is preferred.
+    #[arg(long)]
+    priority: Option<i32>,
+    /// Upstream key whose paths need not be pushed (repeatable; replaces the list).
+    #[arg(long = "upstream-cache-key-name")]
+    upstream_cache_key_names: Vec<String>,
+    /// Keep unread paths this long (`30d`, `6months`), or `global` for the server's default.
+    #[arg(long)]
+    retention_period: Option<String>,
+    /// Replace the signing key; clients must trust the new public key.
+    #[arg(long)]
+    regenerate_keypair: bool,
+}
+
+pub async fn run(command: CacheCommand) -> Result<ExitCode> {
+    match command {
+        CacheCommand::Create(args) => {
+            let api = client_for(&args.cache)?;
+            let request = CreateCacheRequest {
+                keypair: KeypairConfig::Generate,
+                is_public: args.public,
+                store_dir: args.store_dir,
+                priority: args.priority,
+                upstream_cache_key_names: args.upstream_cache_key_names,
+            };
+            api.create_cache(&args.cache.cache, &request).await?;
+            let config = api.get_cache_config(&args.cache.cache).await?;
+            eprintln!(
+                "created {} cache {}",
+                if args.public { "public" } else { "private" },
+                args.cache
+            );
+            print_config(&config);
+        }
+        CacheCommand::Configure(args) => {
+            let api = client_for(&args.cache)?;
+            let patch = CacheConfig {
+                keypair: args.regenerate_keypair.then_some(KeypairConfig::Generate),
+                is_public: (args.public || args.private).then_some(args.public),
+                priority: args.priority,
+                upstream_cache_key_names: (!args.upstream_cache_key_names.is_empty())
+                    .then_some(args.upstream_cache_key_names),
+                retention_period: args
+                    .retention_period
+                    .as_deref()
+                    .map(parse_retention)
+                    .transpose()?,
+                ..CacheConfig::default()
+            };
+            if patch == CacheConfig::default() {
+                bail!(
+                    "nothing to change: give at least one setting (see `attic cache configure --help`)"
+                );
+            }
+            api.configure_cache(&args.cache.cache, &patch).await?;
+            eprintln!("configured {}", args.cache);
+            if args.regenerate_keypair {
+                let config = api.get_cache_config(&args.cache.cache).await?;
+                eprintln!("the cache has a new key; clients must trust it:");
+                print_config(&config);
+            }
+        }
+        CacheCommand::Info { cache } => {
+            let api = client_for(&cache)?;
+            print_config(&api.get_cache_config(&cache.cache).await?);
+        }
+        CacheCommand::Destroy { cache, no_confirm } => {
+            let api = client_for(&cache)?;
+            if !no_confirm {
+                confirm_destroy(&cache)?;
+            }
+            api.destroy_cache(&cache.cache).await?;
+            eprintln!("destroyed {cache}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {
+    if text == "global" {
+        return Ok(RetentionPeriodConfig::Global);
+    }
+    let duration: Duration = humantime::parse_duration(text).map_err(|e| {
+        anyhow::anyhow!("--retention-period {text:?}: {e} (use e.g. 30d, 6months, or global)")
+    })?;
+    Ok(RetentionPeriodConfig::Period(
+        u32::try_from(duration.as_secs())
+            .map_err(|_| anyhow::anyhow!("--retention-period is too long"))?,
+    ))
+}
+
+fn confirm_destroy(cache: &CacheRef) -> Result<()> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!(
+            "refusing to destroy {cache} without confirmation: no terminal to ask on; pass --no-confirm"
+        );
+    }
+    eprint!(
+        "This destroys {cache} and every path in it, at once and for good.\nType the cache name to confirm: "
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if answer.trim() != cache.cache.as_str() {
+        bail!("not confirmed; nothing was destroyed");
+    }
+    Ok(())
+}
+
+fn print_config(config: &CacheConfig) {
+    let show = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    println!("public key:        {}", show(config.public_key.clone()));
+    println!(
+        "substituter:       {}",
+        show(config.substituter_endpoint.clone())
+    );
+    println!(
+        "public:            {}",
+        show(config.is_public.map(|p| p.to_string()))
+    );
+    println!("store dir:         {}", show(config.store_dir.clone()));
+    println!(
+        "priority:          {}",
+        show(config.priority.map(|p| p.to_string()))
+    );
+    println!(
+        "upstream keys:     {}",
+        show(
+            config
+                .upstream_cache_key_names
+                .as_ref()
+                .map(|n| n.join(", "))
+        )
+    );
+    println!(
+        "retention period:  {}",
+        match config.retention_period {
+            None | Some(RetentionPeriodConfig::Global) => "server default".to_owned(),
+            Some(RetentionPeriodConfig::Period(0)) => "forever".to_owned(),
+            Some(RetentionPeriodConfig::Period(seconds)) =>
+                humantime::format_duration(Duration::from_secs(u64::from(seconds))).to_string(),
+        }
+    );
+}

@@ -1,0 +1,53 @@
+//! The `attic` command line: one module per subcommand.
+
+mod cache;
+mod login;
+mod push;
+mod use_cache;
+mod watch_store;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// The client of an Attic binary cache.
+#[derive(Debug, Parser)]
+#[command(name = "attic", version)]
+pub struct Options {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Save a server's URL and token under a name.
+    Login(login::Login),
+    /// Make a cache a substituter of the local Nix.
+    Use(use_cache::Use),
+    /// Push store paths and their closures to a cache.
+    Push(push::Push),
+    /// Create, configure, inspect or destroy caches.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Push new store paths as they appear, until interrupted.
+    WatchStore(watch_store::WatchStore),
+}
+
+/// Runs a parsed command line.
+pub async fn run(options: Options) -> Result<ExitCode> {
+    match options.command {
+        Command::Login(args) => login::run(args),
+        Command::Use(args) => use_cache::run(args).await,
+        Command::Push(args) => push::run(args).await,
+        Command::Cache(args) => cache::run(args).await,
+        Command::WatchStore(args) => watch_store::run(args).await,
+    }
+}
+
+/// The client for a cache argument, from the user's config.
+fn client_for(cache: &crate::cache_ref::CacheRef) -> Result<crate::api::ApiClient> {
+    let config = crate::config::ClientConfig::load()?;
+    let (_, server) = cache.resolve(&config)?;
+    Ok(crate::api::ApiClient::new(server))
+}

@@ -1,0 +1,235 @@
+//! `attic watch-store CACHE`: push new store paths as they appear, until
+//! interrupted. Paths go through a durable queue first, which a Nix
+//! `post-build-hook` can fill (`--enqueue`) without waiting on the network;
+//! a path leaves the queue only once pushed, so a crash of this process or
+//! an outage of the server loses nothing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use attic::store_path::StoreDir;
+use clap::Args;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::client_for;
+use crate::cache_ref::CacheRef;
+use crate::nix_store;
+use crate::push::{PushOptions, Pusher};
+use crate::queue::{Queue, default_queue_path};
+
+/// Paths pushed per round.
+const BATCH: u32 = 500;
+
+/// Arguments of `attic watch-store`.
+#[derive(Debug, Args)]
+pub struct WatchStore {
+    /// The cache: `server:cache` or a name on the default server.
+    cache: CacheRef,
+    /// Only add paths to the queue and exit: the given paths, or those in
+    /// `$OUT_PATHS` (as a Nix post-build-hook receives them).
+    #[arg(long)]
+    enqueue: bool,
+    /// Paths to enqueue, with `--enqueue`.
+    paths: Vec<String>,
+    /// Push what is queued, then exit instead of watching.
+    #[arg(long, conflicts_with = "enqueue")]
+    once: bool,
+    /// Uploads at once.
+    #[arg(short = 'j', long, default_value_t = 5)]
+    jobs: usize,
+    /// The queue database [default: $XDG_STATE_HOME/attic/watch-store-queue.db].
+    #[arg(long)]
+    queue: Option<PathBuf>,
+}
+
+pub async fn run(args: WatchStore) -> Result<ExitCode> {
+    let queue_path = match &args.queue {
+        Some(path) => path.clone(),
+        None => default_queue_path()?,
+    };
+    let queue = Queue::open(&queue_path).await?;
+    let key = args.cache.to_string();
+
+    if args.enqueue {
+        let mut paths = args.paths.clone();
+        if paths.is_empty() {
+            paths = std::env::var("OUT_PATHS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+        }
+        queue.enqueue(&key, &paths).await?;
+        eprintln!("queued {} paths for {}", paths.len(), args.cache);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let options = PushOptions {
+        jobs: args.jobs,
+        ..PushOptions::default()
+    };
+    let pusher = connect(&args, &options).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Keep the watcher alive for as long as we run.
+    let _watcher = if args.once {
+        None
+    } else {
+        Some(watch_store(pusher.store_dir(), tx)?)
+    };
+    eprintln!(
+        "watching {} for new paths to push to {}; queue {}",
+        pusher.store_dir().as_str(),
+        args.cache,
+        queue_path.display()
+    );
+
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        while let Ok(path) = rx.try_recv() {
+            if nix_store::is_valid(&path).await {
+                queue.enqueue(&key, &[path]).await?;
+            }
+        }
+        let pending = queue.pending(&key, BATCH).await?;
+        let mut pushed_all = true;
+        if !pending.is_empty() {
+            pushed_all = push_batch(&queue, &key, &pusher, &pending, &options).await;
+            backoff = if pushed_all {
+                Duration::from_secs(1)
+            } else {
+                (backoff * 2).min(Duration::from_secs(60))
+            };
+        }
+        if args.once && (pending.is_empty() || !pushed_all) {
+            let left = queue.pending(&key, u32::MAX).await?.len();
+            if left > 0 {
+                eprintln!("error: {left} paths are still queued for {}", args.cache);
+                return Ok(ExitCode::FAILURE);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !pending.is_empty() && pushed_all {
+            continue;
+        }
+        let wait = if pushed_all {
+            Duration::from_secs(3600)
+        } else {
+            backoff
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted; queued paths stay queued");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(path) = rx.recv() => {
+                if nix_store::is_valid(&path).await {
+                    queue.enqueue(&key, &[path]).await?;
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Connects, waiting out an unreachable server instead of giving up.
+async fn connect(args: &WatchStore, options: &PushOptions) -> Result<Pusher> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let api = client_for(&args.cache)?;
+        match Pusher::connect(api, args.cache.cache.clone(), options).await {
+            Ok(pusher) => return Ok(pusher),
+            Err(e) if args.once => return Err(e),
+            Err(e) => {
+                eprintln!("warning: {e:#}; trying again in {}s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Pushes queued paths; removes those that made it (or that Nix no longer
+/// has). Returns whether all made it.
+async fn push_batch(
+    queue: &Queue,
+    key: &str,
+    pusher: &Pusher,
+    pending: &[String],
+    options: &PushOptions,
+) -> bool {
+    let mut valid = Vec::new();
+    let mut gone = Vec::new();
+    for path in pending {
+        if nix_store::is_valid(path).await {
+            valid.push(path.clone());
+        } else {
+            gone.push(path.clone());
+        }
+    }
+    if !gone.is_empty() {
+        eprintln!(
+            "warning: dropping {} queued paths that are no longer in the store",
+            gone.len()
+        );
+        if let Err(e) = queue.remove(key, &gone).await {
+            eprintln!("warning: {e:#}");
+        }
+    }
+    if valid.is_empty() {
+        return true;
+    }
+    match pusher.push(&valid, options).await {
+        Ok(summary) => {
+            println!("{}", summary.line());
+            let failed: std::collections::HashSet<&str> =
+                summary.failed.iter().map(|(p, _)| p.as_str()).collect();
+            for (path, reason) in &summary.failed {
+                eprintln!("warning: {path} stays queued: {reason}");
+            }
+            // A queued path's closure was pushed with it; only queued
+            // paths that failed themselves stay.
+            let done: Vec<String> = valid
+                .iter()
+                .filter(|p| !failed.contains(p.as_str()))
+                .cloned()
+                .collect();
+            if let Err(e) = queue.remove(key, &done).await {
+                eprintln!("warning: {e:#}");
+                return false;
+            }
+            failed.is_empty()
+        }
+        Err(e) => {
+            eprintln!("warning: pushing queued paths failed: {e:#}; they stay queued");
+            false
+        }
+    }
+}
+
+/// Watches the store directory: Nix deletes `<path>.lock` once a new path is
+/// registered, so each such removal names a candidate.
+fn watch_store(
+    store_dir: &StoreDir,
+    tx: mpsc::UnboundedSender<String>,
+) -> Result<notify::RecommendedWatcher> {
+    let dir = store_dir.as_str().to_owned();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !matches!(event.kind, EventKind::Remove(_)) {
+            return;
+        }
+        for path in event.paths {
+            if let Some(path) = path.to_str().and_then(|p| p.strip_suffix(".lock")) {
+                let _ = tx.send(path.to_owned());
+            }
+        }
+    })
+    .context("cannot watch the Nix store")?;
+    watcher
+        .watch(std::path::Path::new(&dir), RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {dir}"))?;
+    Ok(watcher)
+}

@@ -1,0 +1,163 @@
+//! `$XDG_CONFIG_HOME/attic/config.toml`: the servers the user logged in to.
+//!
+//! ```toml
+//! default-server = "main"
+//!
+//! [servers.main]
+//! endpoint = "https://cache.example.com/"
+//! token = "..."
+//! ```
+//!
+//! It holds tokens, so it is written with mode 0600, atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClientConfig {
+    /// The server a bare cache name refers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_server: Option<String>,
+    /// Servers by the name given at `attic login`.
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerEntry>,
+}
+
+/// One server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerEntry {
+    /// Base URL, ending in `/`.
+    pub endpoint: String,
+    /// Bearer token, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `$XDG_CONFIG_HOME`, or `~/.config`.
+pub fn config_home() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither XDG_CONFIG_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".config"))
+}
+
+/// Where the config lives.
+pub fn config_path() -> Result<PathBuf> {
+    Ok(config_home()?.join("attic/config.toml"))
+}
+
+impl ClientConfig {
+    /// Loads the config; a missing file is an empty config.
+    pub fn load() -> Result<Self> {
+        Self::load_from(&config_path()?)
+    }
+
+    /// Loads a config file; a missing file is an empty config.
+    pub fn load_from(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Saves the config, readable by its owner only.
+    pub fn save(&self) -> Result<()> {
+        self.save_to(&config_path()?)
+    }
+
+    /// Saves to a given file: temporary file, fsync, rename.
+    pub fn save_to(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().context("config path has no directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let temp = path.with_extension("toml.tmp");
+        let text = toml::to_string_pretty(self).context("serialising the config")?;
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temp, path)
+        };
+        write().with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Adds or replaces a server.
+    pub fn login(
+        &mut self,
+        name: &str,
+        endpoint: &str,
+        token: Option<String>,
+        set_default: bool,
+    ) -> Result<()> {
+        if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+            bail!("{name:?} is not a server name: use letters, digits, `-` or `_`");
+        }
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            bail!("{endpoint:?} is not an http:// or https:// URL");
+        }
+        let mut endpoint = endpoint.to_owned();
+        if !endpoint.ends_with('/') {
+            endpoint.push('/');
+        }
+        self.servers
+            .insert(name.to_owned(), ServerEntry { endpoint, token });
+        if set_default || self.default_server.is_none() {
+            self.default_server = Some(name.to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_login_becomes_the_default_and_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("attic/config.toml");
+        let mut config = ClientConfig::load_from(&path).expect("missing file is empty");
+        config
+            .login("main", "http://localhost:8080", Some("t".into()), false)
+            .expect("login");
+        config
+            .login("other", "https://x.example/", None, false)
+            .expect("login");
+        assert_eq!(config.default_server.as_deref(), Some("main"));
+        config
+            .login("other", "https://x.example/", None, true)
+            .expect("login");
+        assert_eq!(config.default_server.as_deref(), Some("other"));
+        config.save_to(&path).expect("save");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = ClientConfig::load_from(&path).expect("load");
+        assert_eq!(again, config);
+        assert_eq!(again.servers["main"].endpoint, "http://localhost:8080/");
+    }
+
+    #[test]
+    fn rejects_bad_names_and_urls() {
+        let mut config = ClientConfig::default();
+        assert!(config.login("a:b", "http://x/", None, false).is_err());
+        assert!(config.login("a", "ftp://x/", None, false).is_err());
+    }
+}

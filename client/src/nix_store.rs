@@ -1,0 +1,228 @@
+//! The local Nix store, as Nix itself reports it.
+//!
+//! Metadata (NAR hash and size, references, deriver, signatures, CA) comes
+//! from `nix path-info --json`, which reads Nix's database; NARs are then
+//! serialised straight from the filesystem by `attic::nar::dump_path`.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use attic::hash::Sha256Hash;
+use attic::store_path::{StoreDir, StorePath};
+use serde::Deserialize;
+use tokio::process::Command;
+
+/// What Nix knows of one valid store path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The full path.
+    pub path: String,
+    /// Its parsed form.
+    pub store_path: StorePath,
+    /// SHA-256 of its NAR.
+    pub nar_hash: Sha256Hash,
+    /// Length of its NAR.
+    pub nar_size: u64,
+    /// Full paths it refers to.
+    pub references: Vec<String>,
+    /// Full path of its derivation.
+    pub deriver: Option<String>,
+    /// Its signatures.
+    pub sigs: Vec<String>,
+    /// Its content address.
+    pub ca: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPathInfo {
+    path: String,
+    #[serde(default)]
+    valid: Option<bool>,
+    nar_hash: Option<String>,
+    nar_size: Option<u64>,
+    #[serde(default)]
+    references: Vec<String>,
+    deriver: Option<String>,
+    #[serde(default)]
+    signatures: Vec<String>,
+    ca: Option<String>,
+}
+
+/// A `nix` command with the features we need switched on.
+fn nix() -> Command {
+    let mut cmd = Command::new("nix");
+    cmd.args(["--extra-experimental-features", "nix-command"]);
+    cmd
+}
+
+/// Turns a user's argument (a store path, a path inside one, or a symlink
+/// such as `./result`) into the store path it names.
+pub fn resolve_path_argument(store_dir: &StoreDir, argument: &str) -> Result<String> {
+    let in_store = |path: &Path| -> Option<String> {
+        let rest = path.strip_prefix(store_dir.as_str()).ok()?;
+        match rest.components().next()? {
+            Component::Normal(name) => Some(format!("{}/{}", store_dir.as_str(), name.to_str()?)),
+            _ => None,
+        }
+    };
+    let given = PathBuf::from(argument);
+    if let Some(path) = in_store(&given) {
+        return Ok(path);
+    }
+    let resolved =
+        std::fs::canonicalize(&given).with_context(|| format!("{argument} does not exist"))?;
+    in_store(&resolved)
+        .with_context(|| format!("{argument} is not in the Nix store {}", store_dir.as_str()))
+}
+
+/// Metadata of `paths`, and of everything they refer to when `closure` is
+/// set, dependencies before dependents.
+pub async fn path_infos(
+    store_dir: &StoreDir,
+    paths: &[String],
+    closure: bool,
+) -> Result<Vec<PathInfo>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = nix();
+    cmd.args(["path-info", "--json"]);
+    if closure {
+        cmd.arg("--recursive");
+    }
+    cmd.arg("--").args(paths);
+    let output = cmd
+        .output()
+        .await
+        .context("cannot run `nix`: attic reads the store through Nix, so it must be on PATH")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr.trim().trim_start_matches("error: ");
+        bail!("Nix cannot describe the paths to push: {reason}");
+    }
+    let raw: Vec<RawPathInfo> = serde_json::from_slice(&output.stdout)
+        .context("`nix path-info --json` printed unexpected JSON")?;
+    let mut infos = Vec::with_capacity(raw.len());
+    for entry in raw {
+        if entry.valid == Some(false) {
+            bail!("{} is not a valid path in the Nix store", entry.path);
+        }
+        let store_path = store_dir
+            .parse_path(&entry.path)
+            .with_context(|| format!("Nix reported a strange path {}", entry.path))?;
+        let nar_hash = entry
+            .nar_hash
+            .as_deref()
+            .with_context(|| format!("Nix gave no NAR hash for {}", entry.path))?
+            .parse()
+            .with_context(|| format!("Nix gave a strange NAR hash for {}", entry.path))?;
+        infos.push(PathInfo {
+            store_path,
+            nar_hash,
+            nar_size: entry
+                .nar_size
+                .with_context(|| format!("Nix gave no NAR size for {}", entry.path))?,
+            references: entry.references,
+            deriver: entry.deriver,
+            sigs: entry.signatures,
+            ca: entry.ca,
+            path: entry.path,
+        });
+    }
+    Ok(sort_dependencies_first(infos))
+}
+
+/// Orders paths so that each comes after the paths it refers to, so an
+/// interrupted push never leaves a path in the cache without its references.
+pub fn sort_dependencies_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
+    use std::collections::{HashMap, HashSet};
+    let by_path: HashMap<String, PathInfo> =
+        infos.iter().map(|i| (i.path.clone(), i.clone())).collect();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut order = Vec::with_capacity(infos.len());
+    for info in &infos {
+        // Iterative depth-first search: (path, references expanded?).
+        let mut stack = vec![(info.path.clone(), false)];
+        while let Some((path, expanded)) = stack.pop() {
+            if done.contains(&path) {
+                continue;
+            }
+            let Some(entry) = by_path.get(&path) else {
+                continue;
+            };
+            if expanded {
+                done.insert(path);
+                order.push(entry.clone());
+            } else {
+                stack.push((path.clone(), true));
+                for reference in &entry.references {
+                    if reference != &path && !done.contains(reference) {
+                        stack.push((reference.clone(), false));
+                    }
+                }
+            }
+        }
+    }
+    order
+}
+
+/// Whether Nix holds `path` as a valid store path.
+pub async fn is_valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, references: &[&str]) -> PathInfo {
+        let path = format!("/nix/store/{}-{name}", "0".repeat(31) + &name[..1]);
+        PathInfo {
+            store_path: StoreDir::default().parse_path(&path).expect("path"),
+            path,
+            nar_hash: Sha256Hash::digest(name.as_bytes()),
+            nar_size: 8,
+            references: references
+                .iter()
+                .map(|r| format!("/nix/store/{}-{r}", "0".repeat(31) + &r[..1]))
+                .collect(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn dependencies_come_first() {
+        // The first letter of each name doubles as its hash, so it must be nix-base32.
+        let infos = vec![
+            info("a-top", &["b-mid", "c-leaf"]),
+            info("b-mid", &["c-leaf"]),
+            info("c-leaf", &[]),
+        ];
+        let names: Vec<String> = sort_dependencies_first(infos)
+            .iter()
+            .map(|i| i.store_path.name().to_owned())
+            .collect();
+        assert_eq!(names, ["c-leaf", "b-mid", "a-top"]);
+    }
+
+    #[test]
+    fn resolves_paths_inside_the_store() {
+        let store = StoreDir::default();
+        let path = "/nix/store/00000000000000000000000000000000-x";
+        assert_eq!(
+            resolve_path_argument(&store, &format!("{path}/bin/tool")).expect("inside"),
+            path
+        );
+        assert_eq!(resolve_path_argument(&store, path).expect("itself"), path);
+        assert!(resolve_path_argument(&store, "/etc").is_err());
+    }
+}

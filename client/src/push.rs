@@ -1,0 +1,371 @@
+//! The push pipeline: closure, upstream filter, missing-path query, then
+//! parallel streaming uploads with retries.
+//!
+//! Each NAR is serialised from the filesystem into a pipe that the HTTP body
+//! reads from, so memory per upload is the pipe's buffer, whatever the size
+//! of the path.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use attic::api::v1::upload_path::{UploadPathNarInfo, UploadPathResult, UploadPathResultKind};
+use attic::cache::CacheName;
+use attic::nar::{NarError, dump_path};
+use attic::store_path::{StoreDir, StorePathHash};
+use futures::{StreamExt, TryStreamExt};
+use indicatif::HumanBytes;
+use thiserror::Error;
+use tokio_util::io::ReaderStream;
+
+use crate::api::{ApiClient, ApiError};
+use crate::nix_store::{self, PathInfo};
+use crate::progress::{PathProgress, Progress};
+
+/// Size of the pipe between the NAR writer and the HTTP body.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// How to push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Uploads at once.
+    pub jobs: usize,
+    /// Push the paths' closures (the default), not just the paths.
+    pub closure: bool,
+    /// Push paths even when signed by one of the cache's upstream keys.
+    pub ignore_upstream_cache_filter: bool,
+    /// Attempts after the first for a path that failed transiently.
+    pub retries: u32,
+    /// Delay before the first retry; doubles each time.
+    pub retry_delay: Duration,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            jobs: 5,
+            closure: true,
+            ignore_upstream_cache_filter: false,
+            retries: 3,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Default, Clone)]
+pub struct PushSummary {
+    /// Paths uploaded (or attached after proof) now.
+    pub pushed: usize,
+    /// NAR bytes of those paths.
+    pub pushed_bytes: u64,
+    /// Bytes the server did not need to store, thanks to deduplication.
+    pub deduplicated_bytes: u64,
+    /// Paths the cache already had.
+    pub already_present: usize,
+    /// Paths skipped because an upstream cache signed them.
+    pub skipped_upstream: usize,
+    /// Paths that failed, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+impl PushSummary {
+    /// One line for the end of a push.
+    pub fn line(&self) -> String {
+        format!(
+            "pushed {} paths ({} of NARs, {} of it already stored on the server); {} already in the cache; \
+             {} skipped as signed upstream; {} failed",
+            self.pushed,
+            HumanBytes(self.pushed_bytes),
+            HumanBytes(self.deduplicated_bytes),
+            self.already_present,
+            self.skipped_upstream,
+            self.failed.len()
+        )
+    }
+}
+
+/// Why one path could not be pushed.
+#[derive(Debug, Error)]
+pub enum PushError {
+    /// The server refused or could not be reached.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The path could not be read from the store.
+    #[error("cannot read the path from the local store: {0}")]
+    Read(#[source] NarError),
+}
+
+impl PushError {
+    fn is_transient(&self) -> bool {
+        match self {
+            PushError::Api(e) => e.is_transient(),
+            PushError::Read(_) => false,
+        }
+    }
+}
+
+/// What a push will do.
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    /// Paths to upload, dependencies first.
+    pub to_push: Vec<PathInfo>,
+    /// Paths the cache already holds.
+    pub already_present: usize,
+    /// Paths skipped because an upstream cache signed them.
+    pub skipped_upstream: usize,
+}
+
+/// NAR bytes the server did not have to store for this upload.
+fn deduplicated_bytes(reply: &UploadPathResult, nar_size: u64) -> u64 {
+    match reply.kind {
+        UploadPathResultKind::Deduplicated => nar_size,
+        UploadPathResultKind::Uploaded => {
+            let fraction = reply.frac_deduplicated.unwrap_or(0.0).clamp(0.0, 1.0);
+            (nar_size as f64 * fraction) as u64
+        }
+    }
+}
+
+/// Calls `f` until it succeeds, fails for good, or runs out of retries,
+/// waiting twice as long after each transient failure.
+pub async fn retry_transient<T, F, Fut>(
+    options: &PushOptions,
+    what: &str,
+    mut f: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let mut delay = options.retry_delay;
+    for attempt in 1.. {
+        match f().await {
+            Err(e) if e.is_transient() && attempt <= options.retries => {
+                eprintln!(
+                    "warning: {what} failed: {e}; retrying in {:.0}s (attempt {} of {})",
+                    delay.as_secs_f32(),
+                    attempt + 1,
+                    options.retries + 1
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Pushes to one cache.
+pub struct Pusher {
+    api: ApiClient,
+    cache: CacheName,
+    store_dir: StoreDir,
+    upstream_key_names: Vec<String>,
+}
+
+impl Pusher {
+    /// Looks the cache up (checking the token works, retrying while the
+    /// server is unreachable) and prepares to push.
+    pub async fn connect(api: ApiClient, cache: CacheName, options: &PushOptions) -> Result<Self> {
+        let config = retry_transient(options, &format!("looking up cache {cache}"), || {
+            api.get_cache_config(&cache)
+        })
+        .await
+        .with_context(|| format!("cannot use cache {cache}"))?;
+        let store_dir = match &config.store_dir {
+            Some(dir) => StoreDir::new(dir)
+                .with_context(|| format!("cache {cache} has store dir {dir:?}"))?,
+            None => StoreDir::default(),
+        };
+        Ok(Self {
+            api,
+            cache,
+            store_dir,
+            upstream_key_names: config.upstream_cache_key_names.unwrap_or_default(),
+        })
+    }
+
+    /// The cache's store directory.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// Pushes `paths` (full store paths) and, by default, their closures.
+    pub async fn push(&self, paths: &[String], options: &PushOptions) -> Result<PushSummary> {
+        let plan = self.plan(paths, options).await?;
+        Ok(self.upload_all(plan, options).await)
+    }
+
+    /// Decides what to upload: the closure, less what upstream signed,
+    /// less what the cache has.
+    pub async fn plan(&self, paths: &[String], options: &PushOptions) -> Result<PushPlan> {
+        let infos = nix_store::path_infos(&self.store_dir, paths, options.closure).await?;
+        let (upstream, candidates): (Vec<PathInfo>, Vec<PathInfo>) = infos
+            .into_iter()
+            .partition(|info| !options.ignore_upstream_cache_filter && self.signed_upstream(info));
+        let hashes: Vec<StorePathHash> = candidates
+            .iter()
+            .map(|i| i.store_path.hash().clone())
+            .collect();
+        let missing: HashSet<StorePathHash> =
+            retry_transient(options, "asking which paths are missing", || {
+                self.api.get_missing_paths(&self.cache, hashes.clone())
+            })
+            .await
+            .with_context(|| format!("cannot ask cache {} which paths it lacks", self.cache))?
+            .into_iter()
+            .collect();
+        let total = candidates.len();
+        let to_push: Vec<PathInfo> = candidates
+            .into_iter()
+            .filter(|info| missing.contains(info.store_path.hash()))
+            .collect();
+        Ok(PushPlan {
+            already_present: total - to_push.len(),
+            skipped_upstream: upstream.len(),
+            to_push,
+        })
+    }
+
+    /// Uploads a plan's paths, `options.jobs` at a time.
+    pub async fn upload_all(&self, plan: PushPlan, options: &PushOptions) -> PushSummary {
+        let progress = Progress::for_stdout(plan.to_push.len() as u64);
+        let total_bytes: u64 = plan.to_push.iter().map(|i| i.nar_size).sum();
+        progress.println(&format!(
+            "{} paths to push to {} ({}); {} already there; {} signed upstream",
+            plan.to_push.len(),
+            self.cache,
+            HumanBytes(total_bytes),
+            plan.already_present,
+            plan.skipped_upstream
+        ));
+        let mut summary = PushSummary {
+            already_present: plan.already_present,
+            skipped_upstream: plan.skipped_upstream,
+            ..PushSummary::default()
+        };
+        let sent = AtomicU64::new(0);
+        let results: Vec<(PathInfo, Result<UploadPathResult, PushError>)> =
+            futures::stream::iter(plan.to_push)
+                .map(|info| {
+                    let progress = &progress;
+                    let sent = &sent;
+                    async move {
+                        let bar = progress.start_path(&info.store_path.to_string(), info.nar_size);
+                        let result = self
+                            .upload_with_retries(&info, &bar, options, progress)
+                            .await;
+                        let total =
+                            sent.fetch_add(info.nar_size, Ordering::Relaxed) + info.nar_size;
+                        match &result {
+                            Ok(reply) => {
+                                let outcome = match reply.kind {
+                                    UploadPathResultKind::Uploaded => "pushed",
+                                    UploadPathResultKind::Deduplicated => "pushed (deduplicated)",
+                                };
+                                bar.done(progress, outcome, info.nar_size);
+                            }
+                            Err(e) => bar.done(progress, &format!("FAILED ({e})"), 0),
+                        }
+                        progress.finish_path(total);
+                        (info, result)
+                    }
+                })
+                .buffer_unordered(options.jobs.max(1))
+                .collect()
+                .await;
+        progress.finish();
+        for (info, result) in results {
+            match result {
+                Ok(reply) => {
+                    summary.pushed += 1;
+                    summary.pushed_bytes += info.nar_size;
+                    summary.deduplicated_bytes += deduplicated_bytes(&reply, info.nar_size);
+                }
+                Err(e) => summary.failed.push((info.path, e.to_string())),
+            }
+        }
+        summary
+    }
+
+    async fn upload_with_retries(
+        &self,
+        info: &PathInfo,
+        bar: &PathProgress,
+        options: &PushOptions,
+        progress: &Progress,
+    ) -> Result<UploadPathResult, PushError> {
+        let mut delay = options.retry_delay;
+        let mut attempt = 0;
+        loop {
+            match self.upload_once(info, bar).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if e.is_transient() && attempt < options.retries => {
+                    attempt += 1;
+                    progress.println(&format!(
+                        "retrying {} in {}s (attempt {} of {}): {e}",
+                        info.store_path,
+                        delay.as_secs_f32(),
+                        attempt + 1,
+                        options.retries + 1
+                    ));
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    bar.reset();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        info: &PathInfo,
+        bar: &PathProgress,
+    ) -> Result<UploadPathResult, PushError> {
+        let upload_info = UploadPathNarInfo {
+            cache: self.cache.clone(),
+            store_path_hash: info.store_path.hash().clone(),
+            store_path: info.path.clone(),
+            references: info.references.clone(),
+            system: None,
+            deriver: info.deriver.clone(),
+            sigs: info.sigs.clone(),
+            ca: info.ca.clone(),
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+        };
+        let (mut writer, reader) = tokio::io::duplex(PIPE_SIZE);
+        let path = PathBuf::from(&info.path);
+        let dumper = tokio::spawn(async move { dump_path(&path, &mut writer).await });
+        let preamble = ApiClient::preamble(&upload_info).map(Ok::<_, std::io::Error>);
+        let counter = bar.counter();
+        let nar = ReaderStream::with_capacity(reader, 64 * 1024)
+            .inspect_ok(move |piece| counter.inc(piece.len() as u64));
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(preamble).chain(nar));
+        let reply = self.api.upload_path(&upload_info, body).await;
+        let dumped = dumper.await.map_err(|e| {
+            PushError::Read(NarError::Io {
+                path: info.path.clone().into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        match (reply, dumped) {
+            (Ok(reply), _) => Ok(reply),
+            // A path that could not be read explains the server's refusal.
+            (Err(_), Err(e)) if !matches!(e, NarError::Io { .. }) => Err(PushError::Read(e)),
+            (Err(e), _) => Err(PushError::Api(e)),
+        }
+    }
+
+    fn signed_upstream(&self, info: &PathInfo) -> bool {
+        info.sigs.iter().any(|sig| {
+            sig.split_once(':')
+                .is_some_and(|(name, _)| self.upstream_key_names.iter().any(|u| u == name))
+        })
+    }
+}
