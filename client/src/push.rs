@@ -74,6 +74,12 @@ pub struct PushSummary {
 impl PushSummary {
     /// One line for the end of a push.
     pub fn line(&self) -> String {
+        if self.pushed == 0 && self.failed.is_empty() {
+            return format!(
+                "nothing to push: {} paths already in the cache, {} skipped as signed upstream",
+                self.already_present, self.skipped_upstream
+            );
+        }
         format!(
             "pushed {} paths ({} of NARs, {} of it already stored on the server); {} already in the cache; \
              {} skipped as signed upstream; {} failed",
@@ -96,13 +102,16 @@ pub enum PushError {
     /// The path could not be read from the store.
     #[error("cannot read the path from the local store: {0}")]
     Read(#[source] NarError),
+    /// A path it refers to failed, so it was not tried.
+    #[error("not pushed because its reference {0} failed")]
+    ReferenceFailed(String),
 }
 
 impl PushError {
     fn is_transient(&self) -> bool {
         match self {
             PushError::Api(e) => e.is_transient(),
-            PushError::Read(_) => false,
+            PushError::Read(_) | PushError::ReferenceFailed(_) => false,
         }
     }
 }
@@ -116,6 +125,29 @@ pub struct PushPlan {
     pub already_present: usize,
     /// Paths skipped because an upstream cache signed them.
     pub skipped_upstream: usize,
+}
+
+/// Splits paths (dependencies first) into layers: each path's references
+/// among them are all in earlier layers.
+fn layers(paths: Vec<PathInfo>) -> Vec<Vec<PathInfo>> {
+    let mut depth: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut layers: Vec<Vec<PathInfo>> = Vec::new();
+    for info in paths {
+        let layer = info
+            .references
+            .iter()
+            .filter(|r| **r != info.path)
+            .filter_map(|r| depth.get(r))
+            .map(|d| d + 1)
+            .max()
+            .unwrap_or(0);
+        depth.insert(info.path.clone(), layer);
+        if layers.len() <= layer {
+            layers.resize_with(layer + 1, Vec::new);
+        }
+        layers[layer].push(info);
+    }
+    layers
 }
 
 /// NAR bytes the server did not have to store for this upload.
@@ -249,35 +281,50 @@ impl Pusher {
             ..PushSummary::default()
         };
         let sent = AtomicU64::new(0);
-        let results: Vec<(PathInfo, Result<UploadPathResult, PushError>)> =
-            futures::stream::iter(plan.to_push)
-                .map(|info| {
-                    let progress = &progress;
-                    let sent = &sent;
-                    async move {
-                        let bar = progress.start_path(&info.store_path.to_string(), info.nar_size);
-                        let result = self
-                            .upload_with_retries(&info, &bar, options, progress)
-                            .await;
-                        let total =
-                            sent.fetch_add(info.nar_size, Ordering::Relaxed) + info.nar_size;
-                        match &result {
-                            Ok(reply) => {
-                                let outcome = match reply.kind {
-                                    UploadPathResultKind::Uploaded => "pushed",
-                                    UploadPathResultKind::Deduplicated => "pushed (deduplicated)",
-                                };
-                                bar.done(progress, outcome, info.nar_size);
-                            }
-                            Err(e) => bar.done(progress, &format!("FAILED ({e})"), 0),
+        // A path is uploaded only after the paths it refers to, so that a
+        // cache never holds a path whose references it lacks; paths of one
+        // layer go up in parallel.
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut results = Vec::with_capacity(plan.to_push.len());
+        for layer in layers(plan.to_push) {
+            let (blocked, ready): (Vec<PathInfo>, Vec<PathInfo>) = layer
+                .into_iter()
+                .partition(|info| info.references.iter().any(|r| failed.contains(r)));
+            for info in blocked {
+                let reference = info
+                    .references
+                    .iter()
+                    .find(|r| failed.contains(*r))
+                    .cloned()
+                    .unwrap_or_default();
+                progress.println(&format!(
+                    "skipped {}: its reference {reference} failed",
+                    info.store_path
+                ));
+                failed.insert(info.path.clone());
+                results.push((info, Err(PushError::ReferenceFailed(reference))));
+            }
+            let layer_results: Vec<(PathInfo, Result<UploadPathResult, PushError>)> =
+                futures::stream::iter(ready)
+                    .map(|info| {
+                        let progress = &progress;
+                        let sent = &sent;
+                        async move {
+                            let result =
+                                self.upload_and_report(&info, progress, sent, options).await;
+                            (info, result)
                         }
-                        progress.finish_path(total);
-                        (info, result)
-                    }
-                })
-                .buffer_unordered(options.jobs.max(1))
-                .collect()
-                .await;
+                    })
+                    .buffer_unordered(options.jobs.max(1))
+                    .collect()
+                    .await;
+            for (info, result) in layer_results {
+                if result.is_err() {
+                    failed.insert(info.path.clone());
+                }
+                results.push((info, result));
+            }
+        }
         progress.finish();
         for (info, result) in results {
             match result {
@@ -290,6 +337,33 @@ impl Pusher {
             }
         }
         summary
+    }
+
+    /// Uploads one path with its own progress bar.
+    async fn upload_and_report(
+        &self,
+        info: &PathInfo,
+        progress: &Progress,
+        sent: &AtomicU64,
+        options: &PushOptions,
+    ) -> Result<UploadPathResult, PushError> {
+        let bar = progress.start_path(&info.store_path.to_string(), info.nar_size);
+        let result = self
+            .upload_with_retries(info, &bar, options, progress)
+            .await;
+        let total = sent.fetch_add(info.nar_size, Ordering::Relaxed) + info.nar_size;
+        match &result {
+            Ok(reply) => {
+                let outcome = match reply.kind {
+                    UploadPathResultKind::Uploaded => "pushed",
+                    UploadPathResultKind::Deduplicated => "pushed (deduplicated)",
+                };
+                bar.done(progress, outcome, info.nar_size);
+            }
+            Err(e) => bar.done(progress, &format!("FAILED ({e})"), 0),
+        }
+        progress.finish_path(total);
+        result
     }
 
     async fn upload_with_retries(
@@ -367,5 +441,46 @@ impl Pusher {
             sig.split_once(':')
                 .is_some_and(|(name, _)| self.upstream_key_names.iter().any(|u| u == name))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attic::hash::Sha256Hash;
+
+    fn info(hash_char: char, references: &[char]) -> PathInfo {
+        let path_of = |c: char| format!("/nix/store/{}-p", c.to_string().repeat(32));
+        let path = path_of(hash_char);
+        PathInfo {
+            store_path: StoreDir::default().parse_path(&path).expect("path"),
+            path,
+            nar_hash: Sha256Hash::digest(b"x"),
+            nar_size: 1,
+            references: references.iter().map(|c| path_of(*c)).collect(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        }
+    }
+
+    #[test]
+    fn references_go_in_earlier_layers() {
+        // a <- b <- d, a <- c; c refers to itself, as some paths do.
+        let paths = vec![
+            info('a', &[]),
+            info('b', &['a']),
+            info('c', &['a', 'c']),
+            info('d', &['b', 'z']),
+        ];
+        let layers: Vec<Vec<char>> = layers(paths)
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|i| i.store_path.hash().as_str().chars().next().expect("hash"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(layers, vec![vec!['a'], vec!['b', 'c'], vec!['d']]);
     }
 }

@@ -64,6 +64,43 @@ impl Default for TestHome {
     }
 }
 
+/// Starts atticd in `home` and waits for its URL (and root token, on a first start).
+fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> (Child, String, Option<String>) {
+    let mut child = home
+        .command("atticd")
+        .args(["--listen", listen])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start atticd");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Keep draining after the test stops listening, so the server
+            // never blocks on a full pipe.
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut root_token = None;
+    let mut expect_token = false;
+    loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("atticd printed its URL within a minute");
+        if let Some(rest) = line.strip_prefix("atticd listening on ") {
+            return (child, rest.trim_end_matches('/').to_owned(), root_token);
+        } else if line.starts_with("Root token") {
+            expect_token = true;
+        } else if expect_token && !line.trim().is_empty() {
+            root_token = Some(line.trim().to_owned());
+            expect_token = false;
+        }
+    }
+}
+
 /// A running `atticd`, killed on drop.
 pub struct TestServer {
     child: Child,
@@ -83,47 +120,28 @@ impl TestServer {
     /// Like [`TestServer::start`], with extra arguments.
     pub fn start_with_args(args: &[&str]) -> Self {
         let home = TestHome::new();
-        let mut child = home
-            .command("atticd")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start atticd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines_tx, lines_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    // Keep draining so the server never blocks on a full pipe.
-                    continue;
-                }
-            }
-        });
-        let mut url = None;
-        let mut root_token = None;
-        let mut expect_token = false;
-        while url.is_none() || root_token.is_none() {
-            let line = lines_rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("atticd printed its URL and root token within a minute");
-            if let Some(rest) = line.strip_prefix("atticd listening on ") {
-                url = Some(rest.trim_end_matches('/').to_owned());
-            } else if line.starts_with("Root token") {
-                expect_token = true;
-            } else if expect_token && !line.trim().is_empty() {
-                root_token = Some(line.trim().to_owned());
-                expect_token = false;
-            }
-        }
+        let (child, url, root_token) = spawn(&home, "127.0.0.1:0", args);
         Self {
             child,
-            url: url.expect("url"),
-            root_token: root_token.expect("token"),
+            url,
+            root_token: root_token.expect("a first start prints the root token"),
             home,
         }
+    }
+
+    /// Stops the server (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same address, config and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let (child, url, _) = spawn(&self.home, &address, &[]);
+        self.child = child;
+        assert_eq!(url, self.url);
     }
 
     /// Runs `atticadm` against this server's config and data.

@@ -30,6 +30,10 @@ pub struct Push {
     /// Push paths even if an upstream cache of the cache signed them.
     #[arg(long)]
     ignore_upstream_cache_filter: bool,
+    /// Times to retry a request that failed for a reason that may pass
+    /// (server unreachable or failing), waiting 1 s, then 2 s, 4 s, ...
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
 }
 
 pub async fn run(args: Push) -> Result<ExitCode> {
@@ -50,6 +54,7 @@ pub async fn run(args: Push) -> Result<ExitCode> {
         jobs: args.jobs,
         closure: !args.no_closure,
         ignore_upstream_cache_filter: args.ignore_upstream_cache_filter,
+        retries: args.retries,
         ..PushOptions::default()
     };
     let api = client_for(&args.cache)?;

@@ -80,13 +80,13 @@ async fn main() -> Result<()> {
     // they never race each other over the schema.
     let migrate = options.mode == Mode::Monolithic;
     let state = setup::build_state(config, &data_dir, migrate).await?;
-    println!("atticd listening on http://{address}/");
     if let Some(token) = root_token {
         println!(
-            "\nFirst start: wrote {}.\nRoot token (every permission on every cache; keep it secret):\n\n{token}\n\n\
-             Make narrower tokens with `atticadm make-token`.",
+            "First start: wrote {}.\nRoot token (every permission on every cache; keep it secret):\n\n{token}\n\n\
+             Make narrower tokens with `atticadm make-token`.\n",
             loaded.path.display()
         );
     }
+    println!("atticd listening on http://{address}/");
     setup::serve(state, listener).await
 }

@@ -1,0 +1,84 @@
+//! The `attic` client as a user runs it: its own home, with a Nix user
+//! configuration that `attic use` can extend.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::nix;
+use crate::server::binary;
+
+/// A user with an empty home and a `nix.conf` that names no substituter, so
+/// only caches added by `attic use` are asked (the machine has no network).
+pub struct TestClient {
+    home: tempfile::TempDir,
+}
+
+impl TestClient {
+    /// A fresh user.
+    pub fn new() -> Self {
+        let home = tempfile::tempdir().expect("tempdir");
+        let nix_dir = home.path().join("config/nix");
+        std::fs::create_dir_all(&nix_dir).expect("mkdir");
+        std::fs::write(nix_dir.join("nix.conf"), "substituters =\n").expect("write nix.conf");
+        Self { home }
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The user's `nix.conf`.
+    pub fn nix_conf(&self) -> PathBuf {
+        self.home.path().join("config/nix/nix.conf")
+    }
+
+    /// A command (ours or Nix's) in this user's environment.
+    pub fn command(&self, program: &str) -> Command {
+        let program = if program == "attic" {
+            binary("attic").display().to_string()
+        } else {
+            program.to_owned()
+        };
+        let mut cmd = nix::command(&program);
+        cmd.env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("XDG_STATE_HOME", self.home.path().join("state"))
+            .env("XDG_DATA_HOME", self.home.path().join("data"));
+        cmd
+    }
+
+    /// Runs `attic` with these arguments.
+    pub fn attic(&self, args: &[&str]) -> Output {
+        self.command("attic")
+            .args(args)
+            .output()
+            .expect("run attic")
+    }
+
+    /// Runs `attic`, panicking unless it succeeds; returns stdout.
+    pub fn attic_ok(&self, args: &[&str]) -> String {
+        let output = self.attic(args);
+        assert!(
+            output.status.success(),
+            "attic {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    }
+
+    /// `nix-store --realise PATH` with only this user's configuration.
+    pub fn realise(&self, path: &str) -> Output {
+        self.command("nix-store")
+            .args(["--realise", path])
+            .output()
+            .expect("run nix-store")
+    }
+}
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,349 @@
+//! The `attic` client against a real `atticd`, with real Nix.
+
+use std::path::Path;
+use std::process::Output;
+
+use integration_tests::client::TestClient;
+use integration_tests::nix;
+use integration_tests::server::TestServer;
+use integration_tests::upload::path_hash;
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A server, a logged-in user, and a private cache `demo`.
+fn logged_in() -> (TestServer, TestClient, String) {
+    let server = TestServer::start();
+    let token = server.make_token(&[
+        "--pull",
+        "*",
+        "--push",
+        "*",
+        "--create-cache",
+        "*",
+        "--destroy-cache",
+        "*",
+        "--configure-cache",
+        "*",
+    ]);
+    let client = TestClient::new();
+    client.attic_ok(&["login", "local", &server.url, &token]);
+    client.attic_ok(&["cache", "create", "demo"]);
+    (server, client, token)
+}
+
+#[tokio::test]
+async fn push_then_substitute_through_attic_use() {
+    let (server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1024 * 1024);
+    let original = nix::dump(Path::new(closure.top()));
+
+    let out = client.attic_ok(&["push", "demo", closure.top()]);
+    assert!(out.contains("pushed 3 paths"), "{out}");
+
+    // A second push uploads nothing and says so.
+    let out = client.attic_ok(&["push", "local:demo", closure.top()]);
+    assert!(
+        out.contains("nothing to push: 3 paths already in the cache"),
+        "{out}"
+    );
+
+    // `attic use` makes Nix substitute from the private cache; twice is the same as once.
+    client.attic_ok(&["use", "demo"]);
+    let conf_once = std::fs::read_to_string(client.nix_conf()).expect("nix.conf");
+    client.attic_ok(&["use", "demo"]);
+    assert_eq!(
+        std::fs::read_to_string(client.nix_conf()).expect("nix.conf"),
+        conf_once
+    );
+    assert!(
+        conf_once.contains(&format!("extra-substituters = {}/demo", server.url)),
+        "{conf_once}"
+    );
+    assert!(
+        conf_once.contains("netrc-file"),
+        "a private cache needs credentials: {conf_once}"
+    );
+
+    nix::delete(&closure.paths);
+    let realised = client.realise(closure.top());
+    assert!(realised.status.success(), "{}", text(&realised));
+    for path in &closure.paths {
+        assert!(nix::is_valid(path), "{path} was not substituted");
+    }
+    assert_eq!(nix::dump(Path::new(closure.top())), original);
+}
+
+#[tokio::test]
+async fn a_half_present_closure_uploads_only_the_rest() {
+    let (_server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    let leaf = &closure.paths[0];
+    let out = client.attic_ok(&["push", "demo", "--no-closure", leaf]);
+    assert!(out.contains("pushed 1 paths"), "{out}");
+    let out = client.attic_ok(&["push", "demo", closure.top()]);
+    assert!(out.contains("2 paths to push to demo"), "{out}");
+    assert!(out.contains("1 already there"), "{out}");
+    assert!(out.contains("pushed 2 paths"), "{out}");
+    assert!(
+        !out.contains(&format!("pushing {}", &leaf["/nix/store/".len()..])),
+        "{out}"
+    );
+}
+
+#[test]
+fn clear_errors_and_failing_exit_codes() {
+    let (server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+
+    // A path that is not in the store.
+    let out = client.attic(&[
+        "push",
+        "demo",
+        "/nix/store/00000000000000000000000000000000-missing",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not valid") || text(&out).contains("does not exist"),
+        "{}",
+        text(&out)
+    );
+    let out = client.attic(&["push", "demo", "/etc"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not in the Nix store"),
+        "{}",
+        text(&out)
+    );
+
+    // A token without push rights, and a garbage token.
+    let pull_only = server.make_token(&["--pull", "*"]);
+    client.attic_ok(&["login", "puller", &server.url, &pull_only]);
+    let out = client.attic(&["push", "puller:demo", closure.top()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("403"), "{}", text(&out));
+    client.attic_ok(&["login", "bad", &server.url, "garbage"]);
+    let out = client.attic(&["push", "bad:demo", closure.top()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("401") && text(&out).contains("token"),
+        "{}",
+        text(&out)
+    );
+
+    // An unreachable server: retried, then a clear failure.
+    client.attic_ok(&["login", "down", "http://127.0.0.1:9"]);
+    let out = client.attic(&["push", "down:demo", "--retries", "1", closure.top()]);
+    assert!(!out.status.success());
+    let all = text(&out);
+    assert!(all.contains("cannot reach http://127.0.0.1:9/"), "{all}");
+    assert!(all.contains("retrying"), "{all}");
+
+    // No server configured at all.
+    let fresh = TestClient::new();
+    let out = fresh.attic(&["push", "demo", closure.top()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("attic login"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn a_push_interrupted_by_a_server_restart_completes_on_rerun() {
+    let (mut server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 64 * 1024 * 1024);
+    let push = client
+        .command("attic")
+        .args(["push", "demo", "--retries", "0", closure.top()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start push");
+    // Kill the server once the first chunks of the 64 MiB path have landed.
+    for _ in 0..1000 {
+        if server.blob_count() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.kill();
+    let first = push.wait_with_output().expect("push ends");
+    assert!(
+        !first.status.success(),
+        "the first push should have failed: {}",
+        text(&first)
+    );
+    assert!(text(&first).contains("cannot reach"), "{}", text(&first));
+    server.restart();
+    let out = client.attic_ok(&["push", "demo", closure.top()]);
+    assert!(
+        out.contains("pushed") || out.contains("nothing to push"),
+        "{out}\nfirst run: {}",
+        text(&first)
+    );
+    let out = client.attic_ok(&["push", "demo", closure.top()]);
+    assert!(out.contains("nothing to push: 3 paths"), "{out}");
+
+    // Nothing corrupt: Nix substitutes the closure.
+    client.attic_ok(&["use", "demo"]);
+    let original = nix::dump(Path::new(&closure.paths[0]));
+    nix::delete(&closure.paths);
+    let realised = client.realise(closure.top());
+    assert!(realised.status.success(), "{}", text(&realised));
+    assert_eq!(nix::dump(Path::new(&closure.paths[0])), original);
+}
+
+#[tokio::test]
+async fn the_watch_store_queue_survives_a_killed_client() {
+    let (mut server, client, token) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+
+    // The post-build-hook mode queues without contacting the server.
+    server.kill();
+    let hook = client
+        .command("attic")
+        .args(["watch-store", "demo", "--enqueue"])
+        .env("OUT_PATHS", closure.top())
+        .output()
+        .expect("run hook");
+    assert!(hook.status.success(), "{}", text(&hook));
+
+    // The pusher cannot reach the server; kill it while it waits.
+    let mut watcher = client
+        .command("attic")
+        .args(["watch-store", "demo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start watch-store");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reap");
+
+    // Back up: the queue still holds the path, and draining pushes its closure.
+    server.restart();
+    let out = client.attic_ok(&["watch-store", "demo", "--once"]);
+    assert!(out.contains("pushed 3 paths"), "{out}");
+    let api = integration_tests::upload::Api::new(&server.url);
+    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
+    assert!(api.missing(&token, "demo", &hashes).await.is_empty());
+    // And the queue is empty now.
+    let out = client.attic_ok(&["watch-store", "demo", "--once"]);
+    assert!(!out.contains("pushed"), "{out}");
+}
+
+#[tokio::test]
+async fn watch_store_pushes_paths_as_nix_builds_them() {
+    let (server, client, token) = logged_in();
+    let mut watcher = client
+        .command("attic")
+        .args(["watch-store", "demo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start watch-store");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    let api = integration_tests::upload::Api::new(&server.url);
+    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
+    let mut missing = hashes.len();
+    for _ in 0..60 {
+        missing = api.missing(&token, "demo", &hashes).await.len();
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    watcher.kill().expect("kill");
+    watcher.wait().expect("reap");
+    assert_eq!(missing, 0, "watch-store did not push the new closure");
+}
+
+#[test]
+fn cache_management_commands() {
+    let (_server, client, _) = logged_in();
+    let info = client.attic_ok(&["cache", "info", "demo"]);
+    assert!(info.contains("public:            false"), "{info}");
+    let key_before = info
+        .lines()
+        .find(|l| l.starts_with("public key"))
+        .expect("key")
+        .to_owned();
+    client.attic_ok(&[
+        "cache",
+        "configure",
+        "demo",
+        "--public",
+        "--priority",
+        "30",
+        "--regenerate-keypair",
+    ]);
+    let info = client.attic_ok(&["cache", "info", "demo"]);
+    assert!(info.contains("public:            true"), "{info}");
+    assert!(info.contains("priority:          30"), "{info}");
+    assert!(!info.contains(&key_before), "the key was regenerated");
+
+    // Destroy asks for confirmation, and without a terminal refuses.
+    let out = client.attic(&["cache", "destroy", "demo"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--no-confirm"), "{}", text(&out));
+    client.attic_ok(&["cache", "destroy", "demo", "--no-confirm"]);
+    let out = client.attic(&["cache", "info", "demo"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("404"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
+    let server = TestServer::start();
+    let token = server.make_token(&["--pull", "*", "--push", "*", "--create-cache", "*"]);
+    let client = TestClient::new();
+    client.attic_ok(&["login", "local", &server.url, &token]);
+    client.attic_ok(&["cache", "create", "tty"]);
+    client.attic_ok(&["cache", "create", "log"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 100 * 1024 * 1024);
+
+    // On a terminal (a pty from `script`): bars with bytes and rate.
+    let attic = integration_tests::server::binary("attic");
+    let tty = client
+        .command("script")
+        .args([
+            "-qfec",
+            &format!("{} push tty {}", attic.display(), closure.top()),
+            "/dev/null",
+        ])
+        .env("TERM", "xterm-256color")
+        .output()
+        .expect("run script");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains('\u{1b}'),
+        "no terminal control sequences: {shown}"
+    );
+    assert!(shown.contains("paths,"), "no overall line: {shown}");
+    assert!(shown.contains("MiB/s"), "no transfer rate: {shown}");
+    assert!(shown.contains("[="), "no bar: {shown}");
+    assert!(shown.contains("pushed 3 paths"), "no summary: {shown}");
+
+    // Not a terminal: plain lines only.
+    let out = client.attic_ok(&["push", "log", closure.top()]);
+    assert!(!out.contains('\u{1b}'), "control sequences in a log: {out}");
+    assert!(out.contains("pushing "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("pushed ") && l.contains("MiB/s")),
+        "{out}"
+    );
+    assert!(out.contains("pushed 3 paths"), "{out}");
+}
