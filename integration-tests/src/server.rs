@@ -65,6 +65,8 @@ impl Default for TestHome {
 }
 
 /// Starts atticd in `home` and waits for its URL (and root token, on a first start).
+// The child is returned to a `TestServer`, whose `Drop` kills and reaps it.
+#[allow(clippy::zombie_processes)]
 fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> (Child, String, Option<String>) {
     let mut child = home
         .command("atticd")
