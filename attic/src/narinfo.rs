@@ -316,6 +316,7 @@ impl fmt::Display for NarInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Written by `nix copy --to file://...` (Nix 2.8).
     const FROM_NIX: &str = "StorePath: /nix/store/ywnwmg5zvmlcpvjwq2954829721gl7nd-top
@@ -399,6 +400,75 @@ Sig: test-1:rjJeL70muSrMMyh/qs+yywmBRDZaGc+0M8MpKD+PNChKmX55QXhBn+xMzK3O5KTUxbzG
         ];
         for text in cases {
             assert!(text.parse::<NarInfo>().is_err(), "must reject:\n{text}");
+        }
+    }
+
+    fn store_path() -> impl Strategy<Value = StorePath> {
+        (
+            proptest::collection::vec(any::<u8>(), 20),
+            "[a-zA-Z0-9+._?=-]{1,40}",
+        )
+            .prop_filter_map("valid name", |(hash, name)| {
+                let hash = crate::nix_base32::encode(&hash).parse().ok()?;
+                StorePath::new(hash, &name).ok()
+            })
+    }
+
+    /// A value free of line breaks, as every narinfo value is.
+    fn value() -> impl Strategy<Value = String> {
+        "[ -~]{0,60}"
+    }
+
+    fn narinfo() -> impl Strategy<Value = NarInfo> {
+        (
+            (store_path(), value(), proptest::option::of(value())),
+            (
+                proptest::option::of(any::<[u8; 32]>()),
+                proptest::option::of(any::<u64>()),
+                any::<[u8; 32]>(),
+                1..u64::MAX,
+            ),
+            (
+                proptest::collection::vec(store_path(), 0..5),
+                proptest::option::of(store_path()),
+                proptest::option::of(value()),
+                proptest::collection::vec(value(), 0..3),
+                proptest::option::of(value()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (store_path, url, compression),
+                    (file_hash, file_size, nar_hash, nar_size),
+                    rest,
+                )| {
+                    let (references, deriver, system, sigs, ca) = rest;
+                    NarInfo {
+                        store_dir: StoreDir::default(),
+                        store_path,
+                        url,
+                        compression,
+                        file_hash: file_hash.map(Sha256Hash::from_bytes),
+                        file_size,
+                        nar_hash: Sha256Hash::from_bytes(nar_hash),
+                        nar_size,
+                        references,
+                        deriver,
+                        system,
+                        sigs,
+                        ca,
+                        extra_fields: Vec::new(),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn parse_of_serialise_is_identity(info in narinfo()) {
+            let text = info.to_string();
+            let parsed: NarInfo = text.parse().expect("our own narinfo parses");
+            prop_assert_eq!(parsed, info);
         }
     }
 }

@@ -1,13 +1,13 @@
 //! The push pipeline: closure, upstream filter, missing-path query, then
 //! parallel streaming uploads with retries.
 //!
-//! Each NAR is serialised from the filesystem into a pipe that the HTTP body
-//! reads from, so memory per upload is the pipe's buffer, whatever the size
-//! of the path.
+//! Each NAR is serialised from the filesystem on a blocking thread into a
+//! short queue of pieces that the HTTP body reads from, so memory per upload
+//! is about a megabyte, whatever the size of the path.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,17 +15,13 @@ use attic::api::v1::upload_path::{UploadPathNarInfo, UploadPathResult, UploadPat
 use attic::cache::CacheName;
 use attic::nar::{NarError, dump_path};
 use attic::store_path::{StoreDir, StorePathHash};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use indicatif::HumanBytes;
 use thiserror::Error;
-use tokio_util::io::ReaderStream;
 
 use crate::api::{ApiClient, ApiError};
 use crate::nix_store::{self, PathInfo};
 use crate::progress::{PathProgress, Progress};
-
-/// Size of the pipe between the NAR writer and the HTTP body.
-const PIPE_SIZE: usize = 1 << 20;
 
 /// How to push.
 #[derive(Debug, Clone)]
@@ -413,27 +409,28 @@ impl Pusher {
             nar_hash: info.nar_hash,
             nar_size: info.nar_size,
         };
-        let (mut writer, reader) = tokio::io::duplex(PIPE_SIZE);
-        let path = PathBuf::from(&info.path);
-        let dumper = tokio::spawn(async move { dump_path(&path, &mut writer).await });
-        let preamble = ApiClient::preamble(&upload_info).map(Ok::<_, std::io::Error>);
+        // The NAR streams from the filesystem; if reading fails, the body
+        // ends in an error and that failure, not the server's, is reported.
+        let read_failure: Arc<Mutex<Option<NarError>>> = Arc::default();
+        let failure_slot = read_failure.clone();
         let counter = bar.counter();
-        let nar = ReaderStream::with_capacity(reader, 64 * 1024)
-            .inspect_ok(move |piece| counter.inc(piece.len() as u64));
+        let nar = dump_path(&info.path).map(move |piece| match piece {
+            Ok(piece) => {
+                counter.inc(piece.len() as u64);
+                Ok(piece)
+            }
+            Err(e) => {
+                *failure_slot.lock().expect("never poisoned") = Some(e);
+                Err(std::io::Error::other("cannot read the path"))
+            }
+        });
+        let preamble = ApiClient::preamble(&upload_info).map(Ok::<_, std::io::Error>);
         let body = reqwest::Body::wrap_stream(futures::stream::iter(preamble).chain(nar));
         let reply = self.api.upload_path(&upload_info, body).await;
-        let dumped = dumper.await.map_err(|e| {
-            PushError::Read(NarError::Io {
-                path: info.path.clone().into(),
-                source: std::io::Error::other(e),
-            })
-        })?;
-        match (reply, dumped) {
-            (Ok(reply), _) => Ok(reply),
-            // A path that could not be read explains the server's refusal.
-            (Err(_), Err(e)) if !matches!(e, NarError::Io { .. }) => Err(PushError::Read(e)),
-            (Err(e), _) => Err(PushError::Api(e)),
+        if let Some(e) = read_failure.lock().expect("never poisoned").take() {
+            return Err(PushError::Read(e));
         }
+        Ok(reply?)
     }
 
     fn signed_upstream(&self, info: &PathInfo) -> bool {

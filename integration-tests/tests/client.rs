@@ -347,3 +347,31 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
     );
     assert!(out.contains("pushed 3 paths"), "{out}");
 }
+
+#[test]
+fn paths_signed_by_an_upstream_key_are_skipped_unless_asked() {
+    let (_server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    // Sign the leaf as cache.nixos.org would (a key of that name).
+    let (secret, _) = nix::generate_key("cache.nixos.org-1");
+    let key_file = dir.path().join("upstream-key");
+    std::fs::write(&key_file, secret).expect("write key");
+    nix::run(
+        nix::command("nix")
+            .args(["store", "sign", "--key-file"])
+            .arg(&key_file)
+            .arg(&closure.paths[0]),
+    );
+
+    let out = client.attic_ok(&["push", "demo", closure.top()]);
+    assert!(out.contains("1 signed upstream"), "{out}");
+    assert!(out.contains("pushed 2 paths"), "{out}");
+    let out = client.attic_ok(&[
+        "push",
+        "demo",
+        "--ignore-upstream-cache-filter",
+        closure.top(),
+    ]);
+    assert!(out.contains("pushed 1 paths"), "{out}");
+}

@@ -3,16 +3,26 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use attic::nar::{NarNode, dump_path, validate_nar};
+use attic::nar::{NarNode, dump_path, dump_path_to, validate_nar};
 use attic::narinfo::NarInfo;
 use attic::signing::{PublicKey, SigningKey};
 use attic::store_path::StoreDir;
+use futures::TryStreamExt;
 use integration_tests::nix::{self, command, run, stdout_of};
 
+/// Our NAR of `path`, through both the blocking writer and the stream.
 async fn our_dump(path: &Path) -> Vec<u8> {
     let mut nar = Vec::new();
-    let size = dump_path(path, &mut nar).await.expect("dump succeeds");
+    let size = dump_path_to(path, &mut nar).expect("dump succeeds");
     assert_eq!(size, nar.len() as u64, "reported size is the bytes written");
+    let pieces: Vec<bytes::Bytes> = dump_path(path)
+        .try_collect()
+        .await
+        .expect("stream succeeds");
+    assert!(
+        pieces.concat() == nar,
+        "the stream differs from the blocking writer"
+    );
     nar
 }
 

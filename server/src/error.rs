@@ -127,7 +127,6 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_name();
         let message = if status.is_server_error() {
-            tracing::error!(error = ?self, "request failed");
             "the server failed to handle the request; the error is in its log".to_owned()
         } else {
             self.to_string()
@@ -137,8 +136,33 @@ impl IntoResponse for ServerError {
             error: error.to_owned(),
             message,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        // The full error, with its sources, for the logging middleware only.
+        response
+            .extensions_mut()
+            .insert(ErrorDetail(format!("{:#}", anyhow::Error::from(self))));
+        response
     }
+}
+
+/// The full text of an error behind a response, read by [`log_errors`].
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
+
+/// Logs failed requests: server errors with their cause, client errors briefly.
+pub async fn log_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
+        let status = response.status();
+        if status.is_server_error() {
+            tracing::error!(%method, %path, %status, "{detail}");
+        } else {
+            tracing::debug!(%method, %path, %status, "{detail}");
+        }
+    }
+    response
 }
 
 /// Results of handlers.

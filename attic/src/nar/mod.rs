@@ -13,7 +13,7 @@ pub mod parser;
 pub mod read;
 pub mod tree;
 
-pub use dump::dump_path;
+pub use dump::{dump_path, dump_path_to};
 pub use error::NarError;
 pub use parser::{NarEvent, NarParser};
 pub use read::{NarSummary, read_nar, validate_nar};

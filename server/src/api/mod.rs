@@ -26,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(binary_cache::router())
         .fallback(|| async { ServerError::NoSuchRoute })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .layer(middleware::from_fn(crate::error::log_errors))
         .with_state(state)
 }
 

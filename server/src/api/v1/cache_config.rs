@@ -94,6 +94,15 @@ pub async fn configure_cache(
     JsonBody(patch): JsonBody<CacheConfig>,
 ) -> ServerResult<Json<Value>> {
     let name = cache_name(&name)?;
+    if patch.substituter_endpoint.is_some()
+        || patch.api_endpoint.is_some()
+        || patch.public_key.is_some()
+    {
+        return Err(ServerError::bad_request(
+            "ReadOnlyField",
+            "substituter_endpoint, api_endpoint and public_key cannot be set; send keypair to change the key",
+        ));
+    }
     let only_retention = CacheConfig {
         retention_period: None,
         ..patch.clone()
@@ -134,15 +143,6 @@ pub async fn configure_cache(
             RetentionPeriodConfig::Global => None,
             RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
         });
-    }
-    if patch.substituter_endpoint.is_some()
-        || patch.api_endpoint.is_some()
-        || patch.public_key.is_some()
-    {
-        return Err(ServerError::bad_request(
-            "ReadOnlyField",
-            "substituter_endpoint, api_endpoint and public_key cannot be set; send keypair to change the key",
-        ));
     }
     state.database.update_cache(changes).await?;
     Ok(Json(json!({})))
