@@ -9,6 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError};
@@ -25,8 +26,12 @@ use crate::state::AppState;
 use crate::storage::{StorageKey, stream_of};
 
 /// New chunks compressed and written at once per upload; memory per upload
-/// is about this many times twice the maximum chunk size.
-const CHUNK_CONCURRENCY: usize = 4;
+/// is about this many times twice the maximum chunk size (8 MiB at the
+/// defaults). Parallel writes let the filesystem group their syncs.
+const CHUNK_CONCURRENCY: usize = 16;
+
+/// Chunks looked up in the database per query, at most.
+const LOOKUP_BATCH: usize = 64;
 
 /// What the uploader declared, which the body must match.
 #[derive(Debug, Clone, Copy)]
@@ -150,7 +155,7 @@ pub async fn verify_only<R: AsyncRead + Unpin>(body: R, declared: Declared) -> S
 
 /// Verifies and stores a NAR's chunks.
 pub async fn store_nar<R: AsyncRead + Unpin + Send>(
-    state: &AppState,
+    state: &Arc<AppState>,
     body: R,
     declared: Declared,
 ) -> ServerResult<StoredNar> {
@@ -165,10 +170,25 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
                 ChunkingError::Read(e) => StoreFailure::Body(e),
                 other => StoreFailure::Server(ServerError::Internal(other.to_string())),
             })
+            // Ask the database about the chunks that are ready, many per
+            // query: a round trip per chunk would dominate on PostgreSQL.
+            .ready_chunks(LOOKUP_BATCH)
+            .then(|batch| {
+                // An owned handle keeps this future free of borrowed
+                // lifetimes, which the compiler cannot prove `Send` inside
+                // stream combinators.
+                let state = state.clone();
+                async move { lookup_batch(&state, batch).await }
+            })
+            .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
+            .try_flatten()
             .map(|chunk| async move {
-                store_chunk(state, chunk?)
-                    .await
-                    .map_err(StoreFailure::Server)
+                match chunk? {
+                    ChunkToStore::Known(known) => Ok((known, 0)),
+                    ChunkToStore::New(chunk) => store_new_chunk(state, chunk)
+                        .await
+                        .map_err(StoreFailure::Server),
+                }
             })
             .buffered(CHUNK_CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -220,21 +240,57 @@ async fn store_whole<R: AsyncRead + Unpin>(
     ])
 }
 
+/// Looks up a batch of chunks in one query.
+async fn lookup_batch(
+    state: &AppState,
+    batch: Vec<Result<Chunk, StoreFailure>>,
+) -> Result<Vec<ChunkToStore>, StoreFailure> {
+    let chunks = batch.into_iter().collect::<Result<Vec<Chunk>, _>>()?;
+    let hashes: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
+    let known = state
+        .database
+        .find_chunks(&hashes)
+        .await
+        .map_err(|e| StoreFailure::Server(e.into()))?;
+    Ok(chunks
+        .into_iter()
+        .zip(hashes)
+        .map(|(chunk, hash)| match known.get(&hash) {
+            Some(row) => ChunkToStore::Known(uploaded_chunk(row.clone())),
+            None => ChunkToStore::New(chunk),
+        })
+        .collect())
+}
+
+/// A chunk of the upload, after asking the database whether it is stored.
+enum ChunkToStore {
+    /// Stored already.
+    Known(UploadedChunk),
+    /// To be compressed and stored.
+    New(Chunk),
+}
+
+fn uploaded_chunk(row: crate::database::entity::chunk::Model) -> UploadedChunk {
+    UploadedChunk {
+        chunk_hash: row.chunk_hash,
+        chunk_size: row.chunk_size,
+        file_size: row.file_size,
+        compression: row.compression,
+        remote_file: row.remote_file,
+    }
+}
+
 /// Stores one chunk unless the store has it; returns it and the bytes added.
 async fn store_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
-    let hash = chunk.id.to_string();
-    if let Some(known) = state.database.find_chunk(&hash).await? {
-        return Ok((
-            UploadedChunk {
-                chunk_hash: known.chunk_hash,
-                chunk_size: known.chunk_size,
-                file_size: known.file_size,
-                compression: known.compression,
-                remote_file: known.remote_file,
-            },
-            0,
-        ));
+    match state.database.find_chunk(&chunk.id.to_string()).await? {
+        Some(known) => Ok((uploaded_chunk(known), 0)),
+        None => store_new_chunk(state, chunk).await,
     }
+}
+
+/// Compresses and stores a chunk the store lacks; returns it and the bytes added.
+async fn store_new_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
+    let hash = chunk.id.to_string();
     let compression = state.config.compression;
     let chunk_size = chunk.data.len() as i64;
     let (file, suffix) = match compression.kind {

@@ -271,6 +271,23 @@ impl Database {
             .await
     }
 
+    /// Stored chunks among `hashes`, by hash.
+    pub async fn find_chunks(
+        &self,
+        hashes: &[String],
+    ) -> Result<std::collections::HashMap<String, chunk::Model>, DbErr> {
+        let mut found = std::collections::HashMap::new();
+        for batch in hashes.chunks(BATCH) {
+            let rows = chunk::Entity::find()
+                .filter(chunk::Column::ChunkHash.is_in(batch.iter().cloned()))
+                .filter(chunk::Column::State.eq(STATE_VALID))
+                .all(&self.conn)
+                .await?;
+            found.extend(rows.into_iter().map(|row| (row.chunk_hash.clone(), row)));
+        }
+        Ok(found)
+    }
+
     /// The chunks of a NAR, in order.
     pub async fn nar_chunks(&self, nar_id: i64) -> Result<Vec<chunk::Model>, DbErr> {
         let rows = chunkref::Entity::find()
