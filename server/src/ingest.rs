@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::config::CompressionKind;
+use crate::config::{CompressionConfig, CompressionKind};
 use crate::database::UploadedChunk;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
@@ -30,8 +30,10 @@ use crate::storage::{StorageKey, stream_of};
 /// defaults). Parallel writes let the filesystem group their syncs.
 const CHUNK_CONCURRENCY: usize = 16;
 
-/// Chunks looked up in the database per query, at most.
-const LOOKUP_BATCH: usize = 64;
+/// Chunks looked up in the database per query and compressed per blocking
+/// task, at most: few round trips and few thread hand-offs, while a batch
+/// holds at most this many chunks in memory.
+const LOOKUP_BATCH: usize = 16;
 
 /// What the uploader declared, which the body must match.
 #[derive(Debug, Clone, Copy)]
@@ -173,21 +175,23 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
             // Ask the database about the chunks that are ready, many per
             // query: a round trip per chunk would dominate on PostgreSQL.
             .ready_chunks(LOOKUP_BATCH)
-            .then(|batch| {
+            .map(|batch| {
                 // An owned handle keeps this future free of borrowed
                 // lifetimes, which the compiler cannot prove `Send` inside
                 // stream combinators.
                 let state = state.clone();
-                async move { lookup_batch(&state, batch).await }
+                async move { prepare_batch(&state, batch).await }
             })
+            // Two batches at once keep both cores compressing.
+            .buffered(2)
             .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
             .try_flatten()
             .map(|chunk| async move {
                 match chunk? {
                     ChunkToStore::Known(known) => Ok((known, 0)),
-                    ChunkToStore::New(chunk) => store_new_chunk(state, chunk)
-                        .await
-                        .map_err(StoreFailure::Server),
+                    ChunkToStore::New(chunk) => {
+                        put_chunk(state, chunk).await.map_err(StoreFailure::Server)
+                    }
                 }
             })
             .buffered(CHUNK_CONCURRENCY)
@@ -240,8 +244,9 @@ async fn store_whole<R: AsyncRead + Unpin>(
     ])
 }
 
-/// Looks up a batch of chunks in one query.
-async fn lookup_batch(
+/// Looks a batch of chunks up in one query, and compresses the new ones
+/// in one blocking task.
+async fn prepare_batch(
     state: &AppState,
     batch: Vec<Result<Chunk, StoreFailure>>,
 ) -> Result<Vec<ChunkToStore>, StoreFailure> {
@@ -252,13 +257,28 @@ async fn lookup_batch(
         .find_chunks(&hashes)
         .await
         .map_err(|e| StoreFailure::Server(e.into()))?;
-    Ok(chunks
+    let mut slots: Vec<Option<ChunkToStore>> = Vec::with_capacity(chunks.len());
+    let mut new_chunks = Vec::new();
+    let mut new_positions = Vec::new();
+    for (position, (chunk, hash)) in chunks.into_iter().zip(hashes).enumerate() {
+        match known.get(&hash) {
+            Some(row) => slots.push(Some(ChunkToStore::Known(uploaded_chunk(row.clone())))),
+            None => {
+                slots.push(None);
+                new_positions.push(position);
+                new_chunks.push(chunk);
+            }
+        }
+    }
+    let compressed = compress_all(new_chunks, state.config.compression)
+        .await
+        .map_err(StoreFailure::Server)?;
+    for (position, chunk) in new_positions.into_iter().zip(compressed) {
+        slots[position] = Some(ChunkToStore::New(chunk));
+    }
+    Ok(slots
         .into_iter()
-        .zip(hashes)
-        .map(|(chunk, hash)| match known.get(&hash) {
-            Some(row) => ChunkToStore::Known(uploaded_chunk(row.clone())),
-            None => ChunkToStore::New(chunk),
-        })
+        .map(|slot| slot.expect("every chunk is either known or compressed"))
         .collect())
 }
 
@@ -266,8 +286,8 @@ async fn lookup_batch(
 enum ChunkToStore {
     /// Stored already.
     Known(UploadedChunk),
-    /// To be compressed and stored.
-    New(Chunk),
+    /// New, compressed, to be stored.
+    New(CompressedChunk),
 }
 
 fn uploaded_chunk(row: crate::database::entity::chunk::Model) -> UploadedChunk {
@@ -288,34 +308,72 @@ async fn store_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedCh
     }
 }
 
+/// A new chunk, compressed as configured, ready to be written.
+struct CompressedChunk {
+    hash: String,
+    chunk_size: i64,
+    file: Bytes,
+    compression: CompressionKind,
+}
+
+/// Compresses a chunk. CPU-bound: call it off the async executor.
+fn compress(chunk: Chunk, compression: CompressionConfig) -> ServerResult<CompressedChunk> {
+    let file = match compression.kind {
+        CompressionKind::Zstd => Bytes::from(
+            zstd::bulk::compress(&chunk.data, compression.level)
+                .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?,
+        ),
+        CompressionKind::None => chunk.data.clone(),
+    };
+    Ok(CompressedChunk {
+        hash: chunk.id.to_string(),
+        chunk_size: chunk.data.len() as i64,
+        file,
+        compression: compression.kind,
+    })
+}
+
+/// Compresses chunks on one blocking thread: one hand-off for many chunks.
+async fn compress_all(
+    chunks: Vec<Chunk>,
+    compression: CompressionConfig,
+) -> ServerResult<Vec<CompressedChunk>> {
+    if chunks.is_empty() {
+        return Ok(Vec::new());
+    }
+    tokio::task::spawn_blocking(move || {
+        chunks
+            .into_iter()
+            .map(|chunk| compress(chunk, compression))
+            .collect()
+    })
+    .await
+    .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
+}
+
 /// Compresses and stores a chunk the store lacks; returns it and the bytes added.
 async fn store_new_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
-    let hash = chunk.id.to_string();
-    let compression = state.config.compression;
-    let chunk_size = chunk.data.len() as i64;
-    let (file, suffix) = match compression.kind {
-        CompressionKind::Zstd => {
-            let level = compression.level;
-            let data = chunk.data;
-            let compressed =
-                tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
-                    .await
-                    .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
-                    .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?;
-            (Bytes::from(compressed), "zst")
-        }
-        CompressionKind::None => (chunk.data, "raw"),
+    let mut compressed = compress_all(vec![chunk], state.config.compression).await?;
+    put_chunk(state, compressed.pop().expect("one chunk in, one out")).await
+}
+
+/// Writes a compressed chunk to storage; returns it and the bytes added.
+async fn put_chunk(state: &AppState, chunk: CompressedChunk) -> ServerResult<(UploadedChunk, u64)> {
+    let suffix = match chunk.compression {
+        CompressionKind::Zstd => "zst",
+        CompressionKind::None => "raw",
     };
+    let hash = chunk.hash;
     let key = StorageKey::new(format!("chunks/{}/{hash}.{suffix}", &hash[..2]))
         .expect("hex chunk ids make valid keys");
-    let file_size = file.len() as u64;
-    state.storage.put(&key, stream_of(file)).await?;
+    let file_size = chunk.file.len() as u64;
+    state.storage.put(&key, stream_of(chunk.file)).await?;
     Ok((
         UploadedChunk {
             chunk_hash: hash,
-            chunk_size,
+            chunk_size: chunk.chunk_size,
             file_size: file_size as i64,
-            compression: compression.kind.as_str().to_owned(),
+            compression: chunk.compression.as_str().to_owned(),
             remote_file: key.as_str().to_owned(),
         },
         file_size,
