@@ -16,6 +16,29 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `attic watch-store demo` in the background, killed (as a crash would) on drop.
+struct WatchStore(std::process::Child);
+
+impl WatchStore {
+    fn start(client: &TestClient) -> Self {
+        let child = client
+            .command("attic")
+            .args(["watch-store", "demo"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start watch-store");
+        Self(child)
+    }
+}
+
+impl Drop for WatchStore {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A server, a logged-in user, and a private cache `demo`.
 fn logged_in() -> (TestServer, TestClient, String) {
     let server = TestServer::start();
@@ -217,16 +240,9 @@ async fn the_watch_store_queue_survives_a_killed_client() {
     assert!(hook.status.success(), "{}", text(&hook));
 
     // The pusher cannot reach the server; kill it while it waits.
-    let mut watcher = client
-        .command("attic")
-        .args(["watch-store", "demo"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start watch-store");
+    let watcher = WatchStore::start(&client);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    watcher.kill().expect("kill");
-    watcher.wait().expect("reap");
+    drop(watcher);
 
     // Back up: the queue still holds the path, and draining pushes its closure.
     server.restart();
@@ -243,13 +259,7 @@ async fn the_watch_store_queue_survives_a_killed_client() {
 #[tokio::test]
 async fn watch_store_pushes_paths_as_nix_builds_them() {
     let (server, client, token) = logged_in();
-    let mut watcher = client
-        .command("attic")
-        .args(["watch-store", "demo"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start watch-store");
+    let watcher = WatchStore::start(&client);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let dir = tempfile::tempdir().expect("tempdir");
     let closure = nix::build_closure(dir.path(), 1000);
@@ -263,8 +273,7 @@ async fn watch_store_pushes_paths_as_nix_builds_them() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    watcher.kill().expect("kill");
-    watcher.wait().expect("reap");
+    drop(watcher);
     assert_eq!(missing, 0, "watch-store did not push the new closure");
 }
 
