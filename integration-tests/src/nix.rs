@@ -31,6 +31,10 @@ pub fn command(program: &str) -> Command {
 /// Runs a command, panicking with its stderr unless it succeeds.
 pub fn run(cmd: &mut Command) -> Output {
     let output = run_unchecked(cmd);
+    assert_succeeded(cmd, output)
+}
+
+fn assert_succeeded(cmd: &Command, output: Output) -> Output {
     assert!(
         output.status.success(),
         "{cmd:?} failed ({}):\n{}",
@@ -68,13 +72,7 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
         .write_all(input)
         .expect("write to the child's stdin");
     let output = child.wait_with_output().expect("wait for the child");
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    assert_succeeded(cmd, output)
 }
 
 /// Runs a command and returns its stdout as a trimmed string.

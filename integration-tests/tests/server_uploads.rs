@@ -259,43 +259,25 @@ async fn bad_uploads_are_refused_and_change_nothing() {
     .await;
 
     // Metadata that could escape the store or inject narinfo lines.
-    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
-    info.store_path = "/nix/store/../../etc/passwd".into();
-    assert_refused(
-        &api,
-        &token,
-        &info,
-        small.clone(),
-        StatusCode::BAD_REQUEST,
-        "InvalidNarInfo",
-    )
-    .await;
-    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
-    info.sigs = vec!["k:sig\nStorePath: /nix/store/evil".into()];
-    assert_refused(
-        &api,
-        &token,
-        &info,
-        small.clone(),
-        StatusCode::BAD_REQUEST,
-        "InvalidNarInfo",
-    )
-    .await;
-    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
-    info.references = vec!["/etc/passwd".into()];
-    assert_refused(
-        &api,
-        &token,
-        &info,
-        small.clone(),
-        StatusCode::BAD_REQUEST,
-        "InvalidNarInfo",
-    )
-    .await;
-    let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
-    info.store_path_hash = path_hash(&fake_store_path("other")).parse().expect("hash");
-    let response = api.upload(Some(&token), &info, small.clone()).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let bad_metadata: [fn(&mut UploadPathNarInfo); 4] = [
+        |info| info.store_path = "/nix/store/../../etc/passwd".into(),
+        |info| info.sigs = vec!["k:sig\nStorePath: /nix/store/evil".into()],
+        |info| info.references = vec!["/etc/passwd".into()],
+        |info| info.store_path_hash = path_hash(&fake_store_path("other")).parse().expect("hash"),
+    ];
+    for corrupt in bad_metadata {
+        let mut info = nar_info_for("main", &fake_store_path("meta"), &small);
+        corrupt(&mut info);
+        assert_refused(
+            &api,
+            &token,
+            &info,
+            small.clone(),
+            StatusCode::BAD_REQUEST,
+            "InvalidNarInfo",
+        )
+        .await;
+    }
 
     assert_eq!(server.count("SELECT COUNT(*) FROM object").await, 0);
     assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
