@@ -59,6 +59,23 @@ pub struct NewCache {
     pub upstream_cache_key_names: String,
 }
 
+/// Settings to change on a cache; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CacheChanges {
+    /// Nix secret key.
+    pub keypair: Option<String>,
+    /// Public or private.
+    pub is_public: Option<bool>,
+    /// Store directory.
+    pub store_dir: Option<String>,
+    /// Priority.
+    pub priority: Option<i32>,
+    /// JSON array of upstream key names.
+    pub upstream_cache_key_names: Option<String>,
+    /// Retention in seconds; `Some(None)` returns to the server default.
+    pub retention_period: Option<Option<i64>>,
+}
+
 /// The per-cache metadata of an uploaded path.
 #[derive(Debug, Clone)]
 pub struct NewObject {
@@ -192,9 +209,33 @@ impl Database {
         Ok(model)
     }
 
-    /// Saves changed settings of a cache.
-    pub async fn update_cache(&self, changes: cache::ActiveModel) -> Result<cache::Model, DbErr> {
-        changes.update(&self.conn).await
+    /// Applies the settings given in `changes`; leaves the rest.
+    pub async fn configure_cache(
+        &self,
+        cache: cache::Model,
+        changes: CacheChanges,
+    ) -> Result<cache::Model, DbErr> {
+        use sea_orm::IntoActiveModel;
+        let mut row = cache.into_active_model();
+        if let Some(keypair) = changes.keypair {
+            row.keypair = Set(keypair);
+        }
+        if let Some(is_public) = changes.is_public {
+            row.is_public = Set(is_public);
+        }
+        if let Some(store_dir) = changes.store_dir {
+            row.store_dir = Set(store_dir);
+        }
+        if let Some(priority) = changes.priority {
+            row.priority = Set(priority);
+        }
+        if let Some(names) = changes.upstream_cache_key_names {
+            row.upstream_cache_key_names = Set(names);
+        }
+        if let Some(retention_period) = changes.retention_period {
+            row.retention_period = Set(retention_period);
+        }
+        row.update(&self.conn).await
     }
 
     /// Destroys a cache: it and its paths vanish at once; GC reclaims the data.

@@ -14,14 +14,12 @@ use attic_token::Permission;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use sea_orm::ActiveValue::Set;
-use sea_orm::IntoActiveModel;
 use serde_json::{Value, json};
 
 use super::super::{JsonBody, cache_name, endpoint};
 use crate::access::Caller;
 use crate::database::entity::cache;
-use crate::database::{DatabaseError, NewCache};
+use crate::database::{CacheChanges, DatabaseError, NewCache};
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 
@@ -118,33 +116,31 @@ pub async fn configure_cache(
         .find_cache(name.as_str())
         .await?
         .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))?;
-    let mut changes = cache.into_active_model();
-    if let Some(keypair) = &patch.keypair {
-        changes.keypair = Set(make_key(keypair, &state, &headers, name.as_str())?.to_nix_secret());
-    }
-    if let Some(is_public) = patch.is_public {
-        changes.is_public = Set(is_public);
-    }
-    if let Some(store_dir) = patch.store_dir {
-        StoreDir::new(&store_dir)
+    if let Some(store_dir) = &patch.store_dir {
+        StoreDir::new(store_dir)
             .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
-        changes.store_dir = Set(store_dir);
     }
-    if let Some(priority) = patch.priority {
-        changes.priority = Set(priority);
+    if let Some(names) = &patch.upstream_cache_key_names {
+        check_key_names(names)?;
     }
-    if let Some(names) = patch.upstream_cache_key_names {
-        check_key_names(&names)?;
-        changes.upstream_cache_key_names =
-            Set(serde_json::to_string(&names).expect("strings serialise"));
-    }
-    if let Some(retention) = patch.retention_period {
-        changes.retention_period = Set(match retention {
+    let changes = CacheChanges {
+        keypair: patch
+            .keypair
+            .as_ref()
+            .map(|k| make_key(k, &state, &headers, name.as_str()).map(|k| k.to_nix_secret()))
+            .transpose()?,
+        is_public: patch.is_public,
+        store_dir: patch.store_dir,
+        priority: patch.priority,
+        upstream_cache_key_names: patch
+            .upstream_cache_key_names
+            .map(|names| serde_json::to_string(&names).expect("strings serialise")),
+        retention_period: patch.retention_period.map(|retention| match retention {
             RetentionPeriodConfig::Global => None,
             RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
-        });
-    }
-    state.database.update_cache(changes).await?;
+        }),
+    };
+    state.database.configure_cache(cache, changes).await?;
     Ok(Json(json!({})))
 }
 
