@@ -382,3 +382,48 @@ async fn error_bodies_are_uniform_and_leak_nothing_internal() {
     let conflict = &bodies[6];
     assert_eq!(conflict.0, StatusCode::CONFLICT, "{}", conflict.1);
 }
+
+#[tokio::test]
+async fn metrics_count_uploads_reads_and_responses_without_naming_caches() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let token = server.root_token.clone();
+    for path in [
+        format!("/b/{hash}.narinfo"),
+        format!("/b/{}.narinfo", "1".repeat(32)),
+    ] {
+        api.request(Method::GET, &path, Some(&token))
+            .send()
+            .await
+            .expect("request");
+    }
+    let response = api
+        .request(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    for line in [
+        "attic_uploads_total{outcome=\"uploaded\"} 1",
+        "attic_narinfo_requests_total{outcome=\"hit\"} 1",
+        "attic_narinfo_requests_total{outcome=\"miss\"} 1",
+        "attic_http_responses_total{status=\"404\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(&hash) && !text.contains("cache=\"b\""),
+        "{text}"
+    );
+}

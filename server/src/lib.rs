@@ -11,6 +11,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod nar_stream;
 pub mod setup;
 pub mod state;

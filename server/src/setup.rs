@@ -12,6 +12,7 @@ use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
 
 use crate::config::ServerConfig;
 use crate::database::Database;
+use crate::metrics::Metrics;
 use crate::state::{AccessLog, AppState, spawn_access_log_flusher};
 use crate::storage::LocalStorage;
 
@@ -123,6 +124,7 @@ pub async fn build_state(
         token_key,
         chunker,
         access_log: AccessLog::default(),
+        metrics: Metrics::default(),
     });
     spawn_access_log_flusher(state.clone(), Duration::from_secs(10));
     Ok(state)

@@ -9,6 +9,7 @@ use attic_token::RootPublicKey;
 
 use crate::config::ServerConfig;
 use crate::database::{Database, now};
+use crate::metrics::Metrics;
 use crate::storage::StorageBackend;
 
 /// The shared state, behind `State<Arc<AppState>>`.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub chunker: FastCdcChunker,
     /// Reads not yet written to `last_accessed_at`.
     pub access_log: AccessLog,
+    /// Counters served at `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// Object reads, gathered in memory and written in batches so that serving a

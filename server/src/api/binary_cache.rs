@@ -22,6 +22,7 @@ use super::v1::cache_config::signing_key;
 use crate::access::Caller;
 use crate::database::entity::{cache, nar, object};
 use crate::error::{ServerError, ServerResult};
+use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, stream_nar};
 use crate::state::AppState;
 
@@ -71,7 +72,14 @@ async fn get_narinfo(
     let hash = file
         .strip_suffix(".narinfo")
         .ok_or(ServerError::NoSuchRoute)?;
-    let (cache, object, nar) = find_path(&state, &caller, &name, hash).await?;
+    let found = find_path(&state, &caller, &name, hash).await;
+    let outcome = match &found {
+        Ok(_) => "hit",
+        Err(ServerError::NoSuchObject) => "miss",
+        Err(_) => "refused",
+    };
+    Metrics::count(&state.metrics.narinfo_requests, outcome);
+    let (cache, object, nar) = found?;
     state.access_log.record(object.id);
     let narinfo = build_narinfo(&cache, &object, &nar)?;
     Ok(([(CONTENT_TYPE, "text/x-nix-narinfo")], narinfo.to_string()).into_response())
@@ -144,6 +152,7 @@ async fn get_nar(
     }
     let chunks = state.database.nar_chunks(nar.id).await?;
     let length = encoding.file_size(&nar);
+    state.metrics.served_bytes.inc_by(length);
     let stream = stream_nar(state.storage.clone(), chunks, encoding);
     Ok((
         [

@@ -1,5 +1,5 @@
 //! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
-//! `/_api/v1/...`, and `/_health`. The whole route table is [`router`].
+//! `/_api/v1/...`, `/_health` and `/metrics`. The whole route table is [`router`].
 
 pub mod binary_cache;
 pub mod v1;
@@ -22,11 +22,16 @@ use crate::state::AppState;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/_health", get(|| async { "OK" }))
+        .route("/metrics", get(crate::metrics::metrics))
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
         .fallback(|| async { ServerError::NoSuchRoute })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn(crate::error::log_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_responses,
+        ))
         .with_state(state)
 }
 

@@ -26,6 +26,7 @@ use crate::access::Caller;
 use crate::database::{NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// Largest metadata preamble accepted.
@@ -69,6 +70,8 @@ pub async fn upload_path(
             .database
             .attach_existing_nar(existing.id, object)
             .await?;
+        Metrics::count(&state.metrics.uploads, "deduplicated");
+        state.metrics.upload_nar_bytes.inc_by(info.nar_size);
         return Ok(Json(UploadPathResult {
             kind: UploadPathResultKind::Deduplicated,
             file_size: Some(existing.file_size as u64),
@@ -90,6 +93,9 @@ pub async fn upload_path(
         )
         .await?;
     let new_chunk_bytes = stored.bytes_stored;
+    Metrics::count(&state.metrics.uploads, "uploaded");
+    state.metrics.upload_nar_bytes.inc_by(info.nar_size);
+    state.metrics.stored_bytes.inc_by(new_chunk_bytes);
     Ok(Json(UploadPathResult {
         kind: UploadPathResultKind::Uploaded,
         file_size: Some(nar.file_size as u64),

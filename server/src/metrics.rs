@@ -1,0 +1,134 @@
+//! `GET /metrics`: Prometheus counters of what the server did, in the
+//! OpenMetrics text format. Aggregates only: no cache names, paths or tokens.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::error::{ServerError, ServerResult};
+use crate::state::AppState;
+
+/// Label of a counter split by one word.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// What happened.
+    pub outcome: String,
+}
+
+/// Label of response counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    /// The HTTP status code.
+    pub status: u16,
+}
+
+/// The server's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Uploads accepted, by `uploaded` or `deduplicated`.
+    pub uploads: Family<Outcome, Counter>,
+    /// NAR bytes received in accepted uploads.
+    pub upload_nar_bytes: Counter,
+    /// Bytes of new chunk files written to storage.
+    pub stored_bytes: Counter,
+    /// narinfo requests, by `hit` or `miss`.
+    pub narinfo_requests: Family<Outcome, Counter>,
+    /// NAR bytes sent (as declared when the response starts).
+    pub served_bytes: Counter,
+    /// HTTP responses, by status code.
+    pub responses: Family<Status, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("attic");
+        let uploads = Family::<Outcome, Counter>::default();
+        registry.register("uploads", "Uploads accepted, by outcome", uploads.clone());
+        let upload_nar_bytes = Counter::default();
+        registry.register(
+            "upload_nar_bytes",
+            "NAR bytes received in accepted uploads",
+            upload_nar_bytes.clone(),
+        );
+        let stored_bytes = Counter::default();
+        registry.register(
+            "stored_bytes",
+            "Bytes of new chunk files written to storage",
+            stored_bytes.clone(),
+        );
+        let narinfo_requests = Family::<Outcome, Counter>::default();
+        registry.register(
+            "narinfo_requests",
+            "narinfo requests, by hit or miss",
+            narinfo_requests.clone(),
+        );
+        let served_bytes = Counter::default();
+        registry.register("served_nar_bytes", "NAR bytes sent", served_bytes.clone());
+        let responses = Family::<Status, Counter>::default();
+        registry.register(
+            "http_responses",
+            "HTTP responses, by status",
+            responses.clone(),
+        );
+        Self {
+            registry,
+            uploads,
+            upload_nar_bytes,
+            stored_bytes,
+            narinfo_requests,
+            served_bytes,
+            responses,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one event of a labelled counter.
+    pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
+        family
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Serves the counters.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> ServerResult<Response> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
+        .map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Counts every response by status.
+pub async fn count_responses(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state
+        .metrics
+        .responses
+        .get_or_create(&Status {
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
