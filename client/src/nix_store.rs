@@ -76,16 +76,11 @@ pub fn resolve_path_argument(store_dir: &StoreDir, argument: &str) -> Result<Str
         .with_context(|| format!("{argument} is not in the Nix store {}", store_dir.as_str()))
 }
 
-/// Metadata of `paths`, and of everything they refer to when `closure` is
-/// set, dependencies before dependents.
-pub async fn path_infos(
-    store_dir: &StoreDir,
-    paths: &[String],
-    closure: bool,
-) -> Result<Vec<PathInfo>> {
-    if paths.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Paths passed to one `nix path-info` call.
+const PATHS_PER_CALL: usize = 1000;
+
+/// One `nix path-info --json` call.
+async fn query_path_info(paths: &[String], closure: bool) -> Result<Vec<RawPathInfo>> {
     let mut cmd = nix();
     cmd.args(["path-info", "--json"]);
     if closure {
@@ -101,8 +96,27 @@ pub async fn path_infos(
         let reason = stderr.trim().trim_start_matches("error: ");
         bail!("Nix cannot describe the paths to push: {reason}");
     }
-    let raw: Vec<RawPathInfo> = serde_json::from_slice(&output.stdout)
-        .context("`nix path-info --json` printed unexpected JSON")?;
+    serde_json::from_slice(&output.stdout).context("`nix path-info --json` printed unexpected JSON")
+}
+
+/// Metadata of `paths`, and of everything they refer to when `closure` is
+/// set, dependencies before dependents.
+pub async fn path_infos(
+    store_dir: &StoreDir,
+    paths: &[String],
+    closure: bool,
+) -> Result<Vec<PathInfo>> {
+    // Many paths (`attic push --stdin`) go in several calls, to stay far
+    // below the kernel's limit on the length of a command line.
+    let mut raw: Vec<RawPathInfo> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for batch in paths.chunks(PATHS_PER_CALL) {
+        for entry in query_path_info(batch, closure).await? {
+            if seen.insert(entry.path.clone()) {
+                raw.push(entry);
+            }
+        }
+    }
     let mut infos = Vec::with_capacity(raw.len());
     for entry in raw {
         if entry.valid == Some(false) {

@@ -23,6 +23,9 @@ use crate::api::{ApiClient, ApiError};
 use crate::nix_store::{self, PathInfo};
 use crate::progress::{PathProgress, Progress};
 
+/// Hashes per get-missing-paths request, well under the server's limit.
+const HASHES_PER_QUERY: usize = 10_000;
+
 /// How to push.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -239,14 +242,15 @@ impl Pusher {
             .iter()
             .map(|i| i.store_path.hash().clone())
             .collect();
-        let missing: HashSet<StorePathHash> =
-            retry_transient(options, "asking which paths are missing", || {
-                self.api.get_missing_paths(&self.cache, hashes.clone())
+        let mut missing: HashSet<StorePathHash> = HashSet::new();
+        for batch in hashes.chunks(HASHES_PER_QUERY) {
+            let answer = retry_transient(options, "asking which paths are missing", || {
+                self.api.get_missing_paths(&self.cache, batch.to_vec())
             })
             .await
-            .with_context(|| format!("cannot ask cache {} which paths it lacks", self.cache))?
-            .into_iter()
-            .collect();
+            .with_context(|| format!("cannot ask cache {} which paths it lacks", self.cache))?;
+            missing.extend(answer);
+        }
         let total = candidates.len();
         let to_push: Vec<PathInfo> = candidates
             .into_iter()
