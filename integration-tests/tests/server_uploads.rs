@@ -405,3 +405,50 @@ async fn metadata_may_come_as_a_preamble() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn knowing_a_nar_hash_does_not_grant_another_tenants_nar() {
+    let (server, api, token) = setup().await;
+    api.create_cache(&token, "other", false).await;
+    let secret = nar_of_file(noise(200_000, 9));
+    let path = fake_store_path("secret");
+    api.upload_ok(
+        &token,
+        &nar_info_for("main", &path, &secret),
+        secret.clone(),
+    )
+    .await;
+
+    // A tenant who may push only to `other` claims the same NAR by its
+    // (public) hash and size, without sending its content.
+    let pusher = server.make_token(&["--pull", "other", "--push", "other"]);
+    let claim = nar_info_for("other", &path, &secret);
+    for body in [
+        Vec::new(),
+        vec![0u8; secret.len()],
+        nar_of_file(b"decoy".to_vec()),
+    ] {
+        let response = api.upload(Some(&pusher), &claim, body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    let hash = path_hash(&path);
+    assert_eq!(
+        api.missing(&pusher, "other", &[hash]).await,
+        vec![hash.to_owned()]
+    );
+    let nar = api
+        .request(
+            Method::GET,
+            &format!("/other/nar/{hash}.nar"),
+            Some(&pusher),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(nar.status(), StatusCode::NOT_FOUND);
+
+    // With the content, the claim is proven: deduplicated, nothing stored.
+    let reply = api.upload_ok(&pusher, &claim, secret).await;
+    assert_eq!(reply["kind"], "Deduplicated");
+    assert_eq!(reply["bytes_stored"], 0);
+}
