@@ -187,12 +187,9 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
             .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
             .try_flatten()
             .map(|chunk| async move {
-                match chunk? {
-                    ChunkToStore::Known(known) => Ok((known, 0)),
-                    ChunkToStore::New(chunk) => {
-                        put_chunk(state, chunk).await.map_err(StoreFailure::Server)
-                    }
-                }
+                store_prepared(state, chunk?)
+                    .await
+                    .map_err(StoreFailure::Server)
             })
             .buffered(CHUNK_CONCURRENCY)
             .try_collect::<Vec<_>>()
@@ -237,11 +234,15 @@ async fn store_whole<R: AsyncRead + Unpin>(
         offset: 0,
         data: Bytes::from(data),
     };
-    Ok(vec![
-        store_chunk(state, chunk)
-            .await
-            .map_err(StoreFailure::Server)?,
-    ])
+    let mut prepared = Vec::new();
+    for chunk in prepare_batch(state, vec![Ok(chunk)]).await? {
+        prepared.push(
+            store_prepared(state, chunk)
+                .await
+                .map_err(StoreFailure::Server)?,
+        );
+    }
+    Ok(prepared)
 }
 
 /// Looks a batch of chunks up in one query, and compresses the new ones
@@ -300,11 +301,14 @@ fn uploaded_chunk(row: crate::database::entity::chunk::Model) -> UploadedChunk {
     }
 }
 
-/// Stores one chunk unless the store has it; returns it and the bytes added.
-async fn store_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
-    match state.database.find_chunk(&chunk.id.to_string()).await? {
-        Some(known) => Ok((uploaded_chunk(known), 0)),
-        None => store_new_chunk(state, chunk).await,
+/// Stores a looked-up chunk if it is new; returns it and the bytes added.
+async fn store_prepared(
+    state: &AppState,
+    chunk: ChunkToStore,
+) -> ServerResult<(UploadedChunk, u64)> {
+    match chunk {
+        ChunkToStore::Known(known) => Ok((known, 0)),
+        ChunkToStore::New(chunk) => put_chunk(state, chunk).await,
     }
 }
 
@@ -349,12 +353,6 @@ async fn compress_all(
     })
     .await
     .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
-}
-
-/// Compresses and stores a chunk the store lacks; returns it and the bytes added.
-async fn store_new_chunk(state: &AppState, chunk: Chunk) -> ServerResult<(UploadedChunk, u64)> {
-    let mut compressed = compress_all(vec![chunk], state.config.compression).await?;
-    put_chunk(state, compressed.pop().expect("one chunk in, one out")).await
 }
 
 /// Writes a compressed chunk to storage; returns it and the bytes added.

@@ -303,15 +303,6 @@ impl Database {
             .await
     }
 
-    /// A stored chunk by content hash.
-    pub async fn find_chunk(&self, chunk_hash: &str) -> Result<Option<chunk::Model>, DbErr> {
-        chunk::Entity::find()
-            .filter(chunk::Column::ChunkHash.eq(chunk_hash))
-            .filter(chunk::Column::State.eq(STATE_VALID))
-            .one(&self.conn)
-            .await
-    }
-
     /// Stored chunks among `hashes`, by hash.
     pub async fn find_chunks(
         &self,
