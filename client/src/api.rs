@@ -14,7 +14,9 @@ use attic::api::v1::upload_path::{
 };
 use attic::cache::CacheName;
 use attic::store_path::StorePathHash;
-use reqwest::{Method, RequestBuilder, StatusCode};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::{Body, Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
@@ -217,33 +219,31 @@ impl ApiClient {
         Ok(response.missing_paths)
     }
 
-    /// `PUT upload-path`, the NAR streamed from `nar`. Large metadata
-    /// travels in a preamble, which `nar` must then already start with:
-    /// [`ApiClient::preamble`] gives it.
-    pub async fn upload_path(
+    /// `PUT upload-path`, the NAR streamed from `nar`. Metadata too large
+    /// for a header travels as a preamble before the NAR.
+    pub async fn upload_path<S>(
         &self,
         info: &UploadPathNarInfo,
-        nar: reqwest::Body,
-    ) -> Result<UploadPathResult, ApiError> {
+        nar: S,
+    ) -> Result<UploadPathResult, ApiError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
         let json = serde_json::to_string(info).expect("upload metadata serialises");
-        let request = self.request(Method::PUT, "upload-path");
+        let request = self
+            .request(Method::PUT, "upload-path")
+            .header("Content-Type", "application/x-nix-nar");
         let request = if json.len() <= MAX_HEADER_NAR_INFO {
-            request.header(NAR_INFO_HEADER, json)
-        } else {
-            request.header(NAR_INFO_PREAMBLE_SIZE_HEADER, json.len().to_string())
-        };
-        self.send(
             request
-                .header("Content-Type", "application/x-nix-nar")
-                .body(nar),
-        )
-        .await
-    }
-
-    /// The preamble to put before the NAR, if the metadata is too large
-    /// for a header.
-    pub fn preamble(info: &UploadPathNarInfo) -> Option<bytes::Bytes> {
-        let json = serde_json::to_vec(info).expect("upload metadata serialises");
-        (json.len() > MAX_HEADER_NAR_INFO).then(|| bytes::Bytes::from(json))
+                .header(NAR_INFO_HEADER, json)
+                .body(Body::wrap_stream(nar))
+        } else {
+            let size = json.len().to_string();
+            let preamble = futures::stream::once(futures::future::ready(Ok(Bytes::from(json))));
+            request
+                .header(NAR_INFO_PREAMBLE_SIZE_HEADER, size)
+                .body(Body::wrap_stream(preamble.chain(nar)))
+        };
+        self.send(request).await
     }
 }

@@ -161,26 +161,23 @@ fn deduplicated_bytes(reply: &UploadPathResult, nar_size: u64) -> u64 {
 }
 
 /// Calls `f` until it succeeds, fails for good, or runs out of retries,
-/// waiting twice as long after each transient failure.
-pub async fn retry_transient<T, F, Fut>(
+/// waiting twice as long after each transient failure; `before_retry` is
+/// told the error, the wait and the number of the coming attempt.
+async fn with_retries<T, E, F, Fut>(
     options: &PushOptions,
-    what: &str,
+    is_transient: impl Fn(&E) -> bool,
+    mut before_retry: impl FnMut(&E, Duration, u32),
     mut f: F,
-) -> Result<T, ApiError>
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut delay = options.retry_delay;
     for attempt in 1.. {
         match f().await {
-            Err(e) if e.is_transient() && attempt <= options.retries => {
-                eprintln!(
-                    "warning: {what} failed: {e}; retrying in {:.0}s (attempt {} of {})",
-                    delay.as_secs_f32(),
-                    attempt + 1,
-                    options.retries + 1
-                );
+            Err(e) if is_transient(&e) && attempt <= options.retries => {
+                before_retry(&e, delay, attempt + 1);
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -188,6 +185,26 @@ where
         }
     }
     unreachable!("the loop returns")
+}
+
+/// [`with_retries`] for an API call, reporting retries on stderr.
+pub async fn retry_transient<T, F, Fut>(
+    options: &PushOptions,
+    what: &str,
+    f: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let report = |e: &ApiError, delay: Duration, attempt: u32| {
+        eprintln!(
+            "warning: {what} failed: {e}; retrying in {:.0}s (attempt {attempt} of {})",
+            delay.as_secs_f32(),
+            options.retries + 1
+        );
+    };
+    with_retries(options, ApiError::is_transient, report, f).await
 }
 
 /// Pushes to one cache.
@@ -373,27 +390,19 @@ impl Pusher {
         options: &PushOptions,
         progress: &Progress,
     ) -> Result<UploadPathResult, PushError> {
-        let mut delay = options.retry_delay;
-        let mut attempt = 0;
-        loop {
-            match self.upload_once(info, bar).await {
-                Ok(reply) => return Ok(reply),
-                Err(e) if e.is_transient() && attempt < options.retries => {
-                    attempt += 1;
-                    progress.println(&format!(
-                        "retrying {} in {}s (attempt {} of {}): {e}",
-                        info.store_path,
-                        delay.as_secs_f32(),
-                        attempt + 1,
-                        options.retries + 1
-                    ));
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    bar.reset();
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let report = |e: &PushError, delay: Duration, attempt: u32| {
+            progress.println(&format!(
+                "retrying {} in {}s (attempt {attempt} of {}): {e}",
+                info.store_path,
+                delay.as_secs_f32(),
+                options.retries + 1
+            ));
+            bar.reset();
+        };
+        with_retries(options, PushError::is_transient, report, || {
+            self.upload_once(info, bar)
+        })
+        .await
     }
 
     async fn upload_once(
@@ -428,9 +437,7 @@ impl Pusher {
                 Err(std::io::Error::other("cannot read the path"))
             }
         });
-        let preamble = ApiClient::preamble(&upload_info).map(Ok::<_, std::io::Error>);
-        let body = reqwest::Body::wrap_stream(futures::stream::iter(preamble).chain(nar));
-        let reply = self.api.upload_path(&upload_info, body).await;
+        let reply = self.api.upload_path(&upload_info, nar).await;
         if let Some(e) = read_failure.lock().expect("never poisoned").take() {
             return Err(PushError::Read(e));
         }

@@ -452,3 +452,30 @@ async fn knowing_a_nar_hash_does_not_grant_another_tenants_nar() {
     assert_eq!(reply["kind"], "Deduplicated");
     assert_eq!(reply["bytes_stored"], 0);
 }
+
+#[tokio::test]
+async fn the_client_sends_large_metadata_as_a_preamble() {
+    let (_server, api, token) = setup().await;
+    let nar = nar_of_file(b"many references".to_vec());
+    let path = fake_store_path("many-refs");
+    let mut info = nar_info_for("main", &path, &nar);
+    // About 7 KiB of references: too much for the header.
+    info.references = (0..100)
+        .map(|i| fake_store_path(&format!("ref-{i}")))
+        .collect();
+    let client = client::api::ApiClient::new(&client::config::ServerEntry {
+        endpoint: format!("{}/", api.url),
+        token: Some(token.clone()),
+    });
+    let body = futures::stream::iter([Ok(bytes::Bytes::from(nar))]);
+    let reply = client.upload_path(&info, body).await.expect("upload");
+    assert_eq!(
+        reply.kind,
+        attic::api::v1::upload_path::UploadPathResultKind::Uploaded
+    );
+    assert!(
+        api.missing(&token, "main", &[path_hash(&path)])
+            .await
+            .is_empty()
+    );
+}
