@@ -155,6 +155,43 @@ in mk "top" ''
     TestClosure { paths }
 }
 
+/// Builds `leaves` paths, each holding `size` bytes of noise, and a top
+/// path that refers to all of them; returns them leaves first.
+pub fn build_wide_closure(dir: &Path, leaves: usize, size: usize) -> Vec<String> {
+    let nonce = nonce();
+    let expr = format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+    nonce = "{nonce}";
+  }};
+  leaves = builtins.genList (i: mk "wide-${{toString i}}" ''
+    /bin/mkdir -p $out
+    /usr/bin/head -c {size} /dev/urandom > $out/noise
+  '') {leaves};
+in mk "wide-top" ''
+  /bin/mkdir -p $out
+  echo ${{toString leaves}} > $out/refs
+''
+"#
+    );
+    let file = dir.join("wide.nix");
+    std::fs::write(&file, expr).expect("write the expression");
+    let top = stdout_of(
+        command("nix-build")
+            .arg(&file)
+            .args(["--no-out-link", "--max-jobs", "4"]),
+    );
+    let paths = stdout_of(command("nix-store").args(["--query", "--requisites", &top]));
+    let paths: Vec<String> = paths.lines().map(str::to_owned).collect();
+    assert_eq!(paths.last().map(String::as_str), Some(top.as_str()));
+    paths
+}
+
 /// What `nix path-info --json` says of a path.
 pub struct PathInfo {
     /// `narHash`.

@@ -103,12 +103,47 @@ fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> (Child, String, Option
     }
 }
 
+/// Files under `dir`, recursively, skipping a top-level directory `skip`.
+fn count_files(dir: &Path, skip: Option<&str>) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| skip.is_none_or(|skip| e.file_name() != skip))
+                .map(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        count_files(&path, None)
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 /// A running `atticd`, killed on drop.
 pub struct TestServer {
     child: Child,
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub url: String,
-    /// The token printed on first start.
+    /// The token printed on first start (empty for a server started on
+    /// an existing installation).
     pub root_token: String,
     home: TestHome,
 }
@@ -127,6 +162,25 @@ impl TestServer {
             child,
             url,
             root_token: root_token.expect("a first start prints the root token"),
+            home,
+        }
+    }
+
+    /// Starts `atticd` on a copy of an existing installation: `fixture`
+    /// holds `server.toml` and a `data` directory, as an earlier version
+    /// left them. The copy is the server's default config and data.
+    pub fn start_on_copy_of(fixture: &Path) -> Self {
+        let home = TestHome::new();
+        let config_dir = home.path().join("config/attic");
+        std::fs::create_dir_all(&config_dir).expect("mkdir");
+        std::fs::copy(fixture.join("server.toml"), config_dir.join("server.toml"))
+            .expect("copy the config");
+        copy_tree(&fixture.join("data"), &home.path().join("data/attic"));
+        let (child, url, _) = spawn(&home, "127.0.0.1:0", &[]);
+        Self {
+            child,
+            url,
+            root_token: String::new(),
             home,
         }
     }
@@ -177,26 +231,34 @@ impl TestServer {
         self.home.path().join("config/attic/server.toml")
     }
 
-    /// Number of blob files in local storage.
+    /// Number of blobs in local storage (not counting writes in progress).
     pub fn blob_count(&self) -> usize {
-        fn count(dir: &Path) -> usize {
-            std::fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| {
-                            let path = e.path();
-                            if path.is_dir() { count(&path) } else { 1 }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        count(&self.data_dir().join("storage/chunks"))
+        count_files(&self.data_dir().join("storage"), Some(".tmp"))
+    }
+
+    /// Number of blobs being written right now.
+    pub fn temp_file_count(&self) -> usize {
+        count_files(&self.data_dir().join("storage/.tmp"), None)
+    }
+
+    /// The file of a blob in local storage, by storage key.
+    pub fn blob_path(&self, key: &str) -> PathBuf {
+        self.data_dir().join("storage").join(key)
     }
 
     /// Runs a counting query against the server's SQLite database.
     pub async fn count(&self, sql: &str) -> i64 {
+        let row = self.query_one(sql).await.expect("a row");
+        row.try_get_by_index::<i64>(0).expect("a count")
+    }
+
+    /// The text in the first column of a query's first row, if any.
+    pub async fn query_text(&self, sql: &str) -> Option<String> {
+        let row = self.query_one(sql).await?;
+        Some(row.try_get_by_index::<String>(0).expect("text"))
+    }
+
+    async fn query_one(&self, sql: &str) -> Option<sea_orm::QueryResult> {
         use sea_orm::{ConnectionTrait, Statement};
         let url = format!(
             "sqlite://{}?mode=ro",
@@ -205,15 +267,12 @@ impl TestServer {
         let db = sea_orm::Database::connect(url)
             .await
             .expect("open the database");
-        let row = db
-            .query_one_raw(Statement::from_string(
-                db.get_database_backend(),
-                sql.to_owned(),
-            ))
-            .await
-            .expect("query")
-            .expect("a row");
-        row.try_get_by_index::<i64>(0).expect("a count")
+        db.query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .expect("query")
     }
 
     /// Peak resident memory of the server so far, in KiB (`VmHWM`).

@@ -189,9 +189,9 @@ async fn a_push_interrupted_by_a_server_restart_completes_on_rerun() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start push");
-    // Kill the server once the first chunks of the 64 MiB path have landed.
+    // Kill the server once the pack of the 64 MiB path is being written.
     for _ in 0..1000 {
-        if server.blob_count() > 0 {
+        if server.temp_file_count() > 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

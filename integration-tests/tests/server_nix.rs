@@ -39,7 +39,8 @@ async fn nix_substitutes_a_closure_from_two_caches_that_share_its_chunks() {
     assert!(api.missing(&admin, "alpha", &hashes).await.is_empty());
     let chunks = server.count("SELECT COUNT(*) FROM chunk").await;
     let blobs = server.blob_count();
-    assert_eq!(chunks as usize, blobs, "one blob per chunk row");
+    assert_eq!(blobs, 3, "one pack per upload that brought new chunks");
+    assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, 3);
     assert!(chunks > 3, "the 2 MiB file was split into chunks: {chunks}");
 
     // The same paths in beta are deduplicated: no new chunk, no new blob.

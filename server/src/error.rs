@@ -61,6 +61,16 @@ pub enum ServerError {
     /// The client stopped sending before the body ended.
     #[error("the upload was interrupted")]
     UploadInterrupted(#[source] std::io::Error),
+    /// The path's stored data was found damaged: it is no longer served
+    /// and the next push of it repairs it.
+    #[error("this path's stored data is damaged; push it again to repair it")]
+    NarDamaged,
+    /// Storage could not be read just now (not damage).
+    #[error("storage is unavailable; try again later")]
+    StorageUnavailable,
+    /// A chunk an upload reuses stopped being stored while it ran.
+    #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
+    RetryUpload,
     /// The database failed.
     #[error("database error")]
     Database(#[source] sea_orm::DbErr),
@@ -95,6 +105,9 @@ impl ServerError {
             Self::NarMismatch(_) => (StatusCode::BAD_REQUEST, "NarMismatch"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TooLarge"),
             Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
+            Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
+            Self::StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
+            Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
             Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
             }
@@ -118,6 +131,7 @@ impl From<DatabaseError> for ServerError {
     fn from(e: DatabaseError) -> Self {
         match e {
             DatabaseError::CacheExists => Self::Internal("unexpected cache conflict".into()),
+            DatabaseError::ChunkGone => Self::RetryUpload,
             DatabaseError::Db(e) => Self::Database(e),
         }
     }

@@ -1,11 +1,14 @@
-//! Storing an uploaded NAR: verify, chunk, deduplicate, compress, store.
+//! Storing an uploaded NAR: verify, chunk, deduplicate, compress, pack.
 //!
 //! The body flows once through a [`VerifyingReader`] (NAR grammar, SHA-256,
-//! length bound) into the chunker. Known chunks are skipped; new ones are
-//! compressed off the async executor and written to storage, a few at a
-//! time. Nothing is recorded in the database here: the caller commits only
-//! after [`VerifyingReader::finish`] has confirmed hash and size, so a bad or
-//! interrupted upload leaves at most orphan blobs, never a visible row.
+//! length bound) into the chunker. Chunks the store holds valid are
+//! referenced; new (or damaged) ones are compressed off the async executor,
+//! each its own zstd frame, and appended in NAR order to this upload's one
+//! pack, streamed into storage. Nothing is recorded in the database here:
+//! the caller commits only after [`VerifyingReader::finish`] has confirmed
+//! hash and size and the pack is durable, so a bad or interrupted upload
+//! leaves nothing visible (at most an orphan pack, if it failed after the
+//! pack was written, for the garbage collector's sweep).
 
 use std::io;
 use std::pin::Pin;
@@ -16,23 +19,21 @@ use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError};
 use attic::hash::{Sha256Hash, Sha256Hasher};
 use attic::nar::{NarError, NarParser};
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::config::{CompressionConfig, CompressionKind};
-use crate::database::UploadedChunk;
+use crate::database::entity::StoredCompression;
+use crate::database::{NewChunk, UploadedChunk};
 use crate::error::{ServerError, ServerResult};
+use crate::pack::StoredChecksum;
+use crate::pack::write::{PackWriter, WrittenPack};
 use crate::state::AppState;
-use crate::storage::{StorageKey, stream_of};
-
-/// New chunks compressed and written at once per upload; memory per upload
-/// is about this many times twice the maximum chunk size (8 MiB at the
-/// defaults). Parallel writes let the filesystem group their syncs.
-const CHUNK_CONCURRENCY: usize = 16;
 
 /// Chunks looked up in the database per query and compressed per blocking
-/// task, at most: few round trips and few thread hand-offs, while a batch
-/// holds at most this many chunks in memory.
+/// task, at most: few round trips and few thread hand-offs. Memory per
+/// upload is about three batches of chunks, plus the pack writer's queue.
 const LOOKUP_BATCH: usize = 16;
 
 /// What the uploader declared, which the body must match.
@@ -135,13 +136,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
     }
 }
 
-/// The chunks of a verified upload, all durable in storage.
+/// A verified upload whose new chunks are durable in one pack.
 #[derive(Debug)]
 pub struct StoredNar {
+    /// The pack written, if any chunk was new.
+    pub pack: Option<WrittenPack>,
     /// Chunks in order.
     pub chunks: Vec<UploadedChunk>,
+}
+
+impl StoredNar {
     /// Bytes this upload added to storage.
-    pub bytes_stored: u64,
+    pub fn bytes_stored(&self) -> u64 {
+        self.pack.as_ref().map_or(0, |pack| pack.size)
+    }
 }
 
 /// Reads the whole body, checking it, without storing anything: proof that
@@ -155,17 +163,25 @@ pub async fn verify_only<R: AsyncRead + Unpin>(body: R, declared: Declared) -> S
     reader.finish()
 }
 
-/// Verifies and stores a NAR's chunks.
+/// Verifies a NAR and stores the chunks it brings new as one pack.
 pub async fn store_nar<R: AsyncRead + Unpin + Send>(
     state: &Arc<AppState>,
     body: R,
     declared: Declared,
 ) -> ServerResult<StoredNar> {
     let mut reader = VerifyingReader::new(body, declared);
-    let stored = if declared.nar_size <= state.config.chunking.nar_size_threshold {
-        store_whole(state, &mut reader).await
+    let mut pack = PackWriter::new(state.storage.clone());
+    let chunks = if declared.nar_size <= state.config.chunking.nar_size_threshold {
+        match read_whole(&mut reader).await {
+            Ok(Some(chunk)) => {
+                let batch = prepare_batch(state.clone(), vec![Ok(chunk)]).await;
+                pack_chunks(&mut pack, futures::stream::once(async { batch }).boxed()).await
+            }
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     } else {
-        state
+        let batches = state
             .chunker
             .chunks(&mut reader)
             .map_err(|e| match e {
@@ -175,37 +191,20 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
             // Ask the database about the chunks that are ready, many per
             // query: a round trip per chunk would dominate on PostgreSQL.
             .ready_chunks(LOOKUP_BATCH)
-            .map(|batch| {
-                // An owned handle keeps this future free of borrowed
-                // lifetimes, which the compiler cannot prove `Send` inside
-                // stream combinators.
-                let state = state.clone();
-                async move { prepare_batch(&state, batch).await }
-            })
+            .map(|batch| prepare_batch(state.clone(), batch))
             // Two batches at once keep both cores compressing.
             .buffered(2)
-            .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
-            .try_flatten()
-            .map(|chunk| async move {
-                store_prepared(state, chunk?)
-                    .await
-                    .map_err(StoreFailure::Server)
-            })
-            .buffered(CHUNK_CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await
+            .boxed();
+        pack_chunks(&mut pack, batches).await
     };
-    let stored = match stored {
-        Ok(stored) => stored,
+    let chunks = match chunks {
+        Ok(chunks) => chunks,
         Err(StoreFailure::Body(e)) => return Err(reader.explain(e)),
         Err(StoreFailure::Server(e)) => return Err(e),
     };
     reader.finish()?;
-    let bytes_stored = stored.iter().map(|(_, new_bytes)| new_bytes).sum();
-    Ok(StoredNar {
-        chunks: stored.into_iter().map(|(chunk, _)| chunk).collect(),
-        bytes_stored,
-    })
+    let pack = pack.finish().await?;
+    Ok(StoredNar { pack, chunks })
 }
 
 /// A failure while storing.
@@ -217,42 +216,64 @@ enum StoreFailure {
 }
 
 /// Small NARs are one chunk: a read bounded by the declared size.
-async fn store_whole<R: AsyncRead + Unpin>(
-    state: &AppState,
+async fn read_whole<R: AsyncRead + Unpin>(
     reader: &mut VerifyingReader<R>,
-) -> Result<Vec<(UploadedChunk, u64)>, StoreFailure> {
+) -> Result<Option<Chunk>, StoreFailure> {
     let mut data = Vec::with_capacity(reader.declared.nar_size as usize);
     reader
         .read_to_end(&mut data)
         .await
         .map_err(StoreFailure::Body)?;
     if data.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let chunk = Chunk {
+    Ok(Some(Chunk {
         id: ChunkId::of(&data),
         offset: 0,
         data: Bytes::from(data),
-    };
-    let mut prepared = Vec::new();
-    for chunk in prepare_batch(state, vec![Ok(chunk)]).await? {
-        prepared.push(
-            store_prepared(state, chunk)
-                .await
-                .map_err(StoreFailure::Server)?,
-        );
+    }))
+}
+
+/// Appends the new chunks of each batch to the pack, in NAR order, and
+/// lists every chunk as the commit will record it.
+async fn pack_chunks(
+    pack: &mut PackWriter,
+    mut batches: BoxStream<'_, Result<Vec<ChunkToStore>, StoreFailure>>,
+) -> Result<Vec<UploadedChunk>, StoreFailure> {
+    let mut chunks = Vec::new();
+    while let Some(batch) = batches.next().await {
+        for chunk in batch? {
+            chunks.push(match chunk {
+                ChunkToStore::Known { id } => UploadedChunk::Reused { id },
+                ChunkToStore::New(new) => {
+                    let stored_size = new.frame.len() as u64;
+                    let offset = pack
+                        .append(new.frame)
+                        .await
+                        .map_err(|e| StoreFailure::Server(e.into()))?;
+                    UploadedChunk::New(NewChunk {
+                        hash: new.hash,
+                        chunk_size: new.chunk_size,
+                        compression: new.compression,
+                        offset,
+                        stored_size,
+                        checksum: new.checksum,
+                    })
+                }
+            });
+        }
     }
-    Ok(prepared)
+    Ok(chunks)
 }
 
 /// Looks a batch of chunks up in one query, and compresses the new ones
 /// in one blocking task.
 async fn prepare_batch(
-    state: &AppState,
+    state: Arc<AppState>,
     batch: Vec<Result<Chunk, StoreFailure>>,
 ) -> Result<Vec<ChunkToStore>, StoreFailure> {
     let chunks = batch.into_iter().collect::<Result<Vec<Chunk>, _>>()?;
-    let hashes: Vec<String> = chunks.iter().map(|c| c.id.to_string()).collect();
+    let hashes: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
     let known = state
         .database
         .find_chunks(&hashes)
@@ -261,9 +282,9 @@ async fn prepare_batch(
     let mut slots: Vec<Option<ChunkToStore>> = Vec::with_capacity(chunks.len());
     let mut new_chunks = Vec::new();
     let mut new_positions = Vec::new();
-    for (position, (chunk, hash)) in chunks.into_iter().zip(hashes).enumerate() {
-        match known.get(&hash) {
-            Some(row) => slots.push(Some(ChunkToStore::Known(uploaded_chunk(row.clone())))),
+    for (position, chunk) in chunks.into_iter().enumerate() {
+        match known.get(&chunk.id) {
+            Some(&id) => slots.push(Some(ChunkToStore::Known { id })),
             None => {
                 slots.push(None);
                 new_positions.push(position);
@@ -285,55 +306,43 @@ async fn prepare_batch(
 
 /// A chunk of the upload, after asking the database whether it is stored.
 enum ChunkToStore {
-    /// Stored already.
-    Known(UploadedChunk),
-    /// New, compressed, to be stored.
+    /// Stored already, valid.
+    Known {
+        /// Its row.
+        id: i64,
+    },
+    /// New (or stored damaged), compressed, to be packed.
     New(CompressedChunk),
 }
 
-fn uploaded_chunk(row: crate::database::entity::chunk::Model) -> UploadedChunk {
-    UploadedChunk {
-        chunk_hash: row.chunk_hash,
-        chunk_size: row.chunk_size,
-        file_size: row.file_size,
-        compression: row.compression,
-        remote_file: row.remote_file,
-    }
-}
-
-/// Stores a looked-up chunk if it is new; returns it and the bytes added.
-async fn store_prepared(
-    state: &AppState,
-    chunk: ChunkToStore,
-) -> ServerResult<(UploadedChunk, u64)> {
-    match chunk {
-        ChunkToStore::Known(known) => Ok((known, 0)),
-        ChunkToStore::New(chunk) => put_chunk(state, chunk).await,
-    }
-}
-
-/// A new chunk, compressed as configured, ready to be written.
+/// A new chunk, compressed as configured, ready to be packed.
 struct CompressedChunk {
-    hash: String,
-    chunk_size: i64,
-    file: Bytes,
-    compression: CompressionKind,
+    hash: ChunkId,
+    chunk_size: u64,
+    frame: Bytes,
+    compression: StoredCompression,
+    checksum: StoredChecksum,
 }
 
-/// Compresses a chunk. CPU-bound: call it off the async executor.
+/// Compresses a chunk and checksums the result. CPU-bound: call it off
+/// the async executor.
 fn compress(chunk: Chunk, compression: CompressionConfig) -> ServerResult<CompressedChunk> {
-    let file = match compression.kind {
-        CompressionKind::Zstd => Bytes::from(
-            zstd::bulk::compress(&chunk.data, compression.level)
-                .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?,
+    let (frame, stored_compression) = match compression.kind {
+        CompressionKind::Zstd => (
+            Bytes::from(
+                zstd::bulk::compress(&chunk.data, compression.level)
+                    .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?,
+            ),
+            StoredCompression::Zstd,
         ),
-        CompressionKind::None => chunk.data.clone(),
+        CompressionKind::None => (chunk.data.clone(), StoredCompression::None),
     };
     Ok(CompressedChunk {
-        hash: chunk.id.to_string(),
-        chunk_size: chunk.data.len() as i64,
-        file,
-        compression: compression.kind,
+        hash: chunk.id,
+        chunk_size: chunk.data.len() as u64,
+        checksum: StoredChecksum::of(&frame),
+        frame,
+        compression: stored_compression,
     })
 }
 
@@ -353,27 +362,4 @@ async fn compress_all(
     })
     .await
     .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
-}
-
-/// Writes a compressed chunk to storage; returns it and the bytes added.
-async fn put_chunk(state: &AppState, chunk: CompressedChunk) -> ServerResult<(UploadedChunk, u64)> {
-    let suffix = match chunk.compression {
-        CompressionKind::Zstd => "zst",
-        CompressionKind::None => "raw",
-    };
-    let hash = chunk.hash;
-    let key = StorageKey::new(format!("chunks/{}/{hash}.{suffix}", &hash[..2]))
-        .expect("hex chunk ids make valid keys");
-    let file_size = chunk.file.len() as u64;
-    state.storage.put(&key, stream_of(chunk.file)).await?;
-    Ok((
-        UploadedChunk {
-            chunk_hash: hash,
-            chunk_size: chunk.chunk_size,
-            file_size: file_size as i64,
-            compression: chunk.compression.as_str().to_owned(),
-            remote_file: key.as_str().to_owned(),
-        },
-        file_size,
-    ))
 }

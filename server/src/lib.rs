@@ -2,7 +2,8 @@
 //!
 //! Requests enter through [`api`], are authorised by [`access`], and read or
 //! write metadata through [`database`] and blobs through [`storage`]. Uploads
-//! are verified and chunked by [`ingest`]; NARs are served by [`nar_stream`].
+//! are verified and chunked by [`ingest`] into [`pack`]s; NARs are served by
+//! [`nar_stream`]; [`scrub`] checks every stored byte for `atticadm verify`.
 //! [`setup`] turns a configuration into a running server.
 
 pub mod access;
@@ -13,6 +14,8 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod nar_stream;
+pub mod pack;
+pub mod scrub;
 pub mod setup;
 pub mod state;
 pub mod storage;

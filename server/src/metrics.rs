@@ -37,8 +37,11 @@ pub struct Metrics {
     pub uploads: Family<Outcome, Counter>,
     /// NAR bytes received in accepted uploads.
     pub upload_nar_bytes: Counter,
-    /// Bytes of new chunk files written to storage.
+    /// Bytes of new packs written to storage.
     pub stored_bytes: Counter,
+    /// Chunks found damaged when read (bytes failing their checksum, a
+    /// short pack, a missing pack).
+    pub damaged_chunks: Counter,
     /// narinfo requests, by `hit` or `miss`.
     pub narinfo_requests: Family<Outcome, Counter>,
     /// NAR bytes sent (as declared when the response starts).
@@ -61,8 +64,14 @@ impl Default for Metrics {
         let stored_bytes = Counter::default();
         registry.register(
             "stored_bytes",
-            "Bytes of new chunk files written to storage",
+            "Bytes of new packs written to storage",
             stored_bytes.clone(),
+        );
+        let damaged_chunks = Counter::default();
+        registry.register(
+            "damaged_chunks",
+            "Chunks found damaged when read",
+            damaged_chunks.clone(),
         );
         let narinfo_requests = Family::<Outcome, Counter>::default();
         registry.register(
@@ -83,6 +92,7 @@ impl Default for Metrics {
             uploads,
             upload_nar_bytes,
             stored_bytes,
+            damaged_chunks,
             narinfo_requests,
             served_bytes,
             responses,

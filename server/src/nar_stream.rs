@@ -1,8 +1,13 @@
-//! Serving a NAR by streaming its chunks in order, with bounded memory.
+//! Serving a NAR: its chunks read run by run from their packs, each
+//! checked before any of its bytes is sent, with bounded memory.
 //!
-//! Each zstd chunk is a complete frame, so the stored files concatenated
-//! form a valid zstd stream: `.nar.zst` is served with no recompression.
-//! `.nar` decompresses one chunk at a time, off the async executor.
+//! Each zstd chunk is a complete frame, so the frames concatenated form a
+//! valid zstd stream: `.nar.zst` is served with no recompression. `.nar`
+//! decompresses one chunk at a time, off the async executor.
+//!
+//! Damage found on the way is recorded ([`report_damage`]) and ends the
+//! response abnormally: a client never receives a clean response with
+//! wrong bytes, and from then on the path is missing until pushed again.
 
 use std::io;
 use std::sync::Arc;
@@ -10,10 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::database::entity::{chunk, nar};
-use crate::storage::{StorageBackend, StorageKey, read_all};
+use crate::database::Database;
+use crate::database::entity::{StoredCompression, nar};
+use crate::pack::read::{CheckedChunk, Damage, ReadError, StoredChunk, read_run, runs};
+use crate::state::AppState;
 
-/// Chunks fetched ahead of the one being sent.
+/// Chunks decoded ahead of the one being sent.
 const PREFETCH: usize = 2;
 
 /// How a NAR goes over the wire.
@@ -28,10 +35,9 @@ pub enum NarEncoding {
 impl NarEncoding {
     /// The encoding a NAR's narinfo advertises: zstd when every chunk is zstd.
     pub fn stored(nar: &nar::Model) -> Self {
-        if nar.compression == "zstd" {
-            Self::Zstd
-        } else {
-            Self::Plain
+        match nar.compression {
+            StoredCompression::Zstd => Self::Zstd,
+            StoredCompression::None => Self::Plain,
         }
     }
 
@@ -60,38 +66,113 @@ impl NarEncoding {
     }
 }
 
-/// The bytes of a NAR in `encoding`, chunk by chunk.
-pub fn stream_nar(
-    storage: Arc<dyn StorageBackend>,
-    chunks: Vec<chunk::Model>,
-    encoding: NarEncoding,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    futures::stream::iter(chunks)
-        .map(move |chunk| {
-            let storage = storage.clone();
-            async move { fetch_chunk(&*storage, chunk, encoding).await }
-        })
-        .buffered(PREFETCH)
+/// Why a NAR could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+pub enum NarReadError {
+    /// Stored data is damaged; it has been marked so.
+    #[error("a chunk of this NAR is damaged")]
+    Damaged,
+    /// Storage or decompression failed for another reason.
+    #[error("a chunk of this NAR is unreadable right now")]
+    Unavailable,
 }
 
-async fn fetch_chunk(
-    storage: &dyn StorageBackend,
-    chunk: chunk::Model,
+impl From<NarReadError> for io::Error {
+    fn from(e: NarReadError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// The bytes of a NAR in `encoding`, chunk by chunk, each checked.
+pub fn stream_nar(
+    state: Arc<AppState>,
+    chunks: Vec<StoredChunk>,
     encoding: NarEncoding,
-) -> io::Result<Bytes> {
-    let key = StorageKey::new(chunk.remote_file.clone()).map_err(io::Error::other)?;
-    let data = read_all(storage, &key).await.map_err(|e| {
-        tracing::error!(error = ?e, chunk = %chunk.chunk_hash, "cannot read a chunk");
-        io::Error::other("a chunk of this NAR is unreadable")
-    })?;
-    match (encoding, chunk.compression.as_str()) {
-        (NarEncoding::Plain, "zstd") => {
-            let capacity = chunk.chunk_size as usize;
-            tokio::task::spawn_blocking(move || zstd::bulk::decompress(&data, capacity))
+) -> impl Stream<Item = Result<Bytes, NarReadError>> + Send + 'static {
+    let storage = state.storage.clone();
+    futures::stream::iter(runs(chunks))
+        .flat_map(move |run| read_run(storage.clone(), run))
+        .map(move |read| {
+            let state = state.clone();
+            async move {
+                match read {
+                    Ok(checked) => decode(&state, checked, encoding).await,
+                    Err(ReadError::Damaged(damage)) => {
+                        report_damage(&state, &damage).await;
+                        Err(NarReadError::Damaged)
+                    }
+                    Err(ReadError::Storage(e)) => {
+                        tracing::error!(error = ?e, "cannot read a pack");
+                        Err(NarReadError::Unavailable)
+                    }
+                }
+            }
+        })
+        .buffered(PREFETCH)
+        // Nothing after the first failure: the response must end there.
+        .scan(false, |failed, item| {
+            let next = (!*failed).then(|| {
+                *failed = item.is_err();
+                item
+            });
+            std::future::ready(next)
+        })
+}
+
+/// A checked chunk in the wire encoding; records a checksum it earned.
+async fn decode(
+    state: &Arc<AppState>,
+    checked: CheckedChunk,
+    encoding: NarEncoding,
+) -> Result<Bytes, NarReadError> {
+    if let Some(checksum) = checked.learned_checksum {
+        let database = state.database.clone();
+        let chunk_id = checked.chunk.id;
+        tokio::spawn(async move {
+            if let Err(e) = database.record_checksum(chunk_id, checksum).await {
+                tracing::warn!(error = %e, chunk_id, "cannot record a chunk's checksum");
+            }
+        });
+    }
+    match (encoding, checked.chunk.compression) {
+        (NarEncoding::Plain, StoredCompression::Zstd) => {
+            let capacity = checked.chunk.chunk_size as usize;
+            let stored = checked.stored;
+            tokio::task::spawn_blocking(move || zstd::bulk::decompress(&stored, capacity))
                 .await
-                .map_err(io::Error::other)?
+                .map_err(|_| NarReadError::Unavailable)?
                 .map(Bytes::from)
+                .map_err(|e| {
+                    tracing::error!(error = %e, chunk = %checked.chunk.hash, "a checked chunk does not decompress");
+                    NarReadError::Unavailable
+                })
         }
-        _ => Ok(data),
+        _ => Ok(checked.stored),
+    }
+}
+
+/// Logs, counts and records damage, so the affected paths stop being
+/// served and the next upload of their content heals them.
+pub async fn report_damage(state: &AppState, damage: &Damage) {
+    state.metrics.damaged_chunks.inc();
+    let marked = mark(&state.database, damage).await;
+    tracing::error!(
+        chunk = %damage.chunk.hash,
+        pack = %damage.chunk.pack_key,
+        offset = damage.chunk.offset,
+        fault = ?damage.fault,
+        marked,
+        "damaged chunk: its NARs are no longer served until pushed again"
+    );
+}
+
+/// Marks damage in the database; how many chunks were newly marked.
+pub async fn mark(database: &Database, damage: &Damage) -> u64 {
+    match database.mark_damaged(damage).await {
+        Ok(marked) => marked,
+        Err(e) => {
+            tracing::error!(error = %e, chunk = %damage.chunk.hash, "cannot mark a chunk damaged");
+            0
+        }
     }
 }

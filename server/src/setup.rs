@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::database::Database;
 use crate::metrics::Metrics;
 use crate::state::{AccessLog, AppState, spawn_access_log_flusher};
-use crate::storage::LocalStorage;
+use crate::storage::{LocalStorage, StorageBackend};
 
 /// `$XDG_CONFIG_HOME/attic/server.toml`, or `~/.config/attic/server.toml`.
 pub fn default_config_path() -> Result<PathBuf> {
@@ -104,6 +104,18 @@ pub async fn open_database(
     Ok(database)
 }
 
+/// Opens blob storage as configured.
+pub async fn open_storage(
+    config: &ServerConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn StorageBackend>> {
+    let storage_path = config.local_storage_path(data_dir);
+    let storage = LocalStorage::open(&storage_path)
+        .await
+        .with_context(|| format!("opening local storage at {}", storage_path.display()))?;
+    Ok(Arc::new(storage))
+}
+
 /// Builds the shared state: database (migrated first if `migrate`), storage, keys.
 pub async fn build_state(
     config: ServerConfig,
@@ -111,16 +123,13 @@ pub async fn build_state(
     migrate: bool,
 ) -> Result<Arc<AppState>> {
     let database = open_database(&config, data_dir, migrate).await?;
-    let storage_path = config.local_storage_path(data_dir);
-    let storage = LocalStorage::open(&storage_path)
-        .await
-        .with_context(|| format!("opening local storage at {}", storage_path.display()))?;
+    let storage = open_storage(&config, data_dir).await?;
     let token_key = RootKey::parse(&config.token_root_key)?.public();
     let chunker = FastCdcChunker::new(config.chunking.params())?;
     let state = Arc::new(AppState {
         config,
         database,
-        storage: Arc::new(storage),
+        storage,
         token_key,
         chunker,
         access_log: AccessLog::default(),

@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 
 use super::cache_name;
 use super::v1::cache_config::signing_key;
@@ -23,7 +24,7 @@ use crate::access::Caller;
 use crate::database::entity::{cache, nar, object};
 use crate::error::{ServerError, ServerResult};
 use crate::metrics::Metrics;
-use crate::nar_stream::{NarEncoding, stream_nar};
+use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::state::AppState;
 
 /// The binary cache routes.
@@ -152,8 +153,17 @@ async fn get_nar(
     }
     let chunks = state.database.nar_chunks(nar.id).await?;
     let length = encoding.file_size(&nar);
+    let mut stream = Box::pin(stream_nar(state.clone(), chunks, encoding));
+    // Check the first chunk before answering, so that a NAR found damaged
+    // there gets an error status rather than a response cut short.
+    let first = match stream.next().await {
+        Some(Ok(first)) => Some(first),
+        Some(Err(NarReadError::Damaged)) => return Err(ServerError::NarDamaged),
+        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable),
+        None => None,
+    };
     state.metrics.served_bytes.inc_by(length);
-    let stream = stream_nar(state.storage.clone(), chunks, encoding);
+    let stream = futures::stream::iter(first.map(Ok)).chain(stream);
     Ok((
         [
             (CONTENT_TYPE, "application/x-nix-nar".to_owned()),

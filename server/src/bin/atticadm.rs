@@ -51,6 +51,17 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         validity: Option<Duration>,
     },
+    /// Read every stored pack back and check each chunk against its
+    /// checksum; mark what is damaged, so its paths read as missing and the
+    /// next push repairs them. Exits non-zero if anything is damaged.
+    Verify {
+        /// Only the packs holding this cache's paths.
+        #[arg(long)]
+        cache: Option<String>,
+        /// Data directory of the embedded database and storage [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +167,73 @@ async fn main() -> Result<()> {
             };
             println!("{}", attenuate(&token, &attenuation)?);
         }
+        Command::Verify { cache, data_dir } => {
+            let loaded = setup::load_or_create_config(options.config.as_deref())?;
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => setup::default_data_dir()?,
+            };
+            if !verify(&loaded.config, &data_dir, cache.as_deref()).await? {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
+}
+
+/// Scrubs the store and prints a summary; whether everything is whole.
+async fn verify(
+    config: &server::config::ServerConfig,
+    data_dir: &std::path::Path,
+    cache: Option<&str>,
+) -> Result<bool> {
+    use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use server::scrub::{ScrubScope, scrub, scrub_size};
+
+    let database = setup::open_database(config, data_dir, true).await?;
+    let storage = setup::open_storage(config, data_dir).await?;
+    let scope = match cache {
+        Some(name) => {
+            let cache = database
+                .find_cache(name)
+                .await?
+                .with_context(|| format!("there is no cache named {name:?}"))?;
+            ScrubScope::Cache(cache.id)
+        }
+        None => ScrubScope::All,
+    };
+    let total = scrub_size(&database, scope).await?;
+    // Drawn only when stderr is a terminal.
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "verifying {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})",
+        )
+        .expect("a valid template"),
+    );
+    let report = scrub(&database, storage, scope, &|bytes| bar.inc(bytes)).await?;
+    bar.finish_and_clear();
+    println!(
+        "checked {} packs: {} chunks, {} of stored data",
+        report.packs,
+        report.chunks_ok + report.damage.len() as u64,
+        HumanBytes(report.bytes)
+    );
+    for damage in &report.damage {
+        println!("damaged: {damage}");
+    }
+    for pack in &report.unreadable {
+        println!("unreadable (not marked; run verify again): {pack}");
+    }
+    println!(
+        "found {} damaged; {} chunks are marked damaged in all{}",
+        report.damage.len(),
+        report.damaged_chunks,
+        if report.damaged_chunks > 0 {
+            " (their paths read as missing; push them again to repair them)"
+        } else {
+            ""
+        }
+    );
+    Ok(report.is_clean())
 }

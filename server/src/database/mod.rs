@@ -5,6 +5,9 @@
 //! SQLite so concurrent writers wait for the lock instead of failing.
 
 pub mod entity;
+mod store;
+
+pub use store::{NewChunk, NewNar, PackTotals, UploadedChunk};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +15,11 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    DatabaseTransaction, DbErr, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait,
     TransactionOptions, TransactionTrait,
 };
 
-use self::entity::{STATE_VALID, cache, chunk, chunkref, nar, object, revoked_token};
+use self::entity::{BlobState, cache, nar, object, revoked_token};
 
 /// The current time in Unix seconds.
 pub fn now() -> i64 {
@@ -31,6 +34,10 @@ pub enum DatabaseError {
     /// A live cache of that name exists.
     #[error("a cache of that name already exists")]
     CacheExists,
+    /// A chunk an upload reuses was found damaged or began to be
+    /// reclaimed while the upload ran; the upload may simply be retried.
+    #[error("a chunk this upload reuses is no longer stored")]
+    ChunkGone,
     /// The database failed.
     #[error("database error")]
     Db(#[from] DbErr),
@@ -99,32 +106,6 @@ pub struct NewObject {
     pub created_by: Option<String>,
 }
 
-/// A chunk of an upload, already durable in storage or already known.
-#[derive(Debug, Clone)]
-pub struct UploadedChunk {
-    /// blake3 hex.
-    pub chunk_hash: String,
-    /// Uncompressed bytes.
-    pub chunk_size: i64,
-    /// Stored bytes.
-    pub file_size: i64,
-    /// `zstd` or `none`.
-    pub compression: String,
-    /// Storage key.
-    pub remote_file: String,
-}
-
-/// A verified NAR whose chunks are all durable.
-#[derive(Debug, Clone)]
-pub struct NewNar {
-    /// `sha256:<hex>`.
-    pub nar_hash: String,
-    /// Bytes.
-    pub nar_size: i64,
-    /// Its chunks in order.
-    pub chunks: Vec<UploadedChunk>,
-}
-
 /// Rows to touch per statement, kept under every backend's parameter limit.
 const BATCH: usize = 500;
 
@@ -141,7 +122,9 @@ impl Database {
             options.map_sqlx_sqlite_opts(|opts| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 opts.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    // FULL: a commit is on disk before it is acknowledged, so an
+                    // upload the client saw succeed survives a power loss.
+                    .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
                     .create_if_missing(true)
@@ -248,7 +231,8 @@ impl Database {
         Ok(())
     }
 
-    /// Which of `hashes` the cache does not hold.
+    /// Which of `hashes` the cache does not hold whole: paths whose NAR is
+    /// damaged count as missing, so the next push stores them again.
     pub async fn find_missing_paths(
         &self,
         cache_id: i64,
@@ -259,8 +243,10 @@ impl Database {
             let found: Vec<String> = object::Entity::find()
                 .select_only()
                 .column(object::Column::StorePathHash)
+                .join(JoinType::InnerJoin, object::Relation::Nar.def())
                 .filter(object::Column::CacheId.eq(cache_id))
                 .filter(object::Column::StorePathHash.is_in(batch.iter().cloned()))
+                .filter(nar::Column::State.eq(BlobState::Valid))
                 .into_tuple()
                 .all(&self.conn)
                 .await?;
@@ -288,72 +274,10 @@ impl Database {
             return Ok(None);
         };
         let nar = nar::Entity::find_by_id(object.nar_id)
-            .filter(nar::Column::State.eq(STATE_VALID))
+            .filter(nar::Column::State.eq(BlobState::Valid))
             .one(&self.conn)
             .await?;
         Ok(nar.map(|nar| (object, nar)))
-    }
-
-    /// A whole NAR in the global store.
-    pub async fn find_nar(&self, nar_hash: &str) -> Result<Option<nar::Model>, DbErr> {
-        nar::Entity::find()
-            .filter(nar::Column::NarHash.eq(nar_hash))
-            .filter(nar::Column::State.eq(STATE_VALID))
-            .one(&self.conn)
-            .await
-    }
-
-    /// Stored chunks among `hashes`, by hash.
-    pub async fn find_chunks(
-        &self,
-        hashes: &[String],
-    ) -> Result<std::collections::HashMap<String, chunk::Model>, DbErr> {
-        let mut found = std::collections::HashMap::new();
-        for batch in hashes.chunks(BATCH) {
-            let rows = chunk::Entity::find()
-                .filter(chunk::Column::ChunkHash.is_in(batch.iter().cloned()))
-                .filter(chunk::Column::State.eq(STATE_VALID))
-                .all(&self.conn)
-                .await?;
-            found.extend(rows.into_iter().map(|row| (row.chunk_hash.clone(), row)));
-        }
-        Ok(found)
-    }
-
-    /// The chunks of a NAR, in order.
-    pub async fn nar_chunks(&self, nar_id: i64) -> Result<Vec<chunk::Model>, DbErr> {
-        let rows = chunkref::Entity::find()
-            .filter(chunkref::Column::NarId.eq(nar_id))
-            .order_by_asc(chunkref::Column::Seq)
-            .find_also_related(chunk::Entity)
-            .all(&self.conn)
-            .await?;
-        rows.into_iter()
-            .map(|(chunkref, chunk)| {
-                chunk.ok_or_else(|| {
-                    DbErr::RecordNotFound(format!("chunk {} of a NAR", chunkref.chunk_id))
-                })
-            })
-            .collect()
-    }
-
-    /// Records a verified upload in one transaction: the NAR (unless a
-    /// concurrent upload of the same NAR won the race, whose row is then
-    /// used), its chunks and chunkrefs, and the cache's object, replacing any
-    /// earlier object for the same path.
-    pub async fn commit_upload(&self, nar: NewNar, new: NewObject) -> Result<nar::Model, DbErr> {
-        let txn = self.begin_write().await?;
-        let nar_row = match nar::Entity::find()
-            .filter(nar::Column::NarHash.eq(&nar.nar_hash))
-            .one(&txn)
-            .await?
-        {
-            Some(existing) => existing,
-            None => insert_nar(&txn, nar).await?,
-        };
-        attach_object(&txn, nar_row.id, new).await?;
-        txn.commit().await?;
-        Ok(nar_row)
     }
 
     /// Adds an existing NAR to a cache after the uploader proved it holds it.
@@ -400,71 +324,6 @@ impl Database {
         }
         Ok(())
     }
-}
-
-async fn insert_nar(txn: &DatabaseTransaction, nar: NewNar) -> Result<nar::Model, DbErr> {
-    let all_zstd = nar.chunks.iter().all(|c| c.compression == "zstd");
-    let (compression, file_size) = if all_zstd {
-        ("zstd", nar.chunks.iter().map(|c| c.file_size).sum())
-    } else {
-        ("none", nar.nar_size)
-    };
-    let nar_row = nar::ActiveModel {
-        nar_hash: Set(nar.nar_hash),
-        nar_size: Set(nar.nar_size),
-        compression: Set(compression.to_owned()),
-        file_size: Set(file_size),
-        state: Set(STATE_VALID.to_owned()),
-        num_chunks: Set(nar.chunks.len() as i64),
-        created_at: Set(now()),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-
-    let mut chunk_ids = Vec::with_capacity(nar.chunks.len());
-    for chunk in nar.chunks {
-        chunk_ids.push(ensure_chunk(txn, chunk).await?);
-    }
-    for (batch_index, batch) in chunk_ids.chunks(BATCH).enumerate() {
-        let rows = batch
-            .iter()
-            .enumerate()
-            .map(|(i, &chunk_id)| chunkref::ActiveModel {
-                nar_id: Set(nar_row.id),
-                seq: Set((batch_index * BATCH + i) as i64),
-                chunk_id: Set(chunk_id),
-                ..Default::default()
-            });
-        chunkref::Entity::insert_many(rows)
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(nar_row)
-}
-
-/// The id of a chunk's row, inserting it if this upload stored it first.
-async fn ensure_chunk(txn: &DatabaseTransaction, chunk: UploadedChunk) -> Result<i64, DbErr> {
-    if let Some(existing) = chunk::Entity::find()
-        .filter(chunk::Column::ChunkHash.eq(&chunk.chunk_hash))
-        .one(txn)
-        .await?
-    {
-        return Ok(existing.id);
-    }
-    let row = chunk::ActiveModel {
-        chunk_hash: Set(chunk.chunk_hash),
-        chunk_size: Set(chunk.chunk_size),
-        file_size: Set(chunk.file_size),
-        compression: Set(chunk.compression),
-        remote_file: Set(chunk.remote_file),
-        state: Set(STATE_VALID.to_owned()),
-        created_at: Set(now()),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-    Ok(row.id)
 }
 
 async fn attach_object(

@@ -1,20 +1,25 @@
 //! Blobs as files under a directory, written atomically and durably.
 
-use std::io;
+use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, StorageBackend, StorageError, StorageKey};
+use super::{BlobInfo, ByteStream, StorageBackend, StorageError, StorageKey};
 
 /// Where partially written blobs wait for their rename.
 const TEMP_DIR: &str = ".tmp";
 
-/// Blobs in a local directory. A put writes a temporary file, fsyncs it,
-/// renames it into place and fsyncs the directory, so a blob is either
+/// Bytes per read when streaming a blob, and per write when storing one.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// Blobs in a local directory. A put streams into a temporary file, fsyncs
+/// it, renames it into place and fsyncs the directory, so a blob is either
 /// absent or whole, even across a power loss.
 #[derive(Debug)]
 pub struct LocalStorage {
@@ -43,20 +48,28 @@ impl LocalStorage {
     }
 }
 
-/// Writes `data` to `temp`, syncs it, renames it to `target` and syncs the
-/// directory, so `target` is either absent or whole after a crash. Removes
-/// `temp` if anything fails.
-fn write_durably(temp: &Path, target: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
+/// Writes what `write` produces to `temp`, syncs it, renames it to `target`
+/// and syncs the directory, so `target` is either absent or whole after a
+/// crash. Removes `temp` if anything fails.
+fn write_durably(
+    temp: &Path,
+    target: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<u64>,
+) -> io::Result<u64> {
     let parent = target.parent().expect("a key path has a parent");
     let written = (|| {
         std::fs::create_dir_all(parent)?;
-        let mut file = std::fs::File::create(temp)?;
-        file.write_all(data)?;
+        let file = std::fs::File::create(temp)?;
+        let mut buffered = io::BufWriter::with_capacity(IO_BUFFER, file);
+        let size = write(&mut buffered)?;
+        let file = buffered
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(temp, target)?;
-        std::fs::File::open(parent)?.sync_all()
+        std::fs::File::open(parent)?.sync_all()?;
+        Ok(size)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(temp);
@@ -64,40 +77,90 @@ fn write_durably(temp: &Path, target: &Path, data: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Every file under `dir`, as keys relative to `root`, skipping `TEMP_DIR`.
+fn walk(root: &Path, dir: &Path, prefix: &str, found: &mut Vec<BlobInfo>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let metadata = entry.metadata()?;
+        if metadata.is_dir() {
+            if dir != root || entry.file_name() != TEMP_DIR {
+                walk(root, &path, prefix, found)?;
+            }
+            continue;
+        }
+        let relative = path
+            .strip_prefix(root)
+            .expect("walked paths are under the root");
+        // Files that are not valid keys were not written by us: leave them.
+        let Some(key) = relative
+            .to_str()
+            .and_then(|k| StorageKey::new(k).ok())
+            .filter(|k| k.as_str().starts_with(prefix))
+        else {
+            continue;
+        };
+        found.push(BlobInfo {
+            key,
+            size: metadata.len(),
+            modified: metadata.modified()?,
+        });
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl StorageBackend for LocalStorage {
-    async fn put(&self, key: &StorageKey, mut data: ByteStream) -> Result<(), StorageError> {
+    async fn put(&self, key: &StorageKey, mut data: ByteStream) -> Result<u64, StorageError> {
         let io_error = |source| StorageError::Io {
             key: key.clone(),
             source,
         };
-        // Blobs are chunks, at most `chunking.max-size` (16 MiB at the very
-        // most): gather one, then write, sync and rename it in a single
-        // blocking task. Per-operation async file I/O would cost a thread
-        // hand-off for each of the seven steps, which dominated upload time.
-        let mut blob = Vec::new();
-        while let Some(piece) = data.try_next().await.map_err(io_error)? {
-            blob.extend_from_slice(&piece);
-        }
         let target = self.path_of(key);
         let temp = self.temp_path();
-        tokio::task::spawn_blocking(move || write_durably(&temp, &target, &blob))
-            .await
-            .map_err(|e| io_error(io::Error::other(e)))?
-            .map_err(io_error)
+        let runtime = tokio::runtime::Handle::current();
+        // One blocking task pulls the stream and writes it: a thread
+        // hand-off per write would dominate, as it did with async file I/O.
+        tokio::task::spawn_blocking(move || {
+            write_durably(&temp, &target, |file| {
+                let mut size = 0;
+                while let Some(piece) = runtime.block_on(data.next()) {
+                    let piece = piece?;
+                    file.write_all(&piece)?;
+                    size += piece.len() as u64;
+                }
+                Ok(size)
+            })
+        })
+        .await
+        .map_err(|e| io_error(io::Error::other(e)))?
+        .map_err(io_error)
     }
 
-    async fn get(&self, key: &StorageKey) -> Result<ByteStream, StorageError> {
-        match tokio::fs::File::open(self.path_of(key)).await {
-            Ok(file) => Ok(Box::pin(ReaderStream::with_capacity(file, 64 * 1024))),
+    async fn get(&self, key: &StorageKey, range: Range<u64>) -> Result<ByteStream, StorageError> {
+        let io_error = |source| StorageError::Io {
+            key: key.clone(),
+            source,
+        };
+        let mut file = match tokio::fs::File::open(self.path_of(key)).await {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StorageError::NotFound(key.clone()))
+                return Err(StorageError::NotFound(key.clone()));
             }
-            Err(source) => Err(StorageError::Io {
-                key: key.clone(),
-                source,
-            }),
+            Err(e) => return Err(io_error(e)),
+        };
+        if range.start > 0 {
+            file.seek(io::SeekFrom::Start(range.start))
+                .await
+                .map_err(io_error)?;
         }
+        let limited = file.take(range.end.saturating_sub(range.start));
+        Ok(Box::pin(ReaderStream::with_capacity(limited, IO_BUFFER)))
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<(), StorageError> {
@@ -111,12 +174,16 @@ impl StorageBackend for LocalStorage {
         }
     }
 
-    async fn exists(&self, key: &StorageKey) -> Result<bool, StorageError> {
-        tokio::fs::try_exists(self.path_of(key))
-            .await
-            .map_err(|source| StorageError::Io {
-                key: key.clone(),
-                source,
-            })
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            walk(&root, &root, &prefix, &mut found).map(|()| found)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|listed| listed)
+        .map_err(|source| StorageError::Listing { source })
     }
 }

@@ -1,14 +1,17 @@
-//! Blob storage: where chunk files live, behind one small trait.
+//! Blob storage: where packs live, behind one small trait.
 //!
-//! Keys are content addresses chosen by the chunk store, so writing the
-//! same key twice writes the same bytes, and concurrent writers need no
-//! coordination. `put` returns only once the blob is durable: the database
-//! may then point at it.
+//! A pack is written once, as a stream, under a key nobody else uses, and is
+//! durable when `put` returns: only then may the database point at it. Reads
+//! are byte ranges, so a run of chunks is one request. `list` lets the
+//! garbage collector find blobs no row points at.
 
 mod local;
+mod memory;
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use futures::stream::BoxStream;
 use thiserror::Error;
 
 pub use local::LocalStorage;
+pub use memory::MemoryStorage;
 
 /// A stream of a blob's bytes.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
@@ -31,6 +35,13 @@ pub enum StorageError {
     Io {
         /// The blob concerned.
         key: StorageKey,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Listing blobs failed.
+    #[error("listing blobs failed")]
+    Listing {
         /// The underlying error.
         #[source]
         source: io::Error,
@@ -83,36 +94,63 @@ impl fmt::Debug for StorageKey {
     }
 }
 
+/// A stored blob, as [`StorageBackend::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Its key.
+    pub key: StorageKey,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written, for grace periods.
+    pub modified: SystemTime,
+}
+
 /// A place to keep blobs.
 #[async_trait]
 pub trait StorageBackend: Send + Sync + fmt::Debug {
-    /// Stores a blob, replacing any blob under the same key. Returns once
-    /// the blob would survive a crash or power loss; a failed or abandoned
-    /// put leaves no blob under `key`.
-    async fn put(&self, key: &StorageKey, data: ByteStream) -> Result<(), StorageError>;
+    /// Stores a blob under a new key. Returns the bytes written once the
+    /// blob would survive a crash or power loss. If `data` fails, no blob
+    /// appears under `key`; a put abandoned midway leaves at most an
+    /// unreferenced blob, which the garbage collector's orphan sweep removes.
+    async fn put(&self, key: &StorageKey, data: ByteStream) -> Result<u64, StorageError>;
 
-    /// Streams a blob.
-    async fn get(&self, key: &StorageKey) -> Result<ByteStream, StorageError>;
+    /// Streams `range` of a blob. A blob shorter than the range yields its
+    /// bytes up to its end and then ends: callers that know the length
+    /// they expect must check it.
+    async fn get(&self, key: &StorageKey, range: Range<u64>) -> Result<ByteStream, StorageError>;
 
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, key: &StorageKey) -> Result<(), StorageError>;
 
-    /// Whether a blob exists.
-    async fn exists(&self, key: &StorageKey) -> Result<bool, StorageError>;
+    /// Every blob whose key starts with `prefix`, in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StorageError>;
+
+    /// A URL that lets anyone holding it GET the whole blob for `expiry`,
+    /// where the backend can make one (S3 can; a local disk cannot).
+    async fn presign(
+        &self,
+        _key: &StorageKey,
+        _expiry: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 }
+
+/// The range that means "the whole blob".
+pub const WHOLE: Range<u64> = 0..u64::MAX;
 
 /// A one-piece [`ByteStream`].
 pub fn stream_of(data: Bytes) -> ByteStream {
     Box::pin(futures::stream::once(async move { Ok(data) }))
 }
 
-/// Reads a whole blob; for blobs known to be small, such as chunks.
+/// Reads a whole blob into memory; for tests and small blobs only.
 pub async fn read_all(
     storage: &dyn StorageBackend,
     key: &StorageKey,
 ) -> Result<Bytes, StorageError> {
     use futures::TryStreamExt;
-    let mut stream = storage.get(key).await?;
+    let mut stream = storage.get(key, WHOLE).await?;
     let mut buffer = bytes::BytesMut::new();
     while let Some(piece) = stream.try_next().await.map_err(|source| StorageError::Io {
         key: key.clone(),

@@ -62,9 +62,7 @@ pub async fn upload_path(
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
     };
-    let nar_hash = info.nar_hash.to_typed_hex();
-
-    if let Some(existing) = state.database.find_nar(&nar_hash).await? {
+    if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         ingest::verify_only(body, declared).await?;
         state
             .database
@@ -81,18 +79,19 @@ pub async fn upload_path(
     }
 
     let stored = ingest::store_nar(&state, body, declared).await?;
+    let new_chunk_bytes = stored.bytes_stored();
     let nar = state
         .database
         .commit_upload(
             NewNar {
-                nar_hash,
-                nar_size: info.nar_size as i64,
+                nar_hash: info.nar_hash,
+                nar_size: info.nar_size,
+                pack: stored.pack,
                 chunks: stored.chunks,
             },
             object,
         )
         .await?;
-    let new_chunk_bytes = stored.bytes_stored;
     Metrics::count(&state.metrics.uploads, "uploaded");
     state.metrics.upload_nar_bytes.inc_by(info.nar_size);
     state.metrics.stored_bytes.inc_by(new_chunk_bytes);

@@ -5,7 +5,35 @@ pub mod chunk;
 pub mod chunkref;
 pub mod nar;
 pub mod object;
+pub mod pack;
 pub mod revoked_token;
 
-/// The `state` of a NAR or chunk whose blobs are complete and may be served.
-pub const STATE_VALID: &str = "valid";
+use sea_orm::entity::prelude::*;
+
+/// Whether a NAR, chunk or pack may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum BlobState {
+    /// Whole and checked when written: served.
+    #[sea_orm(string_value = "valid")]
+    Valid,
+    /// Its stored bytes failed a check, or (for a NAR) one of its chunks
+    /// did: never served, and stored afresh by the next upload of it.
+    #[sea_orm(string_value = "damaged")]
+    Damaged,
+    /// Being reclaimed by the garbage collector.
+    #[sea_orm(string_value = "deleting")]
+    Deleting,
+}
+
+/// How stored bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum StoredCompression {
+    /// One zstd frame per chunk; for a NAR, every chunk is one.
+    #[sea_orm(string_value = "zstd")]
+    Zstd,
+    /// The bytes themselves.
+    #[sea_orm(string_value = "none")]
+    None,
+}

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use super::{BlobState, StoredCompression};
+
 /// One NAR.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "nar")]
@@ -15,15 +17,18 @@ pub struct Model {
     /// Bytes of the NAR.
     pub nar_size: i64,
     /// `zstd` when every chunk is a zstd frame (served concatenated), else `none`.
-    pub compression: String,
+    pub compression: StoredCompression,
     /// Bytes served for `compression`: the sum of the chunk files, or `nar_size`.
     pub file_size: i64,
-    /// `valid` once whole.
-    pub state: String,
+    /// `valid` once whole; `damaged` while a chunk of it is.
+    pub state: BlobState,
     /// How many chunkrefs it has.
     pub num_chunks: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// The pack that is byte for byte this NAR's `.nar.zst`, when one is
+    /// (every chunk was new when it was uploaded).
+    pub pack_id: Option<i64>,
 }
 
 /// No navigable relations: queries join explicitly.

@@ -35,8 +35,16 @@ pub struct Model {
     pub created_by: Option<String>,
 }
 
-/// No navigable relations: queries join explicitly.
+/// An object points at its NAR.
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// The NAR holding its content.
+    #[sea_orm(
+        belongs_to = "super::nar::Entity",
+        from = "Column::NarId",
+        to = "super::nar::Column::Id"
+    )]
+    Nar,
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,445 @@
+//! Reading chunks back out of packs, checked.
+//!
+//! A NAR's chunks are grouped into runs: consecutive chunks stored
+//! contiguously in one pack, fetched with one ranged read (a NAR uploaded
+//! whole is one run: its pack). Every chunk's stored bytes are checked
+//! against the checksum recorded when it was written before they are handed
+//! out; a chunk from before packs, with no checksum yet, is checked against
+//! its content hash instead, and the checksum it then earns is returned for
+//! recording. A failed check, a short pack or a missing one is [`Damage`];
+//! any other storage failure is an error that says nothing about the data.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use attic::chunking::ChunkId;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::StoredChecksum;
+use crate::database::entity::StoredCompression;
+use crate::storage::{ByteStream, StorageBackend, StorageError, StorageKey};
+
+/// Where a chunk's stored bytes are, and how to check them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Row id.
+    pub id: i64,
+    /// blake3 of the uncompressed bytes.
+    pub hash: ChunkId,
+    /// Uncompressed size.
+    pub chunk_size: u64,
+    /// How the stored bytes are encoded.
+    pub compression: StoredCompression,
+    /// The pack's row id.
+    pub pack_id: i64,
+    /// The pack's storage key.
+    pub pack_key: StorageKey,
+    /// Start of the stored bytes in the pack.
+    pub offset: u64,
+    /// Length of the stored bytes.
+    pub stored_size: u64,
+    /// Checksum of the stored bytes, when recorded.
+    pub checksum: Option<StoredChecksum>,
+}
+
+impl StoredChunk {
+    fn end(&self) -> u64 {
+        self.offset + self.stored_size
+    }
+}
+
+/// Chunks stored back to back in one pack: one ranged read.
+#[derive(Debug)]
+pub struct Run {
+    chunks: VecDeque<StoredChunk>,
+}
+
+impl Run {
+    /// The pack's key.
+    pub fn pack_key(&self) -> &StorageKey {
+        &self.chunks[0].pack_key
+    }
+
+    /// The byte range of the pack the run covers.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        let last = self.chunks.back().expect("a run is never empty");
+        self.chunks[0].offset..last.end()
+    }
+}
+
+/// Groups chunks, in the order they are to be read, into runs.
+pub fn runs(chunks: impl IntoIterator<Item = StoredChunk>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for chunk in chunks {
+        let continues = runs
+            .last()
+            .and_then(|run| run.chunks.back())
+            .is_some_and(|last| last.pack_id == chunk.pack_id && last.end() == chunk.offset);
+        match runs.last_mut() {
+            Some(run) if continues => run.chunks.push_back(chunk),
+            _ => runs.push(Run {
+                chunks: VecDeque::from([chunk]),
+            }),
+        }
+    }
+    runs
+}
+
+/// What is wrong with stored data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The chunk's stored bytes do not match its checksum.
+    Corrupt,
+    /// The pack ends at `pack_len`, before the chunk does: it and every
+    /// chunk of the pack past that point are lost.
+    Truncated {
+        /// Bytes the pack still has.
+        pack_len: u64,
+    },
+    /// The pack is gone: every chunk in it is lost.
+    Missing,
+}
+
+/// A chunk found damaged (and, for a short or missing pack, those after it).
+#[derive(Debug, Clone)]
+pub struct Damage {
+    /// The first chunk found damaged.
+    pub chunk: StoredChunk,
+    /// What was wrong.
+    pub fault: Fault,
+}
+
+/// Why reading a run stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The stored data is damaged; the read cannot go on past it.
+    Damaged(Damage),
+    /// Storage failed in a way that says nothing about the data (a
+    /// network error, say): try again later.
+    Storage(StorageError),
+}
+
+/// A chunk whose stored bytes passed their check.
+#[derive(Debug)]
+pub struct CheckedChunk {
+    /// The chunk.
+    pub chunk: StoredChunk,
+    /// Its stored bytes (a zstd frame, or raw bytes).
+    pub stored: Bytes,
+    /// A checksum to record, for a chunk that had none and was checked
+    /// against its content hash instead.
+    pub learned_checksum: Option<StoredChecksum>,
+}
+
+/// Checks stored bytes; `Ok(Some(_))` when the checksum was learned.
+fn check(chunk: &StoredChunk, stored: &[u8]) -> Result<Option<StoredChecksum>, ()> {
+    if let Some(expected) = chunk.checksum {
+        return if StoredChecksum::of(stored) == expected {
+            Ok(None)
+        } else {
+            Err(())
+        };
+    }
+    let content = match chunk.compression {
+        StoredCompression::Zstd => {
+            zstd::bulk::decompress(stored, chunk.chunk_size as usize).map_err(|_| ())?
+        }
+        StoredCompression::None => stored.to_vec(),
+    };
+    if content.len() as u64 == chunk.chunk_size && ChunkId::of(&content) == chunk.hash {
+        Ok(Some(StoredChecksum::of(stored)))
+    } else {
+        Err(())
+    }
+}
+
+struct RunReader {
+    storage: Arc<dyn StorageBackend>,
+    run: Run,
+    /// The run's range, taken before chunks are popped off it.
+    range: std::ops::Range<u64>,
+    body: Option<ByteStream>,
+    buffer: BytesMut,
+    received: u64,
+    stopped: bool,
+}
+
+impl RunReader {
+    async fn next_chunk(&mut self) -> Option<Result<CheckedChunk, ReadError>> {
+        if self.stopped {
+            return None;
+        }
+        let chunk = self.run.chunks.pop_front()?;
+        let result = self.read(chunk).await;
+        if matches!(
+            result,
+            Err(ReadError::Storage(_))
+                | Err(ReadError::Damaged(Damage {
+                    fault: Fault::Missing | Fault::Truncated { .. },
+                    ..
+                }))
+        ) {
+            self.stopped = true;
+        }
+        Some(result)
+    }
+
+    async fn read(&mut self, chunk: StoredChunk) -> Result<CheckedChunk, ReadError> {
+        let range = self.range.clone();
+        if self.body.is_none() {
+            match self.storage.get(&chunk.pack_key, range.clone()).await {
+                Ok(body) => self.body = Some(body),
+                Err(StorageError::NotFound(_)) => {
+                    return Err(ReadError::Damaged(Damage {
+                        chunk,
+                        fault: Fault::Missing,
+                    }));
+                }
+                Err(e) => return Err(ReadError::Storage(e)),
+            }
+        }
+        let body = self.body.as_mut().expect("opened above");
+        let need = chunk.stored_size as usize;
+        while self.buffer.len() < need {
+            match body.next().await {
+                Some(Ok(piece)) => {
+                    self.received += piece.len() as u64;
+                    self.buffer.extend_from_slice(&piece);
+                }
+                Some(Err(source)) => {
+                    return Err(ReadError::Storage(StorageError::Io {
+                        key: chunk.pack_key.clone(),
+                        source,
+                    }));
+                }
+                None => {
+                    let pack_len = range.start + self.received;
+                    return Err(ReadError::Damaged(Damage {
+                        chunk,
+                        fault: Fault::Truncated { pack_len },
+                    }));
+                }
+            }
+        }
+        let stored = self.buffer.split_to(need).freeze();
+        match check(&chunk, &stored) {
+            Ok(learned_checksum) => Ok(CheckedChunk {
+                chunk,
+                stored,
+                learned_checksum,
+            }),
+            Err(()) => Err(ReadError::Damaged(Damage {
+                chunk,
+                fault: Fault::Corrupt,
+            })),
+        }
+    }
+}
+
+/// The chunks of a run, each checked, in order. A corrupt chunk is
+/// reported and reading goes on with the next; a short or missing pack or a
+/// storage failure ends the stream.
+pub fn read_run(
+    storage: Arc<dyn StorageBackend>,
+    run: Run,
+) -> BoxStream<'static, Result<CheckedChunk, ReadError>> {
+    let reader = RunReader {
+        storage,
+        range: run.range(),
+        run,
+        body: None,
+        buffer: BytesMut::new(),
+        received: 0,
+        stopped: false,
+    };
+    Box::pin(futures::stream::unfold(reader, |mut reader| async move {
+        reader.next_chunk().await.map(|item| (item, reader))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::storage::{MemoryStorage, stream_of};
+
+    struct Fixture {
+        storage: Arc<MemoryStorage>,
+        chunks: Vec<StoredChunk>,
+    }
+
+    /// Three zstd chunks in one pack, with checksums.
+    async fn pack_of_three() -> Fixture {
+        let storage = Arc::new(MemoryStorage::new());
+        let key = StorageKey::new("packs/00/test").expect("key");
+        let mut pack = Vec::new();
+        let mut chunks = Vec::new();
+        for (i, content) in [&b"first chunk"[..], b"second chunk", b"third"]
+            .iter()
+            .enumerate()
+        {
+            let frame = zstd::bulk::compress(content, 3).expect("compress");
+            chunks.push(StoredChunk {
+                id: i as i64,
+                hash: ChunkId::of(content),
+                chunk_size: content.len() as u64,
+                compression: StoredCompression::Zstd,
+                pack_id: 1,
+                pack_key: key.clone(),
+                offset: pack.len() as u64,
+                stored_size: frame.len() as u64,
+                checksum: Some(StoredChecksum::of(&frame)),
+            });
+            pack.extend_from_slice(&frame);
+        }
+        storage
+            .put(&key, stream_of(Bytes::from(pack)))
+            .await
+            .expect("put");
+        Fixture { storage, chunks }
+    }
+
+    async fn read_all_runs(
+        storage: Arc<MemoryStorage>,
+        chunks: Vec<StoredChunk>,
+    ) -> Vec<Result<CheckedChunk, ReadError>> {
+        let mut out = Vec::new();
+        for run in runs(chunks) {
+            out.extend(read_run(storage.clone(), run).collect::<Vec<_>>().await);
+        }
+        out
+    }
+
+    #[test]
+    fn consecutive_chunks_of_one_pack_make_one_run() {
+        let chunk = |pack_id, offset, stored_size| StoredChunk {
+            id: 0,
+            hash: ChunkId::of(b""),
+            chunk_size: 1,
+            compression: StoredCompression::Zstd,
+            pack_id,
+            pack_key: StorageKey::new(format!("packs/{pack_id}")).expect("key"),
+            offset,
+            stored_size,
+            checksum: None,
+        };
+        let grouped = runs([
+            chunk(1, 0, 10),
+            chunk(1, 10, 5),
+            chunk(2, 0, 7),
+            chunk(1, 15, 1),
+            chunk(1, 0, 10),
+        ]);
+        let ranges: Vec<_> = grouped
+            .iter()
+            .map(|r| (r.pack_key().to_string(), r.range()))
+            .collect();
+        assert_eq!(
+            ranges,
+            [
+                ("packs/1".to_owned(), 0..15),
+                ("packs/2".to_owned(), 0..7),
+                ("packs/1".to_owned(), 15..16),
+                ("packs/1".to_owned(), 0..10),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn intact_chunks_pass_their_checks() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let read: Vec<CheckedChunk> = futures::stream::iter(runs(chunks.clone()))
+            .flat_map(|run| read_run(storage.clone(), run))
+            .try_collect()
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .expect("every chunk checks");
+        assert_eq!(read.len(), 3);
+        assert_eq!(
+            zstd::bulk::decompress(&read[1].stored, 100).expect("frame"),
+            b"second chunk"
+        );
+        assert!(read.iter().all(|c| c.learned_checksum.is_none()));
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_is_reported_and_the_next_chunk_still_read() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let key = chunks[0].pack_key.clone();
+        let mut pack = crate::storage::read_all(&*storage, &key)
+            .await
+            .expect("read")
+            .to_vec();
+        pack[chunks[1].offset as usize + 4] ^= 1;
+        storage
+            .put(&key, stream_of(Bytes::from(pack)))
+            .await
+            .expect("put");
+        let read = read_all_runs(storage, chunks.clone()).await;
+        assert!(read[0].is_ok());
+        assert!(matches!(
+            &read[1],
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == 1
+        ));
+        assert!(read[2].is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_short_pack_is_truncated_damage_from_where_it_ends() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let key = chunks[0].pack_key.clone();
+        let pack = crate::storage::read_all(&*storage, &key)
+            .await
+            .expect("read");
+        let cut = chunks[1].offset + 2;
+        storage
+            .put(&key, stream_of(pack.slice(..cut as usize)))
+            .await
+            .expect("put");
+        let read = read_all_runs(storage, chunks).await;
+        assert_eq!(read.len(), 2, "reading stops at the end of the pack");
+        assert!(matches!(
+            &read[1],
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Truncated { pack_len } }))
+                if chunk.id == 1 && *pack_len == cut
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_pack_is_missing_damage() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        storage.delete(&chunks[0].pack_key).await.expect("delete");
+        let read = read_all_runs(storage, chunks).await;
+        assert_eq!(read.len(), 1);
+        assert!(matches!(
+            &read[0],
+            Err(ReadError::Damaged(Damage {
+                fault: Fault::Missing,
+                ..
+            }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_without_checksum_is_checked_by_content_and_earns_one() {
+        let Fixture {
+            storage,
+            mut chunks,
+        } = pack_of_three().await;
+        let expected = chunks[0].checksum.take();
+        chunks[1].checksum = None;
+        chunks[1].hash = ChunkId::of(b"not its content");
+        let read = read_all_runs(storage, chunks).await;
+        assert_eq!(read[0].as_ref().expect("checks").learned_checksum, expected);
+        assert!(matches!(
+            &read[1],
+            Err(ReadError::Damaged(Damage {
+                fault: Fault::Corrupt,
+                ..
+            }))
+        ));
+    }
+}
