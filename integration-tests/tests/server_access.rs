@@ -427,3 +427,84 @@ async fn metrics_count_uploads_reads_and_responses_without_naming_caches() {
         "{text}"
     );
 }
+
+/// narinfos are held in memory for speed; every write through the server
+/// is seen at once: a new key signs the next narinfo, a cache made private
+/// refuses the next anonymous read, a re-upload changes the next narinfo,
+/// and a destroyed cache is gone.
+#[tokio::test]
+async fn writes_are_seen_at_once_by_the_next_narinfo() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let admin = &server.root_token;
+    let narinfo = |token: Option<&str>| {
+        let api = api.clone();
+        let hash = hash.clone();
+        let token = token.map(str::to_owned);
+        async move {
+            let response = api
+                .request(Method::GET, &format!("/b/{hash}.narinfo"), token.as_deref())
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            (status, response.text().await.expect("body"))
+        }
+    };
+    let signature = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Sig: "))
+            .expect("a signature")
+            .to_owned()
+    };
+    let patch = |body: Value| {
+        let api = api.clone();
+        let admin = admin.clone();
+        async move {
+            let response = api
+                .request(Method::PATCH, "/_api/v1/cache-config/b", Some(&admin))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+
+    let (status, first) = narinfo(Some(admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = narinfo(Some(admin)).await;
+    assert_eq!(first, again);
+
+    patch(json!({"keypair": "Generate"})).await;
+    let (_, resigned) = narinfo(Some(admin)).await;
+    assert_ne!(signature(&resigned), signature(&first));
+
+    patch(json!({"is_public": true})).await;
+    assert_eq!(narinfo(None).await.0, StatusCode::OK);
+    patch(json!({"is_public": false})).await;
+    assert_eq!(narinfo(None).await.0, StatusCode::UNAUTHORIZED);
+
+    // The same path uploaded again with other content: the next narinfo
+    // describes the new NAR.
+    let store_path = resigned
+        .lines()
+        .find_map(|l| l.strip_prefix("StorePath: "))
+        .expect("StorePath")
+        .to_owned();
+    let nar = small_nar("other content");
+    api.upload_ok(admin, &nar_info_for("b", &store_path, &nar), nar.clone())
+        .await;
+    let (_, replaced) = narinfo(Some(admin)).await;
+    assert!(
+        replaced.contains(&format!("NarSize: {}", nar.len())),
+        "{replaced}"
+    );
+
+    let destroy = api
+        .request(Method::DELETE, "/_api/v1/cache-config/b", Some(admin))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(destroy.status(), StatusCode::OK);
+    assert_eq!(narinfo(Some(admin)).await.0, StatusCode::NOT_FOUND);
+}

@@ -110,7 +110,19 @@ impl Caller {
         if let Err(ServerError::InvalidToken(reason)) = granted {
             return Err(ServerError::InvalidToken(reason));
         }
-        let cache = state.database.find_cache(name.as_str()).await?;
+        let cache = match state.read_cache.caches.get(&name.to_string()) {
+            Some(cache) => Some(cache),
+            None => {
+                let cache = state.database.find_cache(name.as_str()).await?;
+                if let Some(cache) = &cache {
+                    state
+                        .read_cache
+                        .caches
+                        .insert(name.to_string(), cache.clone());
+                }
+                cache
+            }
+        };
         match (granted, cache) {
             (Ok(()), Some(cache)) => Ok(cache),
             (Ok(()), None) => Err(ServerError::NoSuchCache(name.to_string())),

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod nar_stream;
 pub mod pack;
+pub mod recent;
 pub mod scrub;
 pub mod setup;
 pub mod state;

@@ -13,7 +13,7 @@ use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
 use crate::config::ServerConfig;
 use crate::database::Database;
 use crate::metrics::Metrics;
-use crate::state::{AccessLog, AppState, spawn_access_log_flusher};
+use crate::state::{AccessLog, AppState, ReadCache, spawn_access_log_flusher};
 use crate::storage::{LocalStorage, StorageBackend};
 
 /// `$XDG_CONFIG_HOME/attic/server.toml`, or `~/.config/attic/server.toml`.
@@ -134,6 +134,7 @@ pub async fn build_state(
         chunker,
         access_log: AccessLog::default(),
         metrics: Metrics::default(),
+        read_cache: ReadCache::default(),
     });
     spawn_access_log_flusher(state.clone(), Duration::from_secs(10));
     Ok(state)

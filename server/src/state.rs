@@ -8,9 +8,61 @@ use attic::chunking::FastCdcChunker;
 use attic_token::RootPublicKey;
 
 use crate::config::ServerConfig;
+use crate::database::entity::cache;
 use crate::database::{Database, now};
 use crate::metrics::Metrics;
+use crate::recent::Recent;
 use crate::storage::StorageBackend;
+
+/// How long a replica may serve a cache's settings or a signed narinfo
+/// from memory after another replica changed them. Changes made through
+/// this process take effect at once.
+pub const STALENESS_BOUND: Duration = Duration::from_secs(5);
+
+/// Signed narinfos held in memory, at most.
+const NARINFOS_HELD: usize = 16 * 1024;
+
+/// Caches' settings held in memory, at most.
+const CACHES_HELD: usize = 1024;
+
+/// A signed narinfo, ready to send, and the object it describes.
+#[derive(Debug, Clone)]
+pub struct SignedNarinfo {
+    /// The narinfo text.
+    pub text: bytes::Bytes,
+    /// The object's row, for the access log.
+    pub object_id: i64,
+}
+
+/// What the read path keeps in memory so that a hot narinfo costs no
+/// database round trip and no signature: bounded, and dropped on any write
+/// through this process to the path or its cache (or on damage), and after
+/// [`STALENESS_BOUND`] in any case.
+#[derive(Debug)]
+pub struct ReadCache {
+    /// Live caches by name.
+    pub caches: Recent<String, cache::Model>,
+    /// Signed narinfos by (cache id, store path hash).
+    pub narinfos: Recent<(i64, String), SignedNarinfo>,
+}
+
+impl Default for ReadCache {
+    fn default() -> Self {
+        Self {
+            caches: Recent::new(CACHES_HELD, STALENESS_BOUND),
+            narinfos: Recent::new(NARINFOS_HELD, STALENESS_BOUND),
+        }
+    }
+}
+
+impl ReadCache {
+    /// Forgets what is held of a cache, after its settings changed or it
+    /// was destroyed.
+    pub fn forget_cache(&self, name: &str, cache_id: i64) {
+        self.caches.remove(&name.to_owned());
+        self.narinfos.remove_where(|(id, _)| *id == cache_id);
+    }
+}
 
 /// The shared state, behind `State<Arc<AppState>>`.
 #[derive(Debug)]
@@ -29,6 +81,8 @@ pub struct AppState {
     pub access_log: AccessLog,
     /// Counters served at `/metrics`.
     pub metrics: Metrics,
+    /// Hot reads, held in memory.
+    pub read_cache: ReadCache,
 }
 
 /// Object reads, gathered in memory and written in batches so that serving a

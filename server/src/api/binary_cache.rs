@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use futures::StreamExt;
 
 use super::cache_name;
@@ -25,7 +26,7 @@ use crate::database::entity::{cache, nar, object};
 use crate::error::{ServerError, ServerResult};
 use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
-use crate::state::AppState;
+use crate::state::{AppState, SignedNarinfo};
 
 /// The binary cache routes.
 pub fn router() -> Router<Arc<AppState>> {
@@ -56,6 +57,15 @@ async fn find_path(
     hash: &str,
 ) -> ServerResult<(cache::Model, object::Model, nar::Model)> {
     let cache = caller.pullable_cache(state, &cache_name(name)?).await?;
+    find_object(state, cache, hash).await
+}
+
+/// The object and NAR behind `hash` in `cache`.
+async fn find_object(
+    state: &AppState,
+    cache: cache::Model,
+    hash: &str,
+) -> ServerResult<(cache::Model, object::Model, nar::Model)> {
     let hash: StorePathHash = hash.parse().map_err(|_| ServerError::NoSuchObject)?;
     let (object, nar) = state
         .database
@@ -73,7 +83,20 @@ async fn get_narinfo(
     let hash = file
         .strip_suffix(".narinfo")
         .ok_or(ServerError::NoSuchRoute)?;
-    let found = find_path(&state, &caller, &name, hash).await;
+    let cache = caller.pullable_cache(&state, &cache_name(&name)?).await;
+    let held = cache
+        .as_ref()
+        .ok()
+        .and_then(|cache| state.read_cache.narinfos.get(&(cache.id, hash.to_owned())));
+    if let Some(held) = held {
+        Metrics::count(&state.metrics.narinfo_requests, "hit");
+        state.access_log.record(held.object_id);
+        return Ok(narinfo_response(held.text));
+    }
+    let found = match cache {
+        Ok(cache) => find_object(&state, cache, hash).await,
+        Err(e) => Err(e),
+    };
     let outcome = match &found {
         Ok(_) => "hit",
         Err(ServerError::NoSuchObject) => "miss",
@@ -82,8 +105,19 @@ async fn get_narinfo(
     Metrics::count(&state.metrics.narinfo_requests, outcome);
     let (cache, object, nar) = found?;
     state.access_log.record(object.id);
-    let narinfo = build_narinfo(&cache, &object, &nar)?;
-    Ok(([(CONTENT_TYPE, "text/x-nix-narinfo")], narinfo.to_string()).into_response())
+    let text = Bytes::from(build_narinfo(&cache, &object, &nar)?.to_string());
+    state.read_cache.narinfos.insert(
+        (cache.id, hash.to_owned()),
+        SignedNarinfo {
+            text: text.clone(),
+            object_id: object.id,
+        },
+    );
+    Ok(narinfo_response(text))
+}
+
+fn narinfo_response(text: Bytes) -> Response {
+    ([(CONTENT_TYPE, "text/x-nix-narinfo")], Body::from(text)).into_response()
 }
 
 /// The narinfo of an object, signed with the cache's key.

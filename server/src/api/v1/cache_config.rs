@@ -140,7 +140,9 @@ pub async fn configure_cache(
             RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
         }),
     };
+    let (name, id) = (cache.name.clone(), cache.id);
     state.database.configure_cache(cache, changes).await?;
+    state.read_cache.forget_cache(&name, id);
     Ok(Json(json!({})))
 }
 
@@ -155,6 +157,7 @@ pub async fn destroy_cache(
         .require_cache(&state, &name, Permission::DestroyCache)
         .await?;
     state.database.destroy_cache(cache.id).await?;
+    state.read_cache.forget_cache(&cache.name, cache.id);
     Ok(Json(json!({})))
 }
 
