@@ -491,3 +491,55 @@ async fn the_client_sends_large_metadata_as_a_preamble() {
             .is_empty()
     );
 }
+
+/// Uploads of different NARs that bring the same new chunks at the same
+/// moment all succeed: one copy of each shared chunk wins its row, and
+/// every NAR reads back whole.
+#[tokio::test]
+async fn concurrent_uploads_sharing_new_chunks_all_succeed() {
+    let (server, api, token) = setup().await;
+    let shared = noise(2 * 1024 * 1024, 11);
+    let mut uploads = Vec::new();
+    for i in 0..6u64 {
+        let mut contents = shared.clone();
+        contents.extend(noise(256 * 1024, 100 + i));
+        let nar = nar_of_file(contents);
+        let path = fake_store_path(&format!("sharing-{i}"));
+        uploads.push((path, nar));
+    }
+    let tasks: Vec<_> = uploads
+        .iter()
+        .map(|(path, nar)| {
+            let (api, token) = (api.clone(), token.clone());
+            let info = nar_info_for("main", path, nar);
+            let body = nar.clone();
+            tokio::spawn(async move { api.upload_ok(&token, &info, body).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task")["kind"], "Uploaded");
+    }
+    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 6);
+    assert_eq!(
+        server
+            .count("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunk GROUP BY chunk_hash HAVING COUNT(*) > 1)")
+            .await,
+        0,
+        "one row per chunk"
+    );
+    for (path, nar) in &uploads {
+        let body = api
+            .request(
+                Method::GET,
+                &format!("/main/nar/{}.nar", path_hash(path)),
+                Some(&token),
+            )
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(body == nar.as_slice(), "{path} reads back whole");
+    }
+}
