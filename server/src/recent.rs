@@ -114,7 +114,8 @@ mod tests {
         for n in 5..100 {
             memo.insert(n, "more");
         }
-        let held = memo.lock().current.len() + memo.lock().previous.len();
+        let generations = memo.lock();
+        let held = generations.current.len() + generations.previous.len();
         assert!(held <= 4, "{held}");
     }
 

@@ -161,7 +161,8 @@ struct RunReader {
     /// The run's range, taken before chunks are popped off it.
     range: std::ops::Range<u64>,
     body: Option<ByteStream>,
-    buffer: BytesMut,
+    /// The unread rest of the last piece storage returned.
+    piece: Bytes,
     received: u64,
     stopped: bool,
 }
@@ -202,11 +203,30 @@ impl RunReader {
         }
         let body = self.body.as_mut().expect("opened above");
         let need = chunk.stored_size as usize;
-        while self.buffer.len() < need {
+        // Most chunks lie within one piece and are sliced out of it without
+        // a copy; one that straddles pieces is gathered.
+        let mut gathered: Option<BytesMut> = None;
+        let stored = loop {
+            let have = gathered.as_ref().map_or(0, BytesMut::len);
+            let want = need - have;
+            if self.piece.len() >= want {
+                let tail = self.piece.split_to(want);
+                break match gathered {
+                    None => tail,
+                    Some(mut gathered) => {
+                        gathered.extend_from_slice(&tail);
+                        gathered.freeze()
+                    }
+                };
+            }
+            let rest = std::mem::take(&mut self.piece);
+            gathered
+                .get_or_insert_with(|| BytesMut::with_capacity(need))
+                .extend_from_slice(&rest);
             match body.next().await {
                 Some(Ok(piece)) => {
                     self.received += piece.len() as u64;
-                    self.buffer.extend_from_slice(&piece);
+                    self.piece = piece;
                 }
                 Some(Err(source)) => {
                     return Err(ReadError::Storage(StorageError::Io {
@@ -222,8 +242,7 @@ impl RunReader {
                     }));
                 }
             }
-        }
-        let stored = self.buffer.split_to(need).freeze();
+        };
         match check(&chunk, &stored) {
             Ok(learned_checksum) => Ok(CheckedChunk {
                 chunk,
@@ -250,7 +269,7 @@ pub fn read_run(
         range: run.range(),
         run,
         body: None,
-        buffer: BytesMut::new(),
+        piece: Bytes::new(),
         received: 0,
         stopped: false,
     };

@@ -15,8 +15,12 @@ use super::{BlobInfo, ByteStream, StorageBackend, StorageError, StorageKey};
 /// Where partially written blobs wait for their rename.
 const TEMP_DIR: &str = ".tmp";
 
-/// Bytes per read when streaming a blob, and per write when storing one.
+/// Bytes per write when storing a blob.
 const IO_BUFFER: usize = 256 * 1024;
+
+/// Ranges up to this size are read in one blocking call: one thread
+/// hand-off per NAR for most NARs. Longer ones stream in pieces this size.
+const READ_AT_ONCE: u64 = 4 * 1024 * 1024;
 
 /// Blobs in a local directory. A put streams into a temporary file, fsyncs
 /// it, renames it into place and fsyncs the directory, so a blob is either
@@ -75,6 +79,17 @@ fn write_durably(
         let _ = std::fs::remove_file(temp);
     }
     written
+}
+
+/// Up to `len` bytes of a file from `start`; fewer if it ends first.
+fn read_range(path: &Path, start: u64, len: u64) -> io::Result<bytes::Bytes> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    let available = file.metadata()?.len().saturating_sub(start);
+    file.seek(io::SeekFrom::Start(start))?;
+    let mut buffer = Vec::with_capacity(len.min(available) as usize);
+    file.take(len).read_to_end(&mut buffer)?;
+    Ok(buffer.into())
 }
 
 /// Every file under `dir`, as keys relative to `root`, skipping `TEMP_DIR`.
@@ -147,7 +162,23 @@ impl StorageBackend for LocalStorage {
             key: key.clone(),
             source,
         };
-        let mut file = match tokio::fs::File::open(self.path_of(key)).await {
+        let path = self.path_of(key);
+        let len = range.end.saturating_sub(range.start);
+        if len <= READ_AT_ONCE {
+            // Open, seek and read in one blocking task: per-step async file
+            // I/O would cost a thread hand-off each.
+            let read = tokio::task::spawn_blocking(move || read_range(&path, range.start, len))
+                .await
+                .map_err(|e| io_error(io::Error::other(e)))?;
+            return match read {
+                Ok(bytes) => Ok(super::stream_of(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(StorageError::NotFound(key.clone()))
+                }
+                Err(e) => Err(io_error(e)),
+            };
+        }
+        let mut file = match tokio::fs::File::open(path).await {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StorageError::NotFound(key.clone()));
@@ -159,8 +190,10 @@ impl StorageBackend for LocalStorage {
                 .await
                 .map_err(io_error)?;
         }
-        let limited = file.take(range.end.saturating_sub(range.start));
-        Ok(Box::pin(ReaderStream::with_capacity(limited, IO_BUFFER)))
+        Ok(Box::pin(ReaderStream::with_capacity(
+            file.take(len),
+            READ_AT_ONCE as usize,
+        )))
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<(), StorageError> {
