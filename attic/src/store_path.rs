@@ -47,7 +47,9 @@ pub enum StorePathError {
         store_dir: String,
     },
     /// The store directory itself is unusable.
-    #[error("store directory {0:?} must be an absolute path without a trailing slash")]
+    #[error(
+        "store directory {0:?} must be an absolute path without a trailing slash or control characters"
+    )]
     BadStoreDir(String),
 }
 
@@ -182,9 +184,12 @@ impl Default for StoreDir {
 impl StoreDir {
     /// Checks and wraps a store directory: absolute, no trailing slash.
     pub fn new(dir: &str) -> Result<Self, StorePathError> {
+        // No control characters: the directory is written into
+        // `nix-cache-info` and narinfos, which are line formats.
         let valid = dir.starts_with('/')
             && dir.len() > 1
             && !dir.ends_with('/')
+            && !dir.chars().any(char::is_control)
             && !dir.split('/').any(|part| part == "." || part == "..");
         if valid {
             Ok(Self(dir.to_owned()))

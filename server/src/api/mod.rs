@@ -90,6 +90,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> ServerResult<Self> {
         match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ServerError::TooLarge(
+                    "the request body is larger than this route accepts".to_owned(),
+                ))
+            }
             Err(rejection) => Err(ServerError::bad_request(
                 "InvalidJson",
                 rejection.body_text(),

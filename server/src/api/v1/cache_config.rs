@@ -89,9 +89,10 @@ pub async fn configure_cache(
     caller: Caller,
     headers: HeaderMap,
     Path(name): Path<String>,
-    JsonBody(patch): JsonBody<CacheConfig>,
+    JsonBody(patch): JsonBody<serde_json::Map<String, Value>>,
 ) -> ServerResult<Json<Value>> {
     let name = cache_name(&name)?;
+    let patch = parse_patch(patch)?;
     if patch.substituter_endpoint.is_some()
         || patch.api_endpoint.is_some()
         || patch.public_key.is_some()
@@ -144,6 +145,39 @@ pub async fn configure_cache(
     state.database.configure_cache(cache, changes).await?;
     state.read_cache.forget_cache(&name, id);
     Ok(Json(json!({})))
+}
+
+/// Settings a PATCH may carry (and the read-only ones it may not).
+const PATCHABLE: [&str; 6] = [
+    "keypair",
+    "is_public",
+    "store_dir",
+    "priority",
+    "upstream_cache_key_names",
+    "retention_period",
+];
+
+/// A PATCH body, refusing any field it cannot change: a misspelt field
+/// must not answer 200 and change nothing.
+fn parse_patch(patch: serde_json::Map<String, Value>) -> ServerResult<CacheConfig> {
+    if let Some(unknown) = patch
+        .keys()
+        .find(|key| !PATCHABLE.contains(&key.as_str()) && !is_read_only(key))
+    {
+        return Err(ServerError::bad_request(
+            "UnknownField",
+            format!(
+                "{unknown:?} is not a cache setting; settings are {}",
+                PATCHABLE.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(Value::Object(patch))
+        .map_err(|e| ServerError::bad_request("InvalidJson", e.to_string()))
+}
+
+fn is_read_only(key: &str) -> bool {
+    ["substituter_endpoint", "api_endpoint", "public_key"].contains(&key)
 }
 
 /// Destroys a cache; its paths are gone at once.

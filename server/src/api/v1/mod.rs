@@ -7,16 +7,22 @@ pub mod upload_path;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 
 use crate::state::AppState;
+
+/// Largest JSON body a route takes: room for `get-missing-paths` with
+/// its 100,000 hashes (about 3.5 MB), so that limit is the one that
+/// applies. Larger bodies get 413.
+pub const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
 
 /// The v1 routes.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/get-missing-paths",
-            post(get_missing_paths::get_missing_paths),
+            post(get_missing_paths::get_missing_paths).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
         )
         .route("/upload-path", put(upload_path::upload_path))
         .route(

@@ -1,0 +1,124 @@
+//! Input that must be refused with a clear error and change nothing:
+//! strings that would reach a line format, misspelt settings, bodies
+//! over the limits.
+
+use integration_tests::server::TestServer;
+use integration_tests::upload::Api;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn reply(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn a_store_dir_with_a_line_break_is_refused() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    let injected = "/nix/store\nPriority: 0";
+    let (status, body) = reply(
+        api.request(Method::POST, "/_api/v1/cache-config/c", Some(token))
+            .json(&json!({
+                "keypair": "Generate", "is_public": true, "store_dir": injected,
+                "priority": 41, "upstream_cache_key_names": [],
+            }))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "InvalidStoreDir");
+
+    api.create_cache(token, "c", true).await;
+    let (status, body) = reply(
+        api.request(Method::PATCH, "/_api/v1/cache-config/c", Some(token))
+            .json(&json!({ "store_dir": injected }))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let info = api
+        .request(Method::GET, "/c/nix-cache-info", None)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    assert!(info.contains("StoreDir: /nix/store\n"), "{info}");
+    assert!(!info.contains("Priority: 0"), "{info}");
+}
+
+#[tokio::test]
+async fn a_patch_with_an_unknown_field_is_refused_and_changes_nothing() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "c", false).await;
+    let (status, body) = reply(
+        api.request(Method::PATCH, "/_api/v1/cache-config/c", Some(token))
+            .json(&json!({ "is_publik": true, "priority": 7 }))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "UnknownField");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("is_publik"),
+        "{body}"
+    );
+    let (_, config) = reply(
+        api.request(Method::GET, "/_api/v1/cache-config/c", Some(token))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(config["is_public"], false);
+    assert_eq!(config["priority"], 41, "nothing changed: {config}");
+}
+
+/// 100,000 hashes, the documented limit, are answered; one more, or a
+/// body over the size limit, is 413.
+#[tokio::test]
+async fn get_missing_paths_answers_up_to_its_limit_and_413_past_it() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "c", false).await;
+    // Digits are nix-base32 characters: each number is a valid hash.
+    let hashes = |n: usize| -> Vec<String> { (0..n).map(|i| format!("{i:0>32}")).collect() };
+    let ask = |hashes: Vec<String>| {
+        let api = api.clone();
+        let token = token.clone();
+        async move {
+            api.request(Method::POST, "/_api/v1/get-missing-paths", Some(&token))
+                .json(&json!({ "cache": "c", "store_path_hashes": hashes }))
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    let (status, body) = reply(ask(hashes(100_000)).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["missing_paths"].as_array().expect("list").len(),
+        100_000
+    );
+    let (status, body) = reply(ask(hashes(100_001)).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "TooLarge");
+    let (status, body) = reply(ask(hashes(300_000)).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "TooLarge");
+}
