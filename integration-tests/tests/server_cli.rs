@@ -117,3 +117,31 @@ fn db_migrations_mode_creates_the_database_and_exits() {
         "--data-dir moved the data"
     );
 }
+
+/// The database holds every cache's signing key and the storage every
+/// tenant's data: on a first start both are readable by the server's user
+/// alone, whatever the umask.
+#[tokio::test]
+async fn the_data_directory_and_database_are_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start();
+    Api::new(&server.url)
+        .create_cache(&server.root_token, "c", false)
+        .await;
+    let mode = |path: std::path::PathBuf| {
+        std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let data = server.data_dir();
+    assert_eq!(mode(data.clone()), 0o700);
+    assert_eq!(mode(data.join("server.db")), 0o600);
+    assert_eq!(mode(data.join("storage")), 0o700);
+    for sidecar in ["server.db-wal", "server.db-shm"] {
+        if data.join(sidecar).exists() {
+            assert_eq!(mode(data.join(sidecar)), 0o600, "{sidecar}");
+        }
+    }
+}

@@ -89,8 +89,15 @@ pub async fn open_database(
     data_dir: &Path,
     migrate: bool,
 ) -> Result<Database> {
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    if config.database.url.is_none() {
+        // The database holds every cache's signing key: create it readable
+        // by this user alone, before SQLite creates it under the umask.
+        let path = data_dir.join("server.db");
+        create_private_file(&path)
+            .with_context(|| format!("creating the database {}", path.display()))?;
+    }
     let url = config.database_url(data_dir);
     let database = Database::connect(&url)
         .await
@@ -102,6 +109,34 @@ pub async fn open_database(
             .context("applying database migrations")?;
     }
     Ok(database)
+}
+
+/// Creates a directory (and its parents) that only this user may enter;
+/// an existing directory is left as its owner set it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates an empty file only this user may read, unless it exists.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens blob storage as configured.

@@ -31,10 +31,20 @@ pub struct LocalStorage {
 }
 
 impl LocalStorage {
-    /// Opens (and creates) the storage directory.
+    /// Opens the storage directory, creating it (only this user may
+    /// enter it) if needed.
     pub async fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
         let root = root.into();
-        tokio::fs::create_dir_all(root.join(TEMP_DIR)).await?;
+        let temp = root.join(TEMP_DIR);
+        tokio::task::spawn_blocking(move || {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(temp)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(Self { root })
     }
 
