@@ -508,3 +508,81 @@ async fn writes_are_seen_at_once_by_the_next_narinfo() {
     assert_eq!(destroy.status(), StatusCode::OK);
     assert_eq!(narinfo(Some(admin)).await.0, StatusCode::NOT_FOUND);
 }
+
+/// Nix sends a host's netrc entry to every cache on it: on a public
+/// cache's read routes a garbage, expired, revoked or empty token counts as
+/// none, so one stale entry breaks nothing. A private cache still says 401,
+/// and so does every route that needs a token.
+#[tokio::test]
+async fn on_a_public_cache_a_bad_token_reads_as_no_token() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let admin = server.root_token.clone();
+    api.create_cache(&admin, "open", true).await;
+    let nar = small_nar("in open");
+    let path = fake_store_path("in-open");
+    api.upload_ok(&admin, &nar_info_for("open", &path, &nar), nar)
+        .await;
+    let open_hash = path_hash(&path).to_owned();
+
+    let pull = server.make_token(&["--pull", "*"]);
+    let output = server.atticadm(&["attenuate-token", &pull, "--validity", "1ms"]);
+    let expired = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let revoked = server.make_token(&["--pull", "*"]);
+    assert!(
+        server
+            .atticadm(&["revoke-token", &revoked])
+            .status
+            .success()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let send = |path: String, authorization: String| {
+        let api = api.clone();
+        async move {
+            api.request(Method::GET, &path, None)
+                .header("Authorization", authorization)
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    let bad = [
+        "Bearer garbage".to_owned(),
+        format!("Bearer {expired}"),
+        format!("Bearer {revoked}"),
+        "Bearer ".to_owned(),
+        "Basic OmdhcmJhZ2U=".to_owned(), // ":garbage", as from a netrc
+    ];
+    for authorization in &bad {
+        for route in [
+            "/open/nix-cache-info".to_owned(),
+            format!("/open/{open_hash}.narinfo"),
+            format!("/open/nar/{open_hash}.nar"),
+            "/_api/v1/cache-config/open".to_owned(),
+        ] {
+            assert_eq!(
+                send(route.clone(), authorization.clone()).await,
+                StatusCode::OK,
+                "{route} with {authorization:?}"
+            );
+        }
+        assert_eq!(
+            send(format!("/b/{hash}.narinfo"), authorization.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "a private cache with {authorization:?}"
+        );
+        let missing = api
+            .request(Method::POST, "/_api/v1/get-missing-paths", None)
+            .header("Authorization", authorization.clone())
+            .json(&json!({"cache": "open", "store_path_hashes": [open_hash]}))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(missing, StatusCode::UNAUTHORIZED, "{authorization:?}");
+    }
+}

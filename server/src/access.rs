@@ -4,6 +4,11 @@
 //! netrc credentials, `Authorization: Basic base64(<user>:<token>)`. A
 //! caller without the right to a cache cannot tell a private cache from a
 //! missing one: both answer 401 to anonymous callers and 403 to tokens.
+//!
+//! A bad token (malformed, expired, revoked, another server's) is 401
+//! wherever a token is needed, but on a public cache's pull routes it
+//! counts as no token: Nix sends the netrc entry of a host to every cache
+//! on it, so one stale entry must not break every public cache there.
 
 use std::sync::Arc;
 
@@ -19,10 +24,20 @@ use crate::database::entity::cache;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 
-/// The caller: a verified, unrevoked token, or nobody.
+/// The caller, as its credentials say.
 #[derive(Debug)]
 pub struct Caller {
-    token: Option<Token>,
+    credential: Credential,
+}
+
+#[derive(Debug)]
+enum Credential {
+    /// No `Authorization` header.
+    Anonymous,
+    /// A verified, unrevoked token.
+    Token(Box<Token>),
+    /// Credentials that do not verify, and why.
+    Invalid(&'static str),
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -30,20 +45,34 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ServerResult<Self> {
         let Some(header) = parts.headers.get(AUTHORIZATION) else {
-            return Ok(Caller { token: None });
+            return Ok(Caller {
+                credential: Credential::Anonymous,
+            });
         };
-        let header = header
-            .to_str()
-            .map_err(|_| ServerError::InvalidToken("the Authorization header is not text"))?;
-        let text = token_text(header)?;
-        let token = Token::parse(&text, &state.token_key).map_err(|_| {
-            ServerError::InvalidToken("it is malformed or not signed by this server")
-        })?;
-        if state.database.is_revoked(&token.revocation_ids()).await? {
-            return Err(ServerError::InvalidToken("it has been revoked"));
-        }
-        Ok(Caller { token: Some(token) })
+        let credential = match verify(header, state).await {
+            Ok(token) => Credential::Token(Box::new(token)),
+            Err(ServerError::InvalidToken(reason)) => Credential::Invalid(reason),
+            Err(e) => return Err(e),
+        };
+        Ok(Caller { credential })
     }
+}
+
+/// The verified, unrevoked token an `Authorization` header carries.
+async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerResult<Token> {
+    let header = header
+        .to_str()
+        .map_err(|_| ServerError::InvalidToken("the Authorization header is not text"))?;
+    let text = token_text(header)?;
+    if text.is_empty() {
+        return Err(ServerError::InvalidToken("it is empty"));
+    }
+    let token = Token::parse(&text, &state.token_key)
+        .map_err(|_| ServerError::InvalidToken("it is malformed or not signed by this server"))?;
+    if state.database.is_revoked(&token.revocation_ids()).await? {
+        return Err(ServerError::InvalidToken("it has been revoked"));
+    }
+    Ok(token)
 }
 
 fn token_text(header: &str) -> ServerResult<String> {
@@ -70,12 +99,19 @@ fn token_text(header: &str) -> ServerResult<String> {
 impl Caller {
     /// The token's subject, recorded on uploads.
     pub fn subject(&self) -> Option<String> {
-        self.token.as_ref().and_then(Token::subject)
+        match &self.credential {
+            Credential::Token(token) => token.subject(),
+            Credential::Anonymous | Credential::Invalid(_) => None,
+        }
     }
 
     /// Checks `permission` from the token alone.
     pub fn require(&self, cache: &CacheName, permission: Permission) -> ServerResult<()> {
-        let token = self.token.as_ref().ok_or(ServerError::Unauthenticated)?;
+        let token = match &self.credential {
+            Credential::Token(token) => token,
+            Credential::Anonymous => return Err(ServerError::Unauthenticated),
+            Credential::Invalid(reason) => return Err(ServerError::InvalidToken(reason)),
+        };
         match token.authorize(cache, permission) {
             Ok(()) => Ok(()),
             Err(TokenError::Expired) => Err(ServerError::InvalidToken("it has expired")),
@@ -100,16 +136,13 @@ impl Caller {
     }
 
     /// The cache if the caller may pull from it: with a token that grants
-    /// pull, or from a public cache by anyone.
+    /// pull, or from a public cache by anyone, whatever token they send.
     pub async fn pullable_cache(
         &self,
         state: &AppState,
         name: &CacheName,
     ) -> ServerResult<cache::Model> {
         let granted = self.require(name, Permission::Pull);
-        if let Err(ServerError::InvalidToken(reason)) = granted {
-            return Err(ServerError::InvalidToken(reason));
-        }
         let cache = match state.read_cache.caches.get(&name.to_string()) {
             Some(cache) => Some(cache),
             None => {
