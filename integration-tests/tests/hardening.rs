@@ -122,3 +122,28 @@ async fn get_missing_paths_answers_up_to_its_limit_and_413_past_it() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"], "TooLarge");
 }
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_with_401() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "c", false).await;
+    // A real token with a long tail of junk appended: too large to parse.
+    let fat = format!("{}{}", server.root_token, "A".repeat(16 * 1024));
+    let (status, body) = reply(
+        api.request(Method::GET, "/_api/v1/cache-config/c", Some(&fat))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "InvalidToken");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("larger"),
+        "{body}"
+    );
+}

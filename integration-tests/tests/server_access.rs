@@ -586,3 +586,39 @@ async fn on_a_public_cache_a_bad_token_reads_as_no_token() {
         assert_eq!(missing, StatusCode::UNAUTHORIZED, "{authorization:?}");
     }
 }
+
+/// Revoking a token attenuated for CI revokes it and what descends from
+/// it, never the token it came from or its siblings.
+#[tokio::test]
+async fn revoking_an_attenuated_token_spares_its_parent_and_siblings() {
+    let (server, api, hash) = server_with_cache_b().await;
+    let attenuate = |token: &str| {
+        let output = server.atticadm(&["attenuate-token", token, "--cache", "b"]);
+        assert!(output.status.success());
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let ci = server.make_token(&["--pull", "*"]);
+    let job = attenuate(&ci);
+    let step = attenuate(&job);
+    let sibling = attenuate(&ci);
+    let status = |token: String| {
+        let api = api.clone();
+        let hash = hash.clone();
+        async move {
+            api.request(Method::GET, &format!("/b/{hash}.narinfo"), Some(&token))
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    let output = server.atticadm(&["revoke-token", &job]);
+    assert!(output.status.success());
+    assert_eq!(status(job).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(step).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(ci).await, StatusCode::OK);
+    assert_eq!(status(sibling).await, StatusCode::OK);
+}

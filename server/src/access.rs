@@ -67,8 +67,12 @@ async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerRes
     if text.is_empty() {
         return Err(ServerError::InvalidToken("it is empty"));
     }
-    let token = Token::parse(&text, &state.token_key)
-        .map_err(|_| ServerError::InvalidToken("it is malformed or not signed by this server"))?;
+    let token = Token::parse(&text, &state.token_key).map_err(|e| match e {
+        TokenError::TooLarge => {
+            ServerError::InvalidToken("it is larger than any token this server accepts")
+        }
+        _ => ServerError::InvalidToken("it is malformed or not signed by this server"),
+    })?;
     if state.database.is_revoked(&token.revocation_ids()).await? {
         return Err(ServerError::InvalidToken("it has been revoked"));
     }
@@ -116,6 +120,9 @@ impl Caller {
             Ok(()) => Ok(()),
             Err(TokenError::Expired) => Err(ServerError::InvalidToken("it has expired")),
             Err(TokenError::Denied { .. }) => Err(ServerError::Forbidden { permission }),
+            Err(TokenError::TooComplex) => Err(ServerError::InvalidToken(
+                "its conditions are too costly to check",
+            )),
             Err(e) => Err(ServerError::Internal(e.to_string())),
         }
     }

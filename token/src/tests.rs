@@ -206,6 +206,74 @@ fn revocation_ids_cover_attenuated_children() {
 }
 
 #[test]
+fn revoking_an_attenuated_token_spares_its_parent_and_siblings() {
+    let root = RootKey::generate();
+    let parent = spec(&[("*", Permission::Pull)]).sign(&root).expect("sign");
+    let parent_text = parent.to_base64().expect("b64");
+    let narrow = |text: &str| {
+        let child = attenuate(text, &Attenuation::default()).expect("attenuate");
+        Token::parse(&child, &root.public()).expect("verifies")
+    };
+    let child = narrow(&parent_text);
+    let sibling = narrow(&parent_text);
+    let grandchild = narrow(&child.to_base64().expect("b64"));
+    let revoked = child.own_revocation_id();
+    assert!(child.revocation_ids().contains(&revoked));
+    assert!(grandchild.revocation_ids().contains(&revoked));
+    assert!(!parent.revocation_ids().contains(&revoked));
+    assert!(!sibling.revocation_ids().contains(&revoked));
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_costly_work() {
+    let root = RootKey::generate();
+    let token = spec(&[("a", Permission::Pull)]).sign(&root).expect("sign");
+    // One appended block of 15 KB of facts, as a hostile holder could make.
+    let facts: String = (0..600)
+        .map(|i| format!("junk({i}, \"{i:0>12}\");\n"))
+        .collect();
+    let fat = token
+        .0
+        .append(BlockBuilder::new().code(facts.as_str()).expect("datalog"))
+        .expect("append")
+        .to_base64()
+        .expect("b64");
+    assert!(fat.len() > MAX_TOKEN_LEN);
+    assert!(matches!(
+        Token::parse(&fat, &root.public()),
+        Err(TokenError::TooLarge)
+    ));
+    // Many small blocks.
+    let mut text = token.to_base64().expect("b64");
+    for _ in 0..MAX_BLOCKS {
+        text = attenuate(&text, &Attenuation::default()).expect("attenuate");
+    }
+    assert!(text.len() <= MAX_TOKEN_LEN, "{}", text.len());
+    assert!(matches!(
+        Token::parse(&text, &root.public()),
+        Err(TokenError::TooLarge)
+    ));
+}
+
+#[test]
+fn a_token_whose_datalog_explodes_is_refused_not_evaluated_at_length() {
+    let root = RootKey::generate();
+    let token = spec(&[("a", Permission::Pull)]).sign(&root).expect("sign");
+    // A small block whose rules derive far more facts than any real token.
+    let block = BlockBuilder::new()
+        .code(
+            "n(0); n(1); n(2); n(3); n(4); n(5); n(6); n(7); n(8); n(9);\n\
+             p($a, $b, $c) <- n($a), n($b), n($c);",
+        )
+        .expect("datalog");
+    let hostile = Token(token.0.append(block).expect("append"));
+    assert!(matches!(
+        hostile.authorize(&name("a"), Permission::Pull),
+        Err(TokenError::TooComplex)
+    ));
+}
+
+#[test]
 fn root_key_round_trips_through_config() {
     let root = RootKey::generate();
     let again = RootKey::parse(&root.to_config_string()).expect("parses");

@@ -148,7 +148,7 @@ async fn main() -> Result<()> {
                 None => setup::default_data_dir()?,
             };
             let database = setup::open_database(&loaded.config, &data_dir, true).await?;
-            database.revoke(&token.revocation_ids()).await?;
+            database.revoke(&[token.own_revocation_id()]).await?;
             eprintln!(
                 "revoked {} (and every token attenuated from it)",
                 token.subject().unwrap_or_default()
