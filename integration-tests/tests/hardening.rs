@@ -147,3 +147,37 @@ async fn an_oversized_token_is_refused_with_401() {
         "{body}"
     );
 }
+
+/// Generated keys are named from the configuration, never from a request
+/// header, and each rotation gets a new name, so Nix can trust the old
+/// and the new key side by side while clients move over.
+#[tokio::test]
+async fn key_names_ignore_the_host_header_and_count_rotations() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    let response = api
+        .request(Method::POST, "/_api/v1/cache-config/c", Some(token))
+        .header("Host", "evil.example")
+        .json(&json!({
+            "keypair": "Generate", "is_public": false, "store_dir": "/nix/store",
+            "priority": 41, "upstream_cache_key_names": [],
+        }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let key_name = |key: String| key.split(':').next().expect("name").to_owned();
+    assert_eq!(key_name(api.public_key(token, "c").await), "c-1");
+    for expected in ["c-2", "c-3"] {
+        let response = api
+            .request(Method::PATCH, "/_api/v1/cache-config/c", Some(token))
+            .header("Host", "evil.example")
+            .json(&json!({ "keypair": "Generate" }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(key_name(api.public_key(token, "c").await), expected);
+    }
+}

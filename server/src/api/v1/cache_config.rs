@@ -54,13 +54,12 @@ pub async fn get_cache_config(
 pub async fn create_cache(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     JsonBody(request): JsonBody<CreateCacheRequest>,
 ) -> ServerResult<Json<Value>> {
     let name = cache_name(&name)?;
     caller.require(&name, Permission::CreateCache)?;
-    let key = make_key(&request.keypair, &state, &headers, name.as_str())?;
+    let key = make_key(&request.keypair, &state, name.as_str(), 1)?;
     StoreDir::new(&request.store_dir)
         .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
     check_key_names(&request.upstream_cache_key_names)?;
@@ -87,7 +86,6 @@ pub async fn create_cache(
 pub async fn configure_cache(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     JsonBody(patch): JsonBody<serde_json::Map<String, Value>>,
 ) -> ServerResult<Json<Value>> {
@@ -128,7 +126,10 @@ pub async fn configure_cache(
         keypair: patch
             .keypair
             .as_ref()
-            .map(|k| make_key(k, &state, &headers, name.as_str()).map(|k| k.to_nix_secret()))
+            .map(|k| {
+                let generation = next_key_generation(&signing_key(&cache)?);
+                make_key(k, &state, name.as_str(), generation).map(|k| k.to_nix_secret())
+            })
             .transpose()?,
         is_public: patch.is_public,
         store_dir: patch.store_dir,
@@ -209,33 +210,38 @@ fn upstream_names(cache: &cache::Model) -> ServerResult<Vec<String>> {
     })
 }
 
-/// A key as asked: generated, named after the server's host and the cache
-/// so that keys of caches on different servers never share a name, or given.
+/// A key as asked: given, or generated and named
+/// `[<api-endpoint host>-]<cache>-<generation>`. The host comes from the
+/// configured endpoint only, never from a request header; the generation
+/// counts rotations, so Nix can trust an old and a new key side by side.
 fn make_key(
     config: &KeypairConfig,
     state: &AppState,
-    headers: &HeaderMap,
     cache: &str,
+    generation: u32,
 ) -> ServerResult<SigningKey> {
     match config {
         KeypairConfig::Generate => {
-            let base = endpoint(state, headers);
-            let host = base
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            let host: String = host
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            SigningKey::generate(&format!("{host}-{cache}-1"))
-                .map_err(|e| ServerError::Internal(e.to_string()))
+            let host: Option<String> = state.config.api_endpoint.as_ref().map(|endpoint| {
+                endpoint
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect()
+            });
+            let name = match host {
+                Some(host) => format!("{host}-{cache}-{generation}"),
+                None => format!("{cache}-{generation}"),
+            };
+            SigningKey::generate(&name).map_err(|e| ServerError::Internal(e.to_string()))
         }
         KeypairConfig::Keypair(secret) => {
             secret.parse().map_err(|e: attic::signing::SigningError| {
@@ -243,6 +249,16 @@ fn make_key(
             })
         }
     }
+}
+
+/// The generation of the key that replaces `current`: one more than the
+/// number its name ends with (`…-1` → 2), or 2 for a name without one.
+fn next_key_generation(current: &SigningKey) -> u32 {
+    current
+        .name()
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .map_or(2, |n| n.saturating_add(1))
 }
 
 fn check_key_names(names: &[String]) -> ServerResult<()> {
