@@ -156,9 +156,7 @@ async fn decode(
 pub async fn report_damage(state: &AppState, damage: &Damage) {
     state.metrics.damaged_chunks.inc();
     let marked = mark(&state.database, damage).await;
-    // Which narinfos describe the damaged NARs is not known here; damage
-    // is rare, so forget them all.
-    state.read_cache.narinfos.clear();
+    state.read_cache.forget_paths();
     tracing::error!(
         chunk = %damage.chunk.hash,
         pack = %damage.chunk.pack_key,

@@ -8,9 +8,10 @@ use attic::chunking::FastCdcChunker;
 use attic_token::RootPublicKey;
 
 use crate::config::ServerConfig;
-use crate::database::entity::cache;
+use crate::database::entity::{cache, nar};
 use crate::database::{Database, now};
 use crate::metrics::Metrics;
+use crate::pack::read::StoredChunk;
 use crate::recent::Recent;
 use crate::storage::StorageBackend;
 
@@ -25,13 +26,23 @@ const NARINFOS_HELD: usize = 16 * 1024;
 /// Caches' settings held in memory, at most.
 const CACHES_HELD: usize = 1024;
 
-/// A signed narinfo, ready to send, and the object it describes.
+/// NARs whose chunk lists are held in memory, at most.
+const CHUNK_LISTS_HELD: usize = 1024;
+
+/// Longest chunk list held in memory (a 16 MiB NAR at the default chunk
+/// size), so the lists held stay within a few tens of MiB.
+pub const CHUNK_LIST_HELD_MAX: usize = 256;
+
+/// A path as the read path serves it: its signed narinfo, ready to send,
+/// and the rows behind it.
 #[derive(Debug, Clone)]
 pub struct SignedNarinfo {
     /// The narinfo text.
     pub text: bytes::Bytes,
     /// The object's row, for the access log.
     pub object_id: i64,
+    /// The NAR's row, for a NAR request that follows.
+    pub nar: Arc<nar::Model>,
 }
 
 /// What the read path keeps in memory so that a hot narinfo costs no
@@ -44,6 +55,11 @@ pub struct ReadCache {
     pub caches: Recent<String, cache::Model>,
     /// Signed narinfos by (cache id, store path hash).
     pub narinfos: Recent<(i64, String), SignedNarinfo>,
+    /// NARs by (cache id, store path hash), for NAR requests without a
+    /// narinfo request just before.
+    pub path_nars: Recent<(i64, String), Arc<nar::Model>>,
+    /// Chunk lists of small NARs by NAR id.
+    pub chunk_lists: Recent<i64, Arc<Vec<StoredChunk>>>,
 }
 
 impl Default for ReadCache {
@@ -51,6 +67,8 @@ impl Default for ReadCache {
         Self {
             caches: Recent::new(CACHES_HELD, STALENESS_BOUND),
             narinfos: Recent::new(NARINFOS_HELD, STALENESS_BOUND),
+            path_nars: Recent::new(NARINFOS_HELD, STALENESS_BOUND),
+            chunk_lists: Recent::new(CHUNK_LISTS_HELD, STALENESS_BOUND),
         }
     }
 }
@@ -61,6 +79,22 @@ impl ReadCache {
     pub fn forget_cache(&self, name: &str, cache_id: i64) {
         self.caches.remove(&name.to_owned());
         self.narinfos.remove_where(|(id, _)| *id == cache_id);
+        self.path_nars.remove_where(|(id, _)| *id == cache_id);
+    }
+
+    /// Forgets what is held of a path, after an upload to it.
+    pub fn forget_path(&self, cache_id: i64, store_path_hash: &str) {
+        let key = (cache_id, store_path_hash.to_owned());
+        self.narinfos.remove(&key);
+        self.path_nars.remove(&key);
+    }
+
+    /// Forgets every path and chunk list, after damage was found: which
+    /// paths hold the damaged chunks is not known here, and damage is rare.
+    pub fn forget_paths(&self) {
+        self.narinfos.clear();
+        self.path_nars.clear();
+        self.chunk_lists.clear();
     }
 }
 

@@ -26,7 +26,8 @@ use crate::database::entity::{cache, nar, object};
 use crate::error::{ServerError, ServerResult};
 use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
-use crate::state::{AppState, SignedNarinfo};
+use crate::pack::read::StoredChunk;
+use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 
 /// The binary cache routes.
 pub fn router() -> Router<Arc<AppState>> {
@@ -47,17 +48,6 @@ async fn nix_cache_info(
         cache.store_dir, cache.priority
     );
     Ok(([(CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response())
-}
-
-/// The object and NAR behind `hash`, if the caller may read this cache.
-async fn find_path(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    hash: &str,
-) -> ServerResult<(cache::Model, object::Model, nar::Model)> {
-    let cache = caller.pullable_cache(state, &cache_name(name)?).await?;
-    find_object(state, cache, hash).await
 }
 
 /// The object and NAR behind `hash` in `cache`.
@@ -111,9 +101,25 @@ async fn get_narinfo(
         SignedNarinfo {
             text: text.clone(),
             object_id: object.id,
+            nar: Arc::new(nar),
         },
     );
     Ok(narinfo_response(text))
+}
+
+/// A NAR's chunks, from memory when recently read.
+async fn nar_chunks(state: &AppState, nar_id: i64) -> ServerResult<Vec<StoredChunk>> {
+    if let Some(held) = state.read_cache.chunk_lists.get(&nar_id) {
+        return Ok(held.as_ref().clone());
+    }
+    let chunks = state.database.nar_chunks(nar_id).await?;
+    if chunks.len() <= CHUNK_LIST_HELD_MAX {
+        state
+            .read_cache
+            .chunk_lists
+            .insert(nar_id, Arc::new(chunks.clone()));
+    }
+    Ok(chunks)
 }
 
 fn narinfo_response(text: Bytes) -> Response {
@@ -181,11 +187,23 @@ async fn get_nar(
     } else {
         return Err(ServerError::NoSuchObject);
     };
-    let (_cache, _object, nar) = find_path(&state, &caller, &name, hash).await?;
+    let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
+    // Nix asks for the narinfo first: its rows are usually in memory.
+    let key = (cache.id, hash.to_owned());
+    let held = (state.read_cache.narinfos.get(&key).map(|held| held.nar))
+        .or_else(|| state.read_cache.path_nars.get(&key));
+    let nar = match held {
+        Some(nar) => nar,
+        None => {
+            let nar = Arc::new(find_object(&state, cache, hash).await?.2);
+            state.read_cache.path_nars.insert(key, nar.clone());
+            nar
+        }
+    };
     if encoding == NarEncoding::Zstd && NarEncoding::stored(&nar) != NarEncoding::Zstd {
         return Err(ServerError::NoSuchObject);
     }
-    let chunks = state.database.nar_chunks(nar.id).await?;
+    let chunks = nar_chunks(&state, nar.id).await?;
     let length = encoding.file_size(&nar);
     let mut stream = Box::pin(stream_nar(state.clone(), chunks, encoding));
     // Check the first chunk before answering, so that a NAR found damaged

@@ -265,19 +265,15 @@ impl Database {
         cache_id: i64,
         store_path_hash: &str,
     ) -> Result<Option<(object::Model, nar::Model)>, DbErr> {
-        let Some(object) = object::Entity::find()
+        // One round trip: this is on every narinfo and NAR request.
+        let found = object::Entity::find()
+            .find_also_related(nar::Entity)
             .filter(object::Column::CacheId.eq(cache_id))
             .filter(object::Column::StorePathHash.eq(store_path_hash))
-            .one(&self.conn)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let nar = nar::Entity::find_by_id(object.nar_id)
             .filter(nar::Column::State.eq(BlobState::Valid))
             .one(&self.conn)
             .await?;
-        Ok(nar.map(|nar| (object, nar)))
+        Ok(found.and_then(|(object, nar)| nar.map(|nar| (object, nar))))
     }
 
     /// Adds an existing NAR to a cache after the uploader proved it holds it.

@@ -18,6 +18,9 @@ const TEMP_DIR: &str = ".tmp";
 /// Bytes per write when storing a blob.
 const IO_BUFFER: usize = 256 * 1024;
 
+/// Ranges up to this size are read where the request runs.
+const READ_IN_PLACE: u64 = 1024 * 1024;
+
 /// Ranges up to this size are read in one blocking call: one thread
 /// hand-off per NAR for most NARs. Longer ones stream in pieces this size.
 const READ_AT_ONCE: u64 = 4 * 1024 * 1024;
@@ -175,11 +178,19 @@ impl StorageBackend for LocalStorage {
         let path = self.path_of(key);
         let len = range.end.saturating_sub(range.start);
         if len <= READ_AT_ONCE {
-            // Open, seek and read in one blocking task: per-step async file
-            // I/O would cost a thread hand-off each.
-            let read = tokio::task::spawn_blocking(move || read_range(&path, range.start, len))
-                .await
-                .map_err(|e| io_error(io::Error::other(e)))?;
+            // Open, seek and read in one go. A short read (most NARs) runs
+            // in place, its worker's other tasks moving to another thread
+            // meanwhile; a longer one in the blocking pool. Per-step async
+            // file I/O would cost a thread hand-off for every step.
+            let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+            let read = if len <= READ_IN_PLACE && multi_threaded {
+                tokio::task::block_in_place(|| read_range(&path, range.start, len))
+            } else {
+                tokio::task::spawn_blocking(move || read_range(&path, range.start, len))
+                    .await
+                    .map_err(|e| io_error(io::Error::other(e)))?
+            };
             return match read {
                 Ok(bytes) => Ok(super::stream_of(bytes)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -62,14 +62,14 @@ pub async fn upload_path(
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
     };
-    let path_key = (cache.id, info.store_path_hash.to_string());
+    let path_hash = info.store_path_hash.as_str();
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         ingest::verify_only(body, declared).await?;
         state
             .database
             .attach_existing_nar(existing.id, object)
             .await?;
-        state.read_cache.narinfos.remove(&path_key);
+        state.read_cache.forget_path(cache.id, path_hash);
         Metrics::count(&state.metrics.uploads, "deduplicated");
         state.metrics.upload_nar_bytes.inc_by(info.nar_size);
         return Ok(Json(UploadPathResult {
@@ -94,7 +94,7 @@ pub async fn upload_path(
             object,
         )
         .await?;
-    state.read_cache.narinfos.remove(&path_key);
+    state.read_cache.forget_path(cache.id, path_hash);
     Metrics::count(&state.metrics.uploads, "uploaded");
     state.metrics.upload_nar_bytes.inc_by(info.nar_size);
     state.metrics.stored_bytes.inc_by(new_chunk_bytes);

@@ -47,4 +47,10 @@ pub enum Relation {
     Nar,
 }
 
+impl Related<super::nar::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Nar.def()
+    }
+}
+
 impl ActiveModelBehavior for ActiveModel {}
