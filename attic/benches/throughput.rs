@@ -1,5 +1,6 @@
-//! Throughput of the hot loops on the upload path, in bytes per second:
-//! chunking with blake3 ids, NAR validation with SHA-256, and NAR encoding.
+//! Throughput of the hot loops on the upload and read paths: chunking with
+//! blake3 ids, SHA-256, zstd per chunk, NAR validation and parsing, and
+//! narinfo rendering and signing.
 //!
 //! Run with `cargo bench -p attic --bench throughput`.
 
@@ -100,5 +101,68 @@ fn nar(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunking, nar);
+/// Text-like bytes: compressible as real files are.
+fn text(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut i: u64 = 0;
+    while out.len() < len {
+        out.extend_from_slice(format!("line {i}: /nix/store/{i:032}-package-{}\n", i % 97).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn hashing_and_compression(c: &mut Criterion) {
+    let data = noise(SIZE);
+    let mut group = c.benchmark_group("per byte");
+    group.throughput(Throughput::Bytes(SIZE as u64));
+    group.sample_size(10);
+    group.bench_function("sha256 64MiB", |b| {
+        b.iter(|| black_box(attic::hash::Sha256Hash::digest(&data)))
+    });
+    let compressible = text(SIZE);
+    for (name, input) in [("noise", &data), ("text", &compressible)] {
+        group.bench_function(format!("zstd level 3 per 64KiB chunk, {name}"), |b| {
+            b.iter(|| {
+                let stored: usize = input
+                    .chunks(64 * 1024)
+                    .map(|chunk| zstd::bulk::compress(chunk, 3).expect("compress").len())
+                    .sum();
+                black_box(stored)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn narinfo(c: &mut Criterion) {
+    use attic::narinfo::NarInfo;
+    use attic::signing::SigningKey;
+    let references: String = (0..20)
+        .map(|i| format!(" {i:032}-dependency-{i}"))
+        .collect();
+    let text = format!(
+        "StorePath: /nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-2.12\n\
+         URL: nar/0123456789abcdfghijklmnpqrsvwxyz.nar.zst\n\
+         Compression: zstd\n\
+         FileSize: 50264\n\
+         NarHash: sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\n\
+         NarSize: 226560\n\
+         References:{references}\n\
+         Deriver: 5rbjb2gzbdnfjqz3bdb4xw9y6i4l9n3q-hello-2.12.drv\n"
+    );
+    let key = SigningKey::generate("bench-1").expect("key");
+    let mut group = c.benchmark_group("narinfo");
+    group.bench_function("parse + sign + render, 20 references", |b| {
+        b.iter(|| {
+            let mut info: NarInfo = text.parse().expect("valid narinfo");
+            info.sign(&key);
+            black_box(info.to_string())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chunking, nar, hashing_and_compression, narinfo);
 criterion_main!(benches);
