@@ -181,3 +181,25 @@ async fn key_names_ignore_the_host_header_and_count_rotations() {
         assert_eq!(key_name(api.public_key(token, "c").await), expected);
     }
 }
+
+/// An upload without a valid token is refused before its metadata
+/// preamble is read: the answer is 401, not a complaint that the declared
+/// megabyte of preamble never came.
+#[tokio::test]
+async fn an_upload_is_authenticated_before_its_preamble_is_read() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "c", false).await;
+    for token in [None, Some("garbage")] {
+        let (status, body) = reply(
+            api.request(Method::PUT, "/_api/v1/upload-path", token)
+                .header("X-Attic-Nar-Info-Preamble-Size", "1048576")
+                .body(vec![b'{'; 100])
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+    }
+}

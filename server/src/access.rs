@@ -109,6 +109,16 @@ impl Caller {
         }
     }
 
+    /// Requires a valid token, whatever it grants: for work that must not
+    /// be done for anonymous callers, before the cache is even known.
+    pub fn require_token(&self) -> ServerResult<()> {
+        match &self.credential {
+            Credential::Token(_) => Ok(()),
+            Credential::Anonymous => Err(ServerError::Unauthenticated),
+            Credential::Invalid(reason) => Err(ServerError::InvalidToken(reason)),
+        }
+    }
+
     /// Checks `permission` from the token alone.
     pub fn require(&self, cache: &CacheName, permission: Permission) -> ServerResult<()> {
         let token = match &self.credential {

@@ -18,12 +18,10 @@ const TEMP_DIR: &str = ".tmp";
 /// Bytes per write when storing a blob.
 const IO_BUFFER: usize = 256 * 1024;
 
-/// Ranges up to this size are read where the request runs.
-const READ_IN_PLACE: u64 = 1024 * 1024;
-
-/// Ranges up to this size are read in one blocking call: one thread
-/// hand-off per NAR for most NARs. Longer ones stream in pieces this size.
-const READ_AT_ONCE: u64 = 4 * 1024 * 1024;
+/// Ranges up to this size (most NARs) are read in one call, where the
+/// request runs; longer ones stream in pieces this size. Memory per
+/// response is about one piece.
+const READ_AT_ONCE: u64 = 1024 * 1024;
 
 /// Blobs in a local directory. A put streams into a temporary file, fsyncs
 /// it, renames it into place and fsyncs the directory, so a blob is either
@@ -178,13 +176,13 @@ impl StorageBackend for LocalStorage {
         let path = self.path_of(key);
         let len = range.end.saturating_sub(range.start);
         if len <= READ_AT_ONCE {
-            // Open, seek and read in one go. A short read (most NARs) runs
-            // in place, its worker's other tasks moving to another thread
-            // meanwhile; a longer one in the blocking pool. Per-step async
-            // file I/O would cost a thread hand-off for every step.
+            // Open, seek and read in one go, in place: the worker's other
+            // tasks move to another thread meanwhile. Per-step async file
+            // I/O would cost a thread hand-off for every step. (A runtime
+            // with one thread, as in unit tests, cannot do that.)
             let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
-            let read = if len <= READ_IN_PLACE && multi_threaded {
+            let read = if multi_threaded {
                 tokio::task::block_in_place(|| read_range(&path, range.start, len))
             } else {
                 tokio::task::spawn_blocking(move || read_range(&path, range.start, len))

@@ -40,6 +40,9 @@ pub async fn upload_path(
     headers: HeaderMap,
     body: Body,
 ) -> ServerResult<Json<UploadPathResult>> {
+    // Authenticate before reading up to a megabyte of metadata: the
+    // cache, and so the permission, is only known once it is parsed.
+    caller.require_token()?;
     let mut body = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     let info = read_nar_info(&headers, &mut body).await?;
     let cache = caller
