@@ -106,7 +106,9 @@ fn text(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut i: u64 = 0;
     while out.len() < len {
-        out.extend_from_slice(format!("line {i}: /nix/store/{i:032}-package-{}\n", i % 97).as_bytes());
+        out.extend_from_slice(
+            format!("line {i}: /nix/store/{i:032}-package-{}\n", i % 97).as_bytes(),
+        );
         i += 1;
     }
     out.truncate(len);
