@@ -31,7 +31,15 @@ pub async fn get_cache_config(
     Path(name): Path<String>,
 ) -> ServerResult<Json<CacheConfig>> {
     let name = cache_name(&name)?;
-    let cache = caller.pullable_cache(&state, &name).await?;
+    // A pusher needs the settings too (the client skips paths its upstream
+    // keys signed), so push grants this read as pull does.
+    let cache = match caller.pullable_cache(&state, &name).await {
+        Ok(cache) => cache,
+        Err(denied) => caller
+            .require_cache(&state, &name, Permission::Push)
+            .await
+            .map_err(|_| denied)?,
+    };
     let key = signing_key(&cache)?;
     let base = endpoint(&state, &headers);
     Ok(Json(CacheConfig {
