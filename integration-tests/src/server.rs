@@ -123,6 +123,28 @@ fn count_files(dir: &Path, skip: Option<&str>) -> usize {
         .unwrap_or(0)
 }
 
+/// `config` without the `[sections]` that `extra` brings, so that
+/// appending `extra` replaces them.
+fn without_sections(config: &str, extra: &str) -> String {
+    let replaced: Vec<&str> = extra
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(str::trim)
+        .collect();
+    let mut kept = String::new();
+    let mut skipping = false;
+    for line in config.lines() {
+        if line.starts_with('[') {
+            skipping = replaced.contains(&line.trim());
+        }
+        if !skipping {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
 /// Copies a directory tree.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -164,6 +186,59 @@ impl TestServer {
             root_token: root_token.expect("a first start prints the root token"),
             home,
         }
+    }
+
+    /// Starts `atticd` on its default config with `extra` TOML appended
+    /// (new sections, such as `[http]`); the root token is minted with
+    /// `atticadm`, since a config that exists prints none.
+    pub fn start_with_config(extra: &str) -> Self {
+        let home = TestHome::new();
+        let check = home.run("atticd", &["--check-config"]);
+        assert!(check.status.success(), "writing the default config");
+        let config = home.path().join("config/attic/server.toml");
+        let text = std::fs::read_to_string(&config).expect("read config");
+        let mut text = without_sections(&text, extra);
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("write config");
+        let (child, url, _) = spawn(&home, "127.0.0.1:0", &[]);
+        let mut server = Self {
+            child,
+            url,
+            root_token: String::new(),
+            home,
+        };
+        server.root_token = server.make_token(&[
+            "--pull",
+            "*",
+            "--push",
+            "*",
+            "--create-cache",
+            "*",
+            "--configure-cache",
+            "*",
+            "--destroy-cache",
+            "*",
+        ]);
+        server
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the server to exit;
+    /// whether it did.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().expect("wait").is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Starts `atticd` on a copy of an existing installation: `fixture`

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use attic::chunking::ChunkingParams;
 use attic_token::RootKey;
@@ -73,6 +74,71 @@ pub struct ServerConfig {
     /// How chunks are compressed.
     #[serde(default)]
     pub compression: CompressionConfig,
+    /// Limits that keep slow or idle clients from holding the server.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: timeouts and the connection cap. Durations are written as
+/// `30s`, `2m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers; also the longest a
+    /// kept-alive connection may sit idle between requests.
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// Longest a request body (an upload) may go without a byte arriving.
+    #[serde(default = "default_body_timeout", with = "duration")]
+    pub body_timeout: Duration,
+    /// Connections served at once; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long shutdown waits for requests in flight before closing them.
+    #[serde(default = "default_shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            max_connections: default_max_connections(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Durations as humane text (`30s`, `2m`) in the config file.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+        })
+    }
 }
 
 /// `[database]`.
@@ -240,6 +306,7 @@ impl ServerConfig {
             storage: StorageConfig::default(),
             chunking: ChunkingConfig::default(),
             compression: CompressionConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 
@@ -287,6 +354,23 @@ impl ServerConfig {
                 key: "chunking.nar-size-threshold",
                 reason: "must not exceed chunking.max-size".into(),
             });
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "http.max-connections",
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (key, value) in [
+            ("http.header-timeout", self.http.header_timeout),
+            ("http.body-timeout", self.http.body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be longer than zero".into(),
+                });
+            }
         }
         if !(1..=19).contains(&self.compression.level) {
             return Err(ConfigError::Invalid {

@@ -61,6 +61,9 @@ pub enum ServerError {
     /// The client stopped sending before the body ended.
     #[error("the upload was interrupted")]
     UploadInterrupted(#[source] std::io::Error),
+    /// The client sent nothing for `http.body-timeout`.
+    #[error("the upload stalled: {0}")]
+    UploadStalled(#[source] std::io::Error),
     /// The path's stored data was found damaged: it is no longer served
     /// and the next push of it repairs it.
     #[error("this path's stored data is damaged; push it again to repair it")]
@@ -105,6 +108,7 @@ impl ServerError {
             Self::NarMismatch(_) => (StatusCode::BAD_REQUEST, "NarMismatch"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TooLarge"),
             Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
+            Self::UploadStalled(_) => (StatusCode::REQUEST_TIMEOUT, "UploadStalled"),
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
             Self::StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),

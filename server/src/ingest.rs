@@ -82,6 +82,7 @@ impl<R> VerifyingReader<R> {
                 "the body is longer than the declared nar_size of {} bytes",
                 self.declared.nar_size
             )),
+            None if error.kind() == io::ErrorKind::TimedOut => ServerError::UploadStalled(error),
             None => ServerError::UploadInterrupted(error),
         }
     }

@@ -17,6 +17,7 @@ pub mod nar_stream;
 pub mod pack;
 pub mod recent;
 pub mod scrub;
+pub mod serve;
 pub mod setup;
 pub mod state;
 pub mod storage;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub served_bytes: Counter,
     /// HTTP responses, by status code.
     pub responses: Family<Status, Counter>,
+    /// Connections closed on arrival because `http.max-connections` were open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -87,7 +89,14 @@ impl Default for Metrics {
             "HTTP responses, by status",
             responses.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because http.max-connections were open",
+            connections_refused.clone(),
+        );
         Self {
+            connections_refused,
             registry,
             uploads,
             upload_nar_bytes,

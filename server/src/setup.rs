@@ -191,20 +191,8 @@ pub fn root_token(config: &ServerConfig) -> Result<String> {
 
 /// Serves until SIGINT or SIGTERM, then flushes pending access times.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> Result<()> {
-    use axum::serve::ListenerExt;
     let app = crate::api::router(state.clone());
-    // Nagle's algorithm would hold the last piece of every multi-write
-    // response until the client's delayed ACK (about 40 ms on Linux), on
-    // every kept-alive connection: Nix fetching many NARs felt all of it.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    crate::serve::serve_connections(listener, app, state.clone(), shutdown_signal()).await;
     state.access_log.flush(&state.database).await;
     Ok(())
 }

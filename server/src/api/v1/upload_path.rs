@@ -18,15 +18,14 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use futures::TryStreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio_util::io::StreamReader;
 
 use crate::access::Caller;
 use crate::database::{NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared};
 use crate::metrics::Metrics;
+use crate::serve::body_reader;
 use crate::state::AppState;
 
 /// Largest metadata preamble accepted.
@@ -43,7 +42,7 @@ pub async fn upload_path(
     // Authenticate before reading up to a megabyte of metadata: the
     // cache, and so the permission, is only known once it is parsed.
     caller.require_token()?;
-    let mut body = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let mut body = body_reader(body, state.config.http.body_timeout);
     let info = read_nar_info(&headers, &mut body).await?;
     let cache = caller
         .require_cache(&state, &info.cache, Permission::Push)

@@ -1,0 +1,146 @@
+//! Serving HTTP/1.1 connections so that slow or idle clients cannot hold
+//! the server: a header timeout (which also closes kept-alive connections
+//! idle for that long), a cap on connections served at once, `TCP_NODELAY`
+//! on each, and a shutdown that waits for requests in flight only up to a
+//! deadline. Request bodies get their own progress timeout ([`body_reader`]).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use futures::{Stream, StreamExt, TryStreamExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncRead;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::io::StreamReader;
+
+use crate::state::AppState;
+
+/// Serves `app` on `listener` until `shutdown` completes, then waits for
+/// requests in flight for at most `http.shutdown-timeout`.
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limits = state.config.http;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (tcp, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            state.metrics.connections_refused.inc();
+            tracing::debug!("connection refused: http.max-connections are open");
+            drop(tcp);
+            continue;
+        };
+        // Nagle's algorithm would hold the last piece of every multi-write
+        // response until the client's delayed ACK (about 40 ms on Linux),
+        // on every kept-alive connection: Nix fetching many NARs felt all of it.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_timeout) => {
+            tracing::warn!(
+                "requests still running after http.shutdown-timeout ({}); closing them",
+                humantime::format_duration(limits.shutdown_timeout)
+            );
+        }
+    }
+}
+
+/// A request body as a reader that fails with `TimedOut` when no byte
+/// arrives for `timeout`, so a stalled upload ends instead of holding its
+/// connection, its pack write and the server's shutdown.
+pub fn body_reader(body: Body, timeout: Duration) -> impl AsyncRead + Send + Unpin {
+    StreamReader::new(with_progress_timeout(
+        body.into_data_stream().map_err(io::Error::other),
+        timeout,
+    ))
+}
+
+fn with_progress_timeout<S, T>(
+    stream: S,
+    timeout: Duration,
+) -> impl Stream<Item = io::Result<T>> + Send + Unpin
+where
+    S: Stream<Item = io::Result<T>> + Send + Unpin + 'static,
+    T: Send + 'static,
+{
+    Box::pin(futures::stream::unfold(
+        Some(stream),
+        move |stream| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(Some(item)) => Some((item, Some(stream))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no bytes arrived for {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_stream_fails_with_timed_out_and_ends() {
+        let stalled =
+            futures::stream::iter([Ok::<_, io::Error>(1)]).chain(futures::stream::pending());
+        let mut guarded = with_progress_timeout(Box::pin(stalled), Duration::from_millis(20));
+        assert_eq!(guarded.next().await.expect("item").expect("ok"), 1);
+        let error = guarded
+            .next()
+            .await
+            .expect("an error")
+            .expect_err("timed out");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(guarded.next().await.is_none());
+    }
+}
