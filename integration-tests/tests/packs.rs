@@ -269,7 +269,9 @@ async fn a_push_of_232_paths_writes_one_pack_per_path_at_most() {
     assert!(out.contains("pushed 232 paths"), "{out}");
     let chunks = server.count("SELECT COUNT(*) FROM chunk").await;
     let blobs = server.blob_count();
-    assert!(chunks > 600, "each 160 KiB file is a few chunks: {chunks}");
+    // Each 160 KiB file of noise is two to four chunks: far more chunks
+    // than blobs is the point of packs.
+    assert!(chunks > 2 * 232, "{chunks} chunks");
     assert!(blobs <= 232, "{blobs} blobs for 232 uploads");
     assert_eq!(
         server.count("SELECT COUNT(*) FROM pack").await as usize,
