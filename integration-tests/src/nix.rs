@@ -111,20 +111,46 @@ impl TestClosure {
     }
 }
 
-/// Builds a three-path closure with references, files, an executable, a
-/// symlink, nested and empty directories, and a file of `big_file_size` bytes.
-pub fn build_closure(dir: &Path, big_file_size: usize) -> TestClosure {
-    let nonce = nonce();
-    let expr = format!(
-        r#"
-let
-  mk = name: script: derivation {{
+/// The `let` binding of `mk`, a derivation with `/bin/sh` as its builder
+/// and this call's nonce, so the paths test expressions build are new.
+fn derivation_helper(nonce: &str) -> String {
+    format!(
+        r#"mk = name: script: derivation {{
     inherit name;
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" script ];
     nonce = "{nonce}";
-  }};
+  }};"#
+    )
+}
+
+/// Builds the expression (written to `dir/file`) with `nix-build`; returns
+/// its output's closure, dependencies first and the output last.
+fn build_expression(dir: &Path, file: &str, expr: &str) -> Vec<String> {
+    let file = dir.join(file);
+    std::fs::write(&file, expr).expect("write the expression");
+    let top = stdout_of(
+        command("nix-build")
+            .arg(&file)
+            .args(["--no-out-link", "--max-jobs", "4"]),
+    );
+    let paths = stdout_of(command("nix-store").args(["--query", "--requisites", &top]));
+    // `--requisites` lists dependencies before dependents; keep that order.
+    let paths: Vec<String> = paths.lines().map(str::to_owned).collect();
+    assert_eq!(paths.last().map(String::as_str), Some(top.as_str()));
+    paths
+}
+
+/// Builds a three-path closure with references, files, an executable, a
+/// symlink, nested and empty directories, and a file of `big_file_size` bytes.
+pub fn build_closure(dir: &Path, big_file_size: usize) -> TestClosure {
+    let nonce = nonce();
+    let helper = derivation_helper(&nonce);
+    let expr = format!(
+        r#"
+let
+  {helper}
   leaf = mk "leaf" ''
     /bin/mkdir -p $out/share/empty $out/bin
     echo "leaf {nonce}" > $out/share/data
@@ -143,32 +169,19 @@ in mk "top" ''
 ''
 "#
     );
-    let file = dir.join("closure.nix");
-    std::fs::write(&file, expr).expect("write the expression");
-    let top = stdout_of(command("nix-build").arg(&file).arg("--no-out-link"));
-    let paths = stdout_of(command("nix-store").args(["--query", "--requisites", &top]));
-    let mut paths: Vec<String> = paths.lines().map(str::to_owned).collect();
-    // `--requisites` lists dependencies before dependents; keep that order.
-    assert_eq!(paths.len(), 3, "closure of {top}: {paths:?}");
-    assert_eq!(paths.last().map(String::as_str), Some(top.as_str()));
-    paths.shrink_to_fit();
+    let paths = build_expression(dir, "closure.nix", &expr);
+    assert_eq!(paths.len(), 3, "closure: {paths:?}");
     TestClosure { paths }
 }
 
 /// Builds `leaves` paths, each holding `size` bytes of noise, and a top
 /// path that refers to all of them; returns them leaves first.
 pub fn build_wide_closure(dir: &Path, leaves: usize, size: usize) -> Vec<String> {
-    let nonce = nonce();
+    let helper = derivation_helper(&nonce());
     let expr = format!(
         r#"
 let
-  mk = name: script: derivation {{
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    nonce = "{nonce}";
-  }};
+  {helper}
   leaves = builtins.genList (i: mk "wide-${{toString i}}" ''
     /bin/mkdir -p $out
     /usr/bin/head -c {size} /dev/urandom > $out/noise
@@ -179,17 +192,7 @@ in mk "wide-top" ''
 ''
 "#
     );
-    let file = dir.join("wide.nix");
-    std::fs::write(&file, expr).expect("write the expression");
-    let top = stdout_of(
-        command("nix-build")
-            .arg(&file)
-            .args(["--no-out-link", "--max-jobs", "4"]),
-    );
-    let paths = stdout_of(command("nix-store").args(["--query", "--requisites", &top]));
-    let paths: Vec<String> = paths.lines().map(str::to_owned).collect();
-    assert_eq!(paths.last().map(String::as_str), Some(top.as_str()));
-    paths
+    build_expression(dir, "wide.nix", &expr)
 }
 
 /// What `nix path-info --json` says of a path.
