@@ -39,6 +39,26 @@ impl Api {
         }
     }
 
+    /// The status of a GET.
+    pub async fn status(&self, token: Option<&str>, path: &str) -> StatusCode {
+        self.request(Method::GET, path, token)
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
+    /// The body of a GET, whatever its status.
+    pub async fn get_bytes(&self, token: &str, path: &str) -> bytes::Bytes {
+        self.request(Method::GET, path, Some(token))
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body")
+    }
+
     /// POSTs `cache-config/{name}` with a generated key; panics unless it succeeds.
     pub async fn create_cache(&self, token: &str, name: &str, is_public: bool) {
         let response = self.try_create_cache(token, name, is_public).await;

@@ -189,16 +189,10 @@ async fn private_caches_refuse_anonymous_reads_and_public_ones_allow_them() {
 async fn expired_tampered_revoked_and_garbage_tokens_get_401() {
     let (server, api, hash) = server_with_cache_b().await;
     let good = server.make_token(&["--pull", "*"]);
+    let path = format!("/b/{hash}.narinfo");
     let narinfo = |token: String| {
-        let api = api.clone();
-        let hash = hash.clone();
-        async move {
-            api.request(Method::GET, &format!("/b/{hash}.narinfo"), Some(&token))
-                .send()
-                .await
-                .expect("request")
-                .status()
-        }
+        let (api, path) = (api.clone(), path.clone());
+        async move { api.status(Some(&token), &path).await }
     };
     assert_eq!(narinfo(good.clone()).await, StatusCode::OK);
 
@@ -604,16 +598,10 @@ async fn revoking_an_attenuated_token_spares_its_parent_and_siblings() {
     let job = attenuate(&ci);
     let step = attenuate(&job);
     let sibling = attenuate(&ci);
+    let narinfo = format!("/b/{hash}.narinfo");
     let status = |token: String| {
-        let api = api.clone();
-        let hash = hash.clone();
-        async move {
-            api.request(Method::GET, &format!("/b/{hash}.narinfo"), Some(&token))
-                .send()
-                .await
-                .expect("request")
-                .status()
-        }
+        let (api, narinfo) = (api.clone(), narinfo.clone());
+        async move { api.status(Some(&token), &narinfo).await }
     };
     let output = server.atticadm(&["revoke-token", &job]);
     assert!(output.status.success());

@@ -95,26 +95,12 @@ async fn a_slightly_changed_large_file_stores_only_the_changed_chunks() {
     for (path, nar) in [(&first_path, &first), (&second_path, &second)] {
         let hash = path_hash(path);
         let plain = api
-            .request(Method::GET, &format!("/main/nar/{hash}.nar"), Some(&token))
-            .send()
-            .await
-            .expect("request")
-            .bytes()
-            .await
-            .expect("body");
+            .get_bytes(&token, &format!("/main/nar/{hash}.nar"))
+            .await;
         assert!(plain == nar.as_slice(), "plain NAR differs");
         let zstd = api
-            .request(
-                Method::GET,
-                &format!("/main/nar/{hash}.nar.zst"),
-                Some(&token),
-            )
-            .send()
-            .await
-            .expect("request")
-            .bytes()
-            .await
-            .expect("body");
+            .get_bytes(&token, &format!("/main/nar/{hash}.nar.zst"))
+            .await;
         let mut decoded = Vec::new();
         zstd_decode(&zstd, &mut decoded);
         assert!(
@@ -529,17 +515,8 @@ async fn concurrent_uploads_sharing_new_chunks_all_succeed() {
     );
     for (path, nar) in &uploads {
         let body = api
-            .request(
-                Method::GET,
-                &format!("/main/nar/{}.nar", path_hash(path)),
-                Some(&token),
-            )
-            .send()
-            .await
-            .expect("request")
-            .bytes()
-            .await
-            .expect("body");
+            .get_bytes(&token, &format!("/main/nar/{}.nar", path_hash(path)))
+            .await;
         assert!(body == nar.as_slice(), "{path} reads back whole");
     }
 }
