@@ -424,6 +424,7 @@ async fn upsert_new_chunks(
         .filter(|new| seen.insert(new.hash))
         .collect();
     let mut rows = HashMap::with_capacity(new.len());
+    let mut theirs = Vec::new();
     for batch in new.chunks(BATCH) {
         let models = batch.iter().map(|c| chunk::ActiveModel {
             chunk_hash: Set(c.hash.to_string()),
@@ -483,16 +484,19 @@ async fn upsert_new_chunks(
                 .map_err(|_| DbErr::Custom(format!("chunk {} has a bad hash", row.id)))?;
             // Ours, or a concurrent upload's committed copy: both valid.
             if row.pack_id != Some(pack_id) {
-                // Not ours: still valid, so referencing it is safe, and
-                // stamping it keeps a collector off it.
-                chunk::Entity::update_many()
-                    .col_expr(chunk::Column::LastReferencedAt, Expr::value(when))
-                    .filter(chunk::Column::Id.eq(row.id))
-                    .exec(txn)
-                    .await?;
+                theirs.push(row.id);
             }
             rows.insert(hash, row);
         }
+    }
+    // Copies other uploads committed meanwhile are still valid, so
+    // referencing them is safe; stamping them keeps a collector off them.
+    for batch in theirs.chunks(BATCH) {
+        chunk::Entity::update_many()
+            .col_expr(chunk::Column::LastReferencedAt, Expr::value(when))
+            .filter(chunk::Column::Id.is_in(batch.iter().copied()))
+            .exec(txn)
+            .await?;
     }
     Ok(rows)
 }
