@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -22,6 +23,9 @@ const IO_BUFFER: usize = 256 * 1024;
 /// request runs; longer ones stream in pieces this size. Memory per
 /// response is about one piece.
 const READ_AT_ONCE: u64 = 1024 * 1024;
+
+/// Pieces read ahead of a slow consumer, at most.
+const READ_AHEAD: usize = 2;
 
 /// Blobs in a local directory. A put streams into a temporary file, fsyncs
 /// it, renames it into place and fsyncs the directory, so a blob is either
@@ -209,9 +213,22 @@ impl StorageBackend for LocalStorage {
                 .await
                 .map_err(io_error)?;
         }
-        Ok(Box::pin(ReaderStream::with_capacity(
-            file.take(len),
-            READ_AT_ONCE as usize,
+        // Read ahead of the consumer: the next piece is read while the
+        // last is sent. A task (not a thread) does it, so a slow client
+        // holds no thread; the queue bounds memory to a few pieces.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        tokio::spawn(async move {
+            let mut pieces = ReaderStream::with_capacity(file.take(len), READ_AT_ONCE as usize);
+            while let Some(piece) = pieces.next().await {
+                let failed = piece.is_err();
+                if sender.send(piece).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|piece| (piece, receiver)) },
         )))
     }
 
