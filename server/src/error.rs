@@ -74,6 +74,11 @@ pub enum ServerError {
     /// A chunk an upload reuses stopped being stored while it ran.
     #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
     RetryUpload,
+    /// The disk (or the database's) is full: nothing was stored.
+    #[error(
+        "the server's storage is full, so nothing was stored; ask its administrator to free space"
+    )]
+    StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database failed.
     #[error("database error")]
     Database(#[source] sea_orm::DbErr),
@@ -112,6 +117,7 @@ impl ServerError {
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
             Self::StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
+            Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
             }
@@ -121,13 +127,40 @@ impl ServerError {
 
 impl From<sea_orm::DbErr> for ServerError {
     fn from(e: sea_orm::DbErr) -> Self {
-        Self::Database(e)
+        if database_is_full(&e) {
+            Self::StorageFull(Box::new(e))
+        } else {
+            Self::Database(e)
+        }
     }
+}
+
+/// Whether the database refused a write for want of space: SQLite's
+/// SQLITE_FULL (13), PostgreSQL's disk_full (53100).
+fn database_is_full(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) = e
+    else {
+        return false;
+    };
+    sqlx.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "13" || code == "53100")
 }
 
 impl From<StorageError> for ServerError {
     fn from(e: StorageError) -> Self {
-        Self::Storage(e)
+        let full = match &e {
+            StorageError::Io { source, .. } | StorageError::Listing { source } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            StorageError::NotFound(_) => false,
+        };
+        if full {
+            Self::StorageFull(Box::new(e))
+        } else {
+            Self::Storage(e)
+        }
     }
 }
 
@@ -144,7 +177,7 @@ impl From<DatabaseError> for ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_name();
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && !matches!(self, Self::StorageFull(_)) {
             "the server failed to handle the request; the error is in its log".to_owned()
         } else {
             self.to_string()
