@@ -145,3 +145,19 @@ async fn the_data_directory_and_database_are_private_to_the_server_user() {
         }
     }
 }
+
+/// Logs written to a file or a pipe carry no terminal colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let home = TestHome::new();
+    let output = home
+        .command("atticd")
+        .args(["--mode", "db-migrations"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run atticd");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(log.contains("migration"), "something was logged: {log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log: {log:?}");
+}
