@@ -119,25 +119,17 @@ async fn scrub_pack(
                     report.damage.push(describe(&damage));
                 }
                 Err(ReadError::Storage(e)) => {
-                    report
-                        .unreadable
-                        .push(format!("pack {}: {:#}", pack.key, anyhow_chain(&e)));
+                    // `{:#}` prints the error with its sources, as the server's log does.
+                    report.unreadable.push(format!(
+                        "pack {}: {:#}",
+                        pack.key,
+                        anyhow::Error::new(e)
+                    ));
                 }
             }
         }
     }
     Ok(())
-}
-
-fn anyhow_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Damage, described for people.

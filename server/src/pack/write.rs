@@ -76,16 +76,6 @@ impl PackWriter {
         Ok(offset)
     }
 
-    /// Bytes appended so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether nothing was appended.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Ends the pack and waits until it is durable; `None` if no frame
     /// was appended, so nothing was written.
     pub async fn finish(mut self) -> Result<Option<WrittenPack>, StorageError> {
