@@ -166,6 +166,20 @@ impl Api {
     }
 }
 
+/// Deterministic incompressible bytes: chunk boundaries fall as on real
+/// binaries, and zstd cannot shrink them.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
 /// Upload metadata for a path in the local Nix store, as `nix path-info` tells it.
 pub fn nar_info_from_nix(cache: &str, path: &str) -> UploadPathNarInfo {
     let info = nix::path_info(path);

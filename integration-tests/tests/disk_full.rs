@@ -10,7 +10,7 @@ use attic::nar::NarNode;
 use integration_tests::client::TestClient;
 use integration_tests::nix;
 use integration_tests::server::TestServer;
-use integration_tests::upload::{Api, fake_store_path, nar_info_for};
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, noise};
 use reqwest::StatusCode;
 
 /// A small tmpfs, unmounted on drop.
@@ -59,18 +59,6 @@ impl Drop for TinyDisk {
     }
 }
 
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_full_disk_answers_507_and_stores_nothing() {
     let disk = TinyDisk::mount("1m");
@@ -82,7 +70,7 @@ async fn a_full_disk_answers_507_and_stores_nothing() {
     api.create_cache(&server.root_token, "c", false).await;
     let nar = NarNode::Regular {
         executable: false,
-        contents: noise(3 * 1024 * 1024),
+        contents: noise(3 * 1024 * 1024, 1),
     }
     .to_nar();
     let path = fake_store_path("too-big-for-the-disk");

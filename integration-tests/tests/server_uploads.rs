@@ -9,22 +9,9 @@ use attic::hash::Sha256Hash;
 use attic::nar::NarNode;
 use integration_tests::nix::nonce;
 use integration_tests::server::TestServer;
-use integration_tests::upload::{Api, fake_store_path, nar_info_for, path_hash};
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, noise, path_hash};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
 
 fn nar_of_file(contents: Vec<u8>) -> Vec<u8> {
     let mut entries = BTreeMap::new();
