@@ -203,3 +203,49 @@ async fn an_upload_is_authenticated_before_its_preamble_is_read() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
     }
 }
+
+/// `whoami` tells a client whether the server takes its token, so that
+/// `attic login` can refuse a bad one before saving it.
+#[tokio::test]
+async fn whoami_accepts_valid_tokens_and_names_what_is_wrong_with_others() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let ask = |token: Option<String>| {
+        let request = api.request(Method::GET, "/_api/v1/whoami", token.as_deref());
+        async move { reply(request.send().await.expect("request")).await }
+    };
+    let (status, body) = ask(None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"authenticated": false, "subject": null}));
+
+    let ci = server.make_token(&["--pull", "team-*"]);
+    let (status, body) = ask(Some(ci)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"authenticated": true, "subject": "test"}));
+
+    let (status, body) = ask(Some("garbage".into())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "InvalidToken");
+
+    let short = server.atticadm(&[
+        "make-token",
+        "--sub",
+        "s",
+        "--validity",
+        "1s",
+        "--pull",
+        "*",
+    ]);
+    assert!(short.status.success());
+    let short = String::from_utf8(short.stdout).expect("utf-8");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (status, body) = ask(Some(short.trim().to_owned())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("expired"),
+        "{body}"
+    );
+}

@@ -73,6 +73,16 @@ async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerRes
         }
         _ => ServerError::InvalidToken("it is malformed or not signed by this server"),
     })?;
+    match token.check_expiry() {
+        Ok(()) => {}
+        Err(TokenError::Expired) => return Err(ServerError::InvalidToken("it has expired")),
+        Err(TokenError::TooComplex) => {
+            return Err(ServerError::InvalidToken(
+                "its conditions are too costly to check",
+            ));
+        }
+        Err(e) => return Err(ServerError::Internal(e.to_string())),
+    }
     if state.database.is_revoked(&token.revocation_ids()).await? {
         return Err(ServerError::InvalidToken("it has been revoked"));
     }
@@ -107,6 +117,11 @@ impl Caller {
             Credential::Token(token) => token.subject(),
             Credential::Anonymous | Credential::Invalid(_) => None,
         }
+    }
+
+    /// Whether no credentials came with the request.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.credential, Credential::Anonymous)
     }
 
     /// Requires a valid token, whatever it grants: for work that must not

@@ -269,6 +269,26 @@ impl Token {
         subjects.into_iter().next().map(|(s,)| s)
     }
 
+    /// Checks that no block's expiry has passed, whatever the token grants.
+    pub fn check_expiry(&self) -> Result<(), TokenError> {
+        let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
+            .code("allow if true;")
+            .map(|b| b.time().set_limits(limits()))
+            .and_then(|b| b.build(&self.0))
+            .map_err(TokenError::Internal)?;
+        match authorizer.authorize() {
+            Ok(_) => Ok(()),
+            Err(BiscuitError::FailedLogic(
+                Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
+            )) if checks.iter().any(is_expiry_check) => Err(TokenError::Expired),
+            // Other checks (cache, operation) need the request's facts;
+            // `authorize` judges them.
+            Err(BiscuitError::FailedLogic(_)) => Ok(()),
+            Err(BiscuitError::RunLimit(_)) => Err(TokenError::TooComplex),
+            Err(e) => Err(TokenError::Internal(e)),
+        }
+    }
+
     /// Checks that the token, with all its attenuations, grants `permission`
     /// on `cache` now.
     pub fn authorize(&self, cache: &CacheName, permission: Permission) -> Result<(), TokenError> {

@@ -99,13 +99,27 @@ fn expired_tokens_are_refused_as_expired() {
         token.authorize(&name("a"), Permission::Pull),
         Err(TokenError::Expired)
     ));
+    assert!(matches!(token.check_expiry(), Err(TokenError::Expired)));
     let mut valid = spec(&[("*", Permission::Pull)]);
     valid.expires_at = Some(SystemTime::now() + Duration::from_secs(3600));
+    let valid = valid.sign(&root).expect("sign");
     valid
-        .sign(&root)
-        .expect("sign")
         .authorize(&name("a"), Permission::Pull)
         .expect("valid");
+    valid.check_expiry().expect("not expired");
+    // A token narrowed to other caches is still unexpired.
+    let narrowed = attenuate(
+        &valid.to_base64().expect("b64"),
+        &Attenuation {
+            caches: Some(vec![pattern("b")]),
+            ..Attenuation::default()
+        },
+    )
+    .expect("attenuate");
+    Token::parse(&narrowed, &root.public())
+        .expect("verifies")
+        .check_expiry()
+        .expect("a cache check is not an expiry");
 }
 
 #[test]

@@ -3,3 +3,4 @@
 pub mod cache_config;
 pub mod get_missing_paths;
 pub mod upload_path;
+pub mod whoami;

@@ -3,6 +3,7 @@
 pub mod cache_config;
 pub mod get_missing_paths;
 pub mod upload_path;
+pub mod whoami;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub fn router() -> Router<Arc<AppState>> {
             post(get_missing_paths::get_missing_paths).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
         )
         .route("/upload-path", put(upload_path::upload_path))
+        .route("/whoami", get(whoami::whoami))
         .route(
             "/cache-config/{cache}",
             get(cache_config::get_cache_config)
