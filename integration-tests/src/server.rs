@@ -68,12 +68,25 @@ impl Default for TestHome {
 // The child is returned to a `TestServer`, whose `Drop` kills and reaps it.
 #[allow(clippy::zombie_processes)]
 fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> (Child, String, Option<String>) {
+    spawn_with_stderr(home, listen, args, Stdio::inherit(), "warn")
+}
+
+// As for `spawn`.
+#[allow(clippy::zombie_processes)]
+fn spawn_with_stderr(
+    home: &TestHome,
+    listen: &str,
+    args: &[&str],
+    stderr: Stdio,
+    rust_log: &str,
+) -> (Child, String, Option<String>) {
     let mut child = home
         .command("atticd")
+        .env("RUST_LOG", rust_log)
         .args(["--listen", listen])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start atticd");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -178,7 +191,26 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with extra arguments.
     pub fn start_with_args(args: &[&str]) -> Self {
+        Self::start_in(TestHome::new(), args)
+    }
+
+    /// A first start with extra arguments, logging at `RUST_LOG=info` into
+    /// the file `log` instead of the test's stderr.
+    pub fn start_logging_to(log: &Path, args: &[&str]) -> Self {
         let home = TestHome::new();
+        let file = std::fs::File::create(log).expect("create the log file");
+        let (child, url, root_token) =
+            spawn_with_stderr(&home, "127.0.0.1:0", args, Stdio::from(file), "info");
+        Self {
+            child,
+            url,
+            root_token: root_token.expect("a first start prints the root token"),
+            home,
+        }
+    }
+
+    /// A first start of `atticd` in `home`, with extra arguments.
+    pub fn start_in(home: TestHome, args: &[&str]) -> Self {
         let (child, url, root_token) = spawn(&home, "127.0.0.1:0", args);
         Self {
             child,
@@ -189,37 +221,19 @@ impl TestServer {
     }
 
     /// Starts `atticd` on its default config with `extra` TOML appended
-    /// (new sections, such as `[http]`); the root token is minted with
-    /// `atticadm`, since a config that exists prints none.
+    /// (new sections, such as `[http]`, replace the default's): a first
+    /// start writes the config and prints the root token, then the server
+    /// is restarted on the edited config.
     pub fn start_with_config(extra: &str) -> Self {
-        let home = TestHome::new();
-        let check = home.run("atticd", &["--check-config"]);
-        assert!(check.status.success(), "writing the default config");
-        let config = home.path().join("config/attic/server.toml");
+        let mut server = Self::start();
+        server.kill();
+        let config = server.config_path();
         let text = std::fs::read_to_string(&config).expect("read config");
         let mut text = without_sections(&text, extra);
         text.push('\n');
         text.push_str(extra);
         std::fs::write(&config, text).expect("write config");
-        let (child, url, _) = spawn(&home, "127.0.0.1:0", &[]);
-        let mut server = Self {
-            child,
-            url,
-            root_token: String::new(),
-            home,
-        };
-        server.root_token = server.make_token(&[
-            "--pull",
-            "*",
-            "--push",
-            "*",
-            "--create-cache",
-            "*",
-            "--configure-cache",
-            "*",
-            "--destroy-cache",
-            "*",
-        ]);
+        server.restart();
         server
     }
 
@@ -273,6 +287,11 @@ impl TestServer {
         let (child, url, _) = spawn(&self.home, &address, &[]);
         self.child = child;
         assert_eq!(url, self.url);
+    }
+
+    /// The home the server runs in.
+    pub fn home(&self) -> &TestHome {
+        &self.home
     }
 
     /// Runs `atticadm` against this server's config and data.

@@ -8,8 +8,10 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[test]
-fn atticadm_works_before_atticd_ever_ran_and_they_share_the_config() {
+/// `atticadm` acts on a server that exists; it never writes a config or
+/// a database of its own, which the server would not know.
+#[tokio::test]
+async fn atticadm_never_sets_up_a_server_and_says_what_it_looked_for() {
     let home = TestHome::new();
     let output = home.run(
         "atticadm",
@@ -21,21 +23,52 @@ fn atticadm_works_before_atticd_ever_ran_and_they_share_the_config() {
             "1d",
             "--pull",
             "*",
-            "--push",
-            "*",
-            "--create-cache",
-            "*",
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let token = String::from_utf8(output.stdout).expect("utf-8");
-    assert_eq!(
-        token.trim().lines().count(),
-        1,
-        "only the token on stdout: {token:?}"
+    assert!(!output.status.success(), "made a token for no server");
+    assert!(
+        stderr(&output).contains("config/attic/server.toml"),
+        "{}",
+        stderr(&output)
     );
-    let config = home.path().join("config/attic/server.toml");
-    assert!(config.exists());
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_dir(home.path()).expect("home").count(),
+        0,
+        "atticadm wrote into an empty home"
+    );
+    let check = home.run("atticd", &["--check-config"]);
+    assert!(
+        !check.status.success(),
+        "checked a config that is not there"
+    );
+
+    // With the wrong data directory, revoke and verify refuse, create
+    // nothing, and the token stays valid.
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "c", false).await;
+    let token = server.make_token(&["--pull", "c"]);
+    let wrong = server.home().path().join("wrong");
+    let wrong_arg = wrong.to_str().expect("utf-8");
+    for args in [
+        vec!["revoke-token", &token, "--data-dir", wrong_arg],
+        vec!["verify", "--data-dir", wrong_arg],
+    ] {
+        let output = server.atticadm(&args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&output).contains(&format!("{wrong_arg}/server.db")),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert!(!wrong.exists(), "atticadm created {}", wrong.display());
+    assert_eq!(
+        api.status(Some(&token), "/c/nix-cache-info").await,
+        reqwest::StatusCode::OK
+    );
+    let config = server.config_path();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&config)
         .expect("config")
@@ -43,8 +76,39 @@ fn atticadm_works_before_atticd_ever_ran_and_they_share_the_config() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600, "the config holds the token key");
-    let check = home.run("atticd", &["--check-config"]);
+    let check = server.home().run("atticd", &["--check-config"]);
     assert!(check.status.success(), "{}", stderr(&check));
+}
+
+/// A first start that fails writes no config, so the next start is a
+/// first start again and shows the root token; the error names the path.
+#[test]
+fn a_failed_first_start_writes_nothing_and_names_the_path() {
+    let home = TestHome::new();
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("write");
+    let data = file.join("data");
+    let output = home.run(
+        "atticd",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(data.to_str().expect("utf-8")),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !home.path().join("config/attic/server.toml").exists(),
+        "a failed first start wrote its config"
+    );
+    let server = TestServer::start_in(home, &[]);
+    assert!(!server.root_token.is_empty());
 }
 
 #[tokio::test]
@@ -97,25 +161,38 @@ fn bad_configs_are_refused_naming_the_key() {
     );
 }
 
+/// A migration run or a replica acts on a deployment that exists: each
+/// needs its config, and a replica refuses a schema it does not know.
 #[test]
 fn db_migrations_mode_creates_the_database_and_exits() {
     let home = TestHome::new();
-    let data = home.path().join("elsewhere");
-    let output = home.run(
+    let lonely = home.run("atticd", &["--mode", "db-migrations"]);
+    assert!(!lonely.status.success(), "migrated without a config");
+    assert!(
+        stderr(&lonely).contains("server.toml"),
+        "{}",
+        stderr(&lonely)
+    );
+
+    let mut server = TestServer::start();
+    server.kill();
+    let data = server.home().path().join("elsewhere");
+    let data_arg = data.to_str().expect("utf-8");
+    let replica = server
+        .home()
+        .run("atticd", &["--mode", "api-server", "--data-dir", data_arg]);
+    assert!(!replica.status.success(), "served without a database");
+    assert!(
+        stderr(&replica).contains(&format!("{data_arg}/server.db")),
+        "{}",
+        stderr(&replica)
+    );
+    let output = server.home().run(
         "atticd",
-        &[
-            "--mode",
-            "db-migrations",
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
+        &["--mode", "db-migrations", "--data-dir", data_arg],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(data.join("server.db").exists());
-    assert!(
-        !home.path().join("data/attic").exists(),
-        "--data-dir moved the data"
-    );
 }
 
 /// The database holds every cache's signing key and the storage every
@@ -146,18 +223,56 @@ async fn the_data_directory_and_database_are_private_to_the_server_user() {
     }
 }
 
-/// Logs written to a file or a pipe carry no terminal colour codes.
-#[test]
-fn logs_to_a_file_have_no_colour_codes() {
-    let home = TestHome::new();
-    let output = home
-        .command("atticd")
-        .args(["--mode", "db-migrations"])
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run atticd");
-    assert!(output.status.success(), "{}", stderr(&output));
-    let log = stderr(&output);
-    assert!(log.contains("migration"), "something was logged: {log}");
-    assert!(!log.contains('\u{1b}'), "colour codes in a log: {log:?}");
+/// Every request is logged at info with its route, cache and status,
+/// never its token; a log file gets no colour codes, and
+/// `--log-format json` writes one JSON object per line.
+#[tokio::test]
+async fn requests_are_logged_plainly_or_as_json_and_never_with_a_token() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("atticd.log");
+        let mut server = TestServer::start_logging_to(&log, &["--log-format", format]);
+        let api = Api::new(&server.url);
+        api.create_cache(&server.root_token, "team-a", false).await;
+        let status = api
+            .status(Some(&server.root_token), "/team-a/nix-cache-info")
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let missing = api
+            .status(
+                Some(&server.root_token),
+                "/team-a/00000000000000000000000000000000.narinfo",
+            )
+            .await;
+        assert_eq!(missing, reqwest::StatusCode::NOT_FOUND);
+        server.kill();
+        let text = std::fs::read_to_string(&log).expect("read log");
+        assert!(!text.contains('\u{1b}'), "colour codes in a log: {text:?}");
+        assert!(!text.contains(&server.root_token), "a token was logged");
+        let requests: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("/{cache}/nix-cache-info") || l.contains("/{cache}/{file}"))
+            .collect();
+        assert_eq!(requests.len(), 2, "one line per request: {text}");
+        if format == "json" {
+            for line in text.lines() {
+                let value: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(value["level"].is_string(), "{line}");
+            }
+            let line: serde_json::Value = serde_json::from_str(requests[1]).expect("JSON");
+            let fields = &line["fields"];
+            assert_eq!(fields["method"], "GET", "{line}");
+            assert_eq!(fields["route"], "/{cache}/{file}", "{line}");
+            assert_eq!(fields["cache"], "team-a", "{line}");
+            assert_eq!(fields["status"], 404, "{line}");
+            assert!(fields["latency_ms"].is_number(), "{line}");
+        } else {
+            assert!(requests[0].contains("INFO"), "{}", requests[0]);
+            assert!(requests[0].contains("method=GET"), "{}", requests[0]);
+            assert!(requests[0].contains("cache=team-a"), "{}", requests[0]);
+            assert!(requests[0].contains("status=200"), "{}", requests[0]);
+            assert!(requests[1].contains("status=404"), "{}", requests[1]);
+        }
+    }
 }

@@ -196,25 +196,10 @@ impl IntoResponse for ServerError {
     }
 }
 
-/// The full text of an error behind a response, read by [`log_errors`].
+/// The full text of an error behind a response, read by
+/// [`crate::request_log::log_requests`].
 #[derive(Debug, Clone)]
 pub struct ErrorDetail(pub String);
-
-/// Logs failed requests: server errors with their cause, client errors briefly.
-pub async fn log_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    if let Some(ErrorDetail(detail)) = response.extensions().get::<ErrorDetail>() {
-        let status = response.status();
-        if status.is_server_error() {
-            tracing::error!(%method, %path, %status, "{detail}");
-        } else {
-            tracing::debug!(%method, %path, %status, "{detail}");
-        }
-    }
-    response
-}
 
 /// Results of handlers.
 pub type ServerResult<T> = Result<T, ServerError>;

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nar_stream;
 pub mod pack;
 pub mod recent;
+pub mod request_log;
 pub mod scrub;
 pub mod serve;
 pub mod setup;

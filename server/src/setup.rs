@@ -36,77 +36,138 @@ fn xdg_dir(variable: &str, fallback: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(fallback))
 }
 
-/// A loaded configuration, and whether this call created it.
+/// A configuration, where it lives, and whether it is yet to be written.
 pub struct LoadedConfig {
     /// The configuration.
     pub config: ServerConfig,
-    /// Where it is.
+    /// Where it is, or is to be written.
     pub path: PathBuf,
-    /// Whether it was written just now (first start).
-    pub created: bool,
+    /// Whether it was generated just now and is not on disk yet: atticd's
+    /// first start writes it with [`LoadedConfig::persist`] once the server
+    /// has started, so a failed first start leaves nothing behind.
+    pub generated: bool,
 }
 
-/// Loads `explicit`, or the default config, writing the default once if
-/// it does not exist yet. An explicit path must exist.
-pub fn load_or_create_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
-    if let Some(path) = explicit {
-        let config = ServerConfig::load(path)?;
-        return Ok(LoadedConfig {
-            config,
-            path: path.to_owned(),
-            created: false,
-        });
+impl LoadedConfig {
+    /// Writes a generated configuration (a no-op for one read from disk).
+    pub fn persist(&self) -> Result<()> {
+        if !self.generated {
+            return Ok(());
+        }
+        self.config.write_new(&self.path).with_context(|| {
+            format!(
+                "writing the new configuration {} (if another atticd wrote it meanwhile, start again)",
+                self.path.display()
+            )
+        })
     }
-    let path = default_config_path()?;
-    if path.exists() {
-        let config = ServerConfig::load(&path)?;
+}
+
+/// Loads `explicit`, or the default config. An explicit path must exist;
+/// when the default does not, a fresh configuration is generated but not
+/// written (see [`LoadedConfig::persist`]).
+pub fn load_or_generate_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
+    let path = match explicit {
+        Some(path) => path.to_owned(),
+        None => default_config_path()?,
+    };
+    if explicit.is_some() || path.exists() {
         return Ok(LoadedConfig {
-            config,
-            path,
-            created: false,
-        });
-    }
-    let config = ServerConfig::generate();
-    match config.write_new(&path) {
-        Ok(()) => Ok(LoadedConfig {
-            config,
-            path,
-            created: true,
-        }),
-        // Another process (atticadm, a second atticd) wrote it first: use theirs.
-        Err(_) if path.exists() => Ok(LoadedConfig {
             config: ServerConfig::load(&path)?,
             path,
-            created: false,
-        }),
-        Err(e) => Err(e.into()),
+            generated: false,
+        });
     }
+    Ok(LoadedConfig {
+        config: ServerConfig::generate(),
+        path,
+        generated: true,
+    })
 }
 
-/// Opens the database, applying pending migrations when `migrate` is set.
+/// Loads `explicit`, or the default config, which must exist: for tools
+/// that act on a server set up already and must never make a new one.
+pub fn load_existing_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
+    let path = match explicit {
+        Some(path) => path.to_owned(),
+        None => default_config_path()?,
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "there is no server configuration at {} (looked there {}). Run this as the user \
+             atticd runs as, or pass --config; atticd writes the configuration on its first start",
+            path.display(),
+            if explicit.is_some() {
+                "as --config says"
+            } else {
+                "by default: $XDG_CONFIG_HOME/attic/server.toml, or ~/.config/attic/server.toml"
+            }
+        );
+    }
+    Ok(LoadedConfig {
+        config: ServerConfig::load(&path)?,
+        path,
+        generated: false,
+    })
+}
+
+/// How [`open_database`] treats a database that is missing or behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenDatabase {
+    /// Create a missing SQLite database and apply pending migrations.
+    CreateAndMigrate,
+    /// The database must exist with its schema up to date: for replicas
+    /// (migrations are one `--mode db-migrations` run's job) and tools.
+    Existing,
+}
+
+/// Opens the database as `how` says.
 pub async fn open_database(
     config: &ServerConfig,
     data_dir: &Path,
-    migrate: bool,
+    how: OpenDatabase,
 ) -> Result<Database> {
-    create_private_dir(data_dir)
-        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let create = how == OpenDatabase::CreateAndMigrate;
     if config.database.url.is_none() {
-        // The database holds every cache's signing key: create it readable
-        // by this user alone, before SQLite creates it under the umask.
         let path = data_dir.join("server.db");
-        create_private_file(&path)
-            .with_context(|| format!("creating the database {}", path.display()))?;
+        if create {
+            create_private_dir(data_dir)
+                .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+            // The database holds every cache's signing key: create it
+            // readable by this user alone, before SQLite creates it under
+            // the umask.
+            create_private_file(&path)
+                .with_context(|| format!("creating the database {}", path.display()))?;
+        } else if !path.exists() {
+            anyhow::bail!(
+                "there is no database at {}. Pass the --data-dir atticd uses, or run this as \
+                 the user atticd runs as",
+                path.display()
+            );
+        }
     }
     let url = config.database_url(data_dir);
-    let database = Database::connect(&url)
+    let database = Database::connect(&url, create)
         .await
         .context("connecting to the database")?;
-    if migrate {
+    if create {
         database
             .migrate()
             .await
             .context("applying database migrations")?;
+    } else {
+        let pending = database
+            .pending_migrations()
+            .await
+            .context("reading the database's schema version")?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "the database schema is not up to date ({} migrations pending, from {}): run \
+                 `atticd --mode db-migrations` (or start atticd in monolithic mode) first",
+                pending.len(),
+                pending[0]
+            );
+        }
     }
     Ok(database)
 }
@@ -151,13 +212,13 @@ pub async fn open_storage(
     Ok(Arc::new(storage))
 }
 
-/// Builds the shared state: database (migrated first if `migrate`), storage, keys.
+/// Builds the shared state: database (opened as `how` says), storage, keys.
 pub async fn build_state(
     config: ServerConfig,
     data_dir: &Path,
-    migrate: bool,
+    how: OpenDatabase,
 ) -> Result<Arc<AppState>> {
-    let database = open_database(&config, data_dir, migrate).await?;
+    let database = open_database(&config, data_dir, how).await?;
     let storage = open_storage(&config, data_dir).await?;
     let token_key = RootKey::parse(&config.token_root_key)?.public();
     let chunker = FastCdcChunker::new(config.chunking.params())?;

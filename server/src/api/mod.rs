@@ -25,9 +25,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(crate::metrics::metrics))
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
+        .route_layer(middleware::from_fn(crate::request_log::tag_route))
         .fallback(|| async { ServerError::NoSuchRoute })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
-        .layer(middleware::from_fn(crate::error::log_errors))
+        .layer(middleware::from_fn(crate::request_log::log_requests))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::count_responses,

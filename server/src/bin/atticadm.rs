@@ -9,7 +9,7 @@ use attic_token::{
     Attenuation, CacheNamePattern, Permission, RootKey, Token, TokenSpec, attenuate,
 };
 use clap::{Parser, Subcommand};
-use server::setup;
+use server::setup::{self, OpenDatabase};
 
 /// Administer an atticd server.
 #[derive(Debug, Parser)]
@@ -123,7 +123,7 @@ async fn main() -> Result<()> {
     let options = Options::parse();
     match options.command {
         Command::MakeToken(args) => {
-            let loaded = setup::load_or_create_config(options.config.as_deref())?;
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
             let root = RootKey::parse(&loaded.config.token_root_key)?;
             let grants = args.grants();
             if grants.is_empty() {
@@ -139,7 +139,7 @@ async fn main() -> Result<()> {
             println!("{}", spec.sign(&root)?.to_base64()?);
         }
         Command::RevokeToken { token, data_dir } => {
-            let loaded = setup::load_or_create_config(options.config.as_deref())?;
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
             let root = RootKey::parse(&loaded.config.token_root_key)?;
             let token = Token::parse(&token, &root.public())
                 .context("the token is not valid for this server")?;
@@ -147,7 +147,8 @@ async fn main() -> Result<()> {
                 Some(dir) => dir,
                 None => setup::default_data_dir()?,
             };
-            let database = setup::open_database(&loaded.config, &data_dir, true).await?;
+            let database =
+                setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
             database.revoke(&[token.own_revocation_id()]).await?;
             eprintln!(
                 "revoked {} (and every token attenuated from it)",
@@ -168,7 +169,7 @@ async fn main() -> Result<()> {
             println!("{}", attenuate(&token, &attenuation)?);
         }
         Command::Verify { cache, data_dir } => {
-            let loaded = setup::load_or_create_config(options.config.as_deref())?;
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
             let data_dir = match data_dir {
                 Some(dir) => dir,
                 None => setup::default_data_dir()?,
@@ -190,7 +191,7 @@ async fn verify(
     use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
     use server::scrub::{ScrubScope, scrub, scrub_size};
 
-    let database = setup::open_database(config, data_dir, true).await?;
+    let database = setup::open_database(config, data_dir, OpenDatabase::Existing).await?;
     let storage = setup::open_storage(config, data_dir).await?;
     let scope = match cache {
         Some(name) => {

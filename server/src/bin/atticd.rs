@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use server::setup;
+use server::setup::{self, OpenDatabase};
 
 /// A multi-tenant, chunk-deduplicating Nix binary cache server.
 #[derive(Debug, Parser)]
@@ -28,6 +28,18 @@ struct Options {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Log format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line, for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -43,21 +55,20 @@ enum Mode {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let options = Options::parse();
-    let loaded = setup::load_or_create_config(options.config.as_deref())?;
+    init_logging(options.log_format);
+    // Only the monolithic server sets itself up; a replica or a migration
+    // run acts on a deployment that exists, so it needs its config.
+    let loaded = if options.mode == Mode::Monolithic && !options.check_config {
+        setup::load_or_generate_config(options.config.as_deref())?
+    } else {
+        setup::load_existing_config(options.config.as_deref())?
+    };
     if options.check_config {
         println!("{}: configuration is valid", loaded.path.display());
         return Ok(());
     }
-    let mut config = loaded.config;
+    let mut config = loaded.config.clone();
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
@@ -67,28 +78,48 @@ async fn main() -> Result<()> {
     };
 
     if options.mode == Mode::DbMigrations {
-        setup::open_database(&config, &data_dir, true).await?;
+        setup::open_database(&config, &data_dir, OpenDatabase::CreateAndMigrate).await?;
         println!("database migrations applied");
         return Ok(());
     }
 
     let listener = setup::bind(config.listen).await?;
     let address = listener.local_addr()?;
-    let root_token = loaded
-        .created
-        .then(|| setup::root_token(&config))
-        .transpose()?;
     // Replicas leave migrations to one `--mode db-migrations` run, so that
-    // they never race each other over the schema.
-    let migrate = options.mode == Mode::Monolithic;
-    let state = setup::build_state(config, &data_dir, migrate).await?;
-    if let Some(token) = root_token {
+    // they never race each other over the schema, and refuse a schema they
+    // do not know.
+    let how = match options.mode {
+        Mode::Monolithic => OpenDatabase::CreateAndMigrate,
+        _ => OpenDatabase::Existing,
+    };
+    let state = setup::build_state(config, &data_dir, how).await?;
+    // A first start writes its configuration only now that the server is
+    // up, so a failed one leaves nothing and the next shows the token.
+    if loaded.generated {
+        loaded.persist()?;
         println!(
-            "First start: wrote {}.\nRoot token (every permission on every cache; keep it secret):\n\n{token}\n\n\
+            "First start: wrote {}.\nRoot token (every permission on every cache; keep it secret):\n\n{}\n\n\
              Make narrower tokens with `atticadm make-token`.\n",
-            loaded.path.display()
+            loaded.path.display(),
+            setup::root_token(&loaded.config)?
         );
     }
     println!("atticd listening on http://{address}/");
     setup::serve(state, listener).await
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`) in the chosen format.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colour only for a person at a terminal, never into a log file.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

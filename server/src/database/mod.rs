@@ -110,8 +110,9 @@ pub struct NewObject {
 const BATCH: usize = 500;
 
 impl Database {
-    /// Connects, tuning SQLite for concurrent writers.
-    pub async fn connect(url: &str) -> Result<Self, DbErr> {
+    /// Connects, tuning SQLite for concurrent writers. A SQLite file is
+    /// created if missing only when `create` is set.
+    pub async fn connect(url: &str, create: bool) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(8)
@@ -119,7 +120,7 @@ impl Database {
             .sqlx_logging(false)
             .acquire_timeout(Duration::from_secs(30));
         if url.starts_with("sqlite:") {
-            options.map_sqlx_sqlite_opts(|opts| {
+            options.map_sqlx_sqlite_opts(move |opts| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 opts.journal_mode(SqliteJournalMode::Wal)
                     // FULL: a commit is on disk before it is acknowledged, so an
@@ -127,7 +128,7 @@ impl Database {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
-                    .create_if_missing(true)
+                    .create_if_missing(create)
             });
         }
         let conn = sea_orm::Database::connect(options).await?;
@@ -137,6 +138,16 @@ impl Database {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         Migrator::up(&self.conn, None).await
+    }
+
+    /// The names of migrations not yet applied: empty when the schema is
+    /// the one this build expects.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
+        Ok(Migrator::get_pending_migrations(&self.conn)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect())
     }
 
     /// The underlying connection, for tests and tools.

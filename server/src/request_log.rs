@@ -1,0 +1,80 @@
+//! One log line per request: method, matched route, cache, status and the
+//! time until the response headers, at info level (health probes and
+//! metric scrapes at debug). Never a header, so
+//! never a token. Server errors are logged at error level with their cause.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::ErrorDetail;
+
+/// Outer layer: times the request and logs it with what
+/// [`tag_route`] recorded.
+pub async fn log_requests(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let cache = route.as_deref().and_then(|r| cache_of(r, &path));
+    let route = route.as_deref().unwrap_or("(no route)");
+    let cache = cache.unwrap_or("-");
+    match response.extensions().get::<ErrorDetail>() {
+        Some(ErrorDetail(detail)) if response.status().is_server_error() => {
+            tracing::error!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request failed");
+        }
+        Some(ErrorDetail(detail)) => {
+            tracing::info!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused");
+        }
+        // Probes and scrapes come every few seconds: debug, not info.
+        None if matches!(route, "/_health" | "/metrics") => {
+            tracing::debug!(%method, %route, %cache, %path, status, latency_ms, "request");
+        }
+        None => tracing::info!(%method, %route, %cache, %path, status, latency_ms, "request"),
+    }
+    response
+}
+
+/// Inner layer, on matched routes only: hands the route template out to
+/// [`log_requests`] in the response's extensions (routing happens inside
+/// the outer layer, so it cannot see the match itself).
+pub async fn tag_route(matched: MatchedPath, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(matched);
+    response
+}
+
+/// The path segment standing where the route template has `{cache}`.
+fn cache_of<'p>(route: &str, path: &'p str) -> Option<&'p str> {
+    let index = route.split('/').position(|s| s == "{cache}")?;
+    path.split('/').nth(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_of;
+
+    #[test]
+    fn the_cache_is_read_where_the_route_names_it() {
+        assert_eq!(
+            cache_of("/{cache}/{file}", "/team-a/x.narinfo"),
+            Some("team-a")
+        );
+        assert_eq!(
+            cache_of("/_api/v1/cache-config/{cache}", "/_api/v1/cache-config/b"),
+            Some("b")
+        );
+        assert_eq!(
+            cache_of("/_api/v1/upload-path", "/_api/v1/upload-path"),
+            None
+        );
+    }
+}
