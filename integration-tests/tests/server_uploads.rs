@@ -432,10 +432,74 @@ async fn knowing_a_nar_hash_does_not_grant_another_tenants_nar() {
         .expect("request");
     assert_eq!(nar.status(), StatusCode::NOT_FOUND);
 
-    // With the content, the claim is proven: deduplicated, nothing stored.
+    // With the content, the claim is proven. Nothing new is stored, but
+    // the reply does not say so: it speaks of `other` alone, which held
+    // none of it, so it tells this tenant nothing about `main`.
+    let blobs = server.blob_count();
     let reply = api.upload_ok(&pusher, &claim, secret).await;
-    assert_eq!(reply["kind"], "Deduplicated");
-    assert_eq!(reply["bytes_stored"], 0);
+    assert_eq!(reply["kind"], "Uploaded", "{reply}");
+    assert_eq!(reply["bytes_stored"], reply["file_size"], "{reply}");
+    assert_eq!(reply["frac_deduplicated"], 0.0, "{reply}");
+    assert_eq!(server.blob_count(), blobs, "stored again");
+}
+
+/// Dedup is reported relative to the uploader's own cache: a near-copy of
+/// another tenant's NAR reads as new, a near-copy of one's own as mostly
+/// deduplicated, and the same NAR under a second path of one's own cache
+/// as `Deduplicated`.
+#[tokio::test]
+async fn dedup_replies_speak_of_the_uploaders_own_cache_only() {
+    let (server, api, token) = setup().await;
+    api.create_cache(&token, "other", false).await;
+    let original = noise(2 * 1024 * 1024, 21);
+    let mut near = original.clone();
+    near[1024 * 1024] ^= 0xff;
+    let first = nar_of_file(original);
+    api.upload_ok(
+        &token,
+        &nar_info_for("main", &fake_store_path("a"), &first),
+        first.clone(),
+    )
+    .await;
+    let pusher = server.make_token(&["--pull", "other", "--push", "other"]);
+    let near = nar_of_file(near);
+    let reply = api
+        .upload_ok(
+            &pusher,
+            &nar_info_for("other", &fake_store_path("near"), &near),
+            near.clone(),
+        )
+        .await;
+    assert_eq!(reply["kind"], "Uploaded", "{reply}");
+    assert_eq!(
+        reply["frac_deduplicated"], 0.0,
+        "another tenant's content leaked: {reply}"
+    );
+    assert_eq!(reply["bytes_stored"], reply["file_size"], "{reply}");
+
+    let reply = api
+        .upload_ok(
+            &token,
+            &nar_info_for("main", &fake_store_path("near-own"), &near),
+            near.clone(),
+        )
+        .await;
+    assert_eq!(reply["kind"], "Uploaded", "{reply}");
+    let fraction = reply["frac_deduplicated"].as_f64().expect("fraction");
+    assert!(fraction > 0.8, "{reply}");
+    let stored = reply["bytes_stored"].as_u64().expect("bytes_stored");
+    let file_size = reply["file_size"].as_u64().expect("file_size");
+    assert!(stored * 4 < file_size, "{reply}");
+
+    let reply = api
+        .upload_ok(
+            &token,
+            &nar_info_for("main", &fake_store_path("copy"), &first),
+            first,
+        )
+        .await;
+    assert_eq!(reply["kind"], "Deduplicated", "{reply}");
+    assert_eq!(reply["bytes_stored"], 0, "{reply}");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 pub mod entity;
 mod store;
 
-pub use store::{NewChunk, NewNar, PackTotals, UploadedChunk};
+pub use store::{HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -128,7 +128,96 @@ pub struct PackTotals {
     pub bytes: Option<i64>,
 }
 
+/// How much of a NAR a cache held before an upload added it there: the
+/// reply to an uploader speaks of its own cache only, never of what other
+/// tenants store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldByCache {
+    /// The cache holds this very NAR under another path already.
+    pub whole: bool,
+    /// Uncompressed NAR bytes whose chunks another NAR of the cache holds,
+    /// counted at every position they occur.
+    pub nar_bytes: u64,
+    /// The same chunks' stored bytes.
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct HeldSums {
+    nar_bytes: Option<i64>,
+    stored_bytes: Option<i64>,
+}
+
 impl Database {
+    /// How much of NAR `nar_id` cache `cache_id` holds through its paths
+    /// (but `except_path`, one just pointed at it).
+    pub async fn held_by_cache(
+        &self,
+        nar_id: i64,
+        cache_id: i64,
+        except_path: Option<&str>,
+    ) -> Result<HeldByCache, DbErr> {
+        let mut holders = object::Entity::find()
+            .filter(object::Column::NarId.eq(nar_id))
+            .filter(object::Column::CacheId.eq(cache_id));
+        if let Some(path) = except_path {
+            holders = holders.filter(object::Column::StorePathHash.ne(path));
+        }
+        let whole = holders.one(&self.conn).await?.is_some();
+        if whole {
+            return Ok(HeldByCache {
+                whole,
+                ..HeldByCache::default()
+            });
+        }
+        let other = sea_orm::sea_query::Alias::new("other");
+        let holder = Query::select()
+            .expr(Expr::val(1))
+            .from_as(chunkref::Entity, other.clone())
+            .inner_join(
+                object::Entity,
+                Expr::col((object::Entity, object::Column::NarId))
+                    .equals((other.clone(), chunkref::Column::NarId)),
+            )
+            .and_where(
+                Expr::col((other.clone(), chunkref::Column::ChunkId))
+                    .equals((chunkref::Entity, chunkref::Column::ChunkId)),
+            )
+            .and_where(Expr::col((other.clone(), chunkref::Column::NarId)).ne(nar_id))
+            .and_where(Expr::col((object::Entity, object::Column::CacheId)).eq(cache_id))
+            .to_owned();
+        let bigint = || sea_orm::sea_query::Alias::new("BIGINT");
+        let sums = chunkref::Entity::find()
+            .select_only()
+            .join(JoinType::InnerJoin, chunkref::Relation::Chunk.def())
+            .expr_as(
+                Expr::col((chunk::Entity, chunk::Column::ChunkSize))
+                    .sum()
+                    .cast_as(bigint()),
+                "nar_bytes",
+            )
+            .expr_as(
+                Expr::col((chunk::Entity, chunk::Column::StoredSize))
+                    .sum()
+                    .cast_as(bigint()),
+                "stored_bytes",
+            )
+            .filter(chunkref::Column::NarId.eq(nar_id))
+            .filter(Expr::exists(holder))
+            .into_model::<HeldSums>()
+            .one(&self.conn)
+            .await?;
+        let sums = sums.unwrap_or(HeldSums {
+            nar_bytes: None,
+            stored_bytes: None,
+        });
+        Ok(HeldByCache {
+            whole,
+            nar_bytes: u64::try_from(sums.nar_bytes.unwrap_or(0)).unwrap_or(0),
+            stored_bytes: u64::try_from(sums.stored_bytes.unwrap_or(0)).unwrap_or(0),
+        })
+    }
+
     /// A valid NAR in the global store.
     pub async fn find_nar(&self, nar_hash: &Sha256Hash) -> Result<Option<nar::Model>, DbErr> {
         nar::Entity::find()

@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::access::Caller;
-use crate::database::{NewNar, NewObject};
+use crate::database::{HeldByCache, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared};
 use crate::metrics::Metrics;
@@ -67,6 +67,10 @@ pub async fn upload_path(
     let path_hash = info.store_path_hash.as_str();
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         ingest::verify_only(body, declared).await?;
+        let held = state
+            .database
+            .held_by_cache(existing.id, cache.id, None)
+            .await?;
         state
             .database
             .attach_existing_nar(existing.id, object)
@@ -74,12 +78,7 @@ pub async fn upload_path(
         state.read_cache.forget_path(cache.id, path_hash);
         Metrics::count(&state.metrics.uploads, "deduplicated");
         state.metrics.upload_nar_bytes.inc_by(info.nar_size);
-        return Ok(Json(UploadPathResult {
-            kind: UploadPathResultKind::Deduplicated,
-            file_size: Some(existing.file_size as u64),
-            bytes_stored: Some(0),
-            frac_deduplicated: Some(1.0),
-        }));
+        return Ok(Json(reply(held, existing.file_size, info.nar_size)));
     }
 
     let stored = ingest::store_nar(&state, body, declared).await?;
@@ -100,16 +99,39 @@ pub async fn upload_path(
     Metrics::count(&state.metrics.uploads, "uploaded");
     state.metrics.upload_nar_bytes.inc_by(info.nar_size);
     state.metrics.stored_bytes.inc_by(new_chunk_bytes);
-    Ok(Json(UploadPathResult {
+    let held = state
+        .database
+        .held_by_cache(nar.id, cache.id, Some(path_hash))
+        .await?;
+    Ok(Json(reply(held, nar.file_size, info.nar_size)))
+}
+
+/// The reply, in terms of the uploader's own cache alone: what the server
+/// stores depends on every tenant's data, and telling one tenant that
+/// another holds its content would leak it. `Deduplicated` means the cache
+/// held this very NAR already (under another path, or this one);
+/// `bytes_stored` is the stored size of the chunks it did not hold, and
+/// `frac_deduplicated` the fraction of NAR bytes it did.
+fn reply(held: HeldByCache, file_size: i64, nar_size: u64) -> UploadPathResult {
+    let file_size = file_size.max(0) as u64;
+    if held.whole {
+        return UploadPathResult {
+            kind: UploadPathResultKind::Deduplicated,
+            file_size: Some(file_size),
+            bytes_stored: Some(0),
+            frac_deduplicated: Some(1.0),
+        };
+    }
+    UploadPathResult {
         kind: UploadPathResultKind::Uploaded,
-        file_size: Some(nar.file_size as u64),
-        bytes_stored: Some(new_chunk_bytes),
-        frac_deduplicated: Some(if nar.file_size > 0 {
-            1.0 - (new_chunk_bytes as f64 / nar.file_size as f64).min(1.0)
+        file_size: Some(file_size),
+        bytes_stored: Some(file_size.saturating_sub(held.stored_bytes)),
+        frac_deduplicated: Some(if nar_size > 0 {
+            (held.nar_bytes as f64 / nar_size as f64).min(1.0)
         } else {
             0.0
         }),
-    }))
+    }
 }
 
 /// The path's metadata, from the header or the body's preamble.
