@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_create_tables;
 mod m20261202_000001_add_packs;
+mod m20261202_000002_nix_uploads;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261202_000001_add_packs::Migration),
+            Box::new(m20261202_000002_nix_uploads::Migration),
         ]
     }
 }

@@ -58,6 +58,9 @@ pub enum ServerError {
     /// A body over a limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A body in an encoding the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The client stopped sending before the body ended.
     #[error("the upload was interrupted")]
     UploadInterrupted(#[source] std::io::Error),
@@ -112,6 +115,9 @@ impl ServerError {
             Self::MalformedNar(_) => (StatusCode::BAD_REQUEST, "MalformedNar"),
             Self::NarMismatch(_) => (StatusCode::BAD_REQUEST, "NarMismatch"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "TooLarge"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
             Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
             Self::UploadStalled(_) => (StatusCode::REQUEST_TIMEOUT, "UploadStalled"),
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),

@@ -45,6 +45,28 @@ pub struct Declared {
     pub nar_size: u64,
 }
 
+/// What a body is checked against.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// Exactly this NAR (`upload-path`, whose metadata comes first).
+    Declared(Declared),
+    /// Any valid NAR up to `max_size` bytes, whose hash and size are then
+    /// known (`nix copy`, which sends the narinfo after the NAR).
+    AtMost {
+        /// The server's `max-nar-size`.
+        max_size: u64,
+    },
+}
+
+impl Expect {
+    fn max_size(&self) -> u64 {
+        match self {
+            Expect::Declared(declared) => declared.nar_size,
+            Expect::AtMost { max_size } => *max_size,
+        }
+    }
+}
+
 /// Why the stream stopped, when the reader itself stopped it.
 #[derive(Debug)]
 enum Refusal {
@@ -58,53 +80,66 @@ pub struct VerifyingReader<R> {
     inner: R,
     parser: NarParser,
     hasher: Sha256Hasher,
-    declared: Declared,
+    expect: Expect,
     refusal: Option<Refusal>,
 }
 
 impl<R> VerifyingReader<R> {
-    /// Wraps a body declared to be `declared`.
-    pub fn new(inner: R, declared: Declared) -> Self {
+    /// Wraps a body expected to be as `expect` says.
+    pub fn new(inner: R, expect: Expect) -> Self {
         Self {
             inner,
             parser: NarParser::new(),
             hasher: Sha256Hasher::new(),
-            declared,
+            expect,
             refusal: None,
         }
     }
 
     /// Explains a read error: our own refusal, or the client's stream failing.
     fn explain(&mut self, error: io::Error) -> ServerError {
+        let error = match crate::compressed::RefusedBody::take(error) {
+            Ok(refusal) => return refusal,
+            Err(error) => error,
+        };
         match self.refusal.take() {
             Some(Refusal::Malformed(e)) => ServerError::MalformedNar(e),
-            Some(Refusal::Oversize) => ServerError::NarMismatch(format!(
-                "the body is longer than the declared nar_size of {} bytes",
-                self.declared.nar_size
-            )),
+            Some(Refusal::Oversize) => match self.expect {
+                Expect::Declared(declared) => ServerError::NarMismatch(format!(
+                    "the body is longer than the declared nar_size of {} bytes",
+                    declared.nar_size
+                )),
+                Expect::AtMost { max_size } => ServerError::TooLarge(format!(
+                    "the NAR is larger than this server accepts ({max_size} bytes, max-nar-size)"
+                )),
+            },
             None if error.kind() == io::ErrorKind::TimedOut => ServerError::UploadStalled(error),
             None => ServerError::UploadInterrupted(error),
         }
     }
 
-    /// After the last byte: the NAR must be complete and match what was declared.
-    pub fn finish(self) -> ServerResult<()> {
+    /// After the last byte: the NAR must be complete and match what was
+    /// declared, if anything was. Its hash and size.
+    pub fn finish(self) -> ServerResult<(Sha256Hash, u64)> {
         self.parser.finish().map_err(ServerError::MalformedNar)?;
         let (hash, size) = self.hasher.finish();
-        if size != self.declared.nar_size {
+        let Expect::Declared(declared) = self.expect else {
+            return Ok((hash, size));
+        };
+        if size != declared.nar_size {
             return Err(ServerError::NarMismatch(format!(
                 "the body has {size} bytes, but nar_size is {}",
-                self.declared.nar_size
+                declared.nar_size
             )));
         }
-        if hash != self.declared.nar_hash {
+        if hash != declared.nar_hash {
             return Err(ServerError::NarMismatch(format!(
                 "the body hashes to {}, but nar_hash is {}",
                 hash.to_typed_hex(),
-                self.declared.nar_hash.to_typed_hex()
+                declared.nar_hash.to_typed_hex()
             )));
         }
-        Ok(())
+        Ok((hash, size))
     }
 }
 
@@ -118,7 +153,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
-        let refusal = if this.hasher.len() + new.len() as u64 > this.declared.nar_size {
+        let refusal = if this.hasher.len() + new.len() as u64 > this.expect.max_size() {
             Some(Refusal::Oversize)
         } else {
             this.parser
@@ -144,6 +179,10 @@ pub struct StoredNar {
     pub pack: Option<WrittenPack>,
     /// Chunks in order.
     pub chunks: Vec<UploadedChunk>,
+    /// The NAR's hash, as verified.
+    pub nar_hash: Sha256Hash,
+    /// Its size.
+    pub nar_size: u64,
 }
 
 impl StoredNar {
@@ -156,56 +195,70 @@ impl StoredNar {
 /// Reads the whole body, checking it, without storing anything: proof that
 /// the uploader holds a NAR the store already has.
 pub async fn verify_only<R: AsyncRead + Unpin>(body: R, declared: Declared) -> ServerResult<()> {
-    let mut reader = VerifyingReader::new(body, declared);
+    let mut reader = VerifyingReader::new(body, Expect::Declared(declared));
     let mut sink = tokio::io::sink();
     if let Err(e) = tokio::io::copy(&mut reader, &mut sink).await {
         return Err(reader.explain(e));
     }
-    reader.finish()
+    reader.finish().map(|_| ())
 }
 
 /// Verifies a NAR and stores the chunks it brings new as one pack.
 pub async fn store_nar<R: AsyncRead + Unpin + Send>(
     state: &Arc<AppState>,
     body: R,
-    declared: Declared,
+    expect: Expect,
 ) -> ServerResult<StoredNar> {
-    let mut reader = VerifyingReader::new(body, declared);
+    let mut reader = VerifyingReader::new(body, expect);
     let mut pack = PackWriter::new(state.storage.clone());
-    let chunks = if declared.nar_size <= state.config.chunking.nar_size_threshold {
-        match read_whole(&mut reader).await {
-            Ok(Some(chunk)) => {
-                let batch = prepare_batch(state.clone(), vec![Ok(chunk)]).await;
-                pack_chunks(&mut pack, futures::stream::once(async { batch }).boxed()).await
-            }
-            Ok(None) => Ok(Vec::new()),
-            Err(e) => Err(e),
+    let threshold = state.config.chunking.nar_size_threshold;
+    // NARs up to the threshold are one chunk, whichever route brought
+    // them (so the same NAR always chunks the same way); whether a NAR is
+    // that small shows after at most threshold + 1 bytes.
+    let chunks = match read_prefix(&mut reader, threshold).await {
+        Err(e) => Err(e),
+        Ok(prefix) if prefix.is_empty() => Ok(Vec::new()),
+        Ok(prefix) if prefix.len() as u64 <= threshold => {
+            let chunk = Chunk {
+                id: ChunkId::of(&prefix),
+                offset: 0,
+                data: Bytes::from(prefix),
+            };
+            let batch = prepare_batch(state.clone(), vec![Ok(chunk)]).await;
+            pack_chunks(&mut pack, futures::stream::once(async { batch }).boxed()).await
         }
-    } else {
-        let batches = state
-            .chunker
-            .chunks(&mut reader)
-            .map_err(|e| match e {
-                ChunkingError::Read(e) => StoreFailure::Body(e),
-                other => StoreFailure::Server(ServerError::Internal(other.to_string())),
-            })
-            // Ask the database about the chunks that are ready, many per
-            // query: a round trip per chunk would dominate on PostgreSQL.
-            .ready_chunks(LOOKUP_BATCH)
-            .map(|batch| prepare_batch(state.clone(), batch))
-            // Two batches at once keep both cores compressing.
-            .buffered(2)
-            .boxed();
-        pack_chunks(&mut pack, batches).await
+        Ok(prefix) => {
+            let mut whole = std::io::Cursor::new(prefix).chain(&mut reader);
+            let batches = state
+                .chunker
+                .chunks(&mut whole)
+                .map_err(|e| match e {
+                    ChunkingError::Read(e) => StoreFailure::Body(e),
+                    other => StoreFailure::Server(ServerError::Internal(other.to_string())),
+                })
+                // Ask the database about the chunks that are ready, many per
+                // query: a round trip per chunk would dominate on PostgreSQL.
+                .ready_chunks(LOOKUP_BATCH)
+                .map(|batch| prepare_batch(state.clone(), batch))
+                // Two batches at once keep both cores compressing.
+                .buffered(2)
+                .boxed();
+            pack_chunks(&mut pack, batches).await
+        }
     };
     let chunks = match chunks {
         Ok(chunks) => chunks,
         Err(StoreFailure::Body(e)) => return Err(reader.explain(e)),
         Err(StoreFailure::Server(e)) => return Err(e),
     };
-    reader.finish()?;
+    let (nar_hash, nar_size) = reader.finish()?;
     let pack = pack.finish().await?;
-    Ok(StoredNar { pack, chunks })
+    Ok(StoredNar {
+        pack,
+        chunks,
+        nar_hash,
+        nar_size,
+    })
 }
 
 /// A failure while storing.
@@ -216,23 +269,19 @@ enum StoreFailure {
     Server(ServerError),
 }
 
-/// Small NARs are one chunk: a read bounded by the declared size.
-async fn read_whole<R: AsyncRead + Unpin>(
+/// The first `threshold + 1` bytes of the body, or all of it if shorter.
+async fn read_prefix<R: AsyncRead + Unpin>(
     reader: &mut VerifyingReader<R>,
-) -> Result<Option<Chunk>, StoreFailure> {
-    let mut data = Vec::with_capacity(reader.declared.nar_size as usize);
+    threshold: u64,
+) -> Result<Vec<u8>, StoreFailure> {
+    let limit = threshold.saturating_add(1);
+    let mut data = Vec::with_capacity(limit.min(reader.expect.max_size()) as usize);
     reader
+        .take(limit)
         .read_to_end(&mut data)
         .await
         .map_err(StoreFailure::Body)?;
-    if data.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Chunk {
-        id: ChunkId::of(&data),
-        offset: 0,
-        data: Bytes::from(data),
-    }))
+    Ok(data)
 }
 
 /// Appends the new chunks of each batch to the pack, in NAR order, and

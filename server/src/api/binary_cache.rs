@@ -16,6 +16,8 @@ use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use super::nix_upload;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -32,9 +34,19 @@ use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 /// The binary cache routes.
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/{cache}/nix-cache-info", get(nix_cache_info))
-        .route("/{cache}/nar/{file}", get(get_nar))
-        .route("/{cache}/{file}", get(get_narinfo))
+        .route(
+            "/{cache}/nix-cache-info",
+            get(nix_cache_info).put(nix_upload::put_cache_info),
+        )
+        .route("/{cache}/nar/{file}", get(get_nar).put(nix_upload::put_nar))
+        .route(
+            "/{cache}/log/{drv}",
+            get(nix_upload::get_log).put(nix_upload::put_log),
+        )
+        .route(
+            "/{cache}/{file}",
+            get(get_narinfo).put(nix_upload::put_narinfo),
+        )
 }
 
 async fn nix_cache_info(

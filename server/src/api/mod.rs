@@ -2,6 +2,7 @@
 //! `/_api/v1/...`, `/_health` and `/metrics`. The whole route table is [`router`].
 
 pub mod binary_cache;
+pub mod nix_upload;
 pub mod v1;
 
 use std::sync::Arc;

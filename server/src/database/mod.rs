@@ -5,9 +5,10 @@
 //! SQLite so concurrent writers wait for the lock instead of failing.
 
 pub mod entity;
+mod logs;
 mod store;
 
-pub use store::{HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
+pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -234,12 +235,23 @@ impl Database {
 
     /// Destroys a cache: it and its paths vanish at once; GC reclaims the data.
     pub async fn destroy_cache(&self, cache_id: i64) -> Result<(), DbErr> {
+        let txn = self.begin_write().await?;
         cache::Entity::update_many()
             .col_expr(cache::Column::DeletedAt, now().into())
             .filter(cache::Column::Id.eq(cache_id))
-            .exec(&self.conn)
+            .exec(&txn)
             .await?;
-        Ok(())
+        // Its logs and unclaimed `nix copy` uploads go with it; its paths'
+        // data is the garbage collector's to reclaim.
+        entity::build_log::Entity::delete_many()
+            .filter(entity::build_log::Column::CacheId.eq(cache_id))
+            .exec(&txn)
+            .await?;
+        entity::staged_nar::Entity::delete_many()
+            .filter(entity::staged_nar::Column::CacheId.eq(cache_id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await
     }
 
     /// Which of `hashes` the cache does not hold whole: paths whose NAR is

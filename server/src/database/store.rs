@@ -16,7 +16,7 @@ use sea_orm::{
     FromQueryResult, JoinType, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait,
 };
 
-use super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, object, pack};
+use super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, object, pack, staged_nar};
 use super::{BATCH, Database, DatabaseError, NewObject, attach_object, now};
 use crate::pack::StoredChecksum;
 use crate::pack::read::{Damage, Fault, StoredChunk};
@@ -405,7 +405,7 @@ impl Database {
     pub async fn commit_upload(
         &self,
         upload: NewNar,
-        new: NewObject,
+        claim: Claim,
     ) -> Result<nar::Model, DatabaseError> {
         let txn = self.begin_write().await?;
         let when = now();
@@ -458,10 +458,97 @@ impl Database {
         };
         let nar_row = upsert_nar(&txn, &upload.nar_hash, &fields, &chunk_ids, when).await?;
         heal_nars(&txn, &new_rows).await?;
-        attach_object(&txn, nar_row.id, new).await?;
+        match claim {
+            Claim::Object(new) => attach_object(&txn, nar_row.id, new).await?,
+            Claim::Staged { cache_id, file } => {
+                stage_nar(&txn, cache_id, file, nar_row.id, when).await?;
+            }
+        }
         txn.commit().await?;
         Ok(nar_row)
     }
+
+    /// The NAR staged in a cache under `file`, if it is there and valid.
+    pub async fn find_staged(
+        &self,
+        cache_id: i64,
+        file: &str,
+    ) -> Result<Option<(staged_nar::Model, nar::Model)>, DbErr> {
+        let Some(staged) = staged_nar::Entity::find()
+            .filter(staged_nar::Column::CacheId.eq(cache_id))
+            .filter(staged_nar::Column::File.eq(file))
+            .one(&self.conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let nar = nar::Entity::find_by_id(staged.nar_id)
+            .filter(nar::Column::State.eq(BlobState::Valid))
+            .one(&self.conn)
+            .await?;
+        Ok(nar.map(|nar| (staged, nar)))
+    }
+
+    /// Makes a staged NAR a path of its cache, in one transaction: the
+    /// staged row goes, the object comes. `ChunkGone` if the staged row was
+    /// claimed or reclaimed meanwhile.
+    pub async fn claim_staged(
+        &self,
+        staged: &staged_nar::Model,
+        new: NewObject,
+    ) -> Result<(), DatabaseError> {
+        let txn = self.begin_write().await?;
+        let removed = staged_nar::Entity::delete_many()
+            .filter(staged_nar::Column::Id.eq(staged.id))
+            .exec(&txn)
+            .await?;
+        if removed.rows_affected == 0 {
+            return Err(DatabaseError::ChunkGone);
+        }
+        attach_object(&txn, staged.nar_id, new).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// Where a committed NAR goes.
+#[derive(Debug)]
+pub enum Claim {
+    /// A path of a cache (`upload-path`).
+    Object(NewObject),
+    /// Staged in a cache under the file name Nix uploaded it as, until a
+    /// narinfo claims it (`nix copy`).
+    Staged {
+        /// The cache.
+        cache_id: i64,
+        /// `<file hash>.nar[.ext]`.
+        file: String,
+    },
+}
+
+async fn stage_nar(
+    txn: &DatabaseTransaction,
+    cache_id: i64,
+    file: String,
+    nar_id: i64,
+    when: i64,
+) -> Result<(), DbErr> {
+    let row = staged_nar::ActiveModel {
+        cache_id: Set(cache_id),
+        file: Set(file),
+        nar_id: Set(nar_id),
+        created_at: Set(when),
+        ..Default::default()
+    };
+    staged_nar::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([staged_nar::Column::CacheId, staged_nar::Column::File])
+                .update_columns([staged_nar::Column::NarId, staged_nar::Column::CreatedAt])
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
 }
 
 async fn insert_pack(

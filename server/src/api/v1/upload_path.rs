@@ -21,9 +21,9 @@ use axum::http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::access::Caller;
-use crate::database::{HeldByCache, NewNar, NewObject};
+use crate::database::{Claim, HeldByCache, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
-use crate::ingest::{self, Declared};
+use crate::ingest::{self, Declared, Expect};
 use crate::metrics::Metrics;
 use crate::serve::body_reader;
 use crate::state::AppState;
@@ -81,7 +81,7 @@ pub async fn upload_path(
         return Ok(Json(reply(held, existing.file_size, info.nar_size)));
     }
 
-    let stored = ingest::store_nar(&state, body, declared).await?;
+    let stored = ingest::store_nar(&state, body, Expect::Declared(declared)).await?;
     let new_chunk_bytes = stored.bytes_stored();
     let nar = state
         .database
@@ -92,7 +92,7 @@ pub async fn upload_path(
                 pack: stored.pack,
                 chunks: stored.chunks,
             },
-            object,
+            Claim::Object(object),
         )
         .await?;
     state.read_cache.forget_path(cache.id, path_hash);
@@ -173,7 +173,7 @@ async fn read_nar_info<R: AsyncRead + Unpin>(
 /// Checks the metadata and turns it into the cache's object. Every string
 /// that ends up in a narinfo line is checked for line breaks, so a client
 /// can never inject fields into what other clients read.
-fn new_object(
+pub(crate) fn new_object(
     info: &UploadPathNarInfo,
     cache_id: i64,
     store_dir: &str,

@@ -1,5 +1,6 @@
 //! sea-orm entities, one per table; the schema itself is in the `migration` crate.
 
+pub mod build_log;
 pub mod cache;
 pub mod chunk;
 pub mod chunkref;
@@ -7,6 +8,7 @@ pub mod nar;
 pub mod object;
 pub mod pack;
 pub mod revoked_token;
+pub mod staged_nar;
 
 use sea_orm::entity::prelude::*;
 

@@ -1,0 +1,303 @@
+//! Pushing with Nix alone: the writes of Nix's HTTP binary cache store, so
+//! `nix copy --to 'http://host/cache'` works with no client installed.
+//!
+//! Nix uploads each NAR compressed, named by the hash of the compressed
+//! file (`PUT nar/<file hash>.nar.xz`), then its narinfo (`PUT
+//! <hash>.narinfo`). The NAR is decompressed, verified, chunked and stored
+//! like any upload, then *staged*: bound to the cache it was sent to under
+//! its file name, and visible nowhere. The narinfo claims it: its URL must
+//! name a NAR staged for this cache, whose hash and size must be what the
+//! narinfo says; only then does the path appear, in one transaction, and
+//! the server signs it with the cache's key like any other. A narinfo alone
+//! never grants content: a NAR another tenant stored must still be sent.
+//!
+//! Build logs (`nix store copy-log --to`, `nix log --store`) live at
+//! `log/<drv>`, compressed, one per derivation and cache.
+
+use std::sync::Arc;
+
+use attic::api::v1::upload_path::UploadPathNarInfo;
+use attic::hash::Sha256Hash;
+use attic::narinfo::NarInfo;
+use attic::store_path::StorePath;
+use attic_token::Permission;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+
+use super::cache_name;
+use super::v1::upload_path::new_object;
+use crate::access::Caller;
+use crate::compressed::{Compression, DecodedBody};
+use crate::database::{Claim, NewNar};
+use crate::error::{ServerError, ServerResult};
+use crate::ingest::{self, Expect};
+use crate::metrics::Metrics;
+use crate::serve::body_reader;
+use crate::state::AppState;
+
+/// Largest build log taken, uncompressed.
+pub const MAX_LOG_SIZE: u64 = 64 * 1024 * 1024;
+
+/// `PUT /{cache}/nix-cache-info`: Nix writes it when it finds none. The
+/// cache has one already; the write is accepted when it agrees.
+pub async fn put_cache_info(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ServerResult<StatusCode> {
+    let cache = caller
+        .require_cache(&state, &cache_name(&name)?, Permission::Push)
+        .await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ServerError::bad_request("InvalidCacheInfo", "nix-cache-info is not text"))?;
+    let store_dir = text
+        .split('\n')
+        .find_map(|line| line.strip_prefix("StoreDir: "))
+        .ok_or_else(|| ServerError::bad_request("InvalidCacheInfo", "no StoreDir line"))?;
+    if store_dir != cache.store_dir {
+        return Err(ServerError::bad_request(
+            "StoreDirMismatch",
+            format!(
+                "this cache holds paths of {}, not {store_dir:?}",
+                cache.store_dir
+            ),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /{cache}/nar/{file hash}.nar[.zst|.xz|.bz2]`: stores and stages a NAR.
+pub async fn put_nar(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    body: Body,
+) -> ServerResult<StatusCode> {
+    let cache = caller
+        .require_cache(&state, &cache_name(&name)?, Permission::Push)
+        .await?;
+    let (file_hash, compression) = parse_nar_file(&file)?;
+    // Compressed NARs are rarely larger than plain ones; a bound well
+    // above that keeps a body of junk from running on.
+    let limit = state
+        .config
+        .max_nar_size
+        .saturating_mul(2)
+        .saturating_add(1 << 20);
+    let body = DecodedBody::new(
+        body_reader(body, state.config.http.body_timeout),
+        compression,
+        limit,
+        Some(file_hash),
+    );
+    let stored = ingest::store_nar(
+        &state,
+        body,
+        Expect::AtMost {
+            max_size: state.config.max_nar_size,
+        },
+    )
+    .await?;
+    let nar_size = stored.nar_size;
+    let new_chunk_bytes = stored.bytes_stored();
+    state
+        .database
+        .commit_upload(
+            NewNar {
+                nar_hash: stored.nar_hash,
+                nar_size,
+                pack: stored.pack,
+                chunks: stored.chunks,
+            },
+            Claim::Staged {
+                cache_id: cache.id,
+                file,
+            },
+        )
+        .await?;
+    Metrics::count(&state.metrics.uploads, "staged");
+    state.metrics.upload_nar_bytes.inc_by(nar_size);
+    state.metrics.stored_bytes.inc_by(new_chunk_bytes);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `<52 nix32 characters>.nar` and a known compression's extension.
+fn parse_nar_file(file: &str) -> ServerResult<(Sha256Hash, Compression)> {
+    let bad = || {
+        ServerError::bad_request(
+            "InvalidNarFile",
+            format!("{file:?} is not <nix32 file hash>.nar[.zst|.xz|.bz2]"),
+        )
+    };
+    let (hash, extension) = file.split_once(".nar").ok_or_else(bad)?;
+    if hash.len() != 52 {
+        return Err(bad());
+    }
+    let hash: Sha256Hash = format!("sha256:{hash}").parse().map_err(|_| bad())?;
+    let compression = Compression::from_extension(extension).ok_or_else(|| {
+        ServerError::UnsupportedMediaType(format!(
+            "NARs compressed as {extension:?} are not accepted: use ?compression=zstd (or xz, \
+             bzip2, none) in the cache URL"
+        ))
+    })?;
+    Ok((hash, compression))
+}
+
+/// `PUT /{cache}/{hash}.narinfo`: claims a staged NAR as a path.
+pub async fn put_narinfo(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    body: Bytes,
+) -> ServerResult<StatusCode> {
+    let hash = file
+        .strip_suffix(".narinfo")
+        .ok_or(ServerError::NoSuchRoute)?;
+    let cache = caller
+        .require_cache(&state, &cache_name(&name)?, Permission::Push)
+        .await?;
+    let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
+    let text = std::str::from_utf8(&body).map_err(|_| bad("the narinfo is not text".into()))?;
+    let info: NarInfo = text.parse().map_err(|e| bad(format!("{e}")))?;
+    // Strict: Nix writes no other field, and a line break in a value
+    // shows up as one.
+    if let Some((field, _)) = info.extra_fields.first() {
+        return Err(bad(format!(
+            "unknown field {field:?} (a line break in a value?)"
+        )));
+    }
+    if info.store_path.hash().as_str() != hash {
+        return Err(bad(format!(
+            "StorePath {} does not match the file name {file}",
+            info.full_store_path()
+        )));
+    }
+    if info.store_dir.as_str() != cache.store_dir {
+        return Err(bad(format!(
+            "StorePath {} is not in this cache's store, {}",
+            info.full_store_path(),
+            cache.store_dir
+        )));
+    }
+    let nar_file = info
+        .url
+        .strip_prefix("nar/")
+        .filter(|f| !f.contains('/'))
+        .ok_or_else(|| bad(format!("URL {:?} does not name a NAR under nar/", info.url)))?;
+    let (staged, nar) = state
+        .database
+        .find_staged(cache.id, nar_file)
+        .await?
+        .ok_or_else(|| {
+            ServerError::bad_request(
+                "NarNotUploaded",
+                format!(
+                    "no NAR {nar_file} was uploaded to this cache: PUT it to nar/{nar_file} first"
+                ),
+            )
+        })?;
+    if nar.nar_hash != info.nar_hash.to_typed_hex() || nar.nar_size as u64 != info.nar_size {
+        return Err(ServerError::NarMismatch(format!(
+            "the narinfo says {} ({} bytes), but {nar_file} holds {} ({} bytes)",
+            info.nar_hash, info.nar_size, nar.nar_hash, nar.nar_size
+        )));
+    }
+    let full = |path: &StorePath| info.store_dir.display(path);
+    let upload = UploadPathNarInfo {
+        cache: cache_name(&name)?,
+        store_path_hash: info.store_path.hash().clone(),
+        store_path: info.full_store_path(),
+        references: info.references.iter().map(full).collect(),
+        system: info.system.clone(),
+        deriver: info.deriver.as_ref().map(full),
+        sigs: info.sigs.clone(),
+        ca: info.ca.clone(),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+    };
+    let object = new_object(&upload, cache.id, &cache.store_dir, caller.subject())?;
+    state.database.claim_staged(&staged, object).await?;
+    state.read_cache.forget_path(cache.id, hash);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /{cache}/log/{drv}`: stores a build log, compressed.
+pub async fn put_log(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((name, drv)): Path<(String, String)>,
+    body: Body,
+) -> ServerResult<StatusCode> {
+    let cache = caller
+        .require_cache(&state, &cache_name(&name)?, Permission::Push)
+        .await?;
+    check_drv(&drv)?;
+    if let Some(encoding) = headers.get(CONTENT_ENCODING)
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(ServerError::UnsupportedMediaType(format!(
+            "logs are taken uncompressed, not as {encoding:?}"
+        )));
+    }
+    let mut body = body_reader(body, state.config.http.body_timeout).take(MAX_LOG_SIZE + 1);
+    let mut log = Vec::new();
+    body.read_to_end(&mut log)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => ServerError::UploadStalled(e),
+            _ => ServerError::UploadInterrupted(e),
+        })?;
+    if log.len() as u64 > MAX_LOG_SIZE {
+        return Err(ServerError::TooLarge(format!(
+            "a build log may be at most {MAX_LOG_SIZE} bytes"
+        )));
+    }
+    let size = log.len() as u64;
+    let level = state.config.compression.level;
+    let data = tokio::task::spawn_blocking(move || zstd::bulk::compress(&log, level))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    state.database.put_log(cache.id, &drv, size, data).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /{cache}/log/{drv}`: a build log.
+pub async fn get_log(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, drv)): Path<(String, String)>,
+) -> ServerResult<Response> {
+    let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
+    check_drv(&drv)?;
+    let log = state
+        .database
+        .find_log(cache.id, &drv)
+        .await?
+        .ok_or(ServerError::NoSuchObject)?;
+    let size = usize::try_from(log.size).unwrap_or(0);
+    let text = tokio::task::spawn_blocking(move || zstd::bulk::decompress(&log.data, size))
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(|e| ServerError::Internal(format!("a stored log does not decompress: {e}")))?;
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// A derivation's file name: a store path base name ending in `.drv`.
+fn check_drv(drv: &str) -> ServerResult<()> {
+    let valid = drv.ends_with(".drv") && StorePath::from_base_name(drv).is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(ServerError::bad_request(
+            "InvalidDerivation",
+            format!("{drv:?} is not a derivation's file name (<hash>-<name>.drv)"),
+        ))
+    }
+}
