@@ -571,3 +571,54 @@ async fn concurrent_uploads_sharing_new_chunks_all_succeed() {
         assert!(body == nar.as_slice(), "{path} reads back whole");
     }
 }
+
+/// `Content-Encoding: zstd` bodies are decompressed before they are
+/// verified and chunked; the settings advertise it; other encodings are
+/// 415 and a corrupt stream 400, both storing nothing.
+#[tokio::test]
+async fn zstd_encoded_uploads_are_decompressed_and_verified() {
+    let (server, api, token) = setup().await;
+    let config: Value = api
+        .request(Method::GET, "/_api/v1/cache-config/main", Some(&token))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(config["upload_encodings"], serde_json::json!(["zstd"]));
+
+    let nar = nar_of_file(noise(300_000, 31));
+    let path = fake_store_path("encoded");
+    let info = nar_info_for("main", &path, &nar);
+    let send = |encoding: &'static str, body: Vec<u8>| {
+        api.request(Method::PUT, "/_api/v1/upload-path", Some(&token))
+            .header(
+                attic::api::v1::upload_path::NAR_INFO_HEADER,
+                serde_json::to_string(&info).expect("serialise"),
+            )
+            .header("Content-Encoding", encoding)
+            .body(body)
+            .send()
+    };
+    let blobs = server.blob_count();
+    let response = send("br", nar.clone()).await.expect("request");
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let response = send("zstd", b"not zstd".to_vec()).await.expect("request");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("InvalidCompression"), "{body}");
+    assert_eq!(
+        server.blob_count(),
+        blobs,
+        "a refused upload stored something"
+    );
+
+    let compressed = zstd::encode_all(nar.as_slice(), 1).expect("compress");
+    let response = send("zstd", compressed).await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let served = api
+        .get_bytes(&token, &format!("/main/nar/{}.nar", path_hash(&path)))
+        .await;
+    assert!(served == nar.as_slice(), "the stored NAR differs");
+}

@@ -67,6 +67,10 @@ pub struct CacheConfig {
     /// Retention of unread paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_period: Option<RetentionPeriodConfig>,
+    /// The `Content-Encoding`s `upload-path` accepts besides none
+    /// (read-only). Older servers omit it and take plain NARs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_encodings: Option<Vec<String>>,
 }
 
 #[cfg(test)]

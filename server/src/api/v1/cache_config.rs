@@ -55,6 +55,12 @@ pub async fn get_cache_config(
             None => RetentionPeriodConfig::Global,
             Some(seconds) => RetentionPeriodConfig::Period(seconds.try_into().unwrap_or(u32::MAX)),
         }),
+        upload_encodings: Some(
+            super::upload_path::UPLOAD_ENCODINGS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
+        ),
     }))
 }
 
@@ -102,10 +108,11 @@ pub async fn configure_cache(
     if patch.substituter_endpoint.is_some()
         || patch.api_endpoint.is_some()
         || patch.public_key.is_some()
+        || patch.upload_encodings.is_some()
     {
         return Err(ServerError::bad_request(
             "ReadOnlyField",
-            "substituter_endpoint, api_endpoint and public_key cannot be set; send keypair to change the key",
+            "substituter_endpoint, api_endpoint, public_key and upload_encodings cannot be set; send keypair to change the key",
         ));
     }
     let only_retention = CacheConfig {
@@ -186,7 +193,13 @@ fn parse_patch(patch: serde_json::Map<String, Value>) -> ServerResult<CacheConfi
 }
 
 fn is_read_only(key: &str) -> bool {
-    ["substituter_endpoint", "api_endpoint", "public_key"].contains(&key)
+    [
+        "substituter_endpoint",
+        "api_endpoint",
+        "public_key",
+        "upload_encodings",
+    ]
+    .contains(&key)
 }
 
 /// Destroys a cache; its paths are gone at once.

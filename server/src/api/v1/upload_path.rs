@@ -18,9 +18,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::header::CONTENT_ENCODING;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::access::Caller;
+use crate::compressed::{Compression, DecodedBody};
 use crate::database::{Claim, HeldByCache, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared, Expect};
@@ -42,7 +44,19 @@ pub async fn upload_path(
     // Authenticate before reading up to a megabyte of metadata: the
     // cache, and so the permission, is only known once it is parsed.
     caller.require_token()?;
-    let mut body = body_reader(body, state.config.http.body_timeout);
+    let body = body_reader(body, state.config.http.body_timeout);
+    let mut body: Box<dyn AsyncRead + Unpin + Send> = match content_encoding(&headers)? {
+        None => Box::new(body),
+        Some(compression) => {
+            // Room for the preamble, and for a NAR that compresses badly.
+            let limit = state
+                .config
+                .max_nar_size
+                .saturating_mul(2)
+                .saturating_add(2 << 20);
+            Box::new(DecodedBody::new(body, compression, limit, None))
+        }
+    };
     let info = read_nar_info(&headers, &mut body).await?;
     let cache = caller
         .require_cache(&state, &info.cache, Permission::Push)
@@ -131,6 +145,24 @@ fn reply(held: HeldByCache, file_size: i64, nar_size: u64) -> UploadPathResult {
         } else {
             0.0
         }),
+    }
+}
+
+/// The `Content-Encoding`s the body may come in, besides none; advertised
+/// in the cache's settings so clients send plain NARs to older servers.
+pub const UPLOAD_ENCODINGS: &[&str] = &["zstd"];
+
+/// The compression `Content-Encoding` names; 415 for one not taken.
+fn content_encoding(headers: &HeaderMap) -> ServerResult<Option<Compression>> {
+    let Some(value) = headers.get(CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok("identity") => Ok(None),
+        Ok("zstd") => Ok(Some(Compression::Zstd)),
+        _ => Err(ServerError::UnsupportedMediaType(format!(
+            "Content-Encoding {value:?} is not taken; send zstd or an uncompressed body"
+        ))),
     }
 }
 
