@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_create_tables;
 mod m20261202_000001_add_packs;
 mod m20261202_000002_nix_uploads;
+mod m20261202_000003_gc;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_tables::Migration),
             Box::new(m20261202_000001_add_packs::Migration),
             Box::new(m20261202_000002_nix_uploads::Migration),
+            Box::new(m20261202_000003_gc::Migration),
         ]
     }
 }

@@ -12,6 +12,7 @@ pub mod compressed;
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod gc;
 pub mod ingest;
 pub mod metrics;
 pub mod nar_stream;

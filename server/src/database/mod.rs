@@ -5,9 +5,11 @@
 //! SQLite so concurrent writers wait for the lock instead of failing.
 
 pub mod entity;
+mod gc;
 mod logs;
 mod store;
 
+pub use gc::{CompactionCandidate, LruObject, MovedChunk};
 pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -300,10 +302,24 @@ impl Database {
     }
 
     /// Adds an existing NAR to a cache after the uploader proved it holds it.
-    pub async fn attach_existing_nar(&self, nar_id: i64, new: NewObject) -> Result<(), DbErr> {
+    /// `ChunkGone` if the NAR was reclaimed (or found damaged) while the
+    /// upload proving possession of it ran.
+    pub async fn attach_existing_nar(
+        &self,
+        nar_id: i64,
+        new: NewObject,
+    ) -> Result<(), DatabaseError> {
         let txn = self.begin_write().await?;
+        let still_there = nar::Entity::find_by_id(nar_id)
+            .filter(nar::Column::State.eq(BlobState::Valid))
+            .one(&txn)
+            .await?;
+        if still_there.is_none() {
+            return Err(DatabaseError::ChunkGone);
+        }
         attach_object(&txn, nar_id, new).await?;
-        txn.commit().await
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Whether any of a token's revocation ids is revoked.

@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -243,12 +244,50 @@ impl StorageBackend for LocalStorage {
         }
     }
 
+    async fn sweep_temporary(&self, before: SystemTime) -> Result<(u64, u64), StorageError> {
+        let temp = self.root.join(TEMP_DIR);
+        tokio::task::spawn_blocking(move || -> io::Result<(u64, u64)> {
+            let mut swept = (0, 0);
+            let entries = match std::fs::read_dir(&temp) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(swept),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let metadata = entry.metadata()?;
+                if metadata.is_file() && metadata.modified()? < before {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => {
+                            swept.0 += 1;
+                            swept.1 += metadata.len();
+                        }
+                        // Its writer finished (renamed it) meanwhile.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(swept)
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|swept| swept)
+        .map_err(|source| StorageError::Listing { source })
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StorageError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
-            walk(&root, &root, &prefix, &mut found).map(|()| found)
+            // Start in the deepest directory the prefix names, so listing
+            // `packs/ab/` reads one directory, not the whole store.
+            let start = match prefix.rsplit_once('/') {
+                Some((dir, _)) if StorageKey::new(dir).is_ok() => root.join(dir),
+                _ => root.clone(),
+            };
+            walk(&root, &start, &prefix, &mut found).map(|()| found)
         })
         .await
         .map_err(io::Error::other)

@@ -125,6 +125,13 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     /// Every blob whose key starts with `prefix`, in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StorageError>;
 
+    /// Removes what unfinished writes left that is older than `before`
+    /// (temporary files, abandoned multipart uploads); how many, and
+    /// their bytes where known. Backends without such leftovers do nothing.
+    async fn sweep_temporary(&self, _before: SystemTime) -> Result<(u64, u64), StorageError> {
+        Ok((0, 0))
+    }
+
     /// A URL that lets anyone holding it GET the whole blob for `expiry`,
     /// where the backend can make one (S3 can; a local disk cannot).
     async fn presign(

@@ -27,6 +27,9 @@ pub struct Model {
     pub created_at: i64,
     /// Unix seconds when destroyed; destroyed caches are invisible.
     pub deleted_at: Option<i64>,
+    /// Largest size of its paths' NARs (stored bytes) before GC evicts the
+    /// least recently read; `None` for no limit.
+    pub quota: Option<i64>,
 }
 
 /// No navigable relations: queries join explicitly.

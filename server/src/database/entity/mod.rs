@@ -4,6 +4,7 @@ pub mod build_log;
 pub mod cache;
 pub mod chunk;
 pub mod chunkref;
+pub mod gc_lease;
 pub mod nar;
 pub mod object;
 pub mod pack;

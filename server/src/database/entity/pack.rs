@@ -20,6 +20,9 @@ pub struct Model {
     pub state: BlobState,
     /// Unix seconds.
     pub created_at: i64,
+    /// Unix seconds when GC marked it `deleting`: its blob is deleted a
+    /// grace period later, so reads in flight finish.
+    pub deleting_since: Option<i64>,
 }
 
 /// No navigable relations: queries join explicitly.

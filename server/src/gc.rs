@@ -1,0 +1,488 @@
+//! Garbage collection: keeps storage bounded without ever losing a path
+//! someone can still see, or racing an upload.
+//!
+//! One run, holding the database lease so one collector runs at a time
+//! across replicas, goes through stages, each of which a crash at any
+//! point leaves for the next run to finish:
+//!
+//! 1. objects past their cache's retention (from last access);
+//! 2. over-quota caches lose their least recently read objects;
+//! 3. destroyed caches lose their objects, logs and staged uploads;
+//! 4. `nix copy` uploads no narinfo claimed within the grace period;
+//! 5. NARs no object holds and no upload has staged;
+//! 6. chunks no NAR references (an upload about to reuse one finds it gone
+//!    at commit, and is retried: the commit re-checks every chunk);
+//! 7. packs with no chunk left are marked `deleting`;
+//! 8. packs mostly dead are compacted: live chunks recompressed into a
+//!    new pack, rows repointed, the old pack marked `deleting`;
+//! 9. packs marked `deleting` for longer than the grace period (so reads
+//!    in flight finish) lose their blob, then their row;
+//! 10. blobs no row knows of, and temporary files, older than the grace
+//!     period (left by uploads that died) are swept.
+//!
+//! Every stage works in pages, so memory does not grow with the store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sea_orm::DbErr;
+use thiserror::Error;
+
+use crate::config::GcConfig;
+use crate::database::entity::StoredCompression;
+use crate::database::{Database, MovedChunk};
+use crate::pack::StoredChecksum;
+use crate::pack::read::{ReadError, read_run, runs};
+use crate::pack::write::PackWriter;
+use crate::storage::{StorageBackend, StorageError, StorageKey};
+
+/// Rows per page.
+const PAGE: u64 = 1000;
+
+/// How long the lease lasts without renewal; each page renews it.
+const LEASE_SECS: i64 = 600;
+
+/// Why a run failed.
+#[derive(Debug, Error)]
+pub enum GcError {
+    /// Another collector holds the lease.
+    #[error("another garbage collector is running (it holds the lease in the database)")]
+    Busy,
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] DbErr),
+    /// Storage failed.
+    #[error("storage error")]
+    Storage(#[from] StorageError),
+    /// A chunk could not be recompressed.
+    #[error("recompressing a chunk failed")]
+    Recompress(#[source] std::io::Error),
+    /// A pack row names a key that is not a valid storage key.
+    #[error("pack row with an invalid key: {0}")]
+    BadKey(#[source] crate::storage::BadStorageKey),
+}
+
+/// What a run reclaimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Objects expired by retention.
+    pub objects_expired: u64,
+    /// Objects evicted by quotas.
+    pub objects_evicted: u64,
+    /// Objects of destroyed caches.
+    pub objects_of_destroyed_caches: u64,
+    /// Destroyed caches forgotten.
+    pub caches_forgotten: u64,
+    /// `nix copy` uploads never claimed.
+    pub staged_expired: u64,
+    /// NARs deleted.
+    pub nars: u64,
+    /// Chunks deleted.
+    pub chunks: u64,
+    /// Packs compacted.
+    pub packs_compacted: u64,
+    /// Packs deleted from storage.
+    pub packs_deleted: u64,
+    /// Blobs and temporary files no row knew of, swept.
+    pub orphans_swept: u64,
+    /// Bytes freed in storage (deleted packs and orphans, less what
+    /// compaction wrote).
+    pub bytes_freed: i64,
+}
+
+/// Reports progress: a stage's name as it starts.
+pub trait Progress: Sync {
+    /// A stage begins.
+    fn stage(&self, name: &'static str);
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn stage(&self, _name: &'static str) {}
+}
+
+/// A test hook: with `ATTIC_GC_CRASH_AT=<point>` in the environment, the
+/// process aborts at that point, as a crash or SIGKILL would.
+fn crash_point(point: &str) {
+    if std::env::var("ATTIC_GC_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("ATTIC_GC_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// One collection.
+pub struct Collector<'a> {
+    database: &'a Database,
+    storage: Arc<dyn StorageBackend>,
+    config: &'a GcConfig,
+    holder: String,
+    progress: &'a dyn Progress,
+    report: GcReport,
+}
+
+impl<'a> Collector<'a> {
+    /// A collection over `database` and `storage` as `config` says.
+    pub fn new(
+        database: &'a Database,
+        storage: Arc<dyn StorageBackend>,
+        config: &'a GcConfig,
+        progress: &'a dyn Progress,
+    ) -> Self {
+        let holder = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "atticd".into()),
+            std::process::id(),
+            now()
+        );
+        Self {
+            database,
+            storage,
+            config,
+            holder,
+            progress,
+            report: GcReport::default(),
+        }
+    }
+
+    /// Runs every stage once, holding the lease; what was reclaimed.
+    pub async fn run(mut self) -> Result<GcReport, GcError> {
+        if !self
+            .database
+            .acquire_gc_lease(&self.holder, LEASE_SECS)
+            .await?
+        {
+            return Err(GcError::Busy);
+        }
+        let result = self.stages().await;
+        if let Err(e) = self.database.release_gc_lease(&self.holder).await {
+            tracing::warn!(error = %e, "could not release the garbage collector's lease");
+        }
+        result.map(|()| self.report)
+    }
+
+    async fn renew(&self) -> Result<(), GcError> {
+        if self
+            .database
+            .acquire_gc_lease(&self.holder, LEASE_SECS)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(GcError::Busy)
+        }
+    }
+
+    async fn stages(&mut self) -> Result<(), GcError> {
+        let start = now();
+        let grace_cutoff = start - secs(self.config.grace_period);
+        self.progress.stage("expiring paths past retention");
+        self.expire(start).await?;
+        crash_point("expire");
+        self.progress.stage("enforcing quotas");
+        self.enforce_quotas().await?;
+        crash_point("quota");
+        self.progress.stage("reclaiming destroyed caches");
+        self.destroyed_caches().await?;
+        crash_point("destroyed");
+        self.report.staged_expired = self.database.expire_staged(grace_cutoff).await?;
+        self.progress.stage("deleting unheld NARs");
+        self.nars().await?;
+        crash_point("nars");
+        self.progress.stage("deleting unreferenced chunks");
+        self.chunks(start).await?;
+        crash_point("chunks");
+        self.progress.stage("marking empty packs");
+        self.mark_packs().await?;
+        crash_point("mark-packs");
+        self.progress.stage("compacting packs");
+        self.compact(grace_cutoff).await?;
+        crash_point("compact");
+        self.progress.stage("deleting packs");
+        self.delete_packs(grace_cutoff).await?;
+        crash_point("delete-packs");
+        self.progress.stage("sweeping orphans");
+        self.sweep(self.config.grace_period).await?;
+        Ok(())
+    }
+
+    async fn expire(&mut self, start: i64) -> Result<(), GcError> {
+        let default = self.config.default_retention_period;
+        for cache in self.database.all_caches().await? {
+            if cache.deleted_at.is_some() {
+                continue;
+            }
+            let retention = match cache.retention_period {
+                Some(seconds) => seconds,
+                None => secs(default),
+            };
+            // Zero keeps paths for ever.
+            if retention <= 0 {
+                continue;
+            }
+            let cutoff = start.saturating_sub(retention);
+            loop {
+                let gone = self.database.expire_objects(cache.id, cutoff, PAGE).await?;
+                self.report.objects_expired += gone;
+                if gone == 0 {
+                    break;
+                }
+                self.renew().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn enforce_quotas(&mut self) -> Result<(), GcError> {
+        for cache in self.database.all_caches().await? {
+            let Some(quota) = cache.quota.filter(|_| cache.deleted_at.is_none()) else {
+                continue;
+            };
+            let mut usage = self.database.cache_usage(cache.id).await?;
+            while usage > quota {
+                let page = self.database.least_recent_objects(cache.id, PAGE).await?;
+                if page.is_empty() {
+                    break;
+                }
+                let mut evict = Vec::new();
+                for object in page {
+                    if usage <= quota {
+                        break;
+                    }
+                    usage -= object.file_size;
+                    evict.push(object.id);
+                }
+                self.report.objects_evicted += self.database.delete_objects(&evict).await?;
+                self.renew().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn destroyed_caches(&mut self) -> Result<(), GcError> {
+        for cache in self.database.all_caches().await? {
+            if cache.deleted_at.is_none() {
+                continue;
+            }
+            loop {
+                let gone = self
+                    .database
+                    .expire_objects(cache.id, i64::MAX, PAGE)
+                    .await?;
+                self.report.objects_of_destroyed_caches += gone;
+                if gone == 0 {
+                    break;
+                }
+                self.renew().await?;
+            }
+            self.database.forget_destroyed_cache(cache.id).await?;
+            self.report.caches_forgotten += 1;
+        }
+        Ok(())
+    }
+
+    async fn nars(&mut self) -> Result<(), GcError> {
+        let mut after = 0;
+        while let (Some(last), gone) = self.database.delete_unheld_nars(after, PAGE).await? {
+            self.report.nars += gone;
+            after = last;
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    async fn chunks(&mut self, start: i64) -> Result<(), GcError> {
+        let mut after = 0;
+        while let (Some(last), gone) = self
+            .database
+            .delete_unreferenced_chunks(after, PAGE, start + 1)
+            .await?
+        {
+            self.report.chunks += gone;
+            after = last;
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_packs(&mut self) -> Result<(), GcError> {
+        let mut after = 0;
+        // A committed pack has its chunk rows from the start, so any pack
+        // without one is dead: no grace needed here.
+        while let (Some(last), _) = self
+            .database
+            .mark_dead_packs(after, PAGE, now() + 1)
+            .await?
+        {
+            after = last;
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    async fn compact(&mut self, grace_cutoff: i64) -> Result<(), GcError> {
+        if self.config.compact_below <= 0.0 {
+            return Ok(());
+        }
+        let mut after = 0;
+        loop {
+            let (last, candidates) = self
+                .database
+                .compaction_candidates(after, PAGE, grace_cutoff, self.config.compact_below)
+                .await?;
+            let Some(last) = last else { break };
+            after = last;
+            for candidate in candidates {
+                self.compact_pack(candidate.pack.id).await?;
+                self.renew().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a pack's live chunks into a new pack, recompressed at the
+    /// compaction level, and repoints them. A chunk that fails its check
+    /// is marked damaged and left where it is.
+    async fn compact_pack(&mut self, pack_id: i64) -> Result<(), GcError> {
+        let chunks = self.database.pack_chunks(pack_id).await?;
+        let mut writer = PackWriter::new(self.storage.clone());
+        let mut moved = Vec::new();
+        let level = self.config.compaction_level;
+        for run in runs(chunks) {
+            let mut checked = read_run(self.storage.clone(), run);
+            while let Some(result) = checked.next().await {
+                let chunk = match result {
+                    Ok(chunk) => chunk,
+                    Err(ReadError::Damaged(damage)) => {
+                        crate::nar_stream::mark(self.database, &damage).await;
+                        continue;
+                    }
+                    // Try again next run; the pack stays as it is.
+                    Err(ReadError::Storage(e)) => return Err(e.into()),
+                };
+                let frame = recompress(&chunk.chunk, chunk.stored, level).await?;
+                let stored_size = frame.len() as u64;
+                let checksum = StoredChecksum::of(&frame).to_string();
+                let offset = writer.append(frame).await?;
+                moved.push(MovedChunk {
+                    id: chunk.chunk.id,
+                    offset,
+                    stored_size,
+                    checksum,
+                });
+            }
+        }
+        let Some(written) = writer.finish().await? else {
+            return Ok(());
+        };
+        crash_point("compact-written");
+        self.database
+            .repoint_compacted(pack_id, &written, &moved)
+            .await?;
+        self.report.packs_compacted += 1;
+        self.report.bytes_freed -= written.size as i64;
+        Ok(())
+    }
+
+    async fn delete_packs(&mut self, grace_cutoff: i64) -> Result<(), GcError> {
+        loop {
+            let page = self
+                .database
+                .packs_to_delete(grace_cutoff + 1, PAGE)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            for pack in page {
+                let key = StorageKey::new(pack.key.clone()).map_err(GcError::BadKey)?;
+                self.storage.delete(&key).await?;
+                crash_point("pack-blob-deleted");
+                self.database.delete_pack_row(pack.id).await?;
+                self.report.packs_deleted += 1;
+                self.report.bytes_freed += pack.size;
+            }
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes blobs no pack row names, and temporary files, older than
+    /// `grace`. Lists one key prefix at a time (packs are spread over 256),
+    /// so memory stays a small part of the store.
+    async fn sweep(&mut self, grace: Duration) -> Result<(), GcError> {
+        let cutoff = SystemTime::now() - grace;
+        let mut prefixes: Vec<String> = (0..=255u8).map(|b| format!("packs/{b:02x}/")).collect();
+        // Blobs of the layout before packs, one chunk each.
+        prefixes.extend((0..=255u8).map(|b| format!("chunks/{b:02x}/")));
+        for prefix in prefixes {
+            let listed = self.storage.list(&prefix).await?;
+            for batch in listed.chunks(PAGE as usize) {
+                let keys: Vec<String> = batch
+                    .iter()
+                    .filter(|b| b.modified < cutoff)
+                    .map(|b| b.key.as_str().to_owned())
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let known: std::collections::HashSet<String> = self
+                    .database
+                    .known_pack_keys(&keys)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for blob in batch {
+                    if blob.modified < cutoff && !known.contains(blob.key.as_str()) {
+                        self.storage.delete(&blob.key).await?;
+                        self.report.orphans_swept += 1;
+                        self.report.bytes_freed += blob.size as i64;
+                    }
+                }
+            }
+            self.renew().await?;
+        }
+        let (files, bytes) = self.storage.sweep_temporary(cutoff).await?;
+        self.report.orphans_swept += files;
+        self.report.bytes_freed += bytes as i64;
+        Ok(())
+    }
+}
+
+/// A chunk's stored bytes, compressed at `level`, or as they were if that
+/// is no smaller (or they are not zstd).
+async fn recompress(
+    chunk: &crate::pack::read::StoredChunk,
+    stored: Bytes,
+    level: i32,
+) -> Result<Bytes, GcError> {
+    let compression = chunk.compression;
+    let size = chunk.chunk_size as usize;
+    tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+        let raw = match compression {
+            StoredCompression::Zstd => zstd::bulk::decompress(&stored, size)?,
+            StoredCompression::None => return Ok(stored),
+        };
+        let frame = zstd::bulk::compress(&raw, level)?;
+        Ok(if frame.len() < stored.len() {
+            Bytes::from(frame)
+        } else {
+            stored
+        })
+    })
+    .await
+    .map_err(|e| GcError::Recompress(std::io::Error::other(e)))?
+    .map_err(GcError::Recompress)
+}
