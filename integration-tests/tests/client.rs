@@ -402,3 +402,109 @@ async fn a_push_only_token_pushes() {
     let again = ci.attic_ok(&["push", "demo", closure.top()]);
     assert!(again.contains("nothing to push"), "{again}");
 }
+
+/// The public key line of `attic cache info`.
+fn public_key(client: &TestClient, cache: &str) -> String {
+    let info = client.attic_ok(&["cache", "info", cache]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .expect("a public key line")
+        .trim()
+        .to_owned()
+}
+
+/// After `cache configure --regenerate-keypair`, `attic use` trusts the new
+/// key instead of the old one, and Nix substitutes with it.
+#[test]
+fn attic_use_after_a_key_rotation_trusts_only_the_new_key() {
+    let (_server, client, _) = logged_in();
+    client.attic_ok(&["use", "demo"]);
+    let old_key = public_key(&client, "demo");
+    client.attic_ok(&["cache", "configure", "demo", "--regenerate-keypair"]);
+    let new_key = public_key(&client, "demo");
+    assert_ne!(old_key, new_key);
+    let out = client.attic(&["use", "demo"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no longer trusting"), "{}", text(&out));
+
+    let conf = std::fs::read_to_string(client.nix_conf()).expect("nix.conf");
+    assert!(
+        !conf.contains(&old_key),
+        "the old key is still trusted: {conf}"
+    );
+    let trusted: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("extra-trusted-public-keys"))
+        .collect();
+    assert_eq!(
+        trusted,
+        vec![format!("extra-trusted-public-keys = {new_key}")],
+        "{conf}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    client.attic_ok(&["push", "demo", closure.top()]);
+    nix::delete(&closure.paths);
+    let realised = client.realise(closure.top());
+    assert!(realised.status.success(), "{}", text(&realised));
+}
+
+/// Nix's netrc holds one password per host: after `attic use` of two
+/// private caches on one server, the single entry lets Nix pull from both,
+/// and it is a pull-only token that cannot push.
+#[tokio::test]
+async fn two_private_caches_on_one_server_share_a_pull_only_netrc_entry() {
+    let (server, client, login_token) = logged_in();
+    client.attic_ok(&["cache", "create", "demo2"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = nix::build_closure(dir.path(), 1000);
+    let second = nix::build_closure(dir.path(), 2000);
+    client.attic_ok(&["push", "demo", first.top()]);
+    client.attic_ok(&["push", "demo2", second.top()]);
+    client.attic_ok(&["use", "demo"]);
+    client.attic_ok(&["use", "demo2"]);
+
+    let netrc_path = client.home().join("config/nix/netrc");
+    let netrc = std::fs::read_to_string(&netrc_path).expect("netrc");
+    let entries: Vec<&str> = netrc.lines().collect();
+    assert_eq!(entries.len(), 1, "{netrc}");
+    let netrc_token = entries[0]
+        .strip_prefix("machine 127.0.0.1 password ")
+        .expect("an entry for the server's host");
+    assert_ne!(netrc_token, login_token);
+
+    // Real Nix, with only this netrc, substitutes from both caches.
+    let url = &server.url;
+    for (cache, closure) in [("demo", &first), ("demo2", &second)] {
+        nix::delete(&closure.paths);
+        let key = public_key(&client, cache);
+        let out = nix::substitute_with_netrc(
+            closure.top(),
+            &format!("{url}/{cache}"),
+            &key,
+            Some(&netrc_path),
+        );
+        assert!(out.status.success(), "{cache}: {}", text(&out));
+        assert!(nix::is_valid(closure.top()));
+    }
+
+    // The netrc token may not push to either cache.
+    let api = integration_tests::upload::Api::new(url);
+    let nar = nix::dump(Path::new(&first.paths[0]));
+    for cache in ["demo", "demo2"] {
+        let info = integration_tests::upload::nar_info_from_nix(cache, &first.paths[0]);
+        let reply = api.upload(Some(netrc_token), &info, nar.clone()).await;
+        assert_eq!(reply.status(), reqwest::StatusCode::FORBIDDEN, "{cache}");
+    }
+    // The config remembers both, so the entry can be regenerated.
+    let config =
+        client::config::ClientConfig::load_from(&client.home().join("config/attic/config.toml"))
+            .expect("config");
+    let used: Vec<&str> = config.servers["local"]
+        .used_caches
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(used, ["demo", "demo2"]);
+}
