@@ -153,7 +153,7 @@ fn clear_errors_and_failing_exit_codes() {
     let out = client.attic(&["push", "puller:demo", closure.top()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("403"), "{}", text(&out));
-    client.attic_ok(&["login", "bad", &server.url, "garbage"]);
+    client.attic_ok(&["login", "bad", &server.url, "garbage", "--no-verify"]);
     let out = client.attic(&["push", "bad:demo", closure.top()]);
     assert!(!out.status.success());
     assert!(
@@ -163,7 +163,7 @@ fn clear_errors_and_failing_exit_codes() {
     );
 
     // An unreachable server: retried, then a clear failure.
-    client.attic_ok(&["login", "down", "http://127.0.0.1:9"]);
+    client.attic_ok(&["login", "down", "http://127.0.0.1:9", "--no-verify"]);
     let out = client.attic(&["push", "down:demo", "--retries", "1", closure.top()]);
     assert!(!out.status.success());
     let all = text(&out);
@@ -507,4 +507,75 @@ async fn two_private_caches_on_one_server_share_a_pull_only_netrc_entry() {
         .map(|c| c.as_str())
         .collect();
     assert_eq!(used, ["demo", "demo2"]);
+}
+
+/// A TCP server that answers every request with a web page, as a
+/// misconfigured URL might.
+fn not_atticd() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\
+                  Connection: close\r\n\r\n<html></html>",
+            );
+        }
+    });
+    format!("http://{address}")
+}
+
+/// `attic login` checks the URL and token with the server and saves
+/// nothing when they are wrong, saying what is wrong.
+#[test]
+fn login_checks_the_url_and_token_before_saving() {
+    let (server, _, token) = logged_in();
+    let client = TestClient::new();
+    let config = client.home().join("config/attic/config.toml");
+    let url = &server.url;
+    let port = url.rsplit_once(':').expect("a port").1;
+    let refused = |args: &[&str], expected: &[&str]| {
+        let out = client.attic(args);
+        let all = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {all}");
+        for words in expected {
+            assert!(all.contains(words), "{args:?}: no {words:?} in {all}");
+        }
+        assert!(!config.exists(), "{args:?} saved the config");
+    };
+    refused(
+        &["login", "s", &format!("{url}/demo"), &token],
+        &["is a cache's URL", &format!("the server URL is {url}/")],
+    );
+    refused(
+        &["login", "s", &format!("https://127.0.0.1:{port}"), &token],
+        &["TLS", &format!("use http://127.0.0.1:{port}/")],
+    );
+    refused(
+        &["login", "s", &not_atticd(), &token],
+        &["does not look like an atticd server"],
+    );
+    refused(
+        &["login", "s", "http://127.0.0.1:9", &token],
+        &["cannot reach http://127.0.0.1:9/", "refused"],
+    );
+    refused(
+        &["login", "s", url, "garbage"],
+        &["rejected the token", "malformed"],
+    );
+
+    let out = client.attic(&["login", "s", url, &token]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("accepts the token"), "{}", text(&out));
+    let out = client.attic(&["login", "later", "http://127.0.0.1:9", "--no-verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        saved.contains("[servers.s]") && saved.contains("[servers.later]"),
+        "{saved}"
+    );
 }
