@@ -32,6 +32,43 @@ impl WatchStore {
     }
 }
 
+impl WatchStore {
+    /// Starts it with its stderr lines sent to the returned channel.
+    fn start_with_log(client: &TestClient) -> (Self, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut child = client
+            .command("attic")
+            .args(["watch-store", "demo"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start watch-store");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines_tx.send(line);
+            }
+        });
+        (Self(child), lines_rx)
+    }
+}
+
+/// Waits for a line containing `needle`; panics with what came instead.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?}; got:\n{}", seen.join("\n")),
+        }
+    }
+}
+
 impl Drop for WatchStore {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -240,20 +277,51 @@ async fn the_watch_store_queue_survives_a_killed_client() {
     assert!(hook.status.success(), "{}", text(&hook));
 
     // The pusher cannot reach the server; kill it while it waits.
-    let watcher = WatchStore::start(&client);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (watcher, log) = WatchStore::start_with_log(&client);
+    wait_for_line(&log, "watching");
     drop(watcher);
 
-    // Back up: the queue still holds the path, and draining pushes its closure.
+    // Back up: the queue still holds the path, and draining pushes its
+    // closure (and whatever other tests built while the watcher ran).
     server.restart();
     let out = client.attic_ok(&["watch-store", "demo", "--once"]);
-    assert!(out.contains("pushed 3 paths"), "{out}");
+    for path in &closure.paths {
+        let name = &path["/nix/store/".len()..];
+        assert!(out.contains(&format!("pushed {name} (")), "{out}");
+    }
     let api = integration_tests::upload::Api::new(&server.url);
     let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
     assert!(api.missing(&token, "demo", &hashes).await.is_empty());
     // And the queue is empty now.
     let out = client.attic_ok(&["watch-store", "demo", "--once"]);
     assert!(!out.contains("pushed"), "{out}");
+}
+
+/// A path built while watch-store starts against a down server is queued
+/// at once, before any server contact, and pushed once the server is up.
+#[tokio::test]
+async fn watch_store_queues_paths_built_while_the_server_is_down() {
+    let (mut server, client, token) = logged_in();
+    server.kill();
+    let (watcher, log) = WatchStore::start_with_log(&client);
+    wait_for_line(&log, "watching");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    wait_for_line(&log, &format!("queued {}", closure.top()));
+
+    server.restart();
+    let api = integration_tests::upload::Api::new(&server.url);
+    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
+    let mut missing = hashes.len();
+    for _ in 0..240 {
+        missing = api.missing(&token, "demo", &hashes).await.len();
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    drop(watcher);
+    assert_eq!(missing, 0, "watch-store did not push what it queued");
 }
 
 #[tokio::test]
