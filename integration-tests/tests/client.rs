@@ -379,6 +379,28 @@ fn cache_management_commands() {
     assert!(text(&out).contains("404"), "{}", text(&out));
 }
 
+/// Terminal output as text: CSI sequences (colours, cursor moves, line
+/// clears) removed.
+fn without_control_sequences(shown: &str) -> String {
+    let mut out = String::new();
+    let mut chars = shown.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[tokio::test]
 async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
     let server = TestServer::start();
@@ -396,7 +418,11 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
         .command("script")
         .args([
             "-qfec",
-            &format!("{} push tty {}", attic.display(), closure.top()),
+            &format!(
+                "stty cols 80 rows 24; {} push tty {}",
+                attic.display(),
+                closure.top()
+            ),
             "/dev/null",
         ])
         .env("TERM", "xterm-256color")
@@ -413,6 +439,30 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
     assert!(shown.contains("iB/s"), "no transfer rate: {shown}");
     assert!(shown.contains("[="), "no bar: {shown}");
     assert!(shown.contains("pushed 3 paths"), "no summary: {shown}");
+    // Each bar fits the 80 columns (no wrapping), and its label starts
+    // with the path's name, then the start of its hash.
+    let leaf = &closure.paths[0]["/nix/store/".len()..];
+    let label = format!("{} ({})", &leaf[33..], &leaf[..8]);
+    let screen = without_control_sequences(&shown);
+    assert!(screen.contains(&label), "no label {label:?}: {screen}");
+    // indicatif pads each line to the terminal's width and lets it wrap,
+    // so measure each drawn bar: spinner, label, ..., up to its rate (or
+    // the verifying note).
+    for (at, _) in screen.match_indices(&label) {
+        let start = screen[..at].trim_end_matches(' ');
+        let start = start.len() - start.chars().last().map_or(0, char::len_utf8);
+        let rest = &screen[at..];
+        let end = ["/s", "verifying"]
+            .iter()
+            .filter_map(|end| rest.find(end).map(|i| i + end.len()))
+            .min()
+            .expect("a bar ends with its rate or the verifying note");
+        let bar = &screen[start..at + end];
+        assert!(
+            bar.chars().count() <= 80,
+            "a bar wider than the terminal: {bar:?}"
+        );
+    }
 
     // Not a terminal: plain lines only.
     let out = client.attic_ok(&["push", "log", closure.top()]);
