@@ -625,6 +625,28 @@ async fn two_private_caches_on_one_server_share_a_pull_only_netrc_entry() {
         .map(|c| c.as_str())
         .collect();
     assert_eq!(used, ["demo", "demo2"]);
+
+    // Logging in again with a new token rewrites the entry from it, still
+    // covering both caches, so Nix never keeps sending a replaced token.
+    let renewed = server.make_token(&["--pull", "*", "--push", "*"]);
+    let out = client.attic(&["login", "local", url, &renewed]);
+    assert!(out.status.success(), "{}", text(&out));
+    let netrc = std::fs::read_to_string(&netrc_path).expect("netrc");
+    assert_eq!(netrc.lines().count(), 1, "{netrc}");
+    let refreshed = netrc
+        .trim()
+        .strip_prefix("machine 127.0.0.1 password ")
+        .expect("an entry for the server's host");
+    assert_ne!(refreshed, netrc_token);
+    nix::delete(&second.paths);
+    let key = public_key(&client, "demo2");
+    let out = nix::substitute_with_netrc(
+        second.top(),
+        &format!("{url}/demo2"),
+        &key,
+        Some(&netrc_path),
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// A TCP server that answers every request with a web page, as a
@@ -667,6 +689,12 @@ fn login_checks_the_url_and_token_before_saving() {
     };
     refused(
         &["login", "s", &format!("{url}/demo"), &token],
+        &["is a cache's URL", &format!("the server URL is {url}/")],
+    );
+    // Also for a private cache the token may not read.
+    let other_cache_only = server.make_token(&["--pull", "elsewhere"]);
+    refused(
+        &["login", "s", &format!("{url}/demo/"), &other_cache_only],
         &["is a cache's URL", &format!("the server URL is {url}/")],
     );
     refused(

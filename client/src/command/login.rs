@@ -51,6 +51,9 @@ pub async fn run(args: Login) -> Result<ExitCode> {
         }
     }
     config.save()?;
+    if let Err(e) = super::use_cache::refresh_netrc_entry(&config, &args.name) {
+        eprintln!("warning: the netrc entry for this server keeps its old token: {e:#}");
+    }
     let default = config.default_server.as_deref() == Some(args.name.as_str());
     eprintln!(
         "saved server {} in {}{}",
@@ -94,10 +97,12 @@ async fn verify(server: &ServerEntry) -> Result<WhoamiResponse> {
 }
 
 /// The error for an endpoint that does not answer as atticd: a cache's URL
-/// (its `nix-cache-info` answers) is named as such, with the server's URL.
+/// (its `nix-cache-info` answers, or atticd answers one level up, as for a
+/// private cache the token may not read) is named as such, with the
+/// server's URL.
 async fn not_atticd(api: &ApiClient, endpoint: &str, what: &str) -> anyhow::Error {
     if let Some(parent) = parent_url(endpoint)
-        && api.is_binary_cache().await
+        && (api.is_binary_cache().await || atticd_answers(&parent).await)
     {
         return anyhow!(
             "{endpoint} is a cache's URL; the server URL is {parent} \
@@ -108,6 +113,15 @@ async fn not_atticd(api: &ApiClient, endpoint: &str, what: &str) -> anyhow::Erro
         "{endpoint} does not look like an atticd server: {what}. Check the URL \
          (or use --no-verify to save it anyway, e.g. for a server older than this client)"
     )
+}
+
+/// Whether atticd's `whoami` answers at `endpoint` (asked without a token).
+async fn atticd_answers(endpoint: &str) -> bool {
+    let server = ServerEntry {
+        endpoint: endpoint.to_owned(),
+        ..ServerEntry::default()
+    };
+    ApiClient::new(&server).whoami().await.is_ok()
 }
 
 /// Why the server could not be reached, naming a TLS failure as such and

@@ -139,6 +139,40 @@ pub async fn run(args: Use) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Rewrites the netrc entry `attic use` wrote for a server's host from its
+/// current token, after `attic login` replaced it (a rotated or renewed
+/// token would otherwise leave Nix sending the old one). Does nothing if
+/// no entry for the host exists.
+pub(super) fn refresh_netrc_entry(config: &ClientConfig, server_name: &str) -> Result<()> {
+    let server = &config.servers[server_name];
+    let Some(token) = &server.token else {
+        return Ok(());
+    };
+    if server.used_caches.is_empty() {
+        return Ok(());
+    }
+    let host = host_of(&server.endpoint)?;
+    let nix_dir = config_home()?.join("nix");
+    let nix_conf = read_or_empty(&nix_dir.join("nix.conf"))?;
+    let netrc = existing_netrc_file(&nix_conf).unwrap_or_else(|| nix_dir.join("netrc"));
+    let old = read_or_empty(&netrc)?;
+    if !has_netrc_entry(&old, &host) {
+        return Ok(());
+    }
+    let mut covered = caches_sharing_host(config, server_name, &host, token);
+    covered.extend(server.used_caches.iter().cloned());
+    let new = set_netrc_entry(&old, &host, &pull_token(token, &covered)?);
+    if new != old {
+        write_private(&netrc, &new, 0o600)?;
+        eprintln!(
+            "updated the pull-only token for {} in {} (machine {host})",
+            list(&covered),
+            netrc.display()
+        );
+    }
+    Ok(())
+}
+
 /// `token` narrowed to pulling from `caches` and nothing else: what Nix
 /// needs, and all a reader of the netrc file could misuse.
 fn pull_token(token: &str, caches: &BTreeSet<CacheName>) -> Result<String> {
@@ -300,6 +334,14 @@ fn remove_stale_keys(nix_conf: &str, current: &str) -> (String, Vec<String>) {
         }
     }
     (out, removed)
+}
+
+/// Whether `netrc` has a one-line entry for `host`, as `attic use` writes.
+fn has_netrc_entry(netrc: &str, host: &str) -> bool {
+    netrc.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("machine") && words.next() == Some(host)
+    })
 }
 
 /// `netrc` with the entry for `host` replaced by one with `token`.
