@@ -12,6 +12,7 @@ use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsR
 use attic::api::v1::upload_path::{
     NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
 };
+use attic::api::v1::whoami::WhoamiResponse;
 use attic::cache::CacheName;
 use attic::store_path::StorePathHash;
 use bytes::Bytes;
@@ -21,6 +22,9 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::config::ServerEntry;
+
+/// How long a quick check (`whoami`, `nix-cache-info`) may take in all.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Metadata longer than this goes in a preamble rather than a header.
 const MAX_HEADER_NAR_INFO: usize = 4096;
@@ -155,6 +159,35 @@ impl ApiClient {
             endpoint: self.endpoint.clone(),
             source,
         }
+    }
+
+    /// `GET whoami`: whether the server takes our token (a bad one is a
+    /// 401 with the server's reason).
+    pub async fn whoami(&self) -> Result<WhoamiResponse, ApiError> {
+        self.send(self.request(Method::GET, "whoami").timeout(CHECK_TIMEOUT))
+            .await
+    }
+
+    /// Whether the endpoint is itself a binary cache: its `nix-cache-info`
+    /// answers as Nix expects. Any failure counts as no.
+    pub async fn is_binary_cache(&self) -> bool {
+        let mut request = self
+            .http
+            .get(format!("{}nix-cache-info", self.endpoint))
+            .timeout(CHECK_TIMEOUT);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let Ok(response) = request.send().await else {
+            return false;
+        };
+        if !response.status().is_success() {
+            return false;
+        }
+        response
+            .text()
+            .await
+            .is_ok_and(|text| text.lines().any(|l| l.starts_with("StoreDir:")))
     }
 
     /// `GET cache-config/{cache}`.

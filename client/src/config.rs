@@ -6,16 +6,18 @@
 //! [servers.main]
 //! endpoint = "https://cache.example.com/"
 //! token = "..."
+//! used-caches = ["team-a", "team-b"]
 //! ```
 //!
 //! It holds tokens, so it is written with mode 0600, atomically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use attic::cache::CacheName;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -31,7 +33,7 @@ pub struct ClientConfig {
 }
 
 /// One server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerEntry {
     /// Base URL, ending in `/`.
@@ -39,6 +41,11 @@ pub struct ServerEntry {
     /// Bearer token, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Caches `attic use` made substituters of. Nix sends one netrc password
+    /// per host, so the netrc entry `attic use` writes must cover all of
+    /// them; it is regenerated from this list each time.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub used_caches: BTreeSet<CacheName>,
 }
 
 /// `$XDG_CONFIG_HOME`, or `~/.config`.
@@ -98,7 +105,8 @@ impl ClientConfig {
         write().with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Adds or replaces a server.
+    /// Adds or replaces a server. A server logged in to again at the same
+    /// endpoint keeps its list of used caches.
     pub fn login(
         &mut self,
         name: &str,
@@ -116,8 +124,20 @@ impl ClientConfig {
         if !endpoint.ends_with('/') {
             endpoint.push('/');
         }
-        self.servers
-            .insert(name.to_owned(), ServerEntry { endpoint, token });
+        let used_caches = self
+            .servers
+            .get(name)
+            .filter(|old| old.endpoint == endpoint)
+            .map(|old| old.used_caches.clone())
+            .unwrap_or_default();
+        self.servers.insert(
+            name.to_owned(),
+            ServerEntry {
+                endpoint,
+                token,
+                used_caches,
+            },
+        );
         if set_default || self.default_server.is_none() {
             self.default_server = Some(name.to_owned());
         }
@@ -152,6 +172,29 @@ mod tests {
         let again = ClientConfig::load_from(&path).expect("load");
         assert_eq!(again, config);
         assert_eq!(again.servers["main"].endpoint, "http://localhost:8080/");
+    }
+
+    #[test]
+    fn logging_in_again_keeps_the_used_caches_of_the_same_endpoint() {
+        let mut config = ClientConfig::default();
+        config
+            .login("main", "http://a/", Some("t1".into()), false)
+            .expect("login");
+        let demo: CacheName = "demo".parse().expect("name");
+        config
+            .servers
+            .get_mut("main")
+            .expect("server")
+            .used_caches
+            .insert(demo.clone());
+        config
+            .login("main", "http://a", Some("t2".into()), false)
+            .expect("login");
+        assert!(config.servers["main"].used_caches.contains(&demo));
+        config
+            .login("main", "http://b/", Some("t3".into()), false)
+            .expect("login");
+        assert!(config.servers["main"].used_caches.is_empty());
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! is about a megabyte, whatever the size of the path.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +59,8 @@ pub struct PushSummary {
     pub pushed: usize,
     /// NAR bytes of those paths.
     pub pushed_bytes: u64,
-    /// Bytes the server did not need to store, thanks to deduplication.
+    /// NAR bytes (not compressed ones) of those paths that the server
+    /// already held, as it reports them.
     pub deduplicated_bytes: u64,
     /// Paths the cache already had.
     pub already_present: usize,
@@ -80,7 +80,7 @@ impl PushSummary {
             );
         }
         format!(
-            "pushed {} paths ({} of NARs, {} of it already stored on the server); {} already in the cache; \
+            "pushed {} paths ({} of NARs, {} of it deduplicated); {} already in the cache; \
              {} skipped as signed upstream; {} failed",
             self.pushed,
             HumanBytes(self.pushed_bytes),
@@ -149,7 +149,9 @@ fn layers(paths: Vec<PathInfo>) -> Vec<Vec<PathInfo>> {
     layers
 }
 
-/// NAR bytes the server did not have to store for this upload.
+/// NAR bytes the server did not have to store for this upload. Counted in
+/// NAR bytes, like everything else in the summary: never the compressed
+/// `file_size` or `bytes_stored` of the reply.
 fn deduplicated_bytes(reply: &UploadPathResult, nar_size: u64) -> u64 {
     match reply.kind {
         UploadPathResultKind::Deduplicated => nar_size,
@@ -282,8 +284,8 @@ impl Pusher {
 
     /// Uploads a plan's paths, `options.jobs` at a time.
     pub async fn upload_all(&self, plan: PushPlan, options: &PushOptions) -> PushSummary {
-        let progress = Progress::for_stdout(plan.to_push.len() as u64);
         let total_bytes: u64 = plan.to_push.iter().map(|i| i.nar_size).sum();
+        let progress = Progress::for_stdout(plan.to_push.len() as u64, total_bytes);
         progress.println(&format!(
             "{} paths to push to {} ({}); {} already there; {} signed upstream",
             plan.to_push.len(),
@@ -297,7 +299,6 @@ impl Pusher {
             skipped_upstream: plan.skipped_upstream,
             ..PushSummary::default()
         };
-        let sent = AtomicU64::new(0);
         // A path is uploaded only after the paths it refers to, so that a
         // cache never holds a path whose references it lacks; paths of one
         // layer go up in parallel.
@@ -325,10 +326,8 @@ impl Pusher {
                 futures::stream::iter(ready)
                     .map(|info| {
                         let progress = &progress;
-                        let sent = &sent;
                         async move {
-                            let result =
-                                self.upload_and_report(&info, progress, sent, options).await;
+                            let result = self.upload_and_report(&info, progress, options).await;
                             (info, result)
                         }
                     })
@@ -361,14 +360,12 @@ impl Pusher {
         &self,
         info: &PathInfo,
         progress: &Progress,
-        sent: &AtomicU64,
         options: &PushOptions,
     ) -> Result<UploadPathResult, PushError> {
-        let bar = progress.start_path(&info.store_path.to_string(), info.nar_size);
+        let bar = progress.start_path(&info.store_path, info.nar_size);
         let result = self
             .upload_with_retries(info, &bar, options, progress)
             .await;
-        let total = sent.fetch_add(info.nar_size, Ordering::Relaxed) + info.nar_size;
         match &result {
             Ok(reply) => {
                 let outcome = match reply.kind {
@@ -379,7 +376,7 @@ impl Pusher {
             }
             Err(e) => bar.done(progress, &format!("FAILED ({e})"), 0),
         }
-        progress.finish_path(total);
+        progress.finish_path();
         result
     }
 
@@ -427,6 +424,7 @@ impl Pusher {
         let read_failure: Arc<Mutex<Option<NarError>>> = Arc::default();
         let failure_slot = read_failure.clone();
         let counter = bar.counter();
+        let finished = bar.counter();
         let nar = dump_path(&info.path).map(move |piece| match piece {
             Ok(piece) => {
                 counter.inc(piece.len() as u64);
@@ -437,6 +435,14 @@ impl Pusher {
                 Err(std::io::Error::other("cannot read the path"))
             }
         });
+        // Once the body has ended, the wait is the server verifying the NAR.
+        let nar = nar.chain(
+            futures::stream::once(async move {
+                finished.all_sent();
+                None
+            })
+            .filter_map(futures::future::ready),
+        );
         let reply = self.api.upload_path(&upload_info, nar).await;
         if let Some(e) = read_failure.lock().expect("never poisoned").take() {
             return Err(PushError::Read(e));
@@ -470,6 +476,48 @@ mod tests {
             sigs: Vec::new(),
             ca: None,
         }
+    }
+
+    #[test]
+    fn deduplication_counts_nar_bytes() {
+        let mib = 1024 * 1024;
+        let uploaded = UploadPathResult {
+            kind: UploadPathResultKind::Uploaded,
+            file_size: Some(4 * 1024),
+            bytes_stored: Some(2 * 1024),
+            frac_deduplicated: Some(0.5),
+        };
+        assert_eq!(deduplicated_bytes(&uploaded, 40 * mib), 20 * mib);
+        let attached = UploadPathResult {
+            kind: UploadPathResultKind::Deduplicated,
+            file_size: Some(4 * 1024),
+            bytes_stored: Some(0),
+            frac_deduplicated: Some(1.0),
+        };
+        assert_eq!(deduplicated_bytes(&attached, 40 * mib), 40 * mib);
+        let old_server = UploadPathResult {
+            kind: UploadPathResultKind::Uploaded,
+            file_size: None,
+            bytes_stored: None,
+            frac_deduplicated: None,
+        };
+        assert_eq!(deduplicated_bytes(&old_server, 40 * mib), 0);
+    }
+
+    #[test]
+    fn the_summary_line_gives_nar_bytes() {
+        let summary = PushSummary {
+            pushed: 2,
+            pushed_bytes: 40 * 1024 * 1024,
+            deduplicated_bytes: 20 * 1024 * 1024,
+            already_present: 1,
+            ..PushSummary::default()
+        };
+        assert_eq!(
+            summary.line(),
+            "pushed 2 paths (40.00 MiB of NARs, 20.00 MiB of it deduplicated); 1 already in the \
+             cache; 0 skipped as signed upstream; 0 failed"
+        );
     }
 
     #[test]

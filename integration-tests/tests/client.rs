@@ -32,6 +32,43 @@ impl WatchStore {
     }
 }
 
+impl WatchStore {
+    /// Starts it with its stderr lines sent to the returned channel.
+    fn start_with_log(client: &TestClient) -> (Self, std::sync::mpsc::Receiver<String>) {
+        use std::io::BufRead;
+        let mut child = client
+            .command("attic")
+            .args(["watch-store", "demo"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start watch-store");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines_tx.send(line);
+            }
+        });
+        (Self(child), lines_rx)
+    }
+}
+
+/// Waits for a line containing `needle`; panics with what came instead.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?}; got:\n{}", seen.join("\n")),
+        }
+    }
+}
+
 impl Drop for WatchStore {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -153,7 +190,7 @@ fn clear_errors_and_failing_exit_codes() {
     let out = client.attic(&["push", "puller:demo", closure.top()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("403"), "{}", text(&out));
-    client.attic_ok(&["login", "bad", &server.url, "garbage"]);
+    client.attic_ok(&["login", "bad", &server.url, "garbage", "--no-verify"]);
     let out = client.attic(&["push", "bad:demo", closure.top()]);
     assert!(!out.status.success());
     assert!(
@@ -163,7 +200,7 @@ fn clear_errors_and_failing_exit_codes() {
     );
 
     // An unreachable server: retried, then a clear failure.
-    client.attic_ok(&["login", "down", "http://127.0.0.1:9"]);
+    client.attic_ok(&["login", "down", "http://127.0.0.1:9", "--no-verify"]);
     let out = client.attic(&["push", "down:demo", "--retries", "1", closure.top()]);
     assert!(!out.status.success());
     let all = text(&out);
@@ -240,20 +277,51 @@ async fn the_watch_store_queue_survives_a_killed_client() {
     assert!(hook.status.success(), "{}", text(&hook));
 
     // The pusher cannot reach the server; kill it while it waits.
-    let watcher = WatchStore::start(&client);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (watcher, log) = WatchStore::start_with_log(&client);
+    wait_for_line(&log, "watching");
     drop(watcher);
 
-    // Back up: the queue still holds the path, and draining pushes its closure.
+    // Back up: the queue still holds the path, and draining pushes its
+    // closure (and whatever other tests built while the watcher ran).
     server.restart();
     let out = client.attic_ok(&["watch-store", "demo", "--once"]);
-    assert!(out.contains("pushed 3 paths"), "{out}");
+    for path in &closure.paths {
+        let name = &path["/nix/store/".len()..];
+        assert!(out.contains(&format!("pushed {name} (")), "{out}");
+    }
     let api = integration_tests::upload::Api::new(&server.url);
     let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
     assert!(api.missing(&token, "demo", &hashes).await.is_empty());
     // And the queue is empty now.
     let out = client.attic_ok(&["watch-store", "demo", "--once"]);
     assert!(!out.contains("pushed"), "{out}");
+}
+
+/// A path built while watch-store starts against a down server is queued
+/// at once, before any server contact, and pushed once the server is up.
+#[tokio::test]
+async fn watch_store_queues_paths_built_while_the_server_is_down() {
+    let (mut server, client, token) = logged_in();
+    server.kill();
+    let (watcher, log) = WatchStore::start_with_log(&client);
+    wait_for_line(&log, "watching");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    wait_for_line(&log, &format!("queued {}", closure.top()));
+
+    server.restart();
+    let api = integration_tests::upload::Api::new(&server.url);
+    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
+    let mut missing = hashes.len();
+    for _ in 0..240 {
+        missing = api.missing(&token, "demo", &hashes).await.len();
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    drop(watcher);
+    assert_eq!(missing, 0, "watch-store did not push what it queued");
 }
 
 #[tokio::test]
@@ -311,6 +379,28 @@ fn cache_management_commands() {
     assert!(text(&out).contains("404"), "{}", text(&out));
 }
 
+/// Terminal output as text: CSI sequences (colours, cursor moves, line
+/// clears) removed.
+fn without_control_sequences(shown: &str) -> String {
+    let mut out = String::new();
+    let mut chars = shown.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[tokio::test]
 async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
     let server = TestServer::start();
@@ -328,7 +418,11 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
         .command("script")
         .args([
             "-qfec",
-            &format!("{} push tty {}", attic.display(), closure.top()),
+            &format!(
+                "stty cols 80 rows 24; {} push tty {}",
+                attic.display(),
+                closure.top()
+            ),
             "/dev/null",
         ])
         .env("TERM", "xterm-256color")
@@ -345,6 +439,30 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
     assert!(shown.contains("iB/s"), "no transfer rate: {shown}");
     assert!(shown.contains("[="), "no bar: {shown}");
     assert!(shown.contains("pushed 3 paths"), "no summary: {shown}");
+    // Each bar fits the 80 columns (no wrapping), and its label starts
+    // with the path's name, then the start of its hash.
+    let leaf = &closure.paths[0]["/nix/store/".len()..];
+    let label = format!("{} ({})", &leaf[33..], &leaf[..8]);
+    let screen = without_control_sequences(&shown);
+    assert!(screen.contains(&label), "no label {label:?}: {screen}");
+    // indicatif pads each line to the terminal's width and lets it wrap,
+    // so measure each drawn bar: spinner, label, ..., up to its rate (or
+    // the verifying note).
+    for (at, _) in screen.match_indices(&label) {
+        let start = screen[..at].trim_end_matches(' ');
+        let start = start.len() - start.chars().last().map_or(0, char::len_utf8);
+        let rest = &screen[at..];
+        let end = ["/s", "verifying"]
+            .iter()
+            .filter_map(|end| rest.find(end).map(|i| i + end.len()))
+            .min()
+            .expect("a bar ends with its rate or the verifying note");
+        let bar = &screen[start..at + end];
+        assert!(
+            bar.chars().count() <= 80,
+            "a bar wider than the terminal: {bar:?}"
+        );
+    }
 
     // Not a terminal: plain lines only.
     let out = client.attic_ok(&["push", "log", closure.top()]);
@@ -401,4 +519,209 @@ async fn a_push_only_token_pushes() {
     assert!(out.contains("pushed 3 paths"), "{out}");
     let again = ci.attic_ok(&["push", "demo", closure.top()]);
     assert!(again.contains("nothing to push"), "{again}");
+}
+
+/// The public key line of `attic cache info`.
+fn public_key(client: &TestClient, cache: &str) -> String {
+    let info = client.attic_ok(&["cache", "info", cache]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .expect("a public key line")
+        .trim()
+        .to_owned()
+}
+
+/// After `cache configure --regenerate-keypair`, `attic use` trusts the new
+/// key instead of the old one, and Nix substitutes with it.
+#[test]
+fn attic_use_after_a_key_rotation_trusts_only_the_new_key() {
+    let (_server, client, _) = logged_in();
+    client.attic_ok(&["use", "demo"]);
+    let old_key = public_key(&client, "demo");
+    client.attic_ok(&["cache", "configure", "demo", "--regenerate-keypair"]);
+    let new_key = public_key(&client, "demo");
+    assert_ne!(old_key, new_key);
+    let out = client.attic(&["use", "demo"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no longer trusting"), "{}", text(&out));
+
+    let conf = std::fs::read_to_string(client.nix_conf()).expect("nix.conf");
+    assert!(
+        !conf.contains(&old_key),
+        "the old key is still trusted: {conf}"
+    );
+    let trusted: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("extra-trusted-public-keys"))
+        .collect();
+    assert_eq!(
+        trusted,
+        vec![format!("extra-trusted-public-keys = {new_key}")],
+        "{conf}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    client.attic_ok(&["push", "demo", closure.top()]);
+    nix::delete(&closure.paths);
+    let realised = client.realise(closure.top());
+    assert!(realised.status.success(), "{}", text(&realised));
+}
+
+/// Nix's netrc holds one password per host: after `attic use` of two
+/// private caches on one server, the single entry lets Nix pull from both,
+/// and it is a pull-only token that cannot push.
+#[tokio::test]
+async fn two_private_caches_on_one_server_share_a_pull_only_netrc_entry() {
+    let (server, client, login_token) = logged_in();
+    client.attic_ok(&["cache", "create", "demo2"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = nix::build_closure(dir.path(), 1000);
+    let second = nix::build_closure(dir.path(), 2000);
+    client.attic_ok(&["push", "demo", first.top()]);
+    client.attic_ok(&["push", "demo2", second.top()]);
+    client.attic_ok(&["use", "demo"]);
+    client.attic_ok(&["use", "demo2"]);
+
+    let netrc_path = client.home().join("config/nix/netrc");
+    let netrc = std::fs::read_to_string(&netrc_path).expect("netrc");
+    let entries: Vec<&str> = netrc.lines().collect();
+    assert_eq!(entries.len(), 1, "{netrc}");
+    let netrc_token = entries[0]
+        .strip_prefix("machine 127.0.0.1 password ")
+        .expect("an entry for the server's host");
+    assert_ne!(netrc_token, login_token);
+
+    // Real Nix, with only this netrc, substitutes from both caches.
+    let url = &server.url;
+    for (cache, closure) in [("demo", &first), ("demo2", &second)] {
+        nix::delete(&closure.paths);
+        let key = public_key(&client, cache);
+        let out = nix::substitute_with_netrc(
+            closure.top(),
+            &format!("{url}/{cache}"),
+            &key,
+            Some(&netrc_path),
+        );
+        assert!(out.status.success(), "{cache}: {}", text(&out));
+        assert!(nix::is_valid(closure.top()));
+    }
+
+    // The netrc token may not push to either cache.
+    let api = integration_tests::upload::Api::new(url);
+    let nar = nix::dump(Path::new(&first.paths[0]));
+    for cache in ["demo", "demo2"] {
+        let info = integration_tests::upload::nar_info_from_nix(cache, &first.paths[0]);
+        let reply = api.upload(Some(netrc_token), &info, nar.clone()).await;
+        assert_eq!(reply.status(), reqwest::StatusCode::FORBIDDEN, "{cache}");
+    }
+    // The config remembers both, so the entry can be regenerated.
+    let config =
+        client::config::ClientConfig::load_from(&client.home().join("config/attic/config.toml"))
+            .expect("config");
+    let used: Vec<&str> = config.servers["local"]
+        .used_caches
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(used, ["demo", "demo2"]);
+
+    // Logging in again with a new token rewrites the entry from it, still
+    // covering both caches, so Nix never keeps sending a replaced token.
+    let renewed = server.make_token(&["--pull", "*", "--push", "*"]);
+    let out = client.attic(&["login", "local", url, &renewed]);
+    assert!(out.status.success(), "{}", text(&out));
+    let netrc = std::fs::read_to_string(&netrc_path).expect("netrc");
+    assert_eq!(netrc.lines().count(), 1, "{netrc}");
+    let refreshed = netrc
+        .trim()
+        .strip_prefix("machine 127.0.0.1 password ")
+        .expect("an entry for the server's host");
+    assert_ne!(refreshed, netrc_token);
+    nix::delete(&second.paths);
+    let key = public_key(&client, "demo2");
+    let out = nix::substitute_with_netrc(
+        second.top(),
+        &format!("{url}/demo2"),
+        &key,
+        Some(&netrc_path),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A TCP server that answers every request with a web page, as a
+/// misconfigured URL might.
+fn not_atticd() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\
+                  Connection: close\r\n\r\n<html></html>",
+            );
+        }
+    });
+    format!("http://{address}")
+}
+
+/// `attic login` checks the URL and token with the server and saves
+/// nothing when they are wrong, saying what is wrong.
+#[test]
+fn login_checks_the_url_and_token_before_saving() {
+    let (server, _, token) = logged_in();
+    let client = TestClient::new();
+    let config = client.home().join("config/attic/config.toml");
+    let url = &server.url;
+    let port = url.rsplit_once(':').expect("a port").1;
+    let refused = |args: &[&str], expected: &[&str]| {
+        let out = client.attic(args);
+        let all = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {all}");
+        for words in expected {
+            assert!(all.contains(words), "{args:?}: no {words:?} in {all}");
+        }
+        assert!(!config.exists(), "{args:?} saved the config");
+    };
+    refused(
+        &["login", "s", &format!("{url}/demo"), &token],
+        &["is a cache's URL", &format!("the server URL is {url}/")],
+    );
+    // Also for a private cache the token may not read.
+    let other_cache_only = server.make_token(&["--pull", "elsewhere"]);
+    refused(
+        &["login", "s", &format!("{url}/demo/"), &other_cache_only],
+        &["is a cache's URL", &format!("the server URL is {url}/")],
+    );
+    refused(
+        &["login", "s", &format!("https://127.0.0.1:{port}"), &token],
+        &["TLS", &format!("use http://127.0.0.1:{port}/")],
+    );
+    refused(
+        &["login", "s", &not_atticd(), &token],
+        &["does not look like an atticd server"],
+    );
+    refused(
+        &["login", "s", "http://127.0.0.1:9", &token],
+        &["cannot reach http://127.0.0.1:9/", "refused"],
+    );
+    refused(
+        &["login", "s", url, "garbage"],
+        &["rejected the token", "malformed"],
+    );
+
+    let out = client.attic(&["login", "s", url, &token]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("accepts the token"), "{}", text(&out));
+    let out = client.attic(&["login", "later", "http://127.0.0.1:9", "--no-verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(
+        saved.contains("[servers.s]") && saved.contains("[servers.later]"),
+        "{saved}"
+    );
 }

@@ -515,6 +515,7 @@ async fn the_client_sends_large_metadata_as_a_preamble() {
     let client = client::api::ApiClient::new(&client::config::ServerEntry {
         endpoint: format!("{}/", api.url),
         token: Some(token.clone()),
+        ..Default::default()
     });
     let body = futures::stream::iter([Ok(bytes::Bytes::from(nar))]);
     let reply = client.upload_path(&info, body).await.expect("upload");

@@ -37,7 +37,7 @@ enum Command {
 /// Runs a parsed command line.
 pub async fn run(options: Options) -> Result<ExitCode> {
     match options.command {
-        Command::Login(args) => login::run(args),
+        Command::Login(args) => login::run(args).await,
         Command::Use(args) => use_cache::run(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Cache(args) => cache::run(args).await,

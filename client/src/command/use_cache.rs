@@ -1,12 +1,21 @@
 //! `attic use CACHE`: add the cache to the user's Nix configuration as a
-//! substituter with its public key, and its token to a netrc file when the
-//! cache is private. Running it again changes nothing.
+//! substituter with its public key, and a pull-only token to a netrc file
+//! when the cache is private. Running it again changes nothing.
+//!
+//! After a key rotation it replaces the cache's older keys rather than
+//! trusting both. Nix's netrc holds one password per host, so the token
+//! written there is the login token narrowed (offline) to pulling from the
+//! caches used on that server, all of them, so using a second cache never
+//! locks Nix out of the first and the file never holds push or admin rights.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use attic::cache::CacheName;
+use attic_token::{Attenuation, CacheNamePattern, MAX_TOKEN_LEN, Permission};
 use clap::Args;
 
 use crate::api::ApiClient;
@@ -18,15 +27,17 @@ use crate::config::{ClientConfig, config_home};
 pub struct Use {
     /// The cache: `server:cache` or a name on the default server.
     cache: CacheRef,
-    /// Print what to add instead of writing it.
+    /// Print what to change instead of writing it.
     #[arg(long)]
     print: bool,
 }
 
 pub async fn run(args: Use) -> Result<ExitCode> {
-    let config = ClientConfig::load()?;
-    let (_, server) = args.cache.resolve(&config)?;
-    let api = ApiClient::new(server);
+    let mut config = ClientConfig::load()?;
+    let (server_name, server) = args.cache.resolve(&config)?;
+    let server_name = server_name.to_owned();
+    let server = server.clone();
+    let api = ApiClient::new(&server);
     let cache = api
         .get_cache_config(&args.cache.cache)
         .await
@@ -38,6 +49,7 @@ pub async fn run(args: Use) -> Result<ExitCode> {
         .public_key
         .context("the server did not say the cache's public key")?;
     let private = cache.is_public == Some(false);
+    let host = host_of(&substituter)?;
 
     let nix_dir = config_home()?.join("nix");
     let nix_conf = nix_dir.join("nix.conf");
@@ -47,38 +59,77 @@ pub async fn run(args: Use) -> Result<ExitCode> {
         format!("extra-substituters = {substituter}"),
         format!("extra-trusted-public-keys = {key}"),
     ];
-    let netrc_entry = match (&server.token, private) {
+    let mut used = server.used_caches.clone();
+    used.insert(args.cache.cache.clone());
+    let netrc_token = match (&server.token, private) {
         (Some(token), true) => {
             if existing_netrc_file(&existing).is_none() {
                 lines.push(format!("netrc-file = {}", netrc.display()));
             }
-            Some((host_of(&substituter)?, token.clone()))
+            let mut covered = caches_sharing_host(&config, &server_name, &host, token);
+            covered.extend(used.iter().cloned());
+            Some((pull_token(token, &covered)?, covered))
         }
-        _ => None,
+        (None, true) => {
+            eprintln!(
+                "warning: {} is private but server {server_name} has no token: \
+                 Nix will be refused until you `attic login` with one",
+                args.cache
+            );
+            None
+        }
+        (_, false) => None,
     };
 
+    let (without_stale, stale) = remove_stale_keys(&existing, &key);
     if args.print {
         println!("# add to {}:", nix_conf.display());
         for line in &lines {
             println!("{line}");
         }
-        if let Some((host, token)) = &netrc_entry {
-            println!("# add to {}:", netrc.display());
+        for old in &stale {
+            println!(
+                "# remove from {} (an older key of this cache): {old}",
+                nix_conf.display()
+            );
+        }
+        if let Some((token, covered)) = &netrc_token {
+            println!(
+                "# add to {} (pull only, on {}):",
+                netrc.display(),
+                list(covered)
+            );
             println!("machine {host} password {token}");
         }
         return Ok(ExitCode::SUCCESS);
     }
 
-    let updated = add_missing_lines(&existing, &lines);
+    let updated = add_missing_lines(&without_stale, &lines);
     if updated != existing {
         write_private(&nix_conf, &updated, 0o644)?;
     }
-    if let Some((host, token)) = netrc_entry {
+    for old in &stale {
+        eprintln!("no longer trusting {old}, an older key of {}", args.cache);
+    }
+    if let Some((token, covered)) = netrc_token {
         let old = read_or_empty(&netrc)?;
         let new = set_netrc_entry(&old, &host, &token);
         if new != old {
             write_private(&netrc, &new, 0o600)?;
         }
+        eprintln!(
+            "wrote a pull-only token for {} to {} (machine {host})",
+            list(&covered),
+            netrc.display()
+        );
+    }
+    if used != server.used_caches {
+        config
+            .servers
+            .get_mut(&server_name)
+            .expect("the server was just resolved")
+            .used_caches = used;
+        config.save()?;
     }
     eprintln!(
         "configured Nix to use {} ({substituter}) in {}",
@@ -86,6 +137,113 @@ pub async fn run(args: Use) -> Result<ExitCode> {
         nix_conf.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rewrites the netrc entry `attic use` wrote for a server's host from its
+/// current token, after `attic login` replaced it (a rotated or renewed
+/// token would otherwise leave Nix sending the old one). Does nothing if
+/// no entry for the host exists.
+pub(super) fn refresh_netrc_entry(config: &ClientConfig, server_name: &str) -> Result<()> {
+    let server = &config.servers[server_name];
+    let Some(token) = &server.token else {
+        return Ok(());
+    };
+    if server.used_caches.is_empty() {
+        return Ok(());
+    }
+    let host = host_of(&server.endpoint)?;
+    let nix_dir = config_home()?.join("nix");
+    let nix_conf = read_or_empty(&nix_dir.join("nix.conf"))?;
+    let netrc = existing_netrc_file(&nix_conf).unwrap_or_else(|| nix_dir.join("netrc"));
+    let old = read_or_empty(&netrc)?;
+    if !has_netrc_entry(&old, &host) {
+        return Ok(());
+    }
+    let mut covered = caches_sharing_host(config, server_name, &host, token);
+    covered.extend(server.used_caches.iter().cloned());
+    let new = set_netrc_entry(&old, &host, &pull_token(token, &covered)?);
+    if new != old {
+        write_private(&netrc, &new, 0o600)?;
+        eprintln!(
+            "updated the pull-only token for {} in {} (machine {host})",
+            list(&covered),
+            netrc.display()
+        );
+    }
+    Ok(())
+}
+
+/// `token` narrowed to pulling from `caches` and nothing else: what Nix
+/// needs, and all a reader of the netrc file could misuse.
+fn pull_token(token: &str, caches: &BTreeSet<CacheName>) -> Result<String> {
+    let patterns = caches
+        .iter()
+        .map(|cache| {
+            cache
+                .as_str()
+                .parse::<CacheNamePattern>()
+                .with_context(|| format!("cache {cache} cannot be named in a token"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let narrowed = attic_token::attenuate(
+        token,
+        &Attenuation {
+            caches: Some(patterns),
+            permissions: Some(vec![Permission::Pull]),
+            expires_at: None,
+        },
+    )
+    .context("cannot narrow the login token to pull-only for the netrc file (is it a token `atticadm make-token` printed?)")?;
+    if narrowed.len() > MAX_TOKEN_LEN {
+        bail!(
+            "a pull-only token for the {} caches used on this server is too long for the server \
+             ({} characters, at most {MAX_TOKEN_LEN}): use fewer caches on this server, or log in \
+             with a token of fewer blocks",
+            caches.len(),
+            narrowed.len()
+        );
+    }
+    Ok(narrowed)
+}
+
+fn list(caches: &BTreeSet<CacheName>) -> String {
+    caches
+        .iter()
+        .map(CacheName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The caches used through other configured servers on `host`: Nix sends
+/// them the same netrc password, so the entry must name them too. Warns
+/// when such a server was logged in with another token, since one token
+/// (narrowed, never widened) cannot carry another's rights.
+fn caches_sharing_host(
+    config: &ClientConfig,
+    server_name: &str,
+    host: &str,
+    token: &str,
+) -> BTreeSet<CacheName> {
+    let mut caches = BTreeSet::new();
+    for (name, other) in &config.servers {
+        if name == server_name
+            || other.used_caches.is_empty()
+            || host_of(&other.endpoint).ok().as_deref() != Some(host)
+        {
+            continue;
+        }
+        caches.extend(other.used_caches.iter().cloned());
+        if other.token.as_deref() != Some(token) {
+            eprintln!(
+                "warning: server {name} is on the same host ({host}) with another token; Nix sends \
+                 one netrc password per host, so its caches ({}) now get this server's token, \
+                 narrowed to pulling. If it may not pull from them, log in once with a token that \
+                 may pull from every cache on {host}",
+                list(&other.used_caches)
+            );
+        }
+    }
+    caches
 }
 
 fn read_or_empty(path: &Path) -> Result<String> {
@@ -117,6 +275,73 @@ fn add_missing_lines(text: &str, lines: &[String]) -> String {
         }
     }
     out
+}
+
+/// The family of a key name: the name without its generation suffix
+/// (`demo-2` and `host-demo-3` belong to `demo` and `host-demo`). The
+/// server counts a cache's key name up by one on each rotation.
+fn key_family(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((family, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => family,
+        _ => name,
+    }
+}
+
+/// Whether trusting `old` (a `name:base64` key) next to `current` is
+/// stale: an older generation of the same cache's key, or a different key
+/// under the same name (which Nix could not tell apart anyway).
+fn is_stale_key(old: &str, current: &str) -> bool {
+    let (Some((old_name, _)), Some((current_name, _))) =
+        (old.split_once(':'), current.split_once(':'))
+    else {
+        return false;
+    };
+    old != current && key_family(old_name) == key_family(current_name)
+}
+
+/// `nix_conf` without the cache's stale keys in its `trusted-public-keys`
+/// and `extra-trusted-public-keys` lines, and the keys removed. The old key
+/// is dropped rather than kept beside the new one: the server signs every
+/// narinfo with the cache's current key when it serves it, so nothing from
+/// this cache still needs the old one, and a key is often rotated because
+/// it leaked.
+fn remove_stale_keys(nix_conf: &str, current: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(nix_conf.len());
+    let mut removed = Vec::new();
+    for line in nix_conf.split_inclusive('\n') {
+        let setting = line.split_once('=').and_then(|(name, value)| {
+            let name = name.trim();
+            matches!(name, "trusted-public-keys" | "extra-trusted-public-keys")
+                .then_some((name, value))
+        });
+        let Some((name, value)) = setting else {
+            out.push_str(line);
+            continue;
+        };
+        let (stale, kept): (Vec<&str>, Vec<&str>) = value
+            .split_whitespace()
+            .partition(|key| is_stale_key(key, current));
+        if stale.is_empty() {
+            out.push_str(line);
+            continue;
+        }
+        removed.extend(stale.into_iter().map(str::to_owned));
+        // An emptied `trusted-public-keys` stays, empty: dropping it would
+        // bring back Nix's default keys, which the user had replaced.
+        if !kept.is_empty() || name == "trusted-public-keys" {
+            out.push_str(format!("{name} = {}", kept.join(" ")).trim_end());
+            out.push('\n');
+        }
+    }
+    (out, removed)
+}
+
+/// Whether `netrc` has a one-line entry for `host`, as `attic use` writes.
+fn has_netrc_entry(netrc: &str, host: &str) -> bool {
+    netrc.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("machine") && words.next() == Some(host)
+    })
 }
 
 /// `netrc` with the entry for `host` replaced by one with `token`.
@@ -185,6 +410,82 @@ mod tests {
         let second = set_netrc_entry(&first, "h", "t2");
         assert_eq!(second, "machine other password o\nmachine h password t2\n");
         assert_eq!(set_netrc_entry(&second, "h", "t2"), second);
+    }
+
+    const CURRENT: &str = "demo-2:bmV3";
+
+    #[test]
+    fn a_rotated_key_replaces_older_generations_of_the_same_cache() {
+        let conf = "substituters =\n\
+            extra-trusted-public-keys = demo-1:b2xk\n\
+            extra-trusted-public-keys = other-1:b3Ro\n\
+            trusted-public-keys = cache.nixos.org-1:eA== demo:b2xkZXI=\n";
+        let (kept, removed) = remove_stale_keys(conf, CURRENT);
+        assert_eq!(removed, vec!["demo-1:b2xk", "demo:b2xkZXI="]);
+        assert_eq!(
+            kept,
+            "substituters =\n\
+             extra-trusted-public-keys = other-1:b3Ro\n\
+             trusted-public-keys = cache.nixos.org-1:eA==\n"
+        );
+        let lines = vec![format!("extra-trusted-public-keys = {CURRENT}")];
+        let updated = add_missing_lines(&kept, &lines);
+        assert_eq!(
+            remove_stale_keys(&updated, CURRENT),
+            (updated.clone(), vec![])
+        );
+    }
+
+    #[test]
+    fn a_different_key_under_the_same_name_is_stale_and_other_caches_are_not() {
+        assert!(is_stale_key("demo-2:b2xk", CURRENT));
+        assert!(!is_stale_key(CURRENT, CURRENT));
+        assert!(is_stale_key("host-demo-1:x", "host-demo-7:y"));
+        // `demo-1` is another cache, whose keys are `demo-1-N`.
+        assert!(!is_stale_key("demo-1-1:x", CURRENT));
+        assert!(!is_stale_key("demox-1:x", CURRENT));
+        assert!(!is_stale_key("host-demo-1:x", CURRENT));
+        assert!(!is_stale_key("not a key", CURRENT));
+    }
+
+    #[test]
+    fn an_emptied_trusted_public_keys_stays_to_keep_defaults_off() {
+        let (kept, _) = remove_stale_keys("trusted-public-keys = demo-1:x\n", CURRENT);
+        assert_eq!(kept, "trusted-public-keys =\n");
+        let (kept, _) = remove_stale_keys("extra-trusted-public-keys = demo-1:x\n", CURRENT);
+        assert_eq!(kept, "");
+    }
+
+    #[test]
+    fn the_netrc_token_is_narrowed_to_pulling_the_used_caches() {
+        use attic_token::{RootKey, TokenSpec};
+        let root = RootKey::generate();
+        let token = TokenSpec {
+            subject: "me".into(),
+            expires_at: None,
+            grants: Permission::ALL
+                .iter()
+                .map(|p| (CacheNamePattern::any(), *p))
+                .collect(),
+        }
+        .sign(&root)
+        .expect("sign")
+        .to_base64()
+        .expect("encode");
+        let caches: BTreeSet<CacheName> = ["a", "b"]
+            .iter()
+            .map(|c| c.parse().expect("name"))
+            .collect();
+        let narrowed = pull_token(&token, &caches).expect("attenuate");
+        let parsed = attic_token::Token::parse(&narrowed, &root.public()).expect("parse");
+        for cache in &caches {
+            parsed.authorize(cache, Permission::Pull).expect("pull");
+            assert!(parsed.authorize(cache, Permission::Push).is_err());
+            assert!(parsed.authorize(cache, Permission::DestroyCache).is_err());
+        }
+        let other: CacheName = "c".parse().expect("name");
+        assert!(parsed.authorize(&other, Permission::Pull).is_err());
+        assert!(pull_token("garbage", &caches).is_err());
     }
 
     #[test]

@@ -3,16 +3,22 @@
 //! `post-build-hook` can fill (`--enqueue`) without waiting on the network;
 //! a path leaves the queue only once pushed, so a crash of this process or
 //! an outage of the server loses nothing.
+//!
+//! Watching starts before any server contact, and every path seen is
+//! queued at once by its own task: a path built while the server is down
+//! (or while this process is still connecting) is queued, then pushed once
+//! the server answers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attic::store_path::StoreDir;
 use clap::Args;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::client_for;
 use crate::cache_ref::CacheRef;
@@ -71,28 +77,50 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
         jobs: args.jobs,
         ..PushOptions::default()
     };
-    let pusher = connect(&args, &options).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    // Keep the watcher alive for as long as we run.
-    let _watcher = if args.once {
+    // Watch and queue before contacting the server, so nothing built in
+    // the meantime is missed.
+    let queued = Arc::new(Notify::new());
+    let watching = if args.once {
         None
     } else {
-        Some(watch_store(pusher.store_dir(), tx)?)
+        let store_dir = local_store_dir()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = watch_store(&store_dir, tx)?;
+        tokio::spawn(queue_seen_paths(
+            rx,
+            queue.clone(),
+            key.clone(),
+            queued.clone(),
+        ));
+        eprintln!(
+            "watching {} for new paths to push to {}; queue {}",
+            store_dir.as_str(),
+            args.cache,
+            queue_path.display()
+        );
+        Some((watcher, store_dir))
     };
-    eprintln!(
-        "watching {} for new paths to push to {}; queue {}",
-        pusher.store_dir().as_str(),
-        args.cache,
-        queue_path.display()
-    );
+
+    let pusher = tokio::select! {
+        pusher = connect(&args, &options) => pusher?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; queued paths stay queued");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Some((_, store_dir)) = &watching
+        && store_dir != pusher.store_dir()
+    {
+        eprintln!(
+            "warning: cache {} holds paths of {}, but the local store is {}",
+            args.cache,
+            pusher.store_dir().as_str(),
+            store_dir.as_str()
+        );
+    }
 
     let mut backoff = Duration::from_secs(1);
     loop {
-        while let Ok(path) = rx.try_recv() {
-            if nix_store::is_valid(&path).await {
-                queue.enqueue(&key, &[path]).await?;
-            }
-        }
         let pending = queue.pending(&key, BATCH).await?;
         let mut pushed_all = true;
         if !pending.is_empty() {
@@ -124,12 +152,40 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
                 eprintln!("interrupted; queued paths stay queued");
                 return Ok(ExitCode::SUCCESS);
             }
-            Some(path) = rx.recv() => {
-                if nix_store::is_valid(&path).await {
-                    queue.enqueue(&key, &[path]).await?;
-                }
-            }
+            () = queued.notified(), if pushed_all => {}
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The local Nix store: `$NIX_STORE_DIR`, or `/nix/store`.
+fn local_store_dir() -> Result<StoreDir> {
+    match std::env::var("NIX_STORE_DIR") {
+        Ok(dir) if !dir.is_empty() => {
+            StoreDir::new(&dir).with_context(|| format!("NIX_STORE_DIR is {dir:?}"))
+        }
+        _ => Ok(StoreDir::default()),
+    }
+}
+
+/// Queues each path the watcher names once Nix holds it, and wakes the
+/// pusher. Runs on its own so that queueing never waits on the server.
+async fn queue_seen_paths(
+    mut seen: mpsc::UnboundedReceiver<String>,
+    queue: Queue,
+    key: String,
+    queued: Arc<Notify>,
+) {
+    while let Some(path) = seen.recv().await {
+        if !nix_store::is_valid(&path).await {
+            continue;
+        }
+        match queue.enqueue(&key, std::slice::from_ref(&path)).await {
+            Ok(()) => {
+                eprintln!("queued {path}");
+                queued.notify_one();
+            }
+            Err(e) => eprintln!("warning: cannot queue {path}: {e:#}"),
         }
     }
 }
