@@ -305,3 +305,9 @@ pub fn write_cache_info(dir: &Path) -> PathBuf {
     std::fs::write(&path, "StoreDir: /nix/store\n").expect("write nix-cache-info");
     path
 }
+
+/// Adds a directory to the store with `nix-store --add`, as a path of its
+/// own (no references); returns the store path.
+pub fn add(dir: &Path) -> String {
+    stdout_of(command("nix-store").arg("--add").arg(dir))
+}

@@ -147,6 +147,33 @@ impl Api {
         serde_json::from_str(&text).expect("JSON reply")
     }
 
+    /// PATCHes a cache's settings, panicking unless it succeeds.
+    pub async fn configure(&self, token: &str, name: &str, patch: Value) {
+        let response = self
+            .request(
+                Method::PATCH,
+                &format!("/_api/v1/cache-config/{name}"),
+                Some(token),
+            )
+            .json(&patch)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "configure {name}: {text}");
+    }
+
+    /// Uploads a path of the local store, as `nix-store --dump` gives it.
+    pub async fn push_path(&self, token: &str, cache: &str, path: &str) -> Value {
+        self.upload_ok(
+            token,
+            &nar_info_from_nix(cache, path),
+            nix::dump(std::path::Path::new(path)),
+        )
+        .await
+    }
+
     /// POSTs get-missing-paths.
     pub async fn missing(&self, token: &str, cache: &str, hashes: &[&str]) -> Vec<String> {
         let response = self

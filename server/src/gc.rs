@@ -92,6 +92,117 @@ pub struct GcReport {
     pub bytes_freed: i64,
 }
 
+impl GcReport {
+    /// Each count with its name, for logs and metrics.
+    pub fn counts(&self) -> [(&'static str, u64); 10] {
+        [
+            ("objects_expired", self.objects_expired),
+            ("objects_evicted", self.objects_evicted),
+            (
+                "objects_of_destroyed_caches",
+                self.objects_of_destroyed_caches,
+            ),
+            ("caches_forgotten", self.caches_forgotten),
+            ("staged_expired", self.staged_expired),
+            ("nars", self.nars),
+            ("chunks", self.chunks),
+            ("packs_compacted", self.packs_compacted),
+            ("packs_deleted", self.packs_deleted),
+            ("orphans_swept", self.orphans_swept),
+        ]
+    }
+}
+
+impl std::fmt::Display for GcReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} objects expired, {} evicted by quotas, {} of destroyed caches; \
+             {} NARs, {} chunks; {} packs compacted, {} deleted; {} orphans swept; \
+             {} bytes freed",
+            self.objects_expired,
+            self.objects_evicted,
+            self.objects_of_destroyed_caches,
+            self.nars,
+            self.chunks,
+            self.packs_compacted,
+            self.packs_deleted,
+            self.orphans_swept,
+            self.bytes_freed
+        )
+    }
+}
+
+/// Runs a collection for a server: flushes pending access times first (so
+/// paths read lately are seen as read), counts the run in the metrics and
+/// logs what it reclaimed.
+pub async fn collect(state: &crate::state::AppState) -> Result<GcReport, GcError> {
+    state.access_log.flush(&state.database).await;
+    let config = state.config.garbage_collection;
+    let result = Collector::new(&state.database, state.storage.clone(), &config, &Quiet)
+        .run()
+        .await;
+    let metrics = &state.metrics;
+    match &result {
+        Ok(report) => {
+            crate::metrics::Metrics::count(&metrics.gc_runs, "ok");
+            for (kind, count) in report.counts() {
+                if count > 0 {
+                    metrics
+                        .gc_reclaimed
+                        .get_or_create(&crate::metrics::Outcome {
+                            outcome: kind.to_owned(),
+                        })
+                        .inc_by(count);
+                }
+            }
+            metrics
+                .gc_freed_bytes
+                .inc_by(u64::try_from(report.bytes_freed).unwrap_or(0));
+            tracing::info!(%report, "garbage collection finished");
+        }
+        Err(GcError::Busy) => {
+            crate::metrics::Metrics::count(&metrics.gc_runs, "busy");
+            tracing::info!("garbage collection skipped: another collector holds the lease");
+        }
+        Err(e) => {
+            crate::metrics::Metrics::count(&metrics.gc_runs, "failed");
+            tracing::error!(error = %error_chain(e), "garbage collection failed");
+        }
+    }
+    result
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Collects every `interval` for as long as `state` lives (the first run
+/// one interval after start). A zero interval never collects.
+pub fn spawn_periodic(state: std::sync::Arc<crate::state::AppState>) {
+    let interval = state.config.garbage_collection.interval;
+    if interval.is_zero() {
+        return;
+    }
+    let weak = std::sync::Arc::downgrade(&state);
+    drop(state);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(state) = weak.upgrade() else { break };
+            let _ = collect(&state).await;
+        }
+    });
+}
+
 /// Reports progress: a stage's name as it starts.
 pub trait Progress: Sync {
     /// A stage begins.

@@ -50,6 +50,12 @@ pub struct Metrics {
     pub responses: Family<Status, Counter>,
     /// Connections closed on arrival because `http.max-connections` were open.
     pub connections_refused: Counter,
+    /// Garbage collections, by `ok`, `busy` (another held the lease) or `failed`.
+    pub gc_runs: Family<Outcome, Counter>,
+    /// What garbage collection reclaimed, by kind.
+    pub gc_reclaimed: Family<Outcome, Counter>,
+    /// Storage bytes garbage collection freed.
+    pub gc_freed_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -95,7 +101,28 @@ impl Default for Metrics {
             "Connections closed on arrival because http.max-connections were open",
             connections_refused.clone(),
         );
+        let gc_runs = Family::<Outcome, Counter>::default();
+        registry.register(
+            "gc_runs",
+            "Garbage collections, by outcome",
+            gc_runs.clone(),
+        );
+        let gc_reclaimed = Family::<Outcome, Counter>::default();
+        registry.register(
+            "gc_reclaimed",
+            "What garbage collection reclaimed, by kind",
+            gc_reclaimed.clone(),
+        );
+        let gc_freed_bytes = Counter::default();
+        registry.register(
+            "gc_freed_bytes",
+            "Storage bytes garbage collection freed",
+            gc_freed_bytes.clone(),
+        );
         Self {
+            gc_runs,
+            gc_reclaimed,
+            gc_freed_bytes,
             connections_refused,
             registry,
             uploads,

@@ -250,6 +250,27 @@ pub fn root_token(config: &ServerConfig) -> Result<String> {
     Ok(spec.sign(&root)?.to_base64()?)
 }
 
+/// `--mode garbage-collector`: collects now and then every interval until
+/// SIGINT or SIGTERM; once if the interval is zero.
+pub async fn collect_garbage_until_stopped(state: Arc<AppState>) -> Result<()> {
+    let interval = state.config.garbage_collection.interval;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = crate::gc::collect(&state) => {}
+            () = &mut stop => return Ok(()),
+        }
+        if interval.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
+}
+
 /// Serves until SIGINT or SIGTERM, then flushes pending access times.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> Result<()> {
     let app = crate::api::router(state.clone());

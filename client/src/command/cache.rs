@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
-    CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig,
+    CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
 use clap::{Args, Subcommand};
 
@@ -73,6 +73,11 @@ pub struct Configure {
     /// Keep unread paths this long (`30d`, `6months`), or `global` for the server's default.
     #[arg(long)]
     retention_period: Option<String>,
+    /// Largest size of the cache's paths (`50GiB`, `500MB`, `1TiB`), past
+    /// which garbage collection removes the least recently read; `none`
+    /// for no limit.
+    #[arg(long)]
+    quota: Option<String>,
     /// Replace the signing key; clients must trust the new public key.
     #[arg(long)]
     regenerate_keypair: bool,
@@ -111,6 +116,7 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
                     .as_deref()
                     .map(parse_retention)
                     .transpose()?,
+                quota: args.quota.as_deref().map(parse_quota).transpose()?,
                 ..CacheConfig::default()
             };
             if patch == CacheConfig::default() {
@@ -153,6 +159,40 @@ fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {
         u32::try_from(duration.as_secs())
             .map_err(|_| anyhow::anyhow!("--retention-period is too long"))?,
     ))
+}
+
+fn parse_quota(text: &str) -> Result<QuotaConfig> {
+    if text == "none" {
+        return Ok(QuotaConfig::Unlimited);
+    }
+    parse_size(text).map(QuotaConfig::Bytes).ok_or_else(|| {
+        anyhow::anyhow!("--quota {text:?} is not a size: use e.g. 50GiB, 500MB, or none")
+    })
+}
+
+/// `50GiB`, `500MB`, `1.5TiB`, `123` (bytes): decimal (`kB`, `MB`, `GB`,
+/// `TB`) and binary (`KiB`, `MiB`, `GiB`, `TiB`) units.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 fn confirm_destroy(cache: &CacheRef) -> Result<()> {
@@ -208,4 +248,31 @@ fn print_config(config: &CacheConfig) {
                 humantime::format_duration(Duration::from_secs(u64::from(seconds))).to_string(),
         }
     );
+    let used = config
+        .used_bytes
+        .map(|b| indicatif::HumanBytes(b).to_string());
+    println!(
+        "quota:             {}",
+        match config.quota {
+            None => "-".to_owned(),
+            Some(QuotaConfig::Unlimited) => "none".to_owned(),
+            Some(QuotaConfig::Bytes(bytes)) => indicatif::HumanBytes(bytes).to_string(),
+        }
+    );
+    println!("used:              {}", show(used));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(parse_size("50GiB"), Some(50 << 30));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("1.5 KiB"), Some(1536));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size("GiB"), None);
+    }
 }

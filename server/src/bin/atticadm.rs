@@ -62,6 +62,15 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Collect garbage once, as the config's `[garbage-collection]` says:
+    /// expire paths, enforce quotas, reclaim destroyed caches, unheld NARs,
+    /// unreferenced chunks and dead packs, compact, sweep orphans. Prints
+    /// what it reclaimed.
+    Gc {
+        /// Data directory of the embedded database and storage [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +177,14 @@ async fn main() -> Result<()> {
             };
             println!("{}", attenuate(&token, &attenuation)?);
         }
+        Command::Gc { data_dir } => {
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => setup::default_data_dir()?,
+            };
+            collect_garbage(&loaded.config, &data_dir).await?;
+        }
         Command::Verify { cache, data_dir } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
             let data_dir = match data_dir {
@@ -179,6 +196,59 @@ async fn main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// One garbage collection, with its stages shown on a terminal.
+async fn collect_garbage(
+    config: &server::config::ServerConfig,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use server::gc::{Collector, Progress};
+
+    struct Spinner(ProgressBar);
+    impl Progress for Spinner {
+        fn stage(&self, name: &'static str) {
+            self.0.set_message(name);
+        }
+    }
+
+    let database = setup::open_database(config, data_dir, OpenDatabase::Existing).await?;
+    let storage = setup::open_storage(config, data_dir).await?;
+    // Drawn only when stderr is a terminal.
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} collecting garbage: {msg} ({elapsed})")
+            .expect("a valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let progress = Spinner(bar.clone());
+    let gc = config.garbage_collection;
+    let report = Collector::new(&database, storage, &gc, &progress)
+        .run()
+        .await
+        .context("garbage collection failed")?;
+    bar.finish_and_clear();
+    println!(
+        "objects: {} expired, {} evicted by quotas, {} of destroyed caches ({} caches forgotten)",
+        report.objects_expired,
+        report.objects_evicted,
+        report.objects_of_destroyed_caches,
+        report.caches_forgotten
+    );
+    println!(
+        "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}",
+        report.nars, report.chunks, report.staged_expired
+    );
+    println!(
+        "packs: {} compacted, {} deleted; orphans swept: {}",
+        report.packs_compacted, report.packs_deleted, report.orphans_swept
+    );
+    println!(
+        "freed: {}",
+        HumanBytes(u64::try_from(report.bytes_freed).unwrap_or(0))
+    );
     Ok(())
 }
 

@@ -51,6 +51,9 @@ enum Mode {
     ApiServer,
     /// Apply database migrations, then exit.
     DbMigrations,
+    /// Collect garbage every `garbage-collection.interval` (once, if it is
+    /// zero), serving nothing; one for a whole deployment.
+    GarbageCollector,
 }
 
 #[tokio::main]
@@ -83,6 +86,11 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
+    if options.mode == Mode::GarbageCollector {
+        let state = setup::build_state(config, &data_dir, OpenDatabase::Existing).await?;
+        return setup::collect_garbage_until_stopped(state).await;
+    }
+
     let listener = setup::bind(config.listen).await?;
     let address = listener.local_addr()?;
     // Replicas leave migrations to one `--mode db-migrations` run, so that
@@ -93,6 +101,9 @@ async fn main() -> Result<()> {
         _ => OpenDatabase::Existing,
     };
     let state = setup::build_state(config, &data_dir, how).await?;
+    if options.mode == Mode::Monolithic {
+        server::gc::spawn_periodic(state.clone());
+    }
     // A first start writes its configuration only now that the server is
     // up, so a failed one leaves nothing and the next shows the token.
     if loaded.generated {

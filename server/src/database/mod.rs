@@ -84,6 +84,8 @@ pub struct CacheChanges {
     pub upstream_cache_key_names: Option<String>,
     /// Retention in seconds; `Some(None)` returns to the server default.
     pub retention_period: Option<Option<i64>>,
+    /// Quota in bytes; `Some(None)` removes it.
+    pub quota: Option<Option<i64>>,
 }
 
 /// The per-cache metadata of an uploaded path.
@@ -231,6 +233,9 @@ impl Database {
         }
         if let Some(retention_period) = changes.retention_period {
             row.retention_period = Set(retention_period);
+        }
+        if let Some(quota) = changes.quota {
+            row.quota = Set(quota);
         }
         row.update(&self.conn).await
     }

@@ -21,6 +21,15 @@ pub enum RetentionPeriodConfig {
     Period(u32),
 }
 
+/// How much a cache may hold before the least recently read paths go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuotaConfig {
+    /// No limit.
+    Unlimited,
+    /// At most this many stored bytes of its paths' NARs.
+    Bytes(u64),
+}
+
 /// The body of POST (create).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateCacheRequest {
@@ -71,6 +80,13 @@ pub struct CacheConfig {
     /// (read-only). Older servers omit it and take plain NARs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_encodings: Option<Vec<String>>,
+    /// The size limit enforced by garbage collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaConfig>,
+    /// Stored bytes of the cache's paths' NARs now (read-only), what the
+    /// quota is measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
 }
 
 #[cfg(test)]

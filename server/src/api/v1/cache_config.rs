@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use attic::api::v1::cache_config::{
-    CacheConfig, CreateCacheRequest, KeypairConfig, RetentionPeriodConfig,
+    CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
 use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
@@ -61,6 +61,11 @@ pub async fn get_cache_config(
                 .map(|e| (*e).to_owned())
                 .collect(),
         ),
+        quota: Some(match cache.quota {
+            None => QuotaConfig::Unlimited,
+            Some(bytes) => QuotaConfig::Bytes(u64::try_from(bytes).unwrap_or(0)),
+        }),
+        used_bytes: Some(u64::try_from(state.database.cache_usage(cache.id).await?).unwrap_or(0)),
     }))
 }
 
@@ -109,17 +114,20 @@ pub async fn configure_cache(
         || patch.api_endpoint.is_some()
         || patch.public_key.is_some()
         || patch.upload_encodings.is_some()
+        || patch.used_bytes.is_some()
     {
         return Err(ServerError::bad_request(
             "ReadOnlyField",
-            "substituter_endpoint, api_endpoint, public_key and upload_encodings cannot be set; send keypair to change the key",
+            "substituter_endpoint, api_endpoint, public_key, upload_encodings and used_bytes cannot be set; send keypair to change the key",
         ));
     }
+    // Retention and quota both decide how long data is kept.
     let only_retention = CacheConfig {
         retention_period: None,
+        quota: None,
         ..patch.clone()
     } == CacheConfig::default();
-    if patch.retention_period.is_some() {
+    if patch.retention_period.is_some() || patch.quota.is_some() {
         caller.require(&name, Permission::ConfigureCacheRetention)?;
     }
     if !only_retention {
@@ -156,6 +164,10 @@ pub async fn configure_cache(
             RetentionPeriodConfig::Global => None,
             RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
         }),
+        quota: patch.quota.map(|quota| match quota {
+            QuotaConfig::Unlimited => None,
+            QuotaConfig::Bytes(bytes) => Some(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        }),
     };
     let (name, id) = (cache.name.clone(), cache.id);
     state.database.configure_cache(cache, changes).await?;
@@ -164,13 +176,14 @@ pub async fn configure_cache(
 }
 
 /// Settings a PATCH may carry (and the read-only ones it may not).
-const PATCHABLE: [&str; 6] = [
+const PATCHABLE: [&str; 7] = [
     "keypair",
     "is_public",
     "store_dir",
     "priority",
     "upstream_cache_key_names",
     "retention_period",
+    "quota",
 ];
 
 /// A PATCH body, refusing any field it cannot change: a misspelt field
@@ -198,6 +211,7 @@ fn is_read_only(key: &str) -> bool {
         "api_endpoint",
         "public_key",
         "upload_encodings",
+        "used_bytes",
     ]
     .contains(&key)
 }

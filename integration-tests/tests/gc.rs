@@ -1,0 +1,306 @@
+//! Garbage collection: retention from last access, quotas in LRU order,
+//! destroyed caches, orphans, crashes at every stage, races with uploads,
+//! and compaction. Paths are real store paths; survivors are substituted
+//! with real Nix.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use integration_tests::nix;
+use integration_tests::server::TestServer;
+use integration_tests::upload::{Api, noise, path_hash};
+use serde_json::json;
+
+/// No background collection, and no grace: each `atticadm gc` reclaims
+/// everything reclaimable at once.
+const NO_GRACE: &str = "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\n";
+
+/// A store path holding `files` (name, content).
+fn store_path(files: &[(&str, &[u8])]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join(format!("p-{}", nix::nonce()));
+    std::fs::create_dir(&root).expect("mkdir");
+    for (name, content) in files {
+        std::fs::write(root.join(name), content).expect("write");
+    }
+    nix::add(&root)
+}
+
+fn gc(server: &TestServer) -> String {
+    let output = server.atticadm(&["gc"]);
+    assert!(
+        output.status.success(),
+        "atticadm gc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Rows nothing needs and blobs no row knows: none may be left after a
+/// collection without grace.
+async fn assert_nothing_orphaned(server: &TestServer) {
+    let unheld_nars = server
+        .count(
+            "SELECT COUNT(*) FROM nar WHERE NOT EXISTS (SELECT 1 FROM object WHERE object.nar_id = nar.id) \
+             AND NOT EXISTS (SELECT 1 FROM staged_nar WHERE staged_nar.nar_id = nar.id)",
+        )
+        .await;
+    assert_eq!(unheld_nars, 0, "NARs no object holds");
+    let unreferenced_chunks = server
+        .count(
+            "SELECT COUNT(*) FROM chunk WHERE NOT EXISTS \
+             (SELECT 1 FROM chunk_ref WHERE chunk_ref.chunk_id = chunk.id)",
+        )
+        .await;
+    assert_eq!(unreferenced_chunks, 0, "chunks no NAR references");
+    let empty_packs = server
+        .count(
+            "SELECT COUNT(*) FROM pack WHERE NOT EXISTS \
+             (SELECT 1 FROM chunk WHERE chunk.pack_id = pack.id)",
+        )
+        .await;
+    assert_eq!(empty_packs, 0, "packs without chunks");
+    let packs = server.count("SELECT COUNT(*) FROM pack").await;
+    assert_eq!(
+        server.blob_count() as i64,
+        packs,
+        "blobs and pack rows differ"
+    );
+    assert_eq!(server.temp_file_count(), 0, "temporary files left");
+}
+
+fn substitutes(server: &TestServer, cache: &str, key: &str, path: &str) {
+    nix::delete(&[path.to_owned()]);
+    let out = nix::substitute(path, &format!("{}/{cache}", server.url), key);
+    assert!(
+        out.status.success(),
+        "{path} does not substitute: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An object past retention goes, and the bytes only it used leave the
+/// disk; chunks shared with a live NAR stay, and that NAR substitutes.
+#[tokio::test]
+async fn retention_expires_unread_paths_and_only_their_own_bytes() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "short", true).await;
+    api.create_cache(token, "kept", true).await;
+    api.configure(token, "short", json!({"retention_period": {"Period": 1}}))
+        .await;
+    api.configure(token, "kept", json!({"retention_period": {"Period": 0}}))
+        .await;
+    let shared = noise(1 << 20, 41);
+    let old = store_path(&[("shared", &shared), ("own", &noise(1 << 20, 42))]);
+    let live = store_path(&[("shared", &shared), ("other", &noise(256 << 10, 43))]);
+    api.push_path(token, "short", &old).await;
+    api.push_path(token, "kept", &live).await;
+    let chunks_before = server.count("SELECT COUNT(*) FROM chunk").await;
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let report = gc(&server);
+    assert!(report.contains("1 expired"), "{report}");
+    assert_eq!(server.count("SELECT COUNT(*) FROM object").await, 1);
+    let chunks_after = server.count("SELECT COUNT(*) FROM chunk").await;
+    assert!(
+        chunks_after < chunks_before,
+        "the expired path's own chunks stayed: {chunks_before} -> {chunks_after}"
+    );
+    // The shared megabyte's chunks stay: the live NAR references them.
+    let live_chunks = server
+        .count("SELECT COUNT(DISTINCT chunk_id) FROM chunk_ref")
+        .await;
+    assert_eq!(chunks_after, live_chunks);
+    assert_nothing_orphaned(&server).await;
+    let key = api.public_key(token, "kept").await;
+    substitutes(&server, "kept", &key, &live);
+    assert_eq!(
+        api.status(None, &format!("/short/{}.narinfo", path_hash(&old)))
+            .await,
+        reqwest::StatusCode::NOT_FOUND
+    );
+}
+
+/// Retention counts from the last read: a path read lately survives one
+/// as old that nobody read.
+#[tokio::test]
+async fn a_path_read_lately_survives_retention() {
+    let mut server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token.clone();
+    api.create_cache(token, "c", true).await;
+    api.configure(token, "c", json!({"retention_period": {"Period": 6}}))
+        .await;
+    let read = store_path(&[("f", &noise(10_000, 51))]);
+    let unread = store_path(&[("f", &noise(10_000, 52))]);
+    api.push_path(token, "c", &read).await;
+    api.push_path(token, "c", &unread).await;
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        api.status(None, &format!("/c/{}.narinfo", path_hash(&read)))
+            .await,
+        reqwest::StatusCode::OK
+    );
+    // A clean stop writes the reads it gathered.
+    assert!(server.terminate_within(Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_secs(3));
+    gc(&server);
+    server.restart();
+    let status = |path: &str| {
+        let path = format!("/c/{}.narinfo", path_hash(path));
+        let api = Api::new(&server.url);
+        async move { api.status(None, &path).await }
+    };
+    assert_eq!(status(&read).await, reqwest::StatusCode::OK);
+    assert_eq!(status(&unread).await, reqwest::StatusCode::NOT_FOUND);
+}
+
+/// Over its quota, a cache loses its least recently read paths first.
+#[tokio::test]
+async fn a_quota_evicts_the_least_recently_read_first() {
+    let mut server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token.clone();
+    api.create_cache(token, "q", true).await;
+    let paths: Vec<String> = (0..3)
+        .map(|i| store_path(&[("f", &noise(200_000, 60 + i))]))
+        .collect();
+    for path in &paths {
+        api.push_path(token, "q", path).await;
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    // Read the oldest: the second is now the least recently read.
+    assert_eq!(
+        api.status(None, &format!("/q/{}.narinfo", path_hash(&paths[0])))
+            .await,
+        reqwest::StatusCode::OK
+    );
+    let config: serde_json::Value = api
+        .request(reqwest::Method::GET, "/_api/v1/cache-config/q", Some(token))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    let used = config["used_bytes"].as_u64().expect("used_bytes");
+    // Room for two of the three.
+    let quota = used * 5 / 6;
+    api.configure(token, "q", json!({"quota": {"Bytes": quota}}))
+        .await;
+    assert!(server.terminate_within(Duration::from_secs(30)));
+    let report = gc(&server);
+    assert!(report.contains("1 evicted"), "{report}");
+    server.restart();
+    let api = Api::new(&server.url);
+    let present = |path: &str| {
+        let path = format!("/q/{}.narinfo", path_hash(path));
+        let api = Api::new(&server.url);
+        async move { api.status(None, &path).await == reqwest::StatusCode::OK }
+    };
+    assert!(present(&paths[0]).await, "the path read lately was evicted");
+    assert!(!present(&paths[1]).await, "the least recently read stayed");
+    assert!(present(&paths[2]).await);
+    assert_nothing_orphaned(&server).await;
+    let config: serde_json::Value = api
+        .request(reqwest::Method::GET, "/_api/v1/cache-config/q", Some(token))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(config["used_bytes"].as_u64().expect("used") <= quota);
+}
+
+/// A destroyed cache's data leaves the disk; another cache's stays.
+#[tokio::test]
+async fn a_destroyed_caches_data_leaves_the_disk() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "doomed", false).await;
+    api.create_cache(token, "kept", true).await;
+    let doomed = store_path(&[("f", &noise(500_000, 71))]);
+    let kept = store_path(&[("f", &noise(100_000, 72))]);
+    api.push_path(token, "doomed", &doomed).await;
+    api.push_path(token, "kept", &kept).await;
+    assert_eq!(server.blob_count(), 2);
+    let response = api
+        .request(
+            reqwest::Method::DELETE,
+            "/_api/v1/cache-config/doomed",
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success());
+    let report = gc(&server);
+    assert!(report.contains("1 of destroyed caches"), "{report}");
+    assert_eq!(server.blob_count(), 1, "the destroyed cache's pack stayed");
+    assert_eq!(
+        server
+            .count("SELECT COUNT(*) FROM cache WHERE name = 'doomed'")
+            .await,
+        0
+    );
+    assert_nothing_orphaned(&server).await;
+    let key = api.public_key(token, "kept").await;
+    substitutes(&server, "kept", &key, &kept);
+    // The name is free again.
+    api.create_cache(token, "doomed", false).await;
+}
+
+/// An upload killed midway leaves a temporary file; a collection sweeps
+/// it only once it is older than the grace period.
+#[tokio::test]
+async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
+    let mut server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n",
+    );
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "c", false).await;
+    // Half of a large NAR, then the server dies.
+    let path = store_path(&[("f", &noise(8 << 20, 81))]);
+    let info = integration_tests::upload::nar_info_from_nix("c", &path);
+    let nar = nix::dump(Path::new(&path));
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        stream,
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
+        serde_json::to_string(&info).expect("json"),
+        nar.len()
+    )
+    .expect("headers");
+    stream
+        .write_all(&nar[..nar.len() / 2])
+        .expect("half the body");
+    // Wait until the pack's temporary file exists.
+    for _ in 0..200 {
+        if server.temp_file_count() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.temp_file_count(), 1, "no temporary file to orphan");
+    server.kill();
+    drop(stream);
+
+    gc(&server);
+    assert_eq!(server.temp_file_count(), 1, "swept within the grace period");
+    let config = server.config_path();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
+    std::fs::write(&config, text).expect("write config");
+    let report = gc(&server);
+    assert!(report.contains("orphans swept: 1"), "{report}");
+    assert_eq!(server.temp_file_count(), 0);
+}
