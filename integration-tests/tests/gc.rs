@@ -304,3 +304,280 @@ async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
     assert!(report.contains("orphans swept: 1"), "{report}");
     assert_eq!(server.temp_file_count(), 0);
 }
+
+/// Runs `atticadm gc` with `ATTIC_GC_CRASH_AT=point`: the collector
+/// aborts there, as a SIGKILL would stop it.
+fn gc_crashing_at(server: &TestServer, point: &str) {
+    let output = server
+        .home()
+        .command("atticadm")
+        .arg("gc")
+        .env("ATTIC_GC_CRASH_AT", point)
+        .output()
+        .expect("run atticadm");
+    // A point with nothing to do this run is passed without crashing.
+    if output.status.success() {
+        eprintln!("crash point {point} was not reached");
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("aborting"), "gc failed otherwise: {stderr}");
+    }
+}
+
+/// Garbage of every kind: an expired path sharing chunks with a live one
+/// (so its pack is partly live, to be compacted), and a destroyed cache.
+async fn make_garbage(api: &Api, token: &str, round: u64) -> String {
+    let shared = noise(300_000, 1000 + round);
+    let expired = store_path(&[("shared", &shared), ("own", &noise(200_000, 2000 + round))]);
+    let live = store_path(&[("shared", &shared), ("mine", &noise(50_000, 3000 + round))]);
+    api.push_path(token, "short", &expired).await;
+    api.push_path(token, "kept", &live).await;
+    let doomed = format!("doomed-{round}");
+    api.create_cache(token, &doomed, false).await;
+    let gone = store_path(&[("f", &noise(100_000, 4000 + round))]);
+    api.push_path(token, &doomed, &gone).await;
+    let response = api
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/_api/v1/cache-config/{doomed}"),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success());
+    live
+}
+
+/// A collector killed at any stage leaves a state the next run finishes:
+/// no orphan row, no orphan blob, and every live path substitutes.
+#[tokio::test]
+async fn a_collector_killed_at_any_stage_is_finished_by_the_next_run() {
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\ncompact-below = 0.95\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "short", true).await;
+    api.create_cache(token, "kept", true).await;
+    api.configure(token, "short", json!({"retention_period": {"Period": 1}}))
+        .await;
+    api.configure(token, "kept", json!({"retention_period": {"Period": 0}}))
+        .await;
+    let points = [
+        "expire",
+        "quota",
+        "destroyed",
+        "nars",
+        "chunks",
+        "mark-packs",
+        "compact-written",
+        "compact",
+        "pack-blob-deleted",
+        "delete-packs",
+    ];
+    let mut live = Vec::new();
+    for (round, point) in points.iter().enumerate() {
+        live.push(make_garbage(&api, token, round as u64).await);
+        std::thread::sleep(Duration::from_millis(2100));
+        gc_crashing_at(&server, point);
+        gc(&server);
+        assert_nothing_orphaned(&server).await;
+        assert_eq!(
+            server
+                .count("SELECT COUNT(*) FROM object WHERE cache_id IN (SELECT id FROM cache WHERE name = 'short')")
+                .await,
+            0,
+            "after a crash at {point}"
+        );
+    }
+    let key = api.public_key(token, "kept").await;
+    nix::delete(&live);
+    let out = nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--realise")
+            .args(&live)
+            .args(["--option", "substituters"])
+            .arg(format!("{}/kept", server.url))
+            .args(["--option", "trusted-public-keys", &key]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Uploads `nar` as `path` to `cache`, pausing after `pause_after`
+/// bytes to run `atticadm gc`: the upload has looked its first chunks up
+/// by then, and reuses them if they exist. Returns the status.
+async fn upload_around_a_collection(
+    server: &TestServer,
+    token: &str,
+    cache: &str,
+    path: &str,
+    pause_after: usize,
+) -> (reqwest::StatusCode, String) {
+    let info = integration_tests::upload::nar_info_from_nix(cache, path);
+    let nar = nix::dump(Path::new(path));
+    let (sender, receiver) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    let upload = tokio::spawn({
+        let api = Api::new(&server.url);
+        let token = token.to_owned();
+        async move {
+            let response = api
+                .upload(Some(&token), &info, reqwest::Body::wrap_stream(receiver))
+                .await;
+            (response.status(), response.text().await.expect("body"))
+        }
+    });
+    sender
+        .unbounded_send(Ok(nar[..pause_after].to_vec()))
+        .expect("send");
+    // Let the server chunk and look up what it has so far.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut command = server.home().command("atticadm");
+    command.arg("gc");
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run atticadm"))
+        .await
+        .expect("join");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    sender
+        .unbounded_send(Ok(nar[pause_after..].to_vec()))
+        .expect("send");
+    drop(sender);
+    upload.await.expect("join")
+}
+
+/// GC racing an upload of a NAR that shares chunks with one just expired:
+/// the collection runs while the upload is midway, after it chose to
+/// reuse chunks the collection then reclaims. The upload is refused with
+/// 503 `RetryUpload` (never committed referencing a reclaimed chunk), its
+/// retry stores them again, and the new NAR is whole and substitutes.
+#[tokio::test]
+async fn gc_racing_an_upload_of_shared_chunks_leaves_the_new_nar_whole() {
+    // A grace period as in production, so the upload in flight keeps its
+    // pack; chunks are reclaimed at once, which is what races.
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n",
+    );
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "short", true).await;
+    api.create_cache(&token, "kept", true).await;
+    api.configure(&token, "short", json!({"retention_period": {"Period": 1}}))
+        .await;
+    let mut fresh = Vec::new();
+    let mut refused = 0;
+    for round in 0..6u64 {
+        // The shared file comes first in the NAR (entries are sorted).
+        let shared = noise(1 << 20, 5000 + round);
+        let old = store_path(&[
+            ("0-shared", &shared),
+            ("z-old", &noise(100_000, 6000 + round)),
+        ]);
+        let new = store_path(&[
+            ("0-shared", &shared),
+            ("z-new", &noise(100_000, 7000 + round)),
+        ]);
+        api.push_path(&token, "short", &old).await;
+        std::thread::sleep(Duration::from_millis(2100));
+        let (status, body) =
+            upload_around_a_collection(&server, &token, "kept", &new, 700_000).await;
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            assert!(body.contains("RetryUpload"), "{body}");
+            refused += 1;
+            api.push_path(&token, "kept", &new).await;
+        } else {
+            assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        }
+        let served = api
+            .get_bytes(&token, &format!("/kept/nar/{}.nar", path_hash(&new)))
+            .await;
+        assert!(
+            served == nix::dump(Path::new(&new)).as_slice(),
+            "round {round}: the new NAR is not whole"
+        );
+        fresh.push(new);
+    }
+    eprintln!("uploads refused for a chunk reclaimed under them: {refused} of 6");
+    assert!(refused > 0, "the collection never raced an upload");
+    let key = api.public_key(&token, "kept").await;
+    nix::delete(&fresh);
+    let out = nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--realise")
+            .args(&fresh)
+            .args(["--option", "substituters"])
+            .arg(format!("{}/kept", server.url))
+            .args(["--option", "trusted-public-keys", &key]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stored bytes of the chunks a path's NAR uses.
+async fn stored_bytes_of(server: &TestServer, path: &str) -> i64 {
+    server
+        .count(&format!(
+            "SELECT COALESCE(SUM(stored_size), 0) FROM chunk WHERE id IN \
+             (SELECT chunk_id FROM chunk_ref WHERE nar_id = \
+             (SELECT nar_id FROM object WHERE store_path_hash = '{}'))",
+            path_hash(path)
+        ))
+        .await
+}
+
+fn system_file(name: &str) -> Vec<u8> {
+    let path = Path::new("/usr/lib/x86_64-linux-gnu").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Compaction recompresses: after a package's second version is pushed
+/// and its first expires, the first's pack (partly live: the second shares
+/// most of it) is compacted at a higher zstd level, and the second's bytes
+/// on disk shrink. The package is real software: the machine's own
+/// libraries, the second version replacing one of them.
+#[tokio::test]
+async fn compaction_recompresses_what_a_new_version_still_uses() {
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\ncompact-below = 0.9\ncompaction-level = 19\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "v1", true).await;
+    api.create_cache(token, "v2", true).await;
+    api.configure(token, "v1", json!({"retention_period": {"Period": 1}}))
+        .await;
+    let libc = system_file("libc.so.6");
+    let libstdcxx = system_file("libstdc++.so.6");
+    let first = store_path(&[
+        ("libc.so.6", &libc),
+        ("libstdc++.so.6", &libstdcxx),
+        ("libm.so.6", &system_file("libm.so.6")),
+    ]);
+    let second = store_path(&[
+        ("libc.so.6", &libc),
+        ("libstdc++.so.6", &libstdcxx),
+        ("libgcc_s.so.1", &system_file("libgcc_s.so.1")),
+    ]);
+    api.push_path(token, "v1", &first).await;
+    api.push_path(token, "v2", &second).await;
+    let before = stored_bytes_of(&server, &second).await;
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = gc(&server);
+    assert!(report.contains("1 compacted"), "{report}");
+    let after = stored_bytes_of(&server, &second).await;
+    eprintln!("stored bytes of the second version: {before} before compaction, {after} after");
+    assert!(after < before, "{before} -> {after}");
+    assert_nothing_orphaned(&server).await;
+    let key = api.public_key(token, "v2").await;
+    substitutes(&server, "v2", &key, &second);
+}

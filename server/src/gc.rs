@@ -225,6 +225,26 @@ fn crash_point(point: &str) {
     }
 }
 
+/// This machine's name, as the kernel knows it.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Whether a lease holder (`host:pid:start`) ran on this machine, in a
+/// process that no longer exists.
+fn holder_is_dead_here(holder: &str) -> bool {
+    let mut parts = holder.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    host == hostname()
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -253,12 +273,7 @@ impl<'a> Collector<'a> {
         config: &'a GcConfig,
         progress: &'a dyn Progress,
     ) -> Self {
-        let holder = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "atticd".into()),
-            std::process::id(),
-            now()
-        );
+        let holder = format!("{}:{}:{}", hostname(), std::process::id(), now());
         Self {
             database,
             storage,
@@ -276,13 +291,35 @@ impl<'a> Collector<'a> {
             .acquire_gc_lease(&self.holder, LEASE_SECS)
             .await?
         {
-            return Err(GcError::Busy);
+            self.take_over_from_the_dead().await?;
         }
         let result = self.stages().await;
         if let Err(e) = self.database.release_gc_lease(&self.holder).await {
             tracing::warn!(error = %e, "could not release the garbage collector's lease");
         }
         result.map(|()| self.report)
+    }
+
+    /// When the lease is held by a collector of this machine that died,
+    /// takes it over rather than waiting for it to lapse; otherwise `Busy`.
+    async fn take_over_from_the_dead(&self) -> Result<(), GcError> {
+        let Some(dead) = self
+            .database
+            .gc_lease_holder()
+            .await?
+            .filter(|holder| holder_is_dead_here(holder))
+        else {
+            return Err(GcError::Busy);
+        };
+        if !self
+            .database
+            .take_over_gc_lease(&dead, &self.holder, LEASE_SECS)
+            .await?
+        {
+            return Err(GcError::Busy);
+        }
+        tracing::warn!(dead, "took over the lease of a garbage collector that died");
+        Ok(())
     }
 
     async fn renew(&self) -> Result<(), GcError> {
@@ -323,7 +360,7 @@ impl<'a> Collector<'a> {
         self.compact(grace_cutoff).await?;
         crash_point("compact");
         self.progress.stage("deleting packs");
-        self.delete_packs(grace_cutoff).await?;
+        self.delete_packs().await?;
         crash_point("delete-packs");
         self.progress.stage("sweeping orphans");
         self.sweep(self.config.grace_period).await?;
@@ -508,12 +545,12 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    async fn delete_packs(&mut self, grace_cutoff: i64) -> Result<(), GcError> {
+    async fn delete_packs(&mut self) -> Result<(), GcError> {
+        // Packs marked at least a grace period ago, this run's included
+        // when there is no grace.
+        let cutoff = now() - secs(self.config.grace_period) + 1;
         loop {
-            let page = self
-                .database
-                .packs_to_delete(grace_cutoff + 1, PAGE)
-                .await?;
+            let page = self.database.packs_to_delete(cutoff, PAGE).await?;
             if page.is_empty() {
                 break;
             }

@@ -98,8 +98,11 @@ pub fn stream_nar(
                 match read {
                     Ok(checked) => decode(&state, checked, encoding).await,
                     Err(ReadError::Damaged(damage)) => {
-                        report_damage(&state, &damage).await;
-                        Err(NarReadError::Damaged)
+                        if report_damage(&state, &damage).await {
+                            Err(NarReadError::Damaged)
+                        } else {
+                            Err(NarReadError::Unavailable)
+                        }
                     }
                     Err(ReadError::Storage(e)) => {
                         tracing::error!(error = ?e, "cannot read a pack");
@@ -152,11 +155,31 @@ async fn decode(
 }
 
 /// Logs, counts and records damage, so the affected paths stop being
-/// served and the next upload of their content heals them.
-pub async fn report_damage(state: &AppState, damage: &Damage) {
+/// served and the next upload of their content heals them; whether it was
+/// damage. A chunk that compaction moved since its place was looked up
+/// (its old pack deleted after the grace period) is not damage: the
+/// reader's view was stale, and the next read finds the chunk.
+pub async fn report_damage(state: &AppState, damage: &Damage) -> bool {
+    state.read_cache.forget_paths();
+    let chunk = &damage.chunk;
+    match state
+        .database
+        .chunk_is_at(chunk.id, chunk.pack_id, chunk.offset)
+        .await
+    {
+        Ok(false) => {
+            tracing::warn!(
+                chunk = %chunk.hash,
+                pack = %chunk.pack_key,
+                "a chunk moved by compaction was read at its old place; the next read finds it"
+            );
+            return false;
+        }
+        Ok(true) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot look a chunk's place up"),
+    }
     state.metrics.damaged_chunks.inc();
     let marked = mark(&state.database, damage).await;
-    state.read_cache.forget_paths();
     tracing::error!(
         chunk = %damage.chunk.hash,
         pack = %damage.chunk.pack_key,
@@ -165,6 +188,7 @@ pub async fn report_damage(state: &AppState, damage: &Damage) {
         marked,
         "damaged chunk: its NARs are no longer served until pushed again"
     );
+    true
 }
 
 /// Marks damage in the database; how many chunks were newly marked.

@@ -28,6 +28,13 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
     let route = route.as_deref().unwrap_or("(no route)");
     let cache = cache.unwrap_or("-");
     match response.extensions().get::<ErrorDetail>() {
+        // Try-again answers (storage briefly unreadable, a chunk reclaimed
+        // under an upload) are not failures of the server.
+        Some(ErrorDetail(detail))
+            if response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::warn!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused for now");
+        }
         Some(ErrorDetail(detail)) if response.status().is_server_error() => {
             tracing::error!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request failed");
         }

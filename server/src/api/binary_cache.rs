@@ -216,7 +216,15 @@ async fn get_nar(
         return Err(ServerError::NoSuchObject);
     }
     let chunks = nar_chunks(&state, nar.id).await?;
-    let length = encoding.file_size(&nar);
+    // The length of what will be sent, from the chunks themselves: a NAR
+    // row held in memory may predate a compaction that recompressed them.
+    let length: u64 = chunks
+        .iter()
+        .map(|c| match encoding {
+            NarEncoding::Zstd => c.stored_size,
+            NarEncoding::Plain => c.chunk_size,
+        })
+        .sum();
     let mut stream = Box::pin(stream_nar(state.clone(), chunks, encoding));
     // Check the first chunk before answering, so that a NAR found damaged
     // there gets an error status rather than a response cut short.

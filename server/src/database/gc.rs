@@ -11,7 +11,8 @@ use sea_orm::{
 };
 
 use super::entity::{
-    BlobState, build_log, cache, chunk, chunkref, gc_lease, nar, object, pack, staged_nar,
+    BlobState, StoredCompression, build_log, cache, chunk, chunkref, gc_lease, nar, object, pack,
+    staged_nar,
 };
 use super::{Database, now};
 use crate::pack::write::WrittenPack;
@@ -68,6 +69,33 @@ impl Database {
                     .or(gc_lease::Column::ExpiresAt.lt(when))
                     .or(gc_lease::Column::Holder.eq(holder)),
             )
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Who holds the lease, unexpired.
+    pub async fn gc_lease_holder(&self) -> Result<Option<String>, DbErr> {
+        Ok(gc_lease::Entity::find_by_id(1)
+            .one(&self.conn)
+            .await?
+            .filter(|lease| lease.expires_at >= now())
+            .and_then(|lease| lease.holder))
+    }
+
+    /// Takes the lease from `dead`, a holder known to have died, unless
+    /// someone else took it meanwhile; whether `holder` has it now.
+    pub async fn take_over_gc_lease(
+        &self,
+        dead: &str,
+        holder: &str,
+        ttl_secs: i64,
+    ) -> Result<bool, DbErr> {
+        let result = gc_lease::Entity::update_many()
+            .col_expr(gc_lease::Column::Holder, Expr::value(holder))
+            .col_expr(gc_lease::Column::ExpiresAt, Expr::value(now() + ttl_secs))
+            .filter(gc_lease::Column::Id.eq(1))
+            .filter(gc_lease::Column::Holder.eq(dead))
             .exec(&self.conn)
             .await?;
         Ok(result.rows_affected == 1)
@@ -456,6 +484,31 @@ impl Database {
             .filter(nar::Column::PackId.eq(old))
             .exec(&txn)
             .await?;
+        // The NARs holding moved chunks are now smaller as served.
+        let ids: Vec<i64> = moved.iter().map(|c| c.id).collect();
+        for batch in ids.chunks(super::BATCH) {
+            let holding = Query::select()
+                .column((chunkref::Entity, chunkref::Column::NarId))
+                .from(chunkref::Entity)
+                .and_where(
+                    Expr::col((chunkref::Entity, chunkref::Column::ChunkId))
+                        .is_in(batch.iter().copied()),
+                )
+                .to_owned();
+            nar::Entity::update_many()
+                .col_expr(
+                    nar::Column::FileSize,
+                    Expr::cust(
+                        "(SELECT COALESCE(SUM(chunk.stored_size), 0) FROM chunk_ref \
+                         JOIN chunk ON chunk.id = chunk_ref.chunk_id \
+                         WHERE chunk_ref.nar_id = nar.id)",
+                    ),
+                )
+                .filter(nar::Column::Compression.eq(StoredCompression::Zstd))
+                .filter(nar::Column::Id.in_subquery(holding))
+                .exec(&txn)
+                .await?;
+        }
         let used = Query::select()
             .expr(Expr::val(1))
             .from(chunk::Entity)

@@ -348,6 +348,16 @@ impl Database {
         Ok(())
     }
 
+    /// Whether a chunk is still stored at `pack_id`, `offset`.
+    pub async fn chunk_is_at(&self, id: i64, pack_id: i64, offset: u64) -> Result<bool, DbErr> {
+        Ok(chunk::Entity::find_by_id(id)
+            .filter(chunk::Column::PackId.eq(pack_id))
+            .filter(chunk::Column::Offset.eq(offset as i64))
+            .one(&self.conn)
+            .await?
+            .is_some())
+    }
+
     /// Marks what `damage` found as damaged: the chunk (or, for a short or
     /// missing pack, every chunk of the pack past where it ends), and every
     /// NAR holding one of them. Returns how many chunks were newly marked.
