@@ -55,9 +55,9 @@ pub struct ReadCache {
     pub caches: Recent<String, cache::Model>,
     /// Signed narinfos by (cache id, store path hash).
     pub narinfos: Recent<(i64, String), SignedNarinfo>,
-    /// NARs by (cache id, store path hash), for NAR requests without a
-    /// narinfo request just before.
-    pub path_nars: Recent<(i64, String), Arc<nar::Model>>,
+    /// Object ids and NARs by (cache id, store path hash), for NAR
+    /// requests without a narinfo request just before.
+    pub path_nars: Recent<(i64, String), (i64, Arc<nar::Model>)>,
     /// Chunk lists of small NARs by NAR id.
     pub chunk_lists: Recent<i64, Arc<Vec<StoredChunk>>>,
 }

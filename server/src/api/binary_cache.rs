@@ -202,16 +202,20 @@ async fn get_nar(
     let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
     // Nix asks for the narinfo first: its rows are usually in memory.
     let key = (cache.id, hash.to_owned());
-    let held = (state.read_cache.narinfos.get(&key).map(|held| held.nar))
+    let held = (state.read_cache.narinfos.get(&key))
+        .map(|held| (held.object_id, held.nar))
         .or_else(|| state.read_cache.path_nars.get(&key));
-    let nar = match held {
-        Some(nar) => nar,
+    let (object_id, nar) = match held {
+        Some(held) => held,
         None => {
-            let nar = Arc::new(find_object(&state, cache, hash).await?.2);
-            state.read_cache.path_nars.insert(key, nar.clone());
-            nar
+            let (_, object, nar) = find_object(&state, cache, hash).await?;
+            let held = (object.id, Arc::new(nar));
+            state.read_cache.path_nars.insert(key, held.clone());
+            held
         }
     };
+    // A NAR read counts as a read of the path, for retention.
+    state.access_log.record(object_id);
     if encoding == NarEncoding::Zstd && NarEncoding::stored(&nar) != NarEncoding::Zstd {
         return Err(ServerError::NoSuchObject);
     }
