@@ -4,6 +4,8 @@
 //! message for refusals, the address for connection failures. They also say
 //! whether trying again could help ([`ApiError::is_transient`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use attic::api::ErrorResponse;
@@ -28,6 +30,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Metadata longer than this goes in a preamble rather than a header.
 const MAX_HEADER_NAR_INFO: usize = 4096;
+
+/// zstd level of compressed uploads: fast, so compressing never holds the
+/// upload back; the server recompresses chunks as it stores them anyway.
+const UPLOAD_ZSTD_LEVEL: i32 = 1;
 
 /// Why an API call failed.
 #[derive(Debug, Error)]
@@ -258,25 +264,43 @@ impl ApiClient {
         &self,
         info: &UploadPathNarInfo,
         nar: S,
+        zstd: bool,
+        sent: Arc<AtomicU64>,
     ) -> Result<UploadPathResult, ApiError>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
     {
         let json = serde_json::to_string(info).expect("upload metadata serialises");
-        let request = self
+        let mut request = self
             .request(Method::PUT, "upload-path")
             .header("Content-Type", "application/x-nix-nar");
-        let request = if json.len() <= MAX_HEADER_NAR_INFO {
-            request
-                .header(NAR_INFO_HEADER, json)
-                .body(Body::wrap_stream(nar))
+        let body: futures::stream::BoxStream<'static, std::io::Result<Bytes>> =
+            if json.len() <= MAX_HEADER_NAR_INFO {
+                request = request.header(NAR_INFO_HEADER, json);
+                Box::pin(nar)
+            } else {
+                request = request.header(NAR_INFO_PREAMBLE_SIZE_HEADER, json.len().to_string());
+                let preamble = futures::stream::once(futures::future::ready(Ok(Bytes::from(json))));
+                Box::pin(preamble.chain(nar))
+            };
+        // The whole body is compressed, preamble included.
+        let body: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = if zstd {
+            request = request.header("Content-Encoding", "zstd");
+            let encoder = async_compression::tokio::bufread::ZstdEncoder::with_quality(
+                tokio_util::io::StreamReader::new(body),
+                async_compression::Level::Precise(UPLOAD_ZSTD_LEVEL),
+            );
+            Box::pin(tokio_util::io::ReaderStream::new(encoder))
         } else {
-            let size = json.len().to_string();
-            let preamble = futures::stream::once(futures::future::ready(Ok(Bytes::from(json))));
-            request
-                .header(NAR_INFO_PREAMBLE_SIZE_HEADER, size)
-                .body(Body::wrap_stream(preamble.chain(nar)))
+            body
         };
+        let body = body.map(move |piece| {
+            if let Ok(piece) = &piece {
+                sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+            piece
+        });
+        let request = request.body(Body::wrap_stream(body));
         self.send(request).await
     }
 }

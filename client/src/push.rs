@@ -6,6 +6,7 @@
 //! is about a megabyte, whatever the size of the path.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub struct PushSummary {
     pub skipped_upstream: usize,
     /// Paths that failed, with why.
     pub failed: Vec<(String, String)>,
+    /// Bytes sent for the pushed paths' NARs: fewer than `pushed_bytes`
+    /// when the server takes them compressed.
+    pub wire_bytes: u64,
 }
 
 impl PushSummary {
@@ -80,10 +84,11 @@ impl PushSummary {
             );
         }
         format!(
-            "pushed {} paths ({} of NARs, {} of it deduplicated); {} already in the cache; \
+            "pushed {} paths ({} of NARs, {} sent, {} of it deduplicated); {} already in the cache; \
              {} skipped as signed upstream; {} failed",
             self.pushed,
             HumanBytes(self.pushed_bytes),
+            HumanBytes(self.wire_bytes),
             HumanBytes(self.deduplicated_bytes),
             self.already_present,
             self.skipped_upstream,
@@ -215,6 +220,11 @@ pub struct Pusher {
     cache: CacheName,
     store_dir: StoreDir,
     upstream_key_names: Vec<String>,
+    /// Send NARs zstd-compressed: the server said it takes them so (an
+    /// older server does not say, and gets them plain).
+    compress: bool,
+    /// Bytes sent in successful uploads.
+    wire_bytes: AtomicU64,
 }
 
 impl Pusher {
@@ -231,11 +241,17 @@ impl Pusher {
                 .with_context(|| format!("cache {cache} has store dir {dir:?}"))?,
             None => StoreDir::default(),
         };
+        let compress = config
+            .upload_encodings
+            .as_ref()
+            .is_some_and(|encodings| encodings.iter().any(|e| e == "zstd"));
         Ok(Self {
             api,
             cache,
             store_dir,
             upstream_key_names: config.upstream_cache_key_names.unwrap_or_default(),
+            compress,
+            wire_bytes: AtomicU64::new(0),
         })
     }
 
@@ -294,6 +310,7 @@ impl Pusher {
             plan.already_present,
             plan.skipped_upstream
         ));
+        let wire_before = self.wire_bytes.load(Ordering::Relaxed);
         let mut summary = PushSummary {
             already_present: plan.already_present,
             skipped_upstream: plan.skipped_upstream,
@@ -352,6 +369,7 @@ impl Pusher {
                 Err(e) => summary.failed.push((info.path, e.to_string())),
             }
         }
+        summary.wire_bytes = self.wire_bytes.load(Ordering::Relaxed) - wire_before;
         summary
     }
 
@@ -443,11 +461,19 @@ impl Pusher {
             })
             .filter_map(futures::future::ready),
         );
-        let reply = self.api.upload_path(&upload_info, nar).await;
+        // What goes on the wire, counted after compression.
+        let sent = Arc::new(AtomicU64::new(0));
+        let reply = self
+            .api
+            .upload_path(&upload_info, nar, self.compress, sent.clone())
+            .await;
         if let Some(e) = read_failure.lock().expect("never poisoned").take() {
             return Err(PushError::Read(e));
         }
-        Ok(reply?)
+        let reply = reply?;
+        self.wire_bytes
+            .fetch_add(sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(reply)
     }
 
     fn signed_upstream(&self, info: &PathInfo) -> bool {

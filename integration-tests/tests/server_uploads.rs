@@ -517,17 +517,30 @@ async fn the_client_sends_large_metadata_as_a_preamble() {
         token: Some(token.clone()),
         ..Default::default()
     });
-    let body = futures::stream::iter([Ok(bytes::Bytes::from(nar))]);
-    let reply = client.upload_path(&info, body).await.expect("upload");
-    assert_eq!(
-        reply.kind,
-        attic::api::v1::upload_path::UploadPathResultKind::Uploaded
-    );
-    assert!(
-        api.missing(&token, "main", &[path_hash(&path)])
+    // Plain, and compressed with the preamble inside the compressed body.
+    for (zstd, info) in [
+        (false, info.clone()),
+        (true, {
+            let mut info = info.clone();
+            info.store_path = fake_store_path("many-refs-zstd");
+            info.store_path_hash = path_hash(&info.store_path).parse().expect("hash");
+            info
+        }),
+    ] {
+        let body = futures::stream::iter([Ok(bytes::Bytes::from(nar.clone()))]);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reply = client
+            .upload_path(&info, body, zstd, sent.clone())
             .await
-            .is_empty()
-    );
+            .expect("upload");
+        assert!(sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(
+            api.missing(&token, "main", &[info.store_path_hash.as_str()])
+                .await
+                .is_empty(),
+            "zstd: {zstd}, {reply:?}"
+        );
+    }
 }
 
 /// Uploads of different NARs that bring the same new chunks at the same
