@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
+use crate::storage::StorageCounters;
 
 /// Label of a counter split by one word.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +51,10 @@ pub struct Metrics {
     pub responses: Family<Status, Counter>,
     /// Connections closed on arrival because `http.max-connections` were open.
     pub connections_refused: Counter,
+    /// NAR requests answered with a redirect to a presigned storage URL.
+    pub nar_redirects: Counter,
+    /// Storage requests and failures, by operation.
+    pub storage: StorageCounters,
 }
 
 impl Default for Metrics {
@@ -95,8 +100,27 @@ impl Default for Metrics {
             "Connections closed on arrival because http.max-connections were open",
             connections_refused.clone(),
         );
+        let nar_redirects = Counter::default();
+        registry.register(
+            "nar_redirects",
+            "NAR requests answered with a redirect to a presigned storage URL",
+            nar_redirects.clone(),
+        );
+        let storage = StorageCounters::default();
+        registry.register(
+            "storage_requests",
+            "Storage requests, by operation",
+            storage.requests.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Storage requests that failed, by operation",
+            storage.errors.clone(),
+        );
         Self {
             connections_refused,
+            nar_redirects,
+            storage,
             registry,
             uploads,
             upload_nar_bytes,
