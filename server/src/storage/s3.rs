@@ -489,7 +489,66 @@ fn jitter(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
     use super::*;
+
+    fn s3_says(status: u16, code: Option<&str>) -> StorageError {
+        let mut metadata = ErrorMetadata::builder();
+        if let Some(code) = code {
+            metadata = metadata.code(code);
+        }
+        let response =
+            HttpResponse::new(status.try_into().expect("a status code"), SdkBody::empty());
+        let error = SdkError::service_error(GetObjectError::generic(metadata.build()), response);
+        failure(
+            "GetObject",
+            &StorageKey::new("packs/00/a").expect("key"),
+            error,
+        )
+    }
+
+    #[test]
+    fn only_a_missing_key_is_not_found() {
+        assert!(matches!(
+            s3_says(404, Some("NoSuchKey")),
+            StorageError::NotFound(_)
+        ));
+        // A HEAD's 404 has no body to name the code.
+        assert!(matches!(s3_says(404, None), StorageError::NotFound(_)));
+        // Were a missing bucket NotFound, every pack would be marked damaged.
+        assert!(matches!(
+            s3_says(404, Some("NoSuchBucket")),
+            StorageError::Io { .. }
+        ));
+        assert!(matches!(
+            s3_says(403, Some("AccessDenied")),
+            StorageError::Io { .. }
+        ));
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_unavailable() {
+        for (status, code) in [
+            (503, "SlowDown"),
+            (500, "InternalError"),
+            (429, "TooManyRequests"),
+        ] {
+            let error = s3_says(status, Some(code));
+            assert!(
+                matches!(error, StorageError::Unavailable { .. }),
+                "{status}: {error:?}"
+            );
+            let source = std::error::Error::source(&error).expect("keeps its source");
+            assert!(
+                format!("{}", aws_sdk_s3::error::DisplayErrorContext(source)).contains(code),
+                "{source:?}"
+            );
+        }
+    }
 
     #[test]
     fn parts_grow_so_that_ten_thousand_hold_terabytes() {
