@@ -104,13 +104,20 @@ impl S3Server {
     /// `.upload-<id>.json` in its root until it is completed or aborted.
     /// (It does not implement `ListMultipartUploads`.)
     pub fn open_uploads(&self) -> usize {
+        self.root_files(|name| name.starts_with(".upload-") && name.ends_with(".json"))
+    }
+
+    /// Parts of open multipart uploads written whole: s3s-fs renames each
+    /// into place as `.upload_id-<id>.part-<n>` once it has all of it.
+    pub fn uploaded_parts(&self) -> usize {
+        self.root_files(|name| name.starts_with(".upload_id-"))
+    }
+
+    fn root_files(&self, wanted: impl Fn(&str) -> bool) -> usize {
         std::fs::read_dir(self.root.path())
             .expect("read the s3s-fs root")
             .flatten()
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with(".upload-") && name.ends_with(".json")
-            })
+            .filter(|e| wanted(&e.file_name().to_string_lossy()))
             .count()
     }
 
