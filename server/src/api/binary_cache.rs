@@ -197,11 +197,20 @@ async fn presigned_whole_pack(
     chunks: &[StoredChunk],
 ) -> Option<String> {
     let expiry = state.config.read_redirect_expiry()?;
-    nar.pack_id?;
-    let pack = &chunks.first()?.pack_key;
-    if chunks.iter().any(|chunk| &chunk.pack_key != pack) {
+    let pack_id = nar.pack_id?;
+    // The chunks must still be that pack, back to back from its start (a
+    // repair may since have moved some elsewhere).
+    let mut offset = 0;
+    for chunk in chunks {
+        if chunk.pack_id != pack_id || chunk.offset != offset {
+            return None;
+        }
+        offset += chunk.stored_size;
+    }
+    if offset != nar.file_size as u64 {
         return None;
     }
+    let pack = &chunks.first()?.pack_key;
     match state.storage.presign(pack, expiry).await {
         Ok(url) => url,
         Err(e) => {
