@@ -51,16 +51,13 @@ fn no_redirects() -> reqwest::Client {
 
 /// The `URL:` of a path's narinfo.
 async fn nar_url(server: &TestServer, cache: &str, path: &str) -> String {
-    let narinfo = reqwest::get(format!(
-        "{}/{cache}/{}.narinfo",
-        server.url,
-        path_hash(path)
-    ))
-    .await
-    .expect("GET narinfo")
-    .text()
-    .await
-    .expect("body");
+    let narinfo = Api::new(&server.url)
+        .get_bytes(
+            &server.root_token,
+            &format!("/{cache}/{}.narinfo", path_hash(path)),
+        )
+        .await;
+    let narinfo = String::from_utf8(narinfo.to_vec()).expect("UTF-8");
     narinfo
         .lines()
         .find_map(|l| l.strip_prefix("URL: "))
@@ -74,12 +71,28 @@ async fn nix_substitutes_from_atticd_on_s3_by_redirect_and_proxied() {
     let mut server = TestServer::start_with_config(&s3.storage_toml("redirect-reads = true"));
     let api = Api::new(&server.url);
     let token = server.root_token.clone();
-    // Public, so Nix sends no credentials that could follow the redirect.
-    api.create_cache(&token, "alpha", true).await;
+    // Private: Nix authenticates to atticd from a netrc, and what it sends
+    // there must not break its GET of the presigned URL.
+    api.create_cache(&token, "alpha", false).await;
     let key = api.public_key(&token, "alpha").await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let closure = nix::build_closure(dir.path(), 2 * 1024 * 1024);
+    let netrc = nix::write_netrc(dir.path(), "127.0.0.1", &token);
+    let substitute = |server: &TestServer| {
+        nix::delete(&closure.paths);
+        let out = nix::substitute_with_netrc(
+            closure.top(),
+            &format!("{}/alpha", server.url),
+            &key,
+            Some(&netrc),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let original = nix::dump(Path::new(closure.top()));
     for path in &closure.paths {
         let reply = api
@@ -99,6 +112,7 @@ async fn nix_substitutes_from_atticd_on_s3_by_redirect_and_proxied() {
     assert!(url.ends_with(".nar.zst"), "{url}");
     let response = no_redirects()
         .get(format!("{}/alpha/{url}", server.url))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("GET NAR");
@@ -107,13 +121,7 @@ async fn nix_substitutes_from_atticd_on_s3_by_redirect_and_proxied() {
     assert!(location.starts_with(&s3.endpoint()), "{location}");
 
     // Real Nix follows the redirects.
-    nix::delete(&closure.paths);
-    let out = nix::substitute(closure.top(), &format!("{}/alpha", server.url), &key);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    substitute(&server);
     assert_eq!(nix::dump(Path::new(closure.top())), original);
     // One redirect for the GET above, one per path for Nix.
     assert!(metric(&server, "attic_nar_redirects_total").await >= 4);
@@ -159,6 +167,7 @@ async fn nix_substitutes_from_atticd_on_s3_by_redirect_and_proxied() {
     let url = nar_url(&server, "alpha", &second_path).await;
     let response = no_redirects()
         .get(format!("{}/alpha/{url}", server.url))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("GET NAR");
@@ -177,18 +186,13 @@ async fn nix_substitutes_from_atticd_on_s3_by_redirect_and_proxied() {
     let url = nar_url(&server, "alpha", closure.top()).await;
     let status = no_redirects()
         .get(format!("{}/alpha/{url}", server.url))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("GET NAR")
         .status();
     assert_eq!(status, StatusCode::OK);
-    nix::delete(&closure.paths);
-    let out = nix::substitute(closure.top(), &format!("{}/alpha", server.url), &key);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    substitute(&server);
     assert_eq!(nix::dump(Path::new(closure.top())), original);
 }
 
