@@ -78,10 +78,17 @@ impl S3Server {
     /// A `[storage]` section for atticd on this server, `extra` lines added.
     pub fn storage_toml(&self, extra: &str) -> String {
         format!(
-            "[storage]\ntype = \"s3\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\n\
-             endpoint = \"{}\"\n{extra}\n\
-             [storage.credentials]\naccess_key_id = \"{ACCESS_KEY}\"\n\
+            "{}[storage.credentials]\naccess_key_id = \"{ACCESS_KEY}\"\n\
              secret_access_key = \"{SECRET_KEY}\"\n",
+            self.storage_toml_without_credentials(extra)
+        )
+    }
+
+    /// The same without `[storage.credentials]`, for the AWS chain to fill.
+    pub fn storage_toml_without_credentials(&self, extra: &str) -> String {
+        format!(
+            "[storage]\ntype = \"s3\"\nregion = \"us-east-1\"\nbucket = \"{BUCKET}\"\n\
+             endpoint = \"{}\"\n{extra}\n",
             self.endpoint()
         )
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use attic::nar::NarNode;
 use bytes::Bytes;
 use integration_tests::nix;
-use integration_tests::s3::S3Server;
-use integration_tests::server::TestServer;
+use integration_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use integration_tests::server::{TestHome, TestServer};
 use integration_tests::upload::{
     Api, fake_store_path, nar_info_for, nar_info_from_nix, noise, path_hash,
 };
@@ -276,4 +276,47 @@ async fn an_s3_outage_mid_push_fails_it_cleanly_until_s3_is_back() {
     assert!(api.missing(&token, "c", &[hash]).await.is_empty());
     let served = api.get_bytes(&token, &format!("/c/nar/{hash}.nar")).await;
     assert!(served == nar, "the NAR reads back whole");
+}
+
+#[tokio::test]
+async fn without_credentials_in_the_config_the_aws_environment_supplies_them() {
+    let s3 = S3Server::start();
+    let config = s3.storage_toml_without_credentials("max-attempts = 1");
+    let home = |secret: &str| {
+        TestHome::new()
+            .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .with_env("AWS_SECRET_ACCESS_KEY", secret)
+    };
+    let nar = NarNode::Regular {
+        executable: false,
+        contents: noise(200 * 1024, 5),
+    }
+    .to_nar();
+
+    let server = TestServer::start_with_config_in(home(SECRET_KEY), &config);
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "c", false).await;
+    let path = fake_store_path("from-the-environment");
+    api.upload_ok(
+        &server.root_token,
+        &nar_info_for("c", &path, &nar),
+        nar.clone(),
+    )
+    .await;
+    assert_eq!(s3.objects("packs").len(), 1);
+
+    // A wrong secret is refused by S3: the upload fails and stores nothing.
+    let server = TestServer::start_with_config_in(home("not-the-secret"), &config);
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "c", false).await;
+    let path = fake_store_path("refused");
+    let response = api
+        .upload(
+            Some(&server.root_token),
+            &nar_info_for("c", &path, &nar),
+            nar,
+        )
+        .await;
+    assert!(response.status().is_server_error(), "{}", response.status());
+    assert_eq!(s3.objects("packs").len(), 1);
 }
