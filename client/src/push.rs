@@ -84,12 +84,12 @@ impl PushSummary {
             );
         }
         format!(
-            "pushed {} paths ({} of NARs, {} sent, {} of it deduplicated); {} already in the cache; \
-             {} skipped as signed upstream; {} failed",
+            "pushed {} paths ({} of NARs, {} of it deduplicated; {} sent); {} already in the \
+             cache; {} skipped as signed upstream; {} failed",
             self.pushed,
             HumanBytes(self.pushed_bytes),
-            HumanBytes(self.wire_bytes),
             HumanBytes(self.deduplicated_bytes),
+            HumanBytes(self.wire_bytes),
             self.already_present,
             self.skipped_upstream,
             self.failed.len()
@@ -537,12 +537,13 @@ mod tests {
             pushed_bytes: 40 * 1024 * 1024,
             deduplicated_bytes: 20 * 1024 * 1024,
             already_present: 1,
+            wire_bytes: 12 * 1024 * 1024,
             ..PushSummary::default()
         };
         assert_eq!(
             summary.line(),
-            "pushed 2 paths (40.00 MiB of NARs, 20.00 MiB of it deduplicated); 1 already in the \
-             cache; 0 skipped as signed upstream; 0 failed"
+            "pushed 2 paths (40.00 MiB of NARs, 20.00 MiB of it deduplicated; 12.00 MiB sent); 1 \
+             already in the cache; 0 skipped as signed upstream; 0 failed"
         );
     }
 

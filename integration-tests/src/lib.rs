@@ -1,10 +1,11 @@
 //! Shared harness for end-to-end tests: real Nix as the client and oracle,
-//! and the real `atticd`/`atticadm` binaries on loopback.
+//! the real `atticd`/`atticadm` binaries, and a real S3 server, on loopback.
 //!
 //! Every helper fails loudly when a tool is missing, so a green run means
 //! the tests really ran against Nix and the real server.
 
 pub mod client;
 pub mod nix;
+pub mod s3;
 pub mod server;
 pub mod upload;

@@ -27,6 +27,7 @@ pub fn binary(name: &str) -> PathBuf {
 /// An empty home with its own XDG directories, as a new user has.
 pub struct TestHome {
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl TestHome {
@@ -34,7 +35,15 @@ impl TestHome {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            env: Vec::new(),
         }
+    }
+
+    /// The same home, whose commands also get `name=value` in their
+    /// environment.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// The home directory.
@@ -48,7 +57,8 @@ impl TestHome {
         cmd.env("HOME", self.path())
             .env("XDG_CONFIG_HOME", self.path().join("config"))
             .env("XDG_DATA_HOME", self.path().join("data"))
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(name, value)| (name, value)));
         cmd
     }
 
@@ -225,7 +235,12 @@ impl TestServer {
     /// start writes the config and prints the root token, then the server
     /// is restarted on the edited config.
     pub fn start_with_config(extra: &str) -> Self {
-        let mut server = Self::start();
+        Self::start_with_config_in(TestHome::new(), extra)
+    }
+
+    /// [`TestServer::start_with_config`] in `home`.
+    pub fn start_with_config_in(home: TestHome, extra: &str) -> Self {
+        let mut server = Self::start_in(home, &[]);
         server.kill();
         let config = server.config_path();
         let text = std::fs::read_to_string(&config).expect("read config");

@@ -71,9 +71,9 @@ pub enum ServerError {
     /// and the next push of it repairs it.
     #[error("this path's stored data is damaged; push it again to repair it")]
     NarDamaged,
-    /// Storage could not be read just now (not damage).
+    /// Storage could not be read or written just now (not damage, not full).
     #[error("storage is unavailable; try again later")]
-    StorageUnavailable,
+    StorageUnavailable(#[source] Option<StorageError>),
     /// A chunk an upload reuses stopped being stored while it ran.
     #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
     RetryUpload,
@@ -121,7 +121,7 @@ impl ServerError {
             Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
             Self::UploadStalled(_) => (StatusCode::REQUEST_TIMEOUT, "UploadStalled"),
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
-            Self::StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
+            Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
@@ -160,8 +160,11 @@ impl From<StorageError> for ServerError {
             StorageError::Io { source, .. } | StorageError::Listing { source } => {
                 source.kind() == std::io::ErrorKind::StorageFull
             }
-            StorageError::NotFound(_) => false,
+            StorageError::NotFound(_) | StorageError::Unavailable { .. } => false,
         };
+        if matches!(e, StorageError::Unavailable { .. }) {
+            return Self::StorageUnavailable(Some(e));
+        }
         if full {
             Self::StorageFull(Box::new(e))
         } else {
@@ -183,7 +186,9 @@ impl From<DatabaseError> for ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_name();
-        let message = if status.is_server_error() && !matches!(self, Self::StorageFull(_)) {
+        // These 5xx say what to do and leak nothing.
+        let says_why = matches!(self, Self::StorageFull(_) | Self::StorageUnavailable(_));
+        let message = if status.is_server_error() && !says_why {
             "the server failed to handle the request; the error is in its log".to_owned()
         } else {
             self.to_string()

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
+use crate::storage::StorageCounters;
 
 /// Label of a counter split by one word.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +57,10 @@ pub struct Metrics {
     pub gc_reclaimed: Family<Outcome, Counter>,
     /// Storage bytes garbage collection freed.
     pub gc_freed_bytes: Counter,
+    /// NAR requests answered with a redirect to a presigned storage URL.
+    pub nar_redirects: Counter,
+    /// Storage requests and failures, by operation.
+    pub storage: StorageCounters,
 }
 
 impl Default for Metrics {
@@ -119,11 +124,30 @@ impl Default for Metrics {
             "Storage bytes garbage collection freed",
             gc_freed_bytes.clone(),
         );
+        let nar_redirects = Counter::default();
+        registry.register(
+            "nar_redirects",
+            "NAR requests answered with a redirect to a presigned storage URL",
+            nar_redirects.clone(),
+        );
+        let storage = StorageCounters::default();
+        registry.register(
+            "storage_requests",
+            "Storage requests, by operation",
+            storage.requests.clone(),
+        );
+        registry.register(
+            "storage_errors",
+            "Storage requests that failed, by operation",
+            storage.errors.clone(),
+        );
         Self {
             gc_runs,
             gc_reclaimed,
             gc_freed_bytes,
             connections_refused,
+            nar_redirects,
+            storage,
             registry,
             uploads,
             upload_nar_bytes,

@@ -10,11 +10,11 @@ use anyhow::{Context, Result};
 use attic::chunking::FastCdcChunker;
 use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StorageConfig};
 use crate::database::Database;
 use crate::metrics::Metrics;
 use crate::state::{AccessLog, AppState, ReadCache, spawn_access_log_flusher};
-use crate::storage::{LocalStorage, StorageBackend};
+use crate::storage::{LocalStorage, MeteredStorage, S3Storage, StorageBackend};
 
 /// `$XDG_CONFIG_HOME/attic/server.toml`, or `~/.config/attic/server.toml`.
 pub fn default_config_path() -> Result<PathBuf> {
@@ -205,11 +205,18 @@ pub async fn open_storage(
     config: &ServerConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn StorageBackend>> {
-    let storage_path = config.local_storage_path(data_dir);
-    let storage = LocalStorage::open(&storage_path)
-        .await
-        .with_context(|| format!("opening local storage at {}", storage_path.display()))?;
-    Ok(Arc::new(storage))
+    match &config.storage {
+        StorageConfig::Local { .. } => {
+            let storage_path = config
+                .local_storage_path(data_dir)
+                .expect("local storage has a path");
+            let storage = LocalStorage::open(&storage_path)
+                .await
+                .with_context(|| format!("opening local storage at {}", storage_path.display()))?;
+            Ok(Arc::new(storage))
+        }
+        StorageConfig::S3(s3) => Ok(Arc::new(S3Storage::open(s3).await)),
+    }
 }
 
 /// Builds the shared state: database (opened as `how` says), storage, keys.
@@ -219,7 +226,11 @@ pub async fn build_state(
     how: OpenDatabase,
 ) -> Result<Arc<AppState>> {
     let database = open_database(&config, data_dir, how).await?;
-    let storage = open_storage(&config, data_dir).await?;
+    let metrics = Metrics::default();
+    let storage = Arc::new(MeteredStorage::new(
+        open_storage(&config, data_dir).await?,
+        metrics.storage.clone(),
+    ));
     let token_key = RootKey::parse(&config.token_root_key)?.public();
     let chunker = FastCdcChunker::new(config.chunking.params())?;
     let state = Arc::new(AppState {
@@ -229,7 +240,7 @@ pub async fn build_state(
         token_key,
         chunker,
         access_log: AccessLog::default(),
-        metrics: Metrics::default(),
+        metrics,
         read_cache: ReadCache::default(),
     });
     spawn_access_log_flusher(state.clone(), Duration::from_secs(10));

@@ -13,7 +13,8 @@ use attic::store_path::{StoreDir, StorePathHash};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -187,6 +188,38 @@ fn build_narinfo(
     Ok(narinfo)
 }
 
+/// A presigned URL of the pack that is byte for byte this NAR's
+/// `.nar.zst`, when `[storage] redirect-reads` is on and there is one.
+/// Anything else, a failure to presign included, is served as usual.
+async fn presigned_whole_pack(
+    state: &AppState,
+    nar: &nar::Model,
+    chunks: &[StoredChunk],
+) -> Option<String> {
+    let expiry = state.config.read_redirect_expiry()?;
+    let pack_id = nar.pack_id?;
+    // The chunks must still be that pack, back to back from its start (a
+    // repair may since have moved some elsewhere).
+    let mut offset = 0;
+    for chunk in chunks {
+        if chunk.pack_id != pack_id || chunk.offset != offset {
+            return None;
+        }
+        offset += chunk.stored_size;
+    }
+    if offset != nar.file_size as u64 {
+        return None;
+    }
+    let pack = &chunks.first()?.pack_key;
+    match state.storage.presign(pack, expiry).await {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::warn!(error = ?e, %pack, "cannot presign a pack; serving it through the server");
+            None
+        }
+    }
+}
+
 async fn get_nar(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -220,6 +253,20 @@ async fn get_nar(
         return Err(ServerError::NoSuchObject);
     }
     let chunks = nar_chunks(&state, nar.id).await?;
+    if encoding == NarEncoding::Zstd
+        && let Some(url) = presigned_whole_pack(&state, &nar, &chunks).await
+    {
+        state.metrics.nar_redirects.inc();
+        return Ok((
+            StatusCode::FOUND,
+            [
+                (LOCATION, url),
+                // The URL expires: never let a proxy keep the redirect.
+                (CACHE_CONTROL, "no-store".to_owned()),
+            ],
+        )
+            .into_response());
+    }
     // The length of what will be sent, from the chunks themselves: a NAR
     // row held in memory may predate a compaction that recompressed them.
     let length: u64 = chunks
@@ -235,7 +282,7 @@ async fn get_nar(
     let first = match stream.next().await {
         Some(Ok(first)) => Some(first),
         Some(Err(NarReadError::Damaged)) => return Err(ServerError::NarDamaged),
-        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable),
+        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
         None => None,
     };
     state.metrics.served_bytes.inc_by(length);

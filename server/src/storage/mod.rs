@@ -7,6 +7,8 @@
 
 mod local;
 mod memory;
+mod metered;
+mod s3;
 
 use std::fmt;
 use std::io;
@@ -20,6 +22,8 @@ use thiserror::Error;
 
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+pub use metered::{MeteredStorage, StorageCounters};
+pub use s3::S3Storage;
 
 /// A stream of a blob's bytes.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
@@ -38,6 +42,17 @@ pub enum StorageError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// The backend could not be reached, or kept failing or throttling
+    /// through its retries: nothing is known to be wrong with the blobs,
+    /// and trying again later may work.
+    #[error("storage is unreachable or failing ({operation})")]
+    Unavailable {
+        /// What was attempted, and on which blob.
+        operation: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Listing blobs failed.
     #[error("listing blobs failed")]
@@ -168,5 +183,7 @@ pub async fn read_all(
     Ok(buffer.freeze())
 }
 
+#[cfg(any(test, feature = "storage-scenarios"))]
+pub mod scenarios;
 #[cfg(test)]
 mod tests;
