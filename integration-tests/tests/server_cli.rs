@@ -276,3 +276,37 @@ async fn requests_are_logged_plainly_or_as_json_and_never_with_a_token() {
         }
     }
 }
+
+/// Secrets can live in the environment: `${VAR}` in any string value is
+/// replaced, and an unset one is an error naming the key and the variable.
+#[test]
+fn config_values_come_from_the_environment() {
+    let server = TestServer::start();
+    let config = std::fs::read_to_string(server.config_path()).expect("config");
+    let key_line = config
+        .lines()
+        .find(|l| l.starts_with("token-root-key"))
+        .expect("token-root-key");
+    let key = key_line.split('"').nth(1).expect("a quoted key").to_owned();
+    let path = server.home().path().join("env.toml");
+    std::fs::write(
+        &path,
+        "token-root-key = \"${ATTIC_TEST_ROOT_KEY}\"\napi-endpoint = \"${ATTIC_TEST_ENDPOINT:-https://cache.example.com/}\"\n",
+    )
+    .expect("write");
+    let check = |home: &TestHome| {
+        home.run(
+            "atticd",
+            &["--config", path.to_str().expect("utf-8"), "--check-config"],
+        )
+    };
+    let unset = check(&TestHome::new());
+    assert!(!unset.status.success(), "accepted an unset variable");
+    assert!(
+        stderr(&unset).contains("ATTIC_TEST_ROOT_KEY") && stderr(&unset).contains("token-root-key"),
+        "{}",
+        stderr(&unset)
+    );
+    let set = check(&TestHome::new().with_env("ATTIC_TEST_ROOT_KEY", &key));
+    assert!(set.status.success(), "{}", stderr(&set));
+}

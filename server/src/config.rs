@@ -33,6 +33,22 @@ pub enum ConfigError {
         /// The parser's message, which names the key and line.
         message: String,
     },
+    /// A string refers to an environment variable that is not set.
+    #[error(
+        "`{key}` refers to ${{{variable}}}, which is not set in the environment (write ${{{variable}:-default}} to give a default)"
+    )]
+    UnsetVariable {
+        /// The key, as a dotted path.
+        key: String,
+        /// The variable.
+        variable: String,
+    },
+    /// A `${` without its closing `}`.
+    #[error("`{key}` has a `${{` without a closing `}}` (write `$${{` for a literal `${{`)")]
+    UnclosedVariable {
+        /// The key, as a dotted path.
+        key: String,
+    },
     /// A value that parses but cannot work.
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -185,6 +201,73 @@ fn default_shutdown_timeout() -> Duration {
 }
 
 /// Durations as humane text (`30s`, `2m`) in the config file.
+/// Replaces `${VAR}` and `${VAR:-default}` in the strings of `value`
+/// (whose dotted key is `key`) with what `lookup` gives.
+fn expand_variables(
+    value: &mut toml::Value,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(text) => *text = expand_string(text, key, lookup)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                expand_variables(item, key, lookup)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (name, item) in table.iter_mut() {
+                expand_variables(item, &format!("{key}.{name}"), lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_string(
+    text: &str,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(literal) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = literal;
+        } else if let Some(inner) = after.strip_prefix("${") {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| ConfigError::UnclosedVariable {
+                    key: key.to_owned(),
+                })?;
+            let (name, default) = match inner[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&inner[..end], None),
+            };
+            match (lookup(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(ConfigError::UnsetVariable {
+                        key: key.to_owned(),
+                        variable: name.to_owned(),
+                    });
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 mod duration {
     use std::time::Duration;
 
@@ -486,11 +569,20 @@ fn default_zstd_level() -> i32 {
 
 impl ServerConfig {
     /// Parses TOML text; `path` is only for messages.
+    /// `${VAR}` and `${VAR:-default}` in any string value are replaced
+    /// from the environment (`$${` is a literal `${`), so secrets can live
+    /// there rather than in the file.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        for (key, value) in table.iter_mut() {
+            expand_variables(value, key, &|name| std::env::var(name).ok())?;
+        }
+        let config = Self::deserialize(table).map_err(|e| parse_error(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -686,6 +778,27 @@ mod tests {
                 .database_url(Path::new("/d"))
                 .starts_with("sqlite:///d/server.db")
         );
+    }
+
+    #[test]
+    fn variables_expand_from_the_environment() {
+        let env = |name: &str| match name {
+            "SECRET" => Some("s3cr3t".to_owned()),
+            _ => None,
+        };
+        let expand = |text: &str| expand_string(text, "storage.key", &env);
+        assert_eq!(expand("${SECRET}").expect("set"), "s3cr3t");
+        assert_eq!(expand("a-${SECRET}-b").expect("set"), "a-s3cr3t-b");
+        assert_eq!(expand("${MISSING:-fallback}").expect("default"), "fallback");
+        assert_eq!(expand("${SECRET:-fallback}").expect("set wins"), "s3cr3t");
+        assert_eq!(
+            expand("$${SECRET} costs $5").expect("literal"),
+            "${SECRET} costs $5"
+        );
+        let err = expand("${MISSING}").expect_err("unset");
+        assert!(err.to_string().contains("MISSING"), "{err}");
+        assert!(err.to_string().contains("storage.key"), "{err}");
+        assert!(expand("${SECRET").is_err());
     }
 
     #[test]
