@@ -230,8 +230,9 @@ impl TestServer {
         }
     }
 
-    /// Starts `atticd` on its default config with `extra` TOML appended
-    /// (new sections, such as `[http]`, replace the default's): a first
+    /// Starts `atticd` on its default config with `extra` TOML added (its
+    /// top-level keys first; its sections, such as `[http]`, replace the
+    /// default's): a first
     /// start writes the config and prints the root token, then the server
     /// is restarted on the edited config.
     pub fn start_with_config(extra: &str) -> Self {
@@ -244,9 +245,37 @@ impl TestServer {
         server.kill();
         let config = server.config_path();
         let text = std::fs::read_to_string(&config).expect("read config");
-        let mut text = without_sections(&text, extra);
+        // Top-level keys of `extra` go first, before any section.
+        let split = extra
+            .lines()
+            .position(|l| l.starts_with('['))
+            .unwrap_or(extra.lines().count());
+        let top: Vec<&str> = extra.lines().take(split).collect();
+        let sections: Vec<&str> = extra.lines().skip(split).collect();
+        let keys: Vec<&str> = top
+            .iter()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        // The default's own lines for those keys go (before any section).
+        let mut in_section = false;
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                in_section |= l.starts_with('[');
+                in_section
+                    || !l
+                        .split_once('=')
+                        .is_some_and(|(k, _)| keys.contains(&k.trim()))
+            })
+            .collect();
+        let mut text = format!(
+            "{}\n{}",
+            top.join("\n"),
+            without_sections(&kept.join("\n"), extra)
+        );
         text.push('\n');
-        text.push_str(extra);
+        text.push_str(&sections.join("\n"));
+        text.push('\n');
         std::fs::write(&config, text).expect("write config");
         server.restart();
         server

@@ -249,3 +249,33 @@ async fn whoami_accepts_valid_tokens_and_names_what_is_wrong_with_others() {
         "{body}"
     );
 }
+
+/// `allowed-hosts` refuses other Host headers, but not the health check,
+/// which load balancers send by address; it checks the database.
+#[tokio::test]
+async fn allowed_hosts_refuse_other_hosts_but_never_the_health_check() {
+    let server = TestServer::start_with_config("allowed-hosts = [\"cache.example.com\"]\n");
+    let client = reqwest::Client::new();
+    let get = |path: &str, host: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .header("Host", host)
+            .send()
+    };
+    let refused = get("/c/nix-cache-info", "evil.example.com")
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        refused
+            .text()
+            .await
+            .expect("body")
+            .contains("HostNotAllowed")
+    );
+    let health = get("/_health", "10.0.0.7:8080").await.expect("request");
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.text().await.expect("body"), "OK");
+    let allowed = get("/_health", "cache.example.com").await.expect("request");
+    assert_eq!(allowed.status(), StatusCode::OK);
+}

@@ -74,6 +74,9 @@ pub enum ServerError {
     /// Storage could not be read or written just now (not damage, not full).
     #[error("storage is unavailable; try again later")]
     StorageUnavailable(#[source] Option<StorageError>),
+    /// The database does not answer (health check).
+    #[error("the database does not answer")]
+    Unhealthy,
     /// A chunk an upload reuses stopped being stored while it ran.
     #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
     RetryUpload,
@@ -123,6 +126,7 @@ impl ServerError {
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
             Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
+            Self::Unhealthy => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")

@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/_health", get(|| async { "OK" }))
+        .route("/_health", get(health))
         .route("/metrics", get(crate::metrics::metrics))
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
@@ -37,14 +37,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests for hosts not in `allowed-hosts` (when it is set).
+/// `GET /_health`: `OK` when the database answers, else 503. Load
+/// balancers and orchestrators probe it by address, so `allowed-hosts`
+/// does not apply to it.
+async fn health(State(state): State<Arc<AppState>>) -> Result<&'static str, ServerError> {
+    match state.database.ping().await {
+        Ok(()) => Ok("OK"),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: the database does not answer");
+            Err(ServerError::Unhealthy)
+        }
+    }
+}
+
+/// Refuses requests for hosts not in `allowed-hosts` (when it is set),
+/// but for the health check.
 async fn check_host(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
     let allowed = &state.config.allowed_hosts;
-    if !allowed.is_empty() {
+    if !allowed.is_empty() && request.uri().path() != "/_health" {
         let host = request
             .headers()
             .get(HOST)

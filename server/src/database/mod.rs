@@ -140,6 +140,11 @@ impl Database {
         Ok(Self { conn })
     }
 
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.ping().await
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         Migrator::up(&self.conn, None).await
