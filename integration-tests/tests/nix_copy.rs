@@ -363,3 +363,34 @@ async fn bad_nix_uploads_are_refused_and_change_nothing() {
     .await;
     assert!(status.is_success());
 }
+
+/// A NAR `nix copy` uploaded that no narinfo ever claimed is reclaimed by
+/// garbage collection once older than the grace period.
+#[tokio::test]
+async fn unclaimed_uploads_are_reclaimed_by_gc() {
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "a", false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = nar_file(dir.path(), &integration_tests::upload::noise(100_000, 3));
+    let (status, body) = put(&api, token, &format!("/a/nar/{}", file.name), file.body).await;
+    assert!(status.is_success(), "{status}: {body}");
+    assert_eq!(uploads_staged(&server).await, 1);
+    assert_eq!(server.blob_count(), 1);
+    // Let the upload be older than the (zero) grace period.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let output = server.atticadm(&["gc"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("unclaimed nix-copy uploads: 1"), "{report}");
+    assert_eq!(uploads_staged(&server).await, 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
+    assert_eq!(server.blob_count(), 0, "the upload's pack stayed");
+}

@@ -681,6 +681,17 @@ impl ServerConfig {
                 reason: format!("{} is outside 1..=19", self.compression.level),
             });
         }
+        if let Some(url) = &self.database.url
+            && !url.starts_with("sqlite:")
+        {
+            return Err(ConfigError::Invalid {
+                key: "database.url",
+                reason: format!(
+                    "{:?}: this build supports SQLite only (`sqlite://PATH?mode=rwc`); PostgreSQL is not supported yet",
+                    url.split("://").next().unwrap_or(url)
+                ),
+            });
+        }
         let gc = &self.garbage_collection;
         if !(1..=19).contains(&gc.compaction_level) {
             return Err(ConfigError::Invalid {
@@ -777,6 +788,20 @@ mod tests {
             config
                 .database_url(Path::new("/d"))
                 .starts_with("sqlite:///d/server.db")
+        );
+    }
+
+    #[test]
+    fn a_database_this_build_cannot_open_is_refused() {
+        let err = parse(&format!(
+            "{}[database]\nurl = \"postgresql://u:secret@db/attic\"\n",
+            key_line()
+        ))
+        .expect_err("postgres");
+        assert!(err.to_string().contains("database.url"), "{err}");
+        assert!(
+            !err.to_string().contains("secret"),
+            "the password leaked: {err}"
         );
     }
 
