@@ -320,3 +320,61 @@ async fn without_credentials_in_the_config_the_aws_environment_supplies_them() {
     assert!(response.status().is_server_error(), "{}", response.status());
     assert_eq!(s3.objects("packs").len(), 1);
 }
+
+/// `--check-config` connects to the database and the bucket: it names the
+/// one that does not answer, and says both answer when they do.
+#[test]
+fn check_config_names_the_service_that_does_not_answer() {
+    let mut s3 = S3Server::start();
+    let home = TestHome::new();
+    let path = home.path().join("server.toml");
+    let data = home.path().join("data");
+    let key_line = format!("token-root-key = \"ed25519-private/{}\"\n", "11".repeat(32));
+    let check = |config: &str| {
+        std::fs::write(&path, config).expect("write config");
+        home.run(
+            "atticd",
+            &[
+                "--config",
+                path.to_str().expect("utf-8"),
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+                "--check-config",
+            ],
+        )
+    };
+    let storage = s3.storage_toml("max-attempts = 1");
+    let ok = check(&format!("{key_line}{storage}"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        stdout.contains("storage: S3 bucket") && stdout.contains("answers"),
+        "{stdout}"
+    );
+
+    s3.stop();
+    let down = check(&format!("{key_line}{storage}"));
+    assert!(!down.status.success(), "a dead bucket passed");
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("S3 bucket") && stderr.contains(&s3.endpoint()),
+        "{stderr}"
+    );
+
+    let missing_db = check(&format!(
+        "{key_line}[database]\nurl = \"sqlite:///nonexistent/dir/server.db?mode=rw\"\n"
+    ));
+    assert!(
+        !missing_db.status.success(),
+        "an unreachable database passed"
+    );
+    assert!(
+        String::from_utf8_lossy(&missing_db.stderr).contains("/nonexistent/dir/server.db"),
+        "{}",
+        String::from_utf8_lossy(&missing_db.stderr)
+    );
+}

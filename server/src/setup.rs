@@ -219,6 +219,96 @@ pub async fn open_storage(
     }
 }
 
+/// For `--check-config`: connects to the database and storage the config
+/// names, and says which is unreachable. A default SQLite database that
+/// does not exist yet is fine (the first start creates it).
+pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let default_db = data_dir.join("server.db");
+    if config.database.url.is_none() && !default_db.exists() {
+        found.push(format!(
+            "database: {} does not exist yet; the first start creates it",
+            default_db.display()
+        ));
+    } else {
+        let url = config.database_url(data_dir);
+        let shown = redact_url(&url);
+        let database = Database::connect(&url, false)
+            .await
+            .with_context(|| format!("the database {shown} is unreachable"))?;
+        database
+            .ping()
+            .await
+            .with_context(|| format!("the database {shown} does not answer"))?;
+        let pending = database
+            .pending_migrations()
+            .await
+            .with_context(|| format!("reading the schema version of {shown}"))?;
+        found.push(if pending.is_empty() {
+            format!("database: {shown} answers; its schema is up to date")
+        } else {
+            format!(
+                "database: {shown} answers; {} migrations pending (monolithic mode or --mode db-migrations applies them)",
+                pending.len()
+            )
+        });
+    }
+    let what = match &config.storage {
+        StorageConfig::Local { .. } => format!(
+            "local storage {}",
+            config
+                .local_storage_path(data_dir)
+                .expect("local storage has a path")
+                .display()
+        ),
+        StorageConfig::S3(s3) => format!(
+            "S3 bucket {:?}{}",
+            s3.bucket,
+            s3.endpoint
+                .as_ref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default()
+        ),
+    };
+    if let StorageConfig::Local { .. } = &config.storage {
+        let path = config
+            .local_storage_path(data_dir)
+            .expect("local storage has a path");
+        if !path.exists() {
+            found.push(format!(
+                "storage: {what} does not exist yet; the first start creates it"
+            ));
+            return Ok(found);
+        }
+    }
+    let storage = open_storage(config, data_dir)
+        .await
+        .with_context(|| format!("{what} is unusable"))?;
+    // A key nobody writes: "not found" proves the store answers.
+    let probe = crate::storage::StorageKey::new("attic-check-config").expect("a valid key");
+    match storage.get(&probe, 0..1).await {
+        Ok(_) | Err(crate::storage::StorageError::NotFound(_)) => {
+            found.push(format!("storage: {what} answers"));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{what} is unreachable"))),
+    }
+    Ok(found)
+}
+
+/// A URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Builds the shared state: database (opened as `how` says), storage, keys.
 pub async fn build_state(
     config: ServerConfig,

@@ -69,6 +69,13 @@ async fn main() -> Result<()> {
     };
     if options.check_config {
         println!("{}: configuration is valid", loaded.path.display());
+        let data_dir = match &options.data_dir {
+            Some(dir) => dir.clone(),
+            None => setup::default_data_dir()?,
+        };
+        for line in setup::check_services(&loaded.config, &data_dir).await? {
+            println!("{line}");
+        }
         return Ok(());
     }
     let mut config = loaded.config.clone();
