@@ -70,6 +70,24 @@ async fn assert_nothing_orphaned(server: &TestServer) {
     assert_eq!(server.temp_file_count(), 0, "temporary files left");
 }
 
+/// Deletes `paths` from the local store and substitutes them all back.
+fn all_substitute(server: &TestServer, cache: &str, key: &str, paths: &[String]) {
+    nix::delete(paths);
+    let out = nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--realise")
+            .args(paths)
+            .args(["--option", "substituters"])
+            .arg(format!("{}/{cache}", server.url))
+            .args(["--option", "trusted-public-keys", key]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn substitutes(server: &TestServer, cache: &str, key: &str, path: &str) {
     nix::delete(&[path.to_owned()]);
     let out = nix::substitute(path, &format!("{}/{cache}", server.url), key);
@@ -392,20 +410,7 @@ async fn a_collector_killed_at_any_stage_is_finished_by_the_next_run() {
         );
     }
     let key = api.public_key(token, "kept").await;
-    nix::delete(&live);
-    let out = nix::run_unchecked(
-        nix::command("nix-store")
-            .arg("--realise")
-            .args(&live)
-            .args(["--option", "substituters"])
-            .arg(format!("{}/kept", server.url))
-            .args(["--option", "trusted-public-keys", &key]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    all_substitute(&server, "kept", &key, &live);
 }
 
 /// Uploads `nar` as `path` to `cache`, pausing after `pause_after`
@@ -507,20 +512,7 @@ async fn gc_racing_an_upload_of_shared_chunks_leaves_the_new_nar_whole() {
     eprintln!("uploads refused for a chunk reclaimed under them: {refused} of 6");
     assert!(refused > 0, "the collection never raced an upload");
     let key = api.public_key(&token, "kept").await;
-    nix::delete(&fresh);
-    let out = nix::run_unchecked(
-        nix::command("nix-store")
-            .arg("--realise")
-            .args(&fresh)
-            .args(["--option", "substituters"])
-            .arg(format!("{}/kept", server.url))
-            .args(["--option", "trusted-public-keys", &key]),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    all_substitute(&server, "kept", &key, &fresh);
 }
 
 /// Stored bytes of the chunks a path's NAR uses.

@@ -6,8 +6,8 @@
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, FromQueryResult, JoinType,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait,
+    ColumnTrait, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait,
 };
 
 use super::entity::{
@@ -452,18 +452,10 @@ impl Database {
     ) -> Result<(), DbErr> {
         let txn = self.begin_write().await?;
         let when = now();
-        let new_pack = pack::ActiveModel {
-            key: Set(written.key.as_str().to_owned()),
-            size: Set(written.size as i64),
-            state: Set(BlobState::Valid),
-            created_at: Set(when),
-            ..Default::default()
-        }
-        .insert(&txn)
-        .await?;
+        let new_pack = super::store::insert_pack(&txn, written, when).await?;
         for chunk in moved {
             chunk::Entity::update_many()
-                .col_expr(chunk::Column::PackId, Expr::value(Some(new_pack.id)))
+                .col_expr(chunk::Column::PackId, Expr::value(Some(new_pack)))
                 .col_expr(chunk::Column::Offset, Expr::value(chunk.offset as i64))
                 .col_expr(
                     chunk::Column::StoredSize,

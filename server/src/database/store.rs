@@ -561,7 +561,8 @@ async fn stage_nar(
     Ok(())
 }
 
-async fn insert_pack(
+/// Records a pack that is durable in storage; its id.
+pub(super) async fn insert_pack(
     txn: &DatabaseTransaction,
     written: &WrittenPack,
     when: i64,
