@@ -327,10 +327,16 @@ impl TestServer {
     /// Starts the server again on the same address, config and data.
     pub fn restart(&mut self) {
         self.kill();
-        let address = self.url.trim_start_matches("http://").to_owned();
+        let address = self
+            .url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         let (child, url, _) = spawn(&self.home, &address, &[]);
         self.child = child;
-        assert_eq!(url, self.url);
+        // Same address; the scheme follows the config (https with [tls]).
+        assert!(url.ends_with(&address), "{url} is not on {address}");
+        self.url = url;
     }
 
     /// The home the server runs in.

@@ -167,3 +167,42 @@ async fn shutdown_does_not_wait_past_its_deadline_for_a_stalled_upload() {
         "atticd still running after SIGTERM with a stalled upload"
     );
 }
+
+/// With `[tls]`, atticd serves HTTPS from the certificate and key files,
+/// and a plain HTTP request to it gets nothing.
+#[tokio::test]
+async fn the_tls_listener_serves_https() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+    let server = TestServer::start_with_config(&format!(
+        "[tls]\ncertificate = \"{}\"\nkey = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    ));
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let port = server.url.rsplit(':').next().expect("a port");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).expect("cert"),
+        )
+        .resolve(
+            "localhost",
+            format!("127.0.0.1:{port}").parse().expect("address"),
+        )
+        .build()
+        .expect("client");
+    let health = client
+        .get(format!("https://localhost:{port}/_health"))
+        .send()
+        .await
+        .expect("an HTTPS request");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    assert_eq!(health.text().await.expect("body"), "OK");
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/_health")).await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+}

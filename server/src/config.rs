@@ -96,6 +96,19 @@ pub struct ServerConfig {
     /// When and how storage is reclaimed.
     #[serde(default)]
     pub garbage_collection: GcConfig,
+    /// Serve HTTPS directly, for deployments without a proxy in front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[garbage-collection]`, with Attic's keys (`interval`,
@@ -610,6 +623,7 @@ impl ServerConfig {
             compression: CompressionConfig::default(),
             http: HttpConfig::default(),
             garbage_collection: GcConfig::default(),
+            tls: None,
         }
     }
 

@@ -17,16 +17,69 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncRead;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::io::StreamReader;
 
 use crate::state::AppState;
 
-/// Serves `app` on `listener` until `shutdown` completes, then waits for
-/// requests in flight for at most `http.shutdown-timeout`.
+/// Loads `[tls]`'s certificate chain and key into an acceptor.
+pub fn tls_acceptor(config: &crate::config::TlsConfig) -> Result<TlsAcceptor, TlsSetupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = CertificateDer::pem_file_iter(&config.certificate)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsSetupError::Read {
+            path: config.certificate.clone(),
+            reason: e.to_string(),
+        })?;
+    if certificates.is_empty() {
+        return Err(TlsSetupError::Read {
+            path: config.certificate.clone(),
+            reason: "it holds no certificate".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| TlsSetupError::Read {
+        path: config.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut server = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|builder| {
+        builder
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)
+    })
+    .map_err(TlsSetupError::Config)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Why the TLS listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file is missing or holds nothing usable.
+    #[error("cannot use {path}: {reason}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The key does not fit the certificate, or is of an unsupported kind.
+    #[error("the TLS certificate and key do not work together")]
+    Config(#[source] tokio_rustls::rustls::Error),
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` completes, then waits for requests in flight for at most
+/// `http.shutdown-timeout`.
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
     state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let limits = state.config.http;
@@ -65,13 +118,44 @@ pub async fn serve_connections(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection =
+                    graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                // The handshake gets the header timeout, as a request's
+                // headers do; only then is the connection served.
+                let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {

@@ -373,9 +373,13 @@ pub async fn collect_garbage_until_stopped(state: Arc<AppState>) -> Result<()> {
 }
 
 /// Serves until SIGINT or SIGTERM, then flushes pending access times.
-pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> Result<()> {
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
     let app = crate::api::router(state.clone());
-    crate::serve::serve_connections(listener, app, state.clone(), shutdown_signal()).await;
+    crate::serve::serve_connections(listener, app, state.clone(), tls, shutdown_signal()).await;
     state.access_log.flush(&state.database).await;
     Ok(())
 }

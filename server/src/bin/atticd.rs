@@ -67,8 +67,23 @@ async fn main() -> Result<()> {
     } else {
         setup::load_existing_config(options.config.as_deref())?
     };
+    // The TLS files are read before anything starts, so a bad one stops a
+    // first start before it writes its config.
+    let tls = loaded
+        .config
+        .tls
+        .as_ref()
+        .map(server::serve::tls_acceptor)
+        .transpose()?;
     if options.check_config {
         println!("{}: configuration is valid", loaded.path.display());
+        if let Some(tls) = &loaded.config.tls {
+            println!(
+                "tls: {} and {} load",
+                tls.certificate.display(),
+                tls.key.display()
+            );
+        }
         let data_dir = match &options.data_dir {
             Some(dir) => dir.clone(),
             None => setup::default_data_dir()?,
@@ -122,8 +137,9 @@ async fn main() -> Result<()> {
             setup::root_token(&loaded.config)?
         );
     }
-    println!("atticd listening on http://{address}/");
-    setup::serve(state, listener).await
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("atticd listening on {scheme}://{address}/");
+    setup::serve(state, listener, tls).await
 }
 
 /// Logs to stderr at `RUST_LOG` (default `info`) in the chosen format.
