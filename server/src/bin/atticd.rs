@@ -59,7 +59,8 @@ enum Mode {
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = Options::parse();
-    init_logging(options.log_format);
+    // Flushes what is still queued when main returns.
+    let _log_writer = init_logging(options.log_format);
     // Only the monolithic server sets itself up; a replica or a migration
     // run acts on a deployment that exists, so it needs its config.
     let loaded = if options.mode == Mode::Monolithic && !options.check_config {
@@ -143,17 +144,24 @@ async fn main() -> Result<()> {
 }
 
 /// Logs to stderr at `RUST_LOG` (default `info`) in the chosen format.
-fn init_logging(format: LogFormat) {
+/// Lines are written by a background thread through a buffer flushed
+/// whenever the queue empties: a line per request must not cost every
+/// request a write to stderr. When the queue is full, loggers wait rather
+/// than drop lines.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    // Colour only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
-        // Colour only for a person at a terminal, never into a log file.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
     }
+    guard
 }
