@@ -4,7 +4,9 @@
 //! that the row is still unreferenced: a row an upload or a read began to
 //! use meanwhile is left alone.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, IntoColumnRef, IntoTableRef, Query, SelectStatement,
+};
 use sea_orm::{
     ColumnTrait, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder,
     QuerySelect, RelationTrait,
@@ -52,6 +54,21 @@ pub struct MovedChunk {
     pub stored_size: u64,
     /// Checksum of the stored bytes there.
     pub checksum: String,
+}
+
+/// `SELECT 1 FROM table WHERE reference = target`, correlated with the
+/// outer statement's `target`: under `EXISTS`, whether any row of `table`
+/// still points at the row being reclaimed.
+fn rows_pointing_at(
+    table: impl IntoTableRef,
+    reference: impl IntoColumnRef,
+    target: impl IntoColumnRef,
+) -> SelectStatement {
+    Query::select()
+        .expr(Expr::val(1))
+        .from(table)
+        .and_where(Expr::col(reference).equals(target))
+        .to_owned()
 }
 
 impl Database {
@@ -262,22 +279,16 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let held = Query::select()
-            .expr(Expr::val(1))
-            .from(object::Entity)
-            .and_where(
-                Expr::col((object::Entity, object::Column::NarId))
-                    .equals((nar::Entity, nar::Column::Id)),
-            )
-            .to_owned();
-        let staged = Query::select()
-            .expr(Expr::val(1))
-            .from(staged_nar::Entity)
-            .and_where(
-                Expr::col((staged_nar::Entity, staged_nar::Column::NarId))
-                    .equals((nar::Entity, nar::Column::Id)),
-            )
-            .to_owned();
+        let held = rows_pointing_at(
+            object::Entity,
+            (object::Entity, object::Column::NarId),
+            (nar::Entity, nar::Column::Id),
+        );
+        let staged = rows_pointing_at(
+            staged_nar::Entity,
+            (staged_nar::Entity, staged_nar::Column::NarId),
+            (nar::Entity, nar::Column::Id),
+        );
         let result = nar::Entity::delete_many()
             .filter(nar::Column::Id.is_in(page))
             .filter(Expr::exists(held).not())
@@ -302,14 +313,11 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let referenced = Query::select()
-            .expr(Expr::val(1))
-            .from(chunkref::Entity)
-            .and_where(
-                Expr::col((chunkref::Entity, chunkref::Column::ChunkId))
-                    .equals((chunk::Entity, chunk::Column::Id)),
-            )
-            .to_owned();
+        let referenced = rows_pointing_at(
+            chunkref::Entity,
+            (chunkref::Entity, chunkref::Column::ChunkId),
+            (chunk::Entity, chunk::Column::Id),
+        );
         let result = chunk::Entity::delete_many()
             .filter(chunk::Column::Id.is_in(page))
             .filter(Expr::exists(referenced).not())
@@ -333,14 +341,11 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let used = Query::select()
-            .expr(Expr::val(1))
-            .from(chunk::Entity)
-            .and_where(
-                Expr::col((chunk::Entity, chunk::Column::PackId))
-                    .equals((pack::Entity, pack::Column::Id)),
-            )
-            .to_owned();
+        let used = rows_pointing_at(
+            chunk::Entity,
+            (chunk::Entity, chunk::Column::PackId),
+            (pack::Entity, pack::Column::Id),
+        );
         let result = pack::Entity::update_many()
             .col_expr(pack::Column::State, Expr::value(BlobState::Deleting))
             .col_expr(pack::Column::DeletingSince, Expr::value(now()))
