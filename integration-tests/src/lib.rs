@@ -4,6 +4,7 @@
 //! Every helper fails loudly when a tool is missing, so a green run means
 //! the tests really ran against Nix and the real server.
 
+pub mod backend;
 pub mod client;
 pub mod nix;
 pub mod s3;

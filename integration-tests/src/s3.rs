@@ -128,6 +128,11 @@ impl S3Server {
             .count()
     }
 
+    /// The file s3s-fs keeps an object's bytes in.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root.path().join(BUCKET).join(key)
+    }
+
     /// Objects in the bucket under `prefix` (a directory path), by key.
     pub fn objects(&self, prefix: &str) -> Vec<String> {
         fn walk(base: &Path, dir: &Path, found: &mut Vec<String>) {

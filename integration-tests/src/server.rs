@@ -7,6 +7,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::backend::{Backend, Services};
+use crate::s3::S3Server;
+
 /// The path of one of the workspace's binaries, built beside this test.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -146,19 +149,26 @@ fn count_files(dir: &Path, skip: Option<&str>) -> usize {
         .unwrap_or(0)
 }
 
-/// `config` without the `[sections]` that `extra` brings, so that
+/// `config` without the `[sections]` that `extra` brings, and their
+/// subsections (`[storage.credentials]` goes with `[storage]`), so that
 /// appending `extra` replaces them.
 fn without_sections(config: &str, extra: &str) -> String {
     let replaced: Vec<&str> = extra
         .lines()
         .filter(|l| l.starts_with('['))
-        .map(str::trim)
+        .map(|l| l.trim().trim_start_matches('[').trim_end_matches(']'))
         .collect();
     let mut kept = String::new();
     let mut skipping = false;
     for line in config.lines() {
         if line.starts_with('[') {
-            skipping = replaced.contains(&line.trim());
+            let name = line.trim().trim_start_matches('[').trim_end_matches(']');
+            skipping = replaced.iter().any(|section| {
+                name == *section
+                    || name
+                        .strip_prefix(section)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            });
         }
         if !skipping {
             kept.push_str(line);
@@ -191,6 +201,8 @@ pub struct TestServer {
     /// an existing installation).
     pub root_token: String,
     home: TestHome,
+    /// PostgreSQL and S3, when the run's [`Backend`] is not the default.
+    services: Option<Services>,
 }
 
 impl TestServer {
@@ -216,18 +228,70 @@ impl TestServer {
             url,
             root_token: root_token.expect("a first start prints the root token"),
             home,
+            services: None,
         }
     }
 
-    /// A first start of `atticd` in `home`, with extra arguments.
+    /// A first start of `atticd` in `home`, with extra arguments, moved
+    /// onto the run's [`Backend`]: with `postgres-s3` the server is
+    /// restarted on a fresh database and bucket, with the first start's
+    /// key and root token.
     pub fn start_in(home: TestHome, args: &[&str]) -> Self {
+        let mut server = Self::start_embedded_in(home, args);
+        if Backend::from_env() == Backend::PostgresS3 {
+            let services = Services::start();
+            server.kill();
+            let config = server.config_path();
+            let text = std::fs::read_to_string(&config).expect("read config");
+            let sections = services.config_toml();
+            let text = format!("{}\n{sections}", without_sections(&text, &sections));
+            std::fs::write(&config, text).expect("write config");
+            server.services = Some(services);
+            server.restart();
+        }
+        server
+    }
+
+    /// A first start of `atticd` in `home` on its embedded default
+    /// (SQLite and local disk in the data directory) whatever the run's
+    /// backend: for tests of that default itself.
+    pub fn start_embedded_in(home: TestHome, args: &[&str]) -> Self {
         let (child, url, root_token) = spawn(&home, "127.0.0.1:0", args);
         Self {
             child,
             url,
             root_token: root_token.expect("a first start prints the root token"),
             home,
+            services: None,
         }
+    }
+
+    /// Starts `atticd --mode api-server` in `home`, whose config the
+    /// test wrote: a replica, which prints no root token.
+    pub fn start_replica(home: TestHome) -> Self {
+        let (child, url, _) = spawn(&home, "127.0.0.1:0", &["--mode", "api-server"]);
+        Self {
+            child,
+            url,
+            root_token: String::new(),
+            home,
+            services: None,
+        }
+    }
+
+    /// [`TestServer::start_embedded_in`] in a new home.
+    pub fn start_embedded() -> Self {
+        Self::start_embedded_in(TestHome::new(), &[])
+    }
+
+    /// The S3 server holding this server's blobs, on `postgres-s3`
+    /// unless the test configured storage of its own.
+    pub fn s3(&self) -> Option<&S3Server> {
+        let s3 = &self.services.as_ref()?.s3;
+        let text = std::fs::read_to_string(self.config_path()).expect("read config");
+        let config: toml::Value = toml::from_str(&text).expect("config parses");
+        let endpoint = config.get("storage")?.get("endpoint")?.as_str()?;
+        (endpoint == s3.endpoint()).then_some(s3)
     }
 
     /// Starts `atticd` on its default config with `extra` TOML added (its
@@ -315,6 +379,7 @@ impl TestServer {
             url,
             root_token: String::new(),
             home,
+            services: None,
         }
     }
 
@@ -375,22 +440,44 @@ impl TestServer {
         self.home.path().join("config/attic/server.toml")
     }
 
-    /// Number of blobs in local storage (not counting writes in progress).
+    /// Number of blobs stored (not counting writes in progress).
     pub fn blob_count(&self) -> usize {
-        count_files(&self.data_dir().join("storage"), Some(".tmp"))
+        match self.s3() {
+            Some(s3) => s3.objects("").len(),
+            None => count_files(&self.data_dir().join("storage"), Some(".tmp")),
+        }
     }
 
-    /// Number of blobs being written right now.
+    /// Number of blobs being written right now: temporary files on disk,
+    /// open multipart uploads on S3.
     pub fn temp_file_count(&self) -> usize {
-        count_files(&self.data_dir().join("storage/.tmp"), None)
+        match self.s3() {
+            Some(s3) => s3.open_uploads(),
+            None => count_files(&self.data_dir().join("storage/.tmp"), None),
+        }
     }
 
-    /// The file of a blob in local storage, by storage key.
+    /// The file that holds a blob, by storage key (s3s-fs keeps each
+    /// object as a file too).
     pub fn blob_path(&self, key: &str) -> PathBuf {
-        self.data_dir().join("storage").join(key)
+        match self.s3() {
+            Some(s3) => s3.object_path(key),
+            None => self.data_dir().join("storage").join(key),
+        }
     }
 
-    /// Runs a counting query against the server's SQLite database.
+    /// The URL of the server's database.
+    pub fn database_url(&self) -> String {
+        match &self.services {
+            Some(services) => services.database_url.clone(),
+            None => format!(
+                "sqlite://{}?mode=ro",
+                self.data_dir().join("server.db").display()
+            ),
+        }
+    }
+
+    /// Runs a counting query against the server's database.
     pub async fn count(&self, sql: &str) -> i64 {
         let row = self.query_one(sql).await.expect("a row");
         row.try_get_by_index::<i64>(0).expect("a count")
@@ -404,11 +491,7 @@ impl TestServer {
 
     async fn query_one(&self, sql: &str) -> Option<sea_orm::QueryResult> {
         use sea_orm::{ConnectionTrait, Statement};
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            self.data_dir().join("server.db").display()
-        );
-        let db = sea_orm::Database::connect(url)
+        let db = sea_orm::Database::connect(self.database_url())
             .await
             .expect("open the database");
         db.query_one_raw(Statement::from_string(

@@ -273,12 +273,15 @@ async fn a_destroyed_caches_data_leaves_the_disk() {
     api.create_cache(token, "doomed", false).await;
 }
 
-/// An upload killed midway leaves a temporary file; a collection sweeps
-/// it only once it is older than the grace period.
+/// An upload killed midway leaves a temporary file on local disk; a
+/// collection sweeps it only once it is older than the grace period. (On
+/// S3 what a killed upload leaves is an open multipart upload, which a
+/// bucket lifecycle rule aborts: see the production page of the book.)
 #[tokio::test]
 async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
     let mut server = TestServer::start_with_config(
-        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n",
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n\
+         [storage]\ntype = \"local\"\n",
     );
     let api = Api::new(&server.url);
     let token = server.root_token.clone();
@@ -465,10 +468,11 @@ async fn upload_around_a_collection(
 /// retry stores them again, and the new NAR is whole and substitutes.
 #[tokio::test]
 async fn gc_racing_an_upload_of_shared_chunks_leaves_the_new_nar_whole() {
-    // A grace period as in production, so the upload in flight keeps its
-    // pack; chunks are reclaimed at once, which is what races.
+    // A grace period, so the upload in flight keeps its temporary pack,
+    // short enough that the expired path's chunks (referenced longer ago)
+    // are reclaimed, which is what races.
     let server = TestServer::start_with_config(
-        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n",
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"3s\"\n",
     );
     let api = Api::new(&server.url);
     let token = server.root_token.clone();
@@ -490,7 +494,8 @@ async fn gc_racing_an_upload_of_shared_chunks_leaves_the_new_nar_whole() {
             ("z-new", &noise(100_000, 7000 + round)),
         ]);
         api.push_path(&token, "short", &old).await;
-        std::thread::sleep(Duration::from_millis(2100));
+        // Past the retention (1 s) and the grace period (3 s).
+        std::thread::sleep(Duration::from_millis(3100));
         let (status, body) =
             upload_around_a_collection(&server, &token, "kept", &new, 700_000).await;
         if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
@@ -519,7 +524,7 @@ async fn gc_racing_an_upload_of_shared_chunks_leaves_the_new_nar_whole() {
 async fn stored_bytes_of(server: &TestServer, path: &str) -> i64 {
     server
         .count(&format!(
-            "SELECT COALESCE(SUM(stored_size), 0) FROM chunk WHERE id IN \
+            "SELECT CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM chunk WHERE id IN \
              (SELECT chunk_id FROM chunk_ref WHERE nar_id = \
              (SELECT nar_id FROM object WHERE store_path_hash = '{}'))",
             path_hash(path)

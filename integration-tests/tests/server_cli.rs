@@ -45,7 +45,7 @@ async fn atticadm_never_sets_up_a_server_and_says_what_it_looked_for() {
 
     // With the wrong data directory, revoke and verify refuse, create
     // nothing, and the token stays valid.
-    let server = TestServer::start();
+    let server = TestServer::start_embedded();
     let api = Api::new(&server.url);
     api.create_cache(&server.root_token, "c", false).await;
     let token = server.make_token(&["--pull", "c"]);
@@ -174,7 +174,7 @@ fn db_migrations_mode_creates_the_database_and_exits() {
         stderr(&lonely)
     );
 
-    let mut server = TestServer::start();
+    let mut server = TestServer::start_embedded();
     server.kill();
     let data = server.home().path().join("elsewhere");
     let data_arg = data.to_str().expect("utf-8");

@@ -573,7 +573,7 @@ async fn concurrent_uploads_sharing_new_chunks_all_succeed() {
     assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 6);
     assert_eq!(
         server
-            .count("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunk GROUP BY chunk_hash HAVING COUNT(*) > 1)")
+            .count("SELECT COUNT(*) FROM (SELECT chunk_hash FROM chunk GROUP BY chunk_hash HAVING COUNT(*) > 1) AS repeated")
             .await,
         0,
         "one row per chunk"

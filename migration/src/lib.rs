@@ -10,6 +10,7 @@ mod m20261125_000001_create_tables;
 mod m20261202_000001_add_packs;
 mod m20261202_000002_nix_uploads;
 mod m20261202_000003_gc;
+mod m20261202_000004_add_nar_last_referenced;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_add_packs::Migration),
             Box::new(m20261202_000002_nix_uploads::Migration),
             Box::new(m20261202_000003_gc::Migration),
+            Box::new(m20261202_000004_add_nar_last_referenced::Migration),
         ]
     }
 }

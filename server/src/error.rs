@@ -85,6 +85,11 @@ pub enum ServerError {
         "the server's storage is full, so nothing was stored; ask its administrator to free space"
     )]
     StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database is out of connections, unreachable, or gave up a
+    /// transaction to a conflicting one: nothing was changed, and the
+    /// same request will likely succeed shortly.
+    #[error("the server's database is busy or unreachable; nothing was changed, try again shortly")]
+    DatabaseUnavailable(#[source] sea_orm::DbErr),
     /// The database failed.
     #[error("database error")]
     Database(#[source] sea_orm::DbErr),
@@ -127,6 +132,9 @@ impl ServerError {
             Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
             Self::Unhealthy => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
+            Self::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "DatabaseUnavailable")
+            }
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
@@ -139,9 +147,40 @@ impl From<sea_orm::DbErr> for ServerError {
     fn from(e: sea_orm::DbErr) -> Self {
         if database_is_full(&e) {
             Self::StorageFull(Box::new(e))
+        } else if database_is_unavailable(&e) {
+            Self::DatabaseUnavailable(e)
         } else {
             Self::Database(e)
         }
+    }
+}
+
+/// Whether a database error is passing: the pool had no connection within
+/// `database.acquire-timeout`, the connection broke, the server is
+/// restarting, or (PostgreSQL) the transaction lost a serialization or
+/// deadlock conflict and was rolled back; SQLite still busy after its
+/// busy timeout.
+fn database_is_unavailable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            use sea_orm::sqlx::Error;
+            match sqlx.as_ref() {
+                Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) => true,
+                Error::Database(db) => db.code().is_some_and(|code| {
+                    // serialization_failure, deadlock_detected, the
+                    // 08 connection exceptions, admin/crash shutdown and
+                    // cannot_connect_now; SQLITE_BUSY and SQLITE_LOCKED.
+                    matches!(
+                        &*code,
+                        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "5" | "6"
+                    ) || code.starts_with("08")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 
@@ -182,7 +221,7 @@ impl From<DatabaseError> for ServerError {
         match e {
             DatabaseError::CacheExists => Self::Internal("unexpected cache conflict".into()),
             DatabaseError::ChunkGone => Self::RetryUpload,
-            DatabaseError::Db(e) => Self::Database(e),
+            DatabaseError::Db(e) => e.into(),
         }
     }
 }
@@ -191,7 +230,10 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_name();
         // These 5xx say what to do and leak nothing.
-        let says_why = matches!(self, Self::StorageFull(_) | Self::StorageUnavailable(_));
+        let says_why = matches!(
+            self,
+            Self::StorageFull(_) | Self::StorageUnavailable(_) | Self::DatabaseUnavailable(_)
+        );
         let message = if status.is_server_error() && !says_why {
             "the server failed to handle the request; the error is in its log".to_owned()
         } else {

@@ -337,6 +337,15 @@ impl<'a> Collector<'a> {
     async fn stages(&mut self) -> Result<(), GcError> {
         let start = now();
         let grace_cutoff = start - secs(self.config.grace_period);
+        // A NAR or chunk an upload referenced within the grace period
+        // stays: on PostgreSQL the upload's stamp is what the deleting
+        // statement re-checks when it meets the upload's row lock. With no
+        // grace at all (tests), everything referenced before this second.
+        let reference_cutoff = if self.config.grace_period.is_zero() {
+            start + 1
+        } else {
+            grace_cutoff
+        };
         self.progress.stage("expiring paths past retention");
         self.expire(start).await?;
         crash_point("expire");
@@ -348,10 +357,10 @@ impl<'a> Collector<'a> {
         crash_point("destroyed");
         self.report.staged_expired = self.database.expire_staged(grace_cutoff).await?;
         self.progress.stage("deleting unheld NARs");
-        self.nars().await?;
+        self.nars(reference_cutoff).await?;
         crash_point("nars");
         self.progress.stage("deleting unreferenced chunks");
-        self.chunks(start).await?;
+        self.chunks(reference_cutoff).await?;
         crash_point("chunks");
         self.progress.stage("marking empty packs");
         self.mark_packs().await?;
@@ -442,9 +451,13 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    async fn nars(&mut self) -> Result<(), GcError> {
+    async fn nars(&mut self, cutoff: i64) -> Result<(), GcError> {
         let mut after = 0;
-        while let (Some(last), gone) = self.database.delete_unheld_nars(after, PAGE).await? {
+        while let (Some(last), gone) = self
+            .database
+            .delete_unheld_nars(after, PAGE, cutoff)
+            .await?
+        {
             self.report.nars += gone;
             after = last;
             self.renew().await?;
@@ -452,11 +465,11 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    async fn chunks(&mut self, start: i64) -> Result<(), GcError> {
+    async fn chunks(&mut self, cutoff: i64) -> Result<(), GcError> {
         let mut after = 0;
         while let (Some(last), gone) = self
             .database
-            .delete_unreferenced_chunks(after, PAGE, start + 1)
+            .delete_unreferenced_chunks(after, PAGE, cutoff)
             .await?
         {
             self.report.chunks += gone;

@@ -147,7 +147,7 @@ pub async fn open_database(
         }
     }
     let url = config.database_url(data_dir);
-    let database = Database::connect(&url, create)
+    let database = Database::connect(&url, &config.database, create)
         .await
         .context("connecting to the database")?;
     if create {
@@ -233,7 +233,7 @@ pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Ve
     } else {
         let url = config.database_url(data_dir);
         let shown = redact_url(&url);
-        let database = Database::connect(&url, false)
+        let database = Database::connect(&url, &config.database, false)
             .await
             .with_context(|| format!("the database {shown} is unreachable"))?;
         database

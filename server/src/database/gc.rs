@@ -265,13 +265,15 @@ impl Database {
             .await
     }
 
-    /// Of the NARs after `after` (one page), deletes those no object holds
-    /// and no `nix copy` upload has staged. The largest id looked at (or
-    /// `None` past the end), and how many went.
+    /// Of the NARs after `after` (one page), deletes those no object holds,
+    /// no `nix copy` upload has staged, and no upload attached since
+    /// `cutoff`. The largest id looked at (or `None` past the end), and
+    /// how many went.
     pub async fn delete_unheld_nars(
         &self,
         after: i64,
         limit: u64,
+        cutoff: i64,
     ) -> Result<(Option<i64>, u64), DbErr> {
         let page = self
             .id_page::<nar::Entity>(nar::Column::Id, after, limit)
@@ -293,6 +295,7 @@ impl Database {
             .filter(nar::Column::Id.is_in(page))
             .filter(Expr::exists(held).not())
             .filter(Expr::exists(staged).not())
+            .filter(Expr::cust("COALESCE(nar.last_referenced_at, nar.created_at)").lt(cutoff))
             .exec(&self.conn)
             .await?;
         Ok((Some(last), result.rows_affected))

@@ -19,10 +19,11 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, DatabaseConnection,
     DatabaseTransaction, DbErr, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait,
-    TransactionOptions, TransactionTrait,
+    SqlErr, TransactionOptions, TransactionTrait,
 };
 
 use self::entity::{BlobState, cache, nar, object, revoked_token};
+use crate::config::{DatabaseConfig, DatabaseKind};
 
 /// The current time in Unix seconds.
 pub fn now() -> i64 {
@@ -115,16 +116,23 @@ pub struct NewObject {
 const BATCH: usize = 500;
 
 impl Database {
-    /// Connects, tuning SQLite for concurrent writers. A SQLite file is
-    /// created if missing only when `create` is set.
-    pub async fn connect(url: &str, create: bool) -> Result<Self, DbErr> {
+    /// Connects with the pool `settings` give, tuning SQLite for
+    /// concurrent writers. A SQLite file is created if missing only when
+    /// `create` is set.
+    pub async fn connect(
+        url: &str,
+        settings: &DatabaseConfig,
+        create: bool,
+    ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(8)
+            .max_connections(settings.max_connections)
             .min_connections(1)
             .sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(30));
-        if url.starts_with("sqlite:") {
+            .connect_timeout(settings.acquire_timeout)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(settings.idle_timeout);
+        if DatabaseKind::of_url(url) == Some(DatabaseKind::Sqlite) {
             options.map_sqlx_sqlite_opts(move |opts| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 opts.journal_mode(SqliteJournalMode::Wal)
@@ -183,19 +191,10 @@ impl Database {
             .await
     }
 
-    /// Creates a cache, refusing a name already live.
+    /// Creates a cache, refusing a name already live. The unique index on
+    /// live names decides, so of two racing creates exactly one wins.
     pub async fn create_cache(&self, new: NewCache) -> Result<cache::Model, DatabaseError> {
-        let txn = self.begin_write().await?;
-        let exists = cache::Entity::find()
-            .filter(cache::Column::Name.eq(&new.name))
-            .filter(cache::Column::DeletedAt.is_null())
-            .one(&txn)
-            .await?
-            .is_some();
-        if exists {
-            return Err(DatabaseError::CacheExists);
-        }
-        let model = cache::ActiveModel {
+        let created = cache::ActiveModel {
             name: Set(new.name),
             keypair: Set(new.keypair),
             is_public: Set(new.is_public),
@@ -207,10 +206,14 @@ impl Database {
             deleted_at: Set(None),
             ..Default::default()
         }
-        .insert(&txn)
-        .await?;
-        txn.commit().await?;
-        Ok(model)
+        .insert(&self.conn)
+        .await;
+        match created {
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(DatabaseError::CacheExists)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Applies the settings given in `changes`; leaves the rest.
@@ -320,13 +323,6 @@ impl Database {
         new: NewObject,
     ) -> Result<(), DatabaseError> {
         let txn = self.begin_write().await?;
-        let still_there = nar::Entity::find_by_id(nar_id)
-            .filter(nar::Column::State.eq(BlobState::Valid))
-            .one(&txn)
-            .await?;
-        if still_there.is_none() {
-            return Err(DatabaseError::ChunkGone);
-        }
         attach_object(&txn, nar_id, new).await?;
         txn.commit().await?;
         Ok(())
@@ -371,17 +367,17 @@ impl Database {
     }
 }
 
+/// Makes NAR `nar_id` the path `new` of its cache, replacing what the path
+/// was (an upsert, so concurrent pushes of one path both succeed), after
+/// re-checking and stamping the NAR so a collector cannot take it away.
 async fn attach_object(
     txn: &DatabaseTransaction,
     nar_id: i64,
     new: NewObject,
-) -> Result<(), DbErr> {
-    object::Entity::delete_many()
-        .filter(object::Column::CacheId.eq(new.cache_id))
-        .filter(object::Column::StorePathHash.eq(&new.store_path_hash))
-        .exec(txn)
-        .await?;
-    object::ActiveModel {
+) -> Result<(), DatabaseError> {
+    let when = now();
+    store::stamp_nar(txn, nar_id, when).await?;
+    let row = object::ActiveModel {
         cache_id: Set(new.cache_id),
         nar_id: Set(nar_id),
         store_path_hash: Set(new.store_path_hash),
@@ -391,12 +387,29 @@ async fn attach_object(
         deriver: Set(new.deriver),
         sigs: Set(new.sigs),
         ca: Set(new.ca),
-        created_at: Set(now()),
+        created_at: Set(when),
         last_accessed_at: Set(None),
         created_by: Set(new.created_by),
         ..Default::default()
-    }
-    .insert(txn)
-    .await?;
+    };
+    object::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([object::Column::CacheId, object::Column::StorePathHash])
+                .update_columns([
+                    object::Column::NarId,
+                    object::Column::StorePath,
+                    object::Column::References,
+                    object::Column::System,
+                    object::Column::Deriver,
+                    object::Column::Sigs,
+                    object::Column::Ca,
+                    object::Column::CreatedAt,
+                    object::Column::LastAccessedAt,
+                    object::Column::CreatedBy,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
     Ok(())
 }

@@ -314,7 +314,13 @@ impl Database {
         let totals = pack::Entity::find()
             .select_only()
             .column_as(pack::Column::Id.count(), "packs")
-            .column_as(pack::Column::Size.sum(), "bytes")
+            // SUM of a BIGINT is NUMERIC on PostgreSQL.
+            .expr_as(
+                Expr::col(pack::Column::Size)
+                    .sum()
+                    .cast_as(sea_orm::sea_query::Alias::new("BIGINT")),
+                "bytes",
+            )
             .filter(pack::Column::State.eq(BlobState::Valid))
             .into_model::<PackTotals>()
             .one(&self.conn)
@@ -542,7 +548,8 @@ async fn stage_nar(
     file: String,
     nar_id: i64,
     when: i64,
-) -> Result<(), DbErr> {
+) -> Result<(), DatabaseError> {
+    stamp_nar(txn, nar_id, when).await?;
     let row = staged_nar::ActiveModel {
         cache_id: Set(cache_id),
         file: Set(file),
@@ -559,6 +566,29 @@ async fn stage_nar(
         .exec_without_returning(txn)
         .await?;
     Ok(())
+}
+
+/// Re-checks, under the row's lock, that a NAR is still valid, and stamps
+/// it as referenced now: a collector deleting it concurrently waits for
+/// this transaction, then finds the stamp and leaves it. `ChunkGone` if it
+/// was reclaimed or found damaged meanwhile.
+pub(super) async fn stamp_nar(
+    txn: &DatabaseTransaction,
+    nar_id: i64,
+    when: i64,
+) -> Result<(), DatabaseError> {
+    let stamped = nar::Entity::update_many()
+        .col_expr(nar::Column::LastReferencedAt, Expr::value(when))
+        .filter(nar::Column::Id.eq(nar_id))
+        .filter(nar::Column::State.eq(BlobState::Valid))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    if stamped == 1 {
+        Ok(())
+    } else {
+        Err(DatabaseError::ChunkGone)
+    }
 }
 
 /// Records a pack that is durable in storage; its id.
@@ -801,6 +831,7 @@ async fn upsert_nar(
         num_chunks: Set(fields.num_chunks),
         created_at: Set(when),
         pack_id: Set(fields.pack_id),
+        last_referenced_at: Set(Some(when)),
         ..Default::default()
     })
     .on_conflict(

@@ -29,6 +29,9 @@ pub struct Model {
     /// The pack that is byte for byte this NAR's `.nar.zst`, when one is
     /// (every chunk was new when it was uploaded).
     pub pack_id: Option<i64>,
+    /// Unix seconds when an upload last attached it to a path or staged
+    /// it; the collector leaves it alone for a grace period after.
+    pub last_referenced_at: Option<i64>,
 }
 
 /// No navigable relations: queries join explicitly.
