@@ -143,6 +143,28 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
     assert_eq!(rows, blobs, "pack rows and the bucket's objects differ");
     assert_eq!(s3.open_uploads(), 0, "a multipart upload was left open");
 
+    // Each replica counts its own database statements by operation.
+    for replica in [&one, &two] {
+        let metrics = reqwest::get(format!("{}/metrics", replica.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        let counted = |line: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        assert!(
+            counted("attic_database_statements_total{operation=\"insert\"}") > 0.0,
+            "{metrics}"
+        );
+        assert!(counted("attic_database_seconds_total{operation=\"select\"}") > 0.0);
+    }
+
     // Every path substitutes through either replica, signed by the key
     // both replicas sign with.
     let key = api_two.public_key(&token, "c").await;

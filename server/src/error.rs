@@ -260,3 +260,26 @@ pub struct ErrorDetail(pub String);
 
 /// Results of handlers.
 pub type ServerResult<T> = Result<T, ServerError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnAcquireErr, DbErr};
+
+    #[test]
+    fn a_pool_timeout_is_a_503_that_says_to_retry() {
+        let error = ServerError::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        assert!(matches!(error, ServerError::DatabaseUnavailable(_)));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_query_error_stays_a_500() {
+        let error = ServerError::from(DbErr::Custom("bad row".into()));
+        assert_eq!(
+            error.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -195,12 +195,25 @@ pub fn spawn_periodic(state: std::sync::Arc<crate::state::AppState>) {
     let weak = std::sync::Arc::downgrade(&state);
     drop(state);
     tokio::spawn(async move {
+        let mut wait = interval;
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(wait).await;
             let Some(state) = weak.upgrade() else { break };
-            let _ = collect(&state).await;
+            wait = next_run_after(&collect(&state).await, interval);
         }
     });
+}
+
+/// How long after a run the next one starts: a whole `interval` after one
+/// that finished; sooner after one skipped (another collector held the
+/// lease, perhaps a dead one's, which lapses) or failed (the database or
+/// storage was away), so a restart or an outage does not cost an interval.
+pub fn next_run_after(result: &Result<GcReport, GcError>, interval: Duration) -> Duration {
+    const RETRY: Duration = Duration::from_secs(60);
+    match result {
+        Ok(_) => interval,
+        Err(_) => interval.min(RETRY),
+    }
 }
 
 /// Reports progress: a stage's name as it starts.

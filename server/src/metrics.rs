@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::database::DatabaseCounters;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 use crate::storage::StorageCounters;
@@ -61,6 +62,8 @@ pub struct Metrics {
     pub nar_redirects: Counter,
     /// Storage requests and failures, by operation.
     pub storage: StorageCounters,
+    /// Database statements, failures and time, by operation.
+    pub database: DatabaseCounters,
 }
 
 impl Default for Metrics {
@@ -141,7 +144,24 @@ impl Default for Metrics {
             "Storage requests that failed, by operation",
             storage.errors.clone(),
         );
+        let database = DatabaseCounters::default();
+        registry.register(
+            "database_statements",
+            "Database statements, by operation",
+            database.statements.clone(),
+        );
+        registry.register(
+            "database_errors",
+            "Database statements that failed, by operation",
+            database.errors.clone(),
+        );
+        registry.register(
+            "database_seconds",
+            "Seconds spent in database statements, by operation",
+            database.seconds.clone(),
+        );
         Self {
+            database,
             gc_runs,
             gc_reclaimed,
             gc_freed_bytes,

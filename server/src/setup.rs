@@ -315,8 +315,9 @@ pub async fn build_state(
     data_dir: &Path,
     how: OpenDatabase,
 ) -> Result<Arc<AppState>> {
-    let database = open_database(&config, data_dir, how).await?;
+    let mut database = open_database(&config, data_dir, how).await?;
     let metrics = Metrics::default();
+    database.instrument(metrics.database.clone());
     let storage = Arc::new(MeteredStorage::new(
         open_storage(&config, data_dir).await?,
         metrics.storage.clone(),
@@ -352,21 +353,25 @@ pub fn root_token(config: &ServerConfig) -> Result<String> {
 }
 
 /// `--mode garbage-collector`: collects now and then every interval until
-/// SIGINT or SIGTERM; once if the interval is zero.
+/// SIGINT or SIGTERM (a minute after a run that was skipped or failed);
+/// once if the interval is zero, failing if that run did.
 pub async fn collect_garbage_until_stopped(state: Arc<AppState>) -> Result<()> {
     let interval = state.config.garbage_collection.interval;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        tokio::select! {
-            _ = crate::gc::collect(&state) => {}
+        let result = tokio::select! {
+            result = crate::gc::collect(&state) => result,
             () = &mut stop => return Ok(()),
-        }
+        };
         if interval.is_zero() {
-            return Ok(());
+            return result
+                .map(|_| ())
+                .context("the garbage collection did not complete");
         }
+        let wait = crate::gc::next_run_after(&result, interval);
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
             () = &mut stop => return Ok(()),
         }
     }

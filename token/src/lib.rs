@@ -202,14 +202,16 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const MAX_BLOCKS: usize = 8;
 
 /// Datalog limits per authorisation. Tokens are untrusted input, so a
-/// crafted one must cost about what a normal one does: few facts, few
-/// iterations (ours need a handful of each), and a time bound well above
-/// what a normal token takes under load (biscuit's 1 ms default fails then).
+/// crafted one must cost about what a normal one does: few facts and few
+/// iterations (ours need a handful of each) are what bound its work. The
+/// time bound is only a backstop: it is wall-clock time, so on a starved
+/// CPU even a normal token takes milliseconds (20 ms refused valid tokens
+/// on 2 busy cores), and a refusal there would lock users out under load.
 fn limits() -> AuthorizerLimits {
     AuthorizerLimits {
         max_facts: 256,
         max_iterations: 32,
-        max_time: std::time::Duration::from_millis(20),
+        max_time: std::time::Duration::from_millis(250),
     }
 }
 

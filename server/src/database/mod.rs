@@ -7,9 +7,11 @@
 pub mod entity;
 mod gc;
 mod logs;
+mod metrics;
 mod store;
 
 pub use gc::{CompactionCandidate, LruObject, MovedChunk};
+pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -146,6 +148,13 @@ impl Database {
         }
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self { conn })
+    }
+
+    /// Counts every statement from now on into `counters`.
+    pub fn instrument(&mut self, counters: DatabaseCounters) {
+        self.conn.set_metric_callback(move |info| {
+            counters.record(&info.statement.sql, info.elapsed, info.failed);
+        });
     }
 
     /// Whether the database answers a trivial query.
