@@ -490,16 +490,10 @@ impl TestServer {
     }
 
     async fn query_one(&self, sql: &str) -> Option<sea_orm::QueryResult> {
-        use sea_orm::{ConnectionTrait, Statement};
-        let db = sea_orm::Database::connect(self.database_url())
+        crate::backend::query_all(&self.database_url(), sql)
             .await
-            .expect("open the database");
-        db.query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .expect("query")
+            .into_iter()
+            .next()
     }
 
     /// Peak resident memory of the server so far, in KiB (`VmHWM`).

@@ -7,13 +7,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use futures::StreamExt;
-use integration_tests::backend::fresh_postgres_database;
+use integration_tests::backend::{fresh_postgres_database, query_all};
 use integration_tests::nix;
 use integration_tests::s3::S3Server;
 use integration_tests::server::{TestHome, TestServer};
 use integration_tests::upload::{Api, nar_info_from_nix, noise};
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, Statement};
 
 /// A home holding `config` as atticd's config file.
 fn home_with(config: &str) -> TestHome {
@@ -26,18 +25,11 @@ fn home_with(config: &str) -> TestHome {
 
 /// Every value of the first column of a query.
 async fn column(database_url: &str, sql: &str) -> Vec<String> {
-    let db = sea_orm::Database::connect(database_url)
+    query_all(database_url, sql)
         .await
-        .expect("connect");
-    db.query_all_raw(Statement::from_string(
-        db.get_database_backend(),
-        sql.to_owned(),
-    ))
-    .await
-    .expect("query")
-    .iter()
-    .map(|row| row.try_get_by_index::<String>(0).expect("text"))
-    .collect()
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("text"))
+        .collect()
 }
 
 /// Pushes `paths` through `api` to cache `c`, four at a time.

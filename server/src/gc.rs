@@ -433,9 +433,15 @@ impl<'a> Collector<'a> {
                         break;
                     }
                     usage -= object.file_size;
-                    evict.push(object.id);
+                    evict.push(object);
                 }
-                self.report.objects_evicted += self.database.delete_objects(&evict).await?;
+                let gone = self.database.evict_objects(&evict).await?;
+                self.report.objects_evicted += gone;
+                if gone < evict.len() as u64 {
+                    // Some were read or pushed again meanwhile and stay:
+                    // count again rather than trust the estimate.
+                    usage = self.database.cache_usage(cache.id).await?;
+                }
                 self.renew().await?;
             }
         }

@@ -26,7 +26,12 @@ pub struct LruObject {
     pub id: i64,
     /// Its NAR's stored size.
     pub file_size: i64,
+    /// When it was last read, or pushed if never read (epoch seconds).
+    pub last_used: i64,
 }
+
+/// When an object was last read, or pushed if never read.
+const OBJECT_LAST_USED: &str = "COALESCE(object.last_accessed_at, object.created_at)";
 
 /// A pack whose live chunks are a small part of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,17 +154,16 @@ impl Database {
         cutoff: i64,
         limit: u64,
     ) -> Result<u64, DbErr> {
-        let last_used = Expr::cust("COALESCE(object.last_accessed_at, object.created_at)");
         let page = Query::select()
             .column(object::Column::Id)
             .from(object::Entity)
             .and_where(Expr::col(object::Column::CacheId).eq(cache_id))
-            .and_where(last_used.clone().lt(cutoff))
+            .and_where(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
             .limit(limit)
             .to_owned();
         let result = object::Entity::delete_many()
             .filter(object::Column::Id.in_subquery(page))
-            .filter(Expr::cust("COALESCE(object.last_accessed_at, object.created_at)").lt(cutoff))
+            .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
             .exec(&self.conn)
             .await?;
         Ok(result.rows_affected)
@@ -197,11 +201,10 @@ impl Database {
             .select_only()
             .column(object::Column::Id)
             .column_as(nar::Column::FileSize, "file_size")
+            .column_as(Expr::cust(OBJECT_LAST_USED), "last_used")
             .join(JoinType::InnerJoin, object::Relation::Nar.def())
             .filter(object::Column::CacheId.eq(cache_id))
-            .order_by_asc(Expr::cust(
-                "COALESCE(object.last_accessed_at, object.created_at)",
-            ))
+            .order_by_asc(Expr::cust(OBJECT_LAST_USED))
             .order_by_asc(object::Column::Id)
             .limit(limit)
             .into_model::<LruObject>()
@@ -209,10 +212,16 @@ impl Database {
             .await
     }
 
-    /// Deletes objects by id; how many.
-    pub async fn delete_objects(&self, ids: &[i64]) -> Result<u64, DbErr> {
+    /// Evicts these objects, as [`Self::least_recent_objects`] listed
+    /// them, unless one was read or pushed again since (its last use is
+    /// then later than any `listed`); how many went.
+    pub async fn evict_objects(&self, listed: &[LruObject]) -> Result<u64, DbErr> {
+        let Some(latest) = listed.iter().map(|o| o.last_used).max() else {
+            return Ok(0);
+        };
         let result = object::Entity::delete_many()
-            .filter(object::Column::Id.is_in(ids.iter().copied()))
+            .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)))
+            .filter(Expr::cust(OBJECT_LAST_USED).lte(latest))
             .exec(&self.conn)
             .await?;
         Ok(result.rows_affected)
@@ -533,5 +542,92 @@ impl Database {
             chunk::Entity::find().count(&self.conn).await?,
             pack::Entity::find().count(&self.conn).await?,
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveModelTrait, Set};
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::database::NewCache;
+
+    async fn database(dir: &tempfile::TempDir) -> Database {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let database = Database::connect(&url, &DatabaseConfig::default(), true)
+            .await
+            .expect("connect");
+        database.migrate().await.expect("migrate");
+        database
+    }
+
+    /// A path of `cache` on a NAR of its own, pushed at `created_at`.
+    async fn push(database: &Database, cache: i64, n: u8, created_at: i64) -> i64 {
+        let nar = nar::ActiveModel {
+            nar_hash: Set(format!("sha256:{n:0>52}")),
+            nar_size: Set(1000),
+            compression: Set(StoredCompression::Zstd),
+            file_size: Set(100),
+            state: Set(BlobState::Valid),
+            num_chunks: Set(1),
+            created_at: Set(created_at),
+            ..Default::default()
+        }
+        .insert(database.connection())
+        .await
+        .expect("nar");
+        let hash = format!("{n:0>32}");
+        object::ActiveModel {
+            cache_id: Set(cache),
+            nar_id: Set(nar.id),
+            store_path: Set(format!("/nix/store/{hash}-p")),
+            store_path_hash: Set(hash),
+            references: Set("[]".into()),
+            sigs: Set("[]".into()),
+            created_at: Set(created_at),
+            ..Default::default()
+        }
+        .insert(database.connection())
+        .await
+        .expect("object")
+        .id
+    }
+
+    #[tokio::test]
+    async fn eviction_spares_a_path_read_after_it_was_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = database
+            .create_cache(NewCache {
+                name: "c".into(),
+                keypair: String::new(),
+                is_public: false,
+                store_dir: "/nix/store".into(),
+                priority: 40,
+                upstream_cache_key_names: "[]".into(),
+            })
+            .await
+            .expect("cache")
+            .id;
+        let old = push(&database, cache, 1, 1_000).await;
+        let older = push(&database, cache, 2, 500).await;
+        let newest = push(&database, cache, 3, 2_000).await;
+
+        let page = database.least_recent_objects(cache, 2).await.expect("page");
+        assert_eq!(
+            page.iter().map(|o| (o.id, o.last_used)).collect::<Vec<_>>(),
+            [(older, 500), (old, 1_000)]
+        );
+        // Read between the listing and the eviction: no longer least recent.
+        database.touch_objects(&[old], 3_000).await.expect("touch");
+
+        assert_eq!(database.evict_objects(&page).await.expect("evict"), 1);
+        let left = database
+            .least_recent_objects(cache, 10)
+            .await
+            .expect("left");
+        assert_eq!(left.iter().map(|o| o.id).collect::<Vec<_>>(), [newest, old]);
+        assert_eq!(database.evict_objects(&[]).await.expect("nothing"), 0);
     }
 }
