@@ -410,6 +410,23 @@ pub struct S3StorageConfig {
     /// backoff and jitter) on throttling, 5xx and connection errors.
     #[serde(default = "default_s3_max_attempts", alias = "max_attempts")]
     pub max_attempts: u32,
+    /// How long connecting to the S3 server may take, per attempt.
+    #[serde(
+        default = "default_s3_connect_timeout",
+        with = "duration",
+        alias = "connect_timeout"
+    )]
+    pub connect_timeout: Duration,
+    /// How long a request may wait for the S3 server's answer once sent,
+    /// and a download for its next bytes; past it the attempt fails (and
+    /// is retried), so a server that stops answering cannot hang uploads
+    /// and NAR responses.
+    #[serde(
+        default = "default_s3_read_timeout",
+        with = "duration",
+        alias = "read_timeout"
+    )]
+    pub read_timeout: Duration,
     /// Answer requests for a `.nar.zst` that is one whole pack with a
     /// redirect to a presigned URL, so its bytes skip the server.
     #[serde(default, alias = "redirect_reads")]
@@ -506,6 +523,14 @@ impl S3StorageConfig {
         if self.max_attempts == 0 {
             return Err(invalid("storage.max-attempts", "must be at least 1"));
         }
+        for (key, value) in [
+            ("storage.connect-timeout", self.connect_timeout),
+            ("storage.read-timeout", self.read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
         // SigV4 presigned URLs live at most a week.
         if self.redirect_expiry < Duration::from_secs(1)
             || self.redirect_expiry > Duration::from_secs(7 * 24 * 3600)
@@ -521,6 +546,12 @@ impl S3StorageConfig {
 
 fn default_s3_max_attempts() -> u32 {
     5
+}
+fn default_s3_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_s3_read_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_redirect_expiry() -> Duration {
     Duration::from_secs(5 * 60)

@@ -22,5 +22,6 @@ pub mod request_log;
 pub mod scrub;
 pub mod serve;
 pub mod setup;
+pub mod stall;
 pub mod state;
 pub mod storage;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::io::StreamReader;
 
+use crate::stall;
 use crate::state::AppState;
 
 /// Loads `[tls]`'s certificate chain and key into an acceptor.
@@ -173,58 +174,8 @@ pub async fn serve_connections(
 /// arrives for `timeout`, so a stalled upload ends instead of holding its
 /// connection, its pack write and the server's shutdown.
 pub fn body_reader(body: Body, timeout: Duration) -> impl AsyncRead + Send + Unpin {
-    StreamReader::new(with_progress_timeout(
+    StreamReader::new(stall::with_progress_timeout(
         body.into_data_stream().map_err(io::Error::other),
         timeout,
     ))
-}
-
-fn with_progress_timeout<S, T>(
-    stream: S,
-    timeout: Duration,
-) -> impl Stream<Item = io::Result<T>> + Send + Unpin
-where
-    S: Stream<Item = io::Result<T>> + Send + Unpin + 'static,
-    T: Send + 'static,
-{
-    Box::pin(futures::stream::unfold(
-        Some(stream),
-        move |stream| async move {
-            let mut stream = stream?;
-            match tokio::time::timeout(timeout, stream.next()).await {
-                Ok(Some(item)) => Some((item, Some(stream))),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "no bytes arrived for {}",
-                            humantime::format_duration(timeout)
-                        ),
-                    )),
-                    None,
-                )),
-            }
-        },
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_stalled_stream_fails_with_timed_out_and_ends() {
-        let stalled =
-            futures::stream::iter([Ok::<_, io::Error>(1)]).chain(futures::stream::pending());
-        let mut guarded = with_progress_timeout(Box::pin(stalled), Duration::from_millis(20));
-        assert_eq!(guarded.next().await.expect("item").expect("ok"), 1);
-        let error = guarded
-            .next()
-            .await
-            .expect("an error")
-            .expect_err("timed out");
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert!(guarded.next().await.is_none());
-    }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -26,6 +27,7 @@ use futures::StreamExt;
 
 use super::{BlobInfo, ByteStream, StorageBackend, StorageError, StorageKey};
 use crate::config::{S3Checksums, S3StorageConfig};
+use crate::stall;
 
 /// Bytes buffered before the first part is sent, and so the largest blob
 /// stored with a single `PutObject`. S3 wants parts of at least 5 MiB.
@@ -50,6 +52,8 @@ pub struct S3Storage {
     prefix: String,
     /// Keys per `ListObjectsV2` page; S3's default (1,000) when unset.
     list_page_size: Option<i32>,
+    /// How long a download may wait for its next bytes.
+    read_timeout: Duration,
 }
 
 impl S3Storage {
@@ -82,7 +86,13 @@ impl S3Storage {
             .force_path_style(config.path_style())
             .request_checksum_calculation(request_checksums)
             .response_checksum_validation(response_checksums)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .read_timeout(config.read_timeout)
+                    .build(),
+            );
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -95,6 +105,7 @@ impl S3Storage {
             bucket: config.bucket.clone(),
             prefix,
             list_page_size: None,
+            read_timeout: config.read_timeout,
         }
     }
 
@@ -313,10 +324,16 @@ impl StorageBackend for S3Storage {
             }
             Err(e) => return Err(failure("GetObject", key, e)),
         };
-        Ok(Box::pin(futures::stream::unfold(body, |mut body| async {
+        let pieces = futures::stream::unfold(body, |mut body| async {
             let piece = body.next().await?;
             Some((piece.map_err(io::Error::other), body))
-        })))
+        });
+        // The SDK's read timeout ends with the response's head; a body
+        // that stalls after it would hold the NAR response for ever.
+        Ok(Box::pin(stall::with_progress_timeout(
+            Box::pin(pieces),
+            self.read_timeout,
+        )))
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<(), StorageError> {
@@ -558,5 +575,93 @@ mod tests {
         assert_eq!(part_size(MAX_PARTS), 512 << 20);
         let total: u64 = (1..=MAX_PARTS).map(|n| part_size(n) as u64).sum();
         assert!(total > 2 << 40, "{total}");
+    }
+
+    /// A storage on a fake S3 server at 127.0.0.1 that answers each
+    /// request's head with `reply` (nothing when empty) and then holds the
+    /// connection open, sending nothing more.
+    async fn storage_on_a_server_that_stalls(reply: &'static [u8]) -> S3Storage {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    if !reply.is_empty() && socket.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        let config: S3StorageConfig = toml::from_str(&format!(
+            "region = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://{address}\"\n\
+             max-attempts = 2\nconnect-timeout = \"1s\"\nread-timeout = \"300ms\"\n\
+             [credentials]\naccess-key-id = \"a\"\nsecret-access-key = \"s\"\n"
+        ))
+        .expect("config");
+        S3Storage::open(&config).await
+    }
+
+    /// Fails the test rather than hang it, should a timeout not work.
+    async fn guarded<F: std::future::Future>(what: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(60), what)
+            .await
+            .expect("the read timeout ended the request")
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_unavailable_after_the_read_timeout() {
+        let storage = storage_on_a_server_that_stalls(b"").await;
+        let key = StorageKey::new("packs/00/a").expect("key");
+        let error = guarded(storage.get(&key, 0..10))
+            .await
+            .err()
+            .expect("no answer is an error");
+        assert!(
+            matches!(error, StorageError::Unavailable { .. }),
+            "{error:?}"
+        );
+        let error = guarded(storage.put(
+            &key,
+            Box::pin(futures::stream::iter([Ok(Bytes::from_static(b"pack"))])),
+        ))
+        .await
+        .expect_err("no answer is an error");
+        assert!(
+            matches!(error, StorageError::Unavailable { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_download_that_stalls_mid_body_fails_with_timed_out() {
+        let storage = storage_on_a_server_that_stalls(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\n\
+              Content-Range: bytes 0-99/100\r\n\r\n0123456789",
+        )
+        .await;
+        let key = StorageKey::new("packs/00/a").expect("key");
+        let mut body = guarded(storage.get(&key, 0..100))
+            .await
+            .expect("the head arrived");
+        let first = guarded(body.next()).await.expect("a piece").expect("bytes");
+        assert_eq!(&first[..], b"0123456789");
+        let error = guarded(body.next())
+            .await
+            .expect("an error")
+            .expect_err("the body stalled");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(body.next().await.is_none());
     }
 }
