@@ -9,8 +9,6 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::{BlobInfo, ByteStream, StorageBackend, StorageError, StorageKey};
 
@@ -98,11 +96,26 @@ fn write_durably(
 }
 
 /// Up to `len` bytes of a file from `start`; fewer if it ends first.
-fn read_range(path: &Path, start: u64, len: u64) -> io::Result<bytes::Bytes> {
-    use std::io::{Read, Seek};
+fn read_range(path: &Path, start: u64, len: u64) -> io::Result<Bytes> {
+    read_piece(&mut open_at(path, start)?, len)
+}
+
+/// A file, positioned at `start`.
+fn open_at(path: &Path, start: u64) -> io::Result<std::fs::File> {
+    use std::io::Seek;
     let mut file = std::fs::File::open(path)?;
-    let available = file.metadata()?.len().saturating_sub(start);
-    file.seek(io::SeekFrom::Start(start))?;
+    if start > 0 {
+        file.seek(io::SeekFrom::Start(start))?;
+    }
+    Ok(file)
+}
+
+/// The next `len` bytes of `file`, fewer if it ends first, read into a
+/// buffer of their own (never zeroed first, never copied after).
+fn read_piece(file: &mut std::fs::File, len: u64) -> io::Result<Bytes> {
+    use std::io::{Read, Seek};
+    let position = file.stream_position()?;
+    let available = file.metadata()?.len().saturating_sub(position);
     let mut buffer = Vec::with_capacity(len.min(available) as usize);
     file.take(len).read_to_end(&mut buffer)?;
     Ok(buffer.into())
@@ -202,29 +215,46 @@ impl StorageBackend for LocalStorage {
                 Err(e) => Err(io_error(e)),
             };
         }
-        let mut file = match tokio::fs::File::open(path).await {
+        let opened = tokio::task::spawn_blocking(move || open_at(&path, range.start))
+            .await
+            .map_err(|e| io_error(io::Error::other(e)))?;
+        let mut file = match opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StorageError::NotFound(key.clone()));
             }
             Err(e) => return Err(io_error(e)),
         };
-        if range.start > 0 {
-            file.seek(io::SeekFrom::Start(range.start))
-                .await
-                .map_err(io_error)?;
-        }
         // Read ahead of the consumer: the next piece is read while the
-        // last is sent. A task (not a thread) does it, so a slow client
-        // holds no thread; the queue bounds memory to a few pieces.
+        // last is sent. A task (not a thread) drives it, so a slow client
+        // holds no thread; the queue bounds memory to a few pieces. Each
+        // piece is read straight into its own buffer on the blocking pool
+        // (async file I/O would read into a buffer of its own and copy).
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         tokio::spawn(async move {
-            let mut pieces = ReaderStream::with_capacity(file.take(len), READ_AT_ONCE as usize);
-            while let Some(piece) = pieces.next().await {
-                let failed = piece.is_err();
-                if sender.send(piece).await.is_err() || failed {
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(READ_AT_ONCE);
+                let read = tokio::task::spawn_blocking(move || {
+                    let piece = read_piece(&mut file, want);
+                    (file, piece)
+                })
+                .await;
+                let Ok((returned, piece)) = read else {
+                    let failed = io::Error::other("a blocking read ended abnormally");
+                    let _ = sender.send(Err(failed)).await;
+                    break;
+                };
+                file = returned;
+                // A short piece means the file ended; an error ends too.
+                let last = piece
+                    .as_ref()
+                    .map_or(true, |bytes| (bytes.len() as u64) < want);
+                let empty = piece.as_ref().is_ok_and(Bytes::is_empty);
+                if (!empty && sender.send(piece).await.is_err()) || last {
                     break;
                 }
+                left -= want;
             }
         });
         Ok(Box::pin(futures::stream::unfold(
