@@ -67,10 +67,22 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
         s3.storage_toml("")
     );
 
-    // Replicas refuse an unmigrated database; one migration run fixes it.
+    // Replicas refuse an unmigrated database, and neither they nor a
+    // check of the config write to it; one migration run fixes it.
     let migrator = home_with(&config);
     let early = migrator.run("atticd", &["--mode", "api-server"]);
     assert!(!early.status.success(), "served an unmigrated database");
+    let check = migrator.run("atticd", &["--check-config"]);
+    let said = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("migrations pending"), "{said}");
+    let tables = column(
+        &database_url,
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    assert!(tables.is_empty(), "checking created {tables:?}");
     let migrated = migrator.run("atticd", &["--mode", "db-migrations"]);
     assert!(
         migrated.status.success(),

@@ -170,7 +170,9 @@ impl Database {
     /// The names of migrations not yet applied: empty when the schema is
     /// the one this build expects.
     pub async fn pending_migrations(&self) -> Result<Vec<String>, DbErr> {
-        Ok(Migrator::get_pending_migrations(&self.conn)
+        // Read-only: checking (`--check-config`, a replica's start) must
+        // not create the migrations table in an empty database.
+        Ok(Migrator::get_pending_migrations_read_only(&self.conn)
             .await?
             .iter()
             .map(|m| m.name().to_owned())
