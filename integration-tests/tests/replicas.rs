@@ -83,7 +83,19 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
     )
     .await;
     assert!(tables.is_empty(), "checking created {tables:?}");
-    let migrated = migrator.run("atticd", &["--mode", "db-migrations"]);
+    // PostgreSQL and S3 keep nothing in a data directory, so a run given
+    // its config file needs no HOME to find one.
+    let config_file = migrator.path().join("config/attic/server.toml");
+    let migrated = migrator
+        .command("atticd")
+        .env_remove("HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .arg("--config")
+        .arg(&config_file)
+        .args(["--mode", "db-migrations"])
+        .output()
+        .expect("run atticd");
     assert!(
         migrated.status.success(),
         "{}",

@@ -847,6 +847,12 @@ impl ServerConfig {
         })
     }
 
+    /// Whether anything lives in the data directory: the default SQLite
+    /// database, or local blobs without a `path` of their own.
+    pub fn uses_data_dir(&self) -> bool {
+        self.database.url.is_none() || matches!(self.storage, StorageConfig::Local { path: None })
+    }
+
     /// The local storage directory, defaulting to `storage` in `data_dir`;
     /// `None` when blobs live elsewhere.
     pub fn local_storage_path(&self, data_dir: &Path) -> Option<PathBuf> {

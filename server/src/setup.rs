@@ -26,6 +26,18 @@ pub fn default_data_dir() -> Result<PathBuf> {
     Ok(xdg_dir("XDG_DATA_HOME", ".local/share")?.join("attic"))
 }
 
+/// The data directory: `explicit` (`--data-dir`) when given, else the
+/// default when `config` keeps something there (the SQLite database, local
+/// blobs). A deployment on PostgreSQL and S3 keeps nothing there, so it
+/// needs no `HOME`: its data directory is an empty path nothing reads.
+pub fn data_dir(explicit: Option<PathBuf>, config: &ServerConfig) -> Result<PathBuf> {
+    match explicit {
+        Some(dir) => Ok(dir),
+        None if config.uses_data_dir() => default_data_dir(),
+        None => Ok(PathBuf::new()),
+    }
+}
+
 fn xdg_dir(variable: &str, fallback: &str) -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(variable).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));

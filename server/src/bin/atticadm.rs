@@ -152,10 +152,7 @@ async fn main() -> Result<()> {
             let root = RootKey::parse(&loaded.config.token_root_key)?;
             let token = Token::parse(&token, &root.public())
                 .context("the token is not valid for this server")?;
-            let data_dir = match data_dir {
-                Some(dir) => dir,
-                None => setup::default_data_dir()?,
-            };
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             let database =
                 setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
             database.revoke(&[token.own_revocation_id()]).await?;
@@ -179,18 +176,12 @@ async fn main() -> Result<()> {
         }
         Command::Gc { data_dir } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
-            let data_dir = match data_dir {
-                Some(dir) => dir,
-                None => setup::default_data_dir()?,
-            };
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             collect_garbage(&loaded.config, &data_dir).await?;
         }
         Command::Verify { cache, data_dir } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
-            let data_dir = match data_dir {
-                Some(dir) => dir,
-                None => setup::default_data_dir()?,
-            };
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             if !verify(&loaded.config, &data_dir, cache.as_deref()).await? {
                 std::process::exit(1);
             }

@@ -85,10 +85,7 @@ async fn main() -> Result<()> {
                 tls.key.display()
             );
         }
-        let data_dir = match &options.data_dir {
-            Some(dir) => dir.clone(),
-            None => setup::default_data_dir()?,
-        };
+        let data_dir = setup::data_dir(options.data_dir.clone(), &loaded.config)?;
         for line in setup::check_services(&loaded.config, &data_dir).await? {
             println!("{line}");
         }
@@ -98,10 +95,7 @@ async fn main() -> Result<()> {
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
-    let data_dir = match options.data_dir {
-        Some(dir) => dir,
-        None => setup::default_data_dir()?,
-    };
+    let data_dir = setup::data_dir(options.data_dir, &config)?;
 
     if options.mode == Mode::DbMigrations {
         setup::open_database(&config, &data_dir, OpenDatabase::CreateAndMigrate).await?;
