@@ -123,6 +123,52 @@ async fn get_missing_paths_answers_up_to_its_limit_and_413_past_it() {
     assert_eq!(body["error"], "TooLarge");
 }
 
+/// A body refused before it was all read (here: far past the JSON limit)
+/// is still read to its end before the answer, so a client that is still
+/// sending gets the 413, not a reset connection or a broken pipe.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_gets_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start();
+    let address = server.url.trim_start_matches("http://").to_owned();
+    // Far more than the socket buffers hold, so the server must read it.
+    let body = vec![b' '; 40 << 20];
+    let head = format!(
+        "POST /_api/v1/get-missing-paths HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        server.root_token,
+        body.len()
+    );
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    // The writer comes back rather than being dropped: dropping it would
+    // half-close the connection, which the server takes for a goodbye.
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&body).await?;
+        writer.flush().await.map(|()| writer)
+    });
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = reader
+            .read(&mut buffer)
+            .await
+            .expect("the answer, not a reset connection");
+        assert!(n > 0, "closed without an answer");
+        response.extend_from_slice(&buffer[..n]);
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    sending
+        .await
+        .expect("the sending task")
+        .expect("the whole body was taken, with no broken pipe");
+}
+
 #[tokio::test]
 async fn an_oversized_token_is_refused_with_401() {
     let server = TestServer::start();

@@ -14,6 +14,7 @@ pub mod database;
 pub mod error;
 pub mod gc;
 pub mod ingest;
+pub mod linger;
 pub mod metrics;
 pub mod nar_stream;
 pub mod pack;

@@ -34,6 +34,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             crate::metrics::count_responses,
         ))
+        // Outermost, so that every refusal, the host check's included,
+        // reads what is left of the body before it is sent.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::linger::read_rest_of_body,
+        ))
         .with_state(state)
 }
 

@@ -1,0 +1,151 @@
+//! Reading what is left of a request's body before answering it. A request
+//! refused before its body was read (too large, bad token, no such route)
+//! would otherwise be answered and its connection closed with bytes still
+//! arriving: the kernel then resets the connection, and a client still
+//! sending sees "connection reset" or "broken pipe" instead of the answer.
+//! So up to [`LINGER_LIMIT`] unread bytes are read and dropped first, each
+//! piece within `http.body-timeout`; past that the connection is closed.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures::StreamExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::oneshot;
+
+use crate::state::AppState;
+
+/// Unread body bytes read and dropped at most before answering.
+pub const LINGER_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Middleware: once the handler has answered, reads and drops what it left
+/// of the request body (see the module's documentation).
+pub async fn read_rest_of_body(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let (back, mut returned) = oneshot::channel();
+    let body = Body::new(Returning {
+        inner: Some(body),
+        back: Some(back),
+    });
+    let response = next.run(Request::from_parts(parts, body)).await;
+    // Only a body the handler dropped unfinished comes back; one it still
+    // holds (streaming it elsewhere) is its own business.
+    if let Ok(rest) = returned.try_recv() {
+        discard(rest, LINGER_LIMIT, state.config.http.body_timeout).await;
+    }
+    response
+}
+
+/// Reads and drops up to `limit` bytes of `body`, each piece within
+/// `timeout`; stops early at its end, an error, a stall or the limit.
+async fn discard(body: Body, limit: u64, timeout: Duration) {
+    if body.size_hint().lower() > limit {
+        return;
+    }
+    let mut pieces = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Ok(Some(Ok(piece))) = tokio::time::timeout(timeout, pieces.next()).await {
+        seen += piece.len() as u64;
+        if seen > limit {
+            return;
+        }
+    }
+}
+
+/// A request body that, dropped before its end, goes back to the
+/// middleware through `back`.
+struct Returning {
+    inner: Option<Body>,
+    back: Option<oneshot::Sender<Body>>,
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take())
+            && !inner.is_end_stream()
+        {
+            // The middleware may be gone (the request was abandoned).
+            let _ = back.send(inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unfinished_body_comes_back_and_a_finished_one_does_not() {
+        let (back, mut returned) = oneshot::channel();
+        let body = Returning {
+            inner: Some(Body::from("unread")),
+            back: Some(back),
+        };
+        drop(body);
+        let rest = returned.try_recv().expect("the unread body came back");
+        let read = axum::body::to_bytes(rest, 100).await.expect("read");
+        assert_eq!(&read[..], b"unread");
+
+        let (back, mut returned) = oneshot::channel();
+        let body = Body::new(Returning {
+            inner: Some(Body::from("read")),
+            back: Some(back),
+        });
+        assert_eq!(
+            &axum::body::to_bytes(body, 100).await.expect("read")[..],
+            b"read"
+        );
+        assert!(returned.try_recv().is_err(), "a read body came back");
+    }
+
+    #[tokio::test]
+    async fn discarding_stops_at_the_limit_and_at_a_stall() {
+        let endless = futures::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Bytes::from_static(&[0; 1024]))
+        });
+        // Ends: past the limit it gives up on an endless body.
+        discard(
+            Body::from_stream(endless),
+            10 * 1024,
+            Duration::from_secs(60),
+        )
+        .await;
+        let stalled = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        discard(Body::from_stream(stalled), 1024, Duration::from_millis(20)).await;
+    }
+}
