@@ -169,6 +169,37 @@ async fn a_client_still_sending_a_refused_body_gets_the_413() {
         .expect("the whole body was taken, with no broken pipe");
 }
 
+/// A client that waits for `100 Continue` before sending its body is
+/// refused at once, never asked to send a body only to have it dropped.
+#[tokio::test]
+async fn a_refused_request_that_expects_100_continue_is_not_asked_for_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start();
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer garbage\r\nExpect: 100-continue\r\n\
+         Content-Length: {}\r\n\r\n",
+        40 << 20
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buffer).await.expect("the answer");
+        assert!(n > 0, "closed without an answer");
+        response.extend_from_slice(&buffer[..n]);
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+}
+
 #[tokio::test]
 async fn an_oversized_token_is_refused_with_401() {
     let server = TestServer::start();

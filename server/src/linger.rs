@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
+use axum::http::header::EXPECT;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
@@ -32,15 +33,25 @@ pub async fn read_rest_of_body(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    // A client that asked `Expect: 100-continue` sends nothing until told
+    // to, and hyper tells it as soon as the body is read: reading a body
+    // nobody began to read would only ask for bytes to drop.
+    let waits_to_send = parts
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut returned) = oneshot::channel();
     let body = Body::new(Returning {
         inner: Some(body),
+        read: false,
         back: Some(back),
     });
     let response = next.run(Request::from_parts(parts, body)).await;
     // Only a body the handler dropped unfinished comes back; one it still
     // holds (streaming it elsewhere) is its own business.
-    if let Ok(rest) = returned.try_recv() {
+    if let Ok((rest, read)) = returned.try_recv()
+        && (read || !waits_to_send)
+    {
         discard(rest, LINGER_LIMIT, state.config.http.body_timeout).await;
     }
     response
@@ -63,10 +74,11 @@ async fn discard(body: Body, limit: u64, timeout: Duration) {
 }
 
 /// A request body that, dropped before its end, goes back to the
-/// middleware through `back`.
+/// middleware through `back`, with whether any of it was read.
 struct Returning {
     inner: Option<Body>,
-    back: Option<oneshot::Sender<Body>>,
+    read: bool,
+    back: Option<oneshot::Sender<(Body, bool)>>,
 }
 
 impl HttpBody for Returning {
@@ -77,6 +89,7 @@ impl HttpBody for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.read = true;
         match self.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_frame(cx),
             None => Poll::Ready(None),
@@ -100,7 +113,7 @@ impl Drop for Returning {
             && !inner.is_end_stream()
         {
             // The middleware may be gone (the request was abandoned).
-            let _ = back.send(inner);
+            let _ = back.send((inner, self.read));
         }
     }
 }
@@ -114,16 +127,19 @@ mod tests {
         let (back, mut returned) = oneshot::channel();
         let body = Returning {
             inner: Some(Body::from("unread")),
+            read: false,
             back: Some(back),
         };
         drop(body);
-        let rest = returned.try_recv().expect("the unread body came back");
+        let (rest, read) = returned.try_recv().expect("the unread body came back");
+        assert!(!read);
         let read = axum::body::to_bytes(rest, 100).await.expect("read");
         assert_eq!(&read[..], b"unread");
 
         let (back, mut returned) = oneshot::channel();
         let body = Body::new(Returning {
             inner: Some(Body::from("read")),
+            read: false,
             back: Some(back),
         });
         assert_eq!(
