@@ -417,10 +417,11 @@ pub struct S3StorageConfig {
         alias = "connect_timeout"
     )]
     pub connect_timeout: Duration,
-    /// How long a request may wait for the S3 server's answer once sent,
-    /// and a download for its next bytes; past it the attempt fails (and
-    /// is retried), so a server that stops answering cannot hang uploads
-    /// and NAR responses.
+    /// How long a request may take from the start of sending to the head
+    /// of the answer (an upload part gets this per 8 MiB of its size), and
+    /// a download may wait for each next piece; past it the request fails
+    /// (and is retried, but for a download already under way), so a server
+    /// that stops answering cannot hang uploads and NAR responses.
     #[serde(
         default = "default_s3_read_timeout",
         with = "duration",

@@ -3,8 +3,11 @@
 //! would otherwise be answered and its connection closed with bytes still
 //! arriving: the kernel then resets the connection, and a client still
 //! sending sees "connection reset" or "broken pipe" instead of the answer.
-//! So up to [`LINGER_LIMIT`] unread bytes are read and dropped first, each
-//! piece within `http.body-timeout`; past that the connection is closed.
+//! So up to [`LINGER_LIMIT`] unread bytes are read and dropped first, for
+//! at most [`LINGER_TIME`] (and `http.body-timeout` a piece); past either
+//! the connection is closed, so a client cannot hold it by trickling.
+//! A body that stalled or failed (the upload's own timeout, a reset) is
+//! not waited for again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::http::header::EXPECT;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -24,6 +28,9 @@ use crate::state::AppState;
 
 /// Unread body bytes read and dropped at most before answering.
 pub const LINGER_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Longest time spent reading and dropping them.
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
 
 /// Middleware: once the handler has answered, reads and drops what it left
 /// of the request body (see the module's documentation).
@@ -44,6 +51,7 @@ pub async fn read_rest_of_body(
     let body = Body::new(Returning {
         inner: Some(body),
         read: false,
+        failed: false,
         back: Some(back),
     });
     let response = next.run(Request::from_parts(parts, body)).await;
@@ -51,8 +59,10 @@ pub async fn read_rest_of_body(
     // holds (streaming it elsewhere) is its own business.
     if let Ok((rest, read)) = returned.try_recv()
         && (read || !waits_to_send)
+        && response.status() != StatusCode::REQUEST_TIMEOUT
     {
-        discard(rest, LINGER_LIMIT, state.config.http.body_timeout).await;
+        let timeout = state.config.http.body_timeout;
+        let _ = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout)).await;
     }
     response
 }
@@ -78,6 +88,8 @@ async fn discard(body: Body, limit: u64, timeout: Duration) {
 struct Returning {
     inner: Option<Body>,
     read: bool,
+    /// Reading it failed: nothing more will come.
+    failed: bool,
     back: Option<oneshot::Sender<(Body, bool)>>,
 }
 
@@ -90,10 +102,14 @@ impl HttpBody for Returning {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         self.read = true;
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_frame(cx),
             None => Poll::Ready(None),
+        };
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed = true;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -110,6 +126,7 @@ impl HttpBody for Returning {
 impl Drop for Returning {
     fn drop(&mut self) {
         if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take())
+            && !self.failed
             && !inner.is_end_stream()
         {
             // The middleware may be gone (the request was abandoned).
@@ -128,6 +145,7 @@ mod tests {
         let body = Returning {
             inner: Some(Body::from("unread")),
             read: false,
+            failed: false,
             back: Some(back),
         };
         drop(body);
@@ -140,6 +158,7 @@ mod tests {
         let body = Body::new(Returning {
             inner: Some(Body::from("read")),
             read: false,
+            failed: false,
             back: Some(back),
         });
         assert_eq!(
@@ -147,6 +166,27 @@ mod tests {
             b"read"
         );
         assert!(returned.try_recv().is_err(), "a read body came back");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_failed_does_not_come_back() {
+        let (back, mut returned) = oneshot::channel();
+        let failing = futures::stream::iter([
+            Ok(Bytes::from_static(b"some")),
+            Err(std::io::Error::other("reset")),
+            Ok(Bytes::from_static(b"never")),
+        ]);
+        let mut body = Body::new(Returning {
+            inner: Some(Body::from_stream(failing)),
+            read: false,
+            failed: false,
+            back: Some(back),
+        })
+        .into_data_stream();
+        assert!(body.next().await.expect("a piece").is_ok());
+        assert!(body.next().await.expect("the error").is_err());
+        drop(body);
+        assert!(returned.try_recv().is_err(), "a failed body came back");
     }
 
     #[tokio::test]

@@ -52,7 +52,10 @@ pub struct S3Storage {
     prefix: String,
     /// Keys per `ListObjectsV2` page; S3's default (1,000) when unset.
     list_page_size: Option<i32>,
-    /// How long a download may wait for its next bytes.
+    /// How long connecting may take.
+    connect_timeout: Duration,
+    /// How long a request may wait for its answer, and a download for its
+    /// next bytes.
     read_timeout: Duration,
 }
 
@@ -105,6 +108,7 @@ impl S3Storage {
             bucket: config.bucket.clone(),
             prefix,
             list_page_size: None,
+            connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
         }
     }
@@ -114,6 +118,20 @@ impl S3Storage {
     pub fn with_list_page_size(mut self, keys: i32) -> Self {
         self.list_page_size = Some(keys);
         self
+    }
+
+    /// The timeouts of uploading a part of `size` bytes. The SDK's read
+    /// timeout runs from the start of sending, so it grows with the part:
+    /// whatever the part size, sending it may go as slowly as the first
+    /// part (8 MiB) may in `read-timeout`.
+    fn part_timeouts(&self, size: usize) -> TimeoutConfig {
+        let scale = u32::try_from(size.div_ceil(FIRST_PART_SIZE))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout.saturating_mul(scale))
+            .build()
     }
 
     /// The object key of a blob.
@@ -147,6 +165,11 @@ impl S3Storage {
                 .part_number(number)
                 .content_length(part.len() as i64)
                 .body(S3Body::from(part))
+                .customize()
+                .config_override(
+                    aws_sdk_s3::config::Builder::default()
+                        .timeout_config(self.part_timeouts(part_size(number))),
+                )
                 .send();
             let upload = async { upload.await.map_err(|e| failure("UploadPart", key, e)) };
             let next = async {
@@ -575,6 +598,25 @@ mod tests {
         assert_eq!(part_size(MAX_PARTS), 512 << 20);
         let total: u64 = (1..=MAX_PARTS).map(|n| part_size(n) as u64).sum();
         assert!(total > 2 << 40, "{total}");
+    }
+
+    #[tokio::test]
+    async fn a_larger_part_gets_a_proportionally_longer_read_timeout() {
+        let config: S3StorageConfig = toml::from_str(
+            "region = \"r\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:1\"\n\
+             read-timeout = \"10s\"\n",
+        )
+        .expect("config");
+        let storage = S3Storage::open(&config).await;
+        let read = |size| storage.part_timeouts(size).read_timeout();
+        assert_eq!(read(part_size(1)), Some(Duration::from_secs(10)));
+        assert_eq!(read(1), Some(Duration::from_secs(10)));
+        assert_eq!(read(part_size(1001)), Some(Duration::from_secs(20)));
+        assert_eq!(read(part_size(MAX_PARTS)), Some(Duration::from_secs(640)));
+        assert_eq!(
+            storage.part_timeouts(part_size(1)).connect_timeout(),
+            Some(config.connect_timeout)
+        );
     }
 
     /// A storage on a fake S3 server at 127.0.0.1 that answers each
