@@ -513,6 +513,30 @@ impl TestServer {
     }
 }
 
+/// An `atticd --mode garbage-collector` asked to listen: its probes
+/// (`/_health`, `/metrics`) are at `url`. Killed when dropped.
+pub struct TestCollector {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl TestServer {
+    /// Starts a collector on this server's config and data, listening on
+    /// a free port.
+    pub fn start_collector(&self) -> TestCollector {
+        let (child, url, _) = spawn(&self.home, "127.0.0.1:0", &["--mode", "garbage-collector"]);
+        TestCollector { child, url }
+    }
+}
+
+impl Drop for TestCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -389,6 +389,19 @@ pub async fn collect_garbage_until_stopped(state: Arc<AppState>) -> Result<()> {
     }
 }
 
+/// Serves `/_health` and `/metrics` alone on `listener`, in the
+/// background, for a process that serves no API (the collector).
+pub fn serve_probes(state: Arc<AppState>, listener: tokio::net::TcpListener) {
+    let app = crate::api::probe_router(state.clone());
+    tokio::spawn(crate::serve::serve_connections(
+        listener,
+        app,
+        state,
+        None,
+        std::future::pending(),
+    ));
+}
+
 /// Serves until SIGINT or SIGTERM, then flushes pending access times.
 pub async fn serve(
     state: Arc<AppState>,

@@ -43,6 +43,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// `/_health` and `/metrics` alone, for a process that serves no API (the
+/// collector, when asked to listen).
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/_health", get(health))
+        .route("/metrics", get(crate::metrics::metrics))
+        .fallback(|| async { ServerError::NoSuchRoute })
+        .with_state(state)
+}
+
 /// `GET /_health`: `OK` when the database answers, else 503. Load
 /// balancers and orchestrators probe it by address, so `allowed-hosts`
 /// does not apply to it.

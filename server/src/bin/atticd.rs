@@ -92,6 +92,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let mut config = loaded.config.clone();
+    let explicit_listen = options.listen;
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
@@ -104,7 +105,17 @@ async fn main() -> Result<()> {
     }
 
     if options.mode == Mode::GarbageCollector {
+        // Probes only when asked for: a collector shares its config, and
+        // so its `listen`, with the API servers, often on one machine.
+        let probes = match explicit_listen {
+            Some(address) => Some(setup::bind(address).await?),
+            None => None,
+        };
         let state = setup::build_state(config, &data_dir, OpenDatabase::Existing).await?;
+        if let Some(listener) = probes {
+            println!("atticd listening on http://{}/", listener.local_addr()?);
+            setup::serve_probes(state.clone(), listener);
+        }
         return setup::collect_garbage_until_stopped(state).await;
     }
 
