@@ -48,6 +48,18 @@ impl Api {
             .status()
     }
 
+    /// The status and text of a GET without a token (`/metrics`,
+    /// `/_health`, a public cache's files).
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .request(Method::GET, path, None)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.text().await.expect("text"))
+    }
+
     /// The body of a GET, whatever its status.
     pub async fn get_bytes(&self, token: &str, path: &str) -> bytes::Bytes {
         self.request(Method::GET, path, Some(token))

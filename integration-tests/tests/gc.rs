@@ -586,31 +586,19 @@ async fn compaction_recompresses_what_a_new_version_still_uses() {
 async fn a_collector_asked_to_listen_serves_health_and_its_metrics() {
     let server = TestServer::start();
     let collector = server.start_collector();
-    let client = reqwest::Client::new();
-    let health = client
-        .get(format!("{}/_health", collector.url))
-        .send()
-        .await
-        .expect("health");
-    assert_eq!(health.status(), reqwest::StatusCode::OK);
-    assert_eq!(health.text().await.expect("text"), "OK");
-    let api = client
-        .get(format!("{}/_api/v1/whoami", collector.url))
-        .send()
-        .await
-        .expect("api");
-    assert_eq!(api.status(), reqwest::StatusCode::NOT_FOUND);
+    let probes = Api::new(&collector.url);
+    assert_eq!(
+        probes.get_text("/_health").await,
+        (reqwest::StatusCode::OK, "OK".to_owned())
+    );
+    assert_eq!(
+        probes.status(None, "/_api/v1/whoami").await,
+        reqwest::StatusCode::NOT_FOUND
+    );
     // It collects at once on start; its run shows up in its own counters.
     let mut metrics = String::new();
     for _ in 0..600 {
-        metrics = client
-            .get(format!("{}/metrics", collector.url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        metrics = probes.get_text("/metrics").await.1;
         if metrics.contains("attic_gc_runs_total{outcome=\"ok\"} 1") {
             return;
         }

@@ -173,15 +173,7 @@ async fn damage_is_never_served_and_heals(how: Harm) {
         pushed.api.missing(&pushed.token, "main", &hashes).await,
         vec![path_hash(pushed.leaf()).to_owned()]
     );
-    let metrics = pushed
-        .api
-        .request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = pushed.api.get_text("/metrics").await.1;
     assert!(
         metrics
             .lines()
