@@ -123,12 +123,29 @@ async fn get_missing_paths_answers_up_to_its_limit_and_413_past_it() {
     assert_eq!(body["error"], "TooLarge");
 }
 
+/// The head of the next HTTP response on a raw connection (up to its
+/// blank line), failing on a reset or a close before it.
+async fn response_head(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = reader
+            .read(&mut buffer)
+            .await
+            .expect("the answer, not a reset connection");
+        assert!(n > 0, "closed without an answer");
+        response.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 /// A body refused before it was all read (here: far past the JSON limit)
 /// is still read to its end before the answer, so a client that is still
 /// sending gets the 413, not a reset connection or a broken pipe.
 #[tokio::test]
 async fn a_client_still_sending_a_refused_body_gets_the_413() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = TestServer::start();
     let address = server.url.trim_start_matches("http://").to_owned();
     // Far more than the socket buffers hold, so the server must read it.
@@ -151,17 +168,7 @@ async fn a_client_still_sending_a_refused_body_gets_the_413() {
         writer.write_all(&body).await?;
         writer.flush().await.map(|()| writer)
     });
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = reader
-            .read(&mut buffer)
-            .await
-            .expect("the answer, not a reset connection");
-        assert!(n > 0, "closed without an answer");
-        response.extend_from_slice(&buffer[..n]);
-    }
-    let response = String::from_utf8_lossy(&response);
+    let response = response_head(&mut reader).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     sending
         .await
@@ -173,7 +180,7 @@ async fn a_client_still_sending_a_refused_body_gets_the_413() {
 /// refused at once, never asked to send a body only to have it dropped.
 #[tokio::test]
 async fn a_refused_request_that_expects_100_continue_is_not_asked_for_its_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = TestServer::start();
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address)
@@ -189,14 +196,7 @@ async fn a_refused_request_that_expects_100_continue_is_not_asked_for_its_body()
         .write_all(head.as_bytes())
         .await
         .expect("send the head");
-    let mut response = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buffer).await.expect("the answer");
-        assert!(n > 0, "closed without an answer");
-        response.extend_from_slice(&buffer[..n]);
-    }
-    let response = String::from_utf8_lossy(&response);
+    let response = response_head(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 401"), "{response}");
 }
 

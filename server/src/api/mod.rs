@@ -21,9 +21,7 @@ use crate::state::AppState;
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/_health", get(health))
-        .route("/metrics", get(crate::metrics::metrics))
+    probe_routes()
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
         .route_layer(middleware::from_fn(crate::request_log::tag_route))
@@ -46,11 +44,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `/_health` and `/metrics` alone, for a process that serves no API (the
 /// collector, when asked to listen).
 pub fn probe_router(state: Arc<AppState>) -> Router {
+    probe_routes()
+        .fallback(|| async { ServerError::NoSuchRoute })
+        .with_state(state)
+}
+
+/// `/_health` and `/metrics`, which every process that listens serves.
+fn probe_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/_health", get(health))
         .route("/metrics", get(crate::metrics::metrics))
-        .fallback(|| async { ServerError::NoSuchRoute })
-        .with_state(state)
 }
 
 /// `GET /_health`: `OK` when the database answers, else 503. Load

@@ -92,7 +92,6 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let mut config = loaded.config.clone();
-    let explicit_listen = options.listen;
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
@@ -107,7 +106,7 @@ async fn main() -> Result<()> {
     if options.mode == Mode::GarbageCollector {
         // Probes only when asked for: a collector shares its config, and
         // so its `listen`, with the API servers, often on one machine.
-        let probes = match explicit_listen {
+        let probes = match options.listen {
             Some(address) => Some(setup::bind(address).await?),
             None => None,
         };

@@ -321,6 +321,19 @@ mod tests {
         Fixture { storage, chunks }
     }
 
+    /// Flips the lowest bit of byte `at` of the stored pack `key`.
+    async fn flip_bit(storage: &MemoryStorage, key: &StorageKey, at: u64) {
+        let mut pack = crate::storage::read_all(storage, key)
+            .await
+            .expect("read")
+            .to_vec();
+        pack[at as usize] ^= 1;
+        storage
+            .put(key, stream_of(Bytes::from(pack)))
+            .await
+            .expect("put");
+    }
+
     async fn read_all_runs(
         storage: Arc<MemoryStorage>,
         chunks: Vec<StoredChunk>,
@@ -387,16 +400,7 @@ mod tests {
     #[tokio::test]
     async fn a_flipped_byte_is_reported_and_the_next_chunk_still_read() {
         let Fixture { storage, chunks } = pack_of_three().await;
-        let key = chunks[0].pack_key.clone();
-        let mut pack = crate::storage::read_all(&*storage, &key)
-            .await
-            .expect("read")
-            .to_vec();
-        pack[chunks[1].offset as usize + 4] ^= 1;
-        storage
-            .put(&key, stream_of(Bytes::from(pack)))
-            .await
-            .expect("put");
+        flip_bit(&storage, &chunks[1].pack_key, chunks[1].offset + 4).await;
         let read = read_all_runs(storage, chunks.clone()).await;
         assert!(read[0].is_ok());
         assert!(matches!(
@@ -412,11 +416,9 @@ mod tests {
             storage,
             mut chunks,
         } = pack_of_three().await;
-        let key = chunks[0].pack_key.clone();
-        let mut pack = crate::storage::read_all(&*storage, &key)
+        let pack = crate::storage::read_all(&*storage, &chunks[0].pack_key)
             .await
-            .expect("read")
-            .to_vec();
+            .expect("read");
         for chunk in &mut chunks {
             let frame = &pack[chunk.offset as usize..][..chunk.stored_size as usize];
             let old = hex::encode(blake3::hash(frame).as_bytes());
@@ -424,11 +426,7 @@ mod tests {
         }
         let read = read_all_runs(storage.clone(), chunks.clone()).await;
         assert!(read.iter().all(Result::is_ok), "{read:?}");
-        pack[chunks[2].offset as usize + 1] ^= 1;
-        storage
-            .put(&key, stream_of(Bytes::from(pack)))
-            .await
-            .expect("put");
+        flip_bit(&storage, &chunks[2].pack_key, chunks[2].offset + 1).await;
         let read = read_all_runs(storage, chunks).await;
         assert!(read[0].is_ok() && read[1].is_ok());
         assert!(matches!(

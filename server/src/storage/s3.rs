@@ -90,12 +90,7 @@ impl S3Storage {
             .request_checksum_calculation(request_checksums)
             .response_checksum_validation(response_checksums)
             .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(config.connect_timeout)
-                    .read_timeout(config.read_timeout)
-                    .build(),
-            );
+            .timeout_config(timeouts(config.connect_timeout, config.read_timeout));
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
@@ -128,10 +123,10 @@ impl S3Storage {
         let scale = u32::try_from(size.div_ceil(FIRST_PART_SIZE))
             .unwrap_or(u32::MAX)
             .max(1);
-        TimeoutConfig::builder()
-            .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout.saturating_mul(scale))
-            .build()
+        timeouts(
+            self.connect_timeout,
+            self.read_timeout.saturating_mul(scale),
+        )
     }
 
     /// The object key of a blob.
@@ -517,6 +512,15 @@ where
             source: io::Error::other(error),
         }
     }
+}
+
+/// The SDK's timeouts: `connect` per connection attempt, `read` from the
+/// start of sending a request to the head of its answer.
+fn timeouts(connect: Duration, read: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(connect)
+        .read_timeout(read)
+        .build()
 }
 
 /// `delay` scaled by a random factor in [0.5, 1), so that servers that
