@@ -7,6 +7,15 @@
 //! the body to its end and compares the file hash; a mismatch, a corrupt
 //! stream or too many compressed bytes end the read with a
 //! [`RefusedBody`] error that the ingest path turns into a 4xx.
+//!
+//! Decoding costs are bounded whatever the client sends: the xz decoder
+//! may use at most [`XZ_MEMORY_LIMIT`] (a stream whose dictionary needs
+//! more is refused at its header), and a body whose size nobody declared
+//! may expand at most [`MAX_EXPANSION_RATIO`] times past its first
+//! [`EXPANSION_ALLOWANCE`] bytes, so a few kilobytes of bzip2 or zstd
+//! cannot make the server decode gigabytes. The decoded size itself is
+//! bounded by the reader downstream (the declared `NarSize`, or
+//! `max-nar-size`).
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +26,33 @@ use attic::hash::{Sha256Hash, Sha256Hasher};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use crate::error::ServerError;
+
+/// Memory the xz decoder may use: enough for `xz -9` (a 64 MiB
+/// dictionary, 65 MiB in all to decode) and so for every preset Nix and
+/// xz offer; a stream asking for more is refused before anything is
+/// allocated for it.
+pub const XZ_MEMORY_LIMIT: u64 = 65 * 1024 * 1024;
+
+/// Decoded bytes allowed before the expansion ratio is checked: small
+/// NARs (a symlink, a short script) compress far better than big ones.
+pub const EXPANSION_ALLOWANCE: u64 = 1024 * 1024;
+
+/// Most decoded bytes per compressed byte, past [`EXPANSION_ALLOWANCE`],
+/// for a body whose decoded size was not declared. Real NARs stay well
+/// below (store paths of binaries and text compress 3–20 times); a file of
+/// zeros compresses thousands of times, and bombs millions.
+pub const MAX_EXPANSION_RATIO: u64 = 1000;
+
+/// Whether the uploader declared the decoded size before the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodedSize {
+    /// Declared (`upload-path`'s `nar_size`), and enforced downstream:
+    /// the body may expand as much as it likes up to it.
+    Declared,
+    /// Not declared (`nix copy` sends the narinfo after the NAR): the
+    /// body may expand at most [`MAX_EXPANSION_RATIO`] times.
+    Undeclared,
+}
 
 /// How a body is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,17 +189,22 @@ pub struct DecodedBody<R> {
     draining: bool,
     /// The body ended and checked out: every read now is the end.
     finished: bool,
+    size: DecodedSize,
+    /// Decoded bytes handed out so far.
+    decoded: u64,
 }
 
 impl<R: AsyncRead + Unpin> DecodedBody<R> {
     /// Decodes `body` as `compression`, refusing more than `limit`
     /// compressed bytes, and, if `file_hash` is given, a body whose
-    /// SHA-256 differs.
+    /// SHA-256 differs; if `size` is [`DecodedSize::Undeclared`], also a
+    /// body that expands more than real NARs do.
     pub fn new(
         body: R,
         compression: Compression,
         limit: u64,
         file_hash: Option<Sha256Hash>,
+        size: DecodedSize,
     ) -> Self {
         let source = BufReader::new(Hashing {
             inner: body,
@@ -179,7 +220,7 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
                 Decoder::Zstd(decoder)
             }
             Compression::Xz => {
-                let mut decoder = XzDecoder::new(source);
+                let mut decoder = XzDecoder::with_mem_limit(source, XZ_MEMORY_LIMIT);
                 decoder.multiple_members(true);
                 Decoder::Xz(decoder)
             }
@@ -195,7 +236,34 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
             file_hash,
             draining: false,
             finished: false,
+            size,
+            decoded: 0,
         }
+    }
+
+    /// Refuses a body that, undeclared, has now expanded past what real
+    /// NARs do; counts the `new` decoded bytes.
+    fn check_expansion(&mut self, new: usize) -> Result<(), ServerError> {
+        self.decoded += new as u64;
+        if self.size == DecodedSize::Declared || self.compression == Compression::None {
+            return Ok(());
+        }
+        // Counted as read from the body, a little ahead of the decoder.
+        let compressed = self.decoder.source().get_ref().hasher.len().max(1);
+        let past_allowance = self.decoded.saturating_sub(EXPANSION_ALLOWANCE);
+        if past_allowance > compressed.saturating_mul(MAX_EXPANSION_RATIO) {
+            return Err(ServerError::bad_request(
+                "ExpansionTooLarge",
+                format!(
+                    "{compressed} bytes of {} decode to more than {} bytes, over {MAX_EXPANSION_RATIO} \
+                     times their size: no real NAR compresses that well (push it \
+                     uncompressed, with ?compression=none in the cache URL, if it does)",
+                    self.compression.name(),
+                    self.decoded,
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// After the decoder's end: the body must end too, and hash as named.
@@ -245,10 +313,26 @@ impl<R: AsyncRead + Unpin> AsyncRead for DecodedBody<R> {
             let before = buf.filled().len();
             match ready!(this.decoder.poll_decode(cx, buf)) {
                 Ok(()) if buf.filled().len() > before || buf.remaining() == 0 => {
+                    let new = buf.filled().len() - before;
+                    if let Err(refusal) = this.check_expansion(new) {
+                        // A failed read must not hand out bytes.
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(RefusedBody::into_io(refusal)));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Ok(()) => this.draining = true,
                 Err(e) if this.decoder.source().get_ref().failed => return Poll::Ready(Err(e)),
+                Err(e) if is_xz_memory_limit(&e) => {
+                    return Poll::Ready(Err(RefusedBody::into_io(ServerError::bad_request(
+                        "XzDictionaryTooLarge",
+                        format!(
+                            "the xz stream needs more than {} MiB of memory to decode (its \
+                             dictionary is too large); compress with a preset up to xz -9",
+                            XZ_MEMORY_LIMIT >> 20
+                        ),
+                    ))));
+                }
                 Err(e) => {
                     return Poll::Ready(Err(RefusedBody::into_io(ServerError::bad_request(
                         "InvalidCompression",
@@ -261,6 +345,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for DecodedBody<R> {
         this.finished = true;
         Poll::Ready(Ok(()))
     }
+}
+
+/// Whether a decoder error is liblzma's refusal to exceed
+/// [`XZ_MEMORY_LIMIT`]. liblzma's error type is reached only through
+/// async-compression, so it is known by its message (a unit test keeps
+/// that honest).
+fn is_xz_memory_limit(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.to_string() == "memory limit reached")
 }
 
 #[cfg(test)]

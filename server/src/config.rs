@@ -75,7 +75,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// The key that signs tokens: `ed25519-private/<hex>`.
     pub token_root_key: String,
-    /// Largest NAR accepted, in bytes.
+    /// Largest NAR accepted, in bytes. It is also all that bounds what a
+    /// `nix copy` NAR may decode to (its narinfo, with `NarSize`, comes
+    /// after it), so it is no larger than real store paths need.
     #[serde(default = "default_max_nar_size")]
     pub max_nar_size: u64,
     /// Where metadata lives.
@@ -650,7 +652,7 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 fn default_max_nar_size() -> u64 {
-    64 << 30
+    32 << 30
 }
 fn default_nar_size_threshold() -> u64 {
     64 * 1024
@@ -906,6 +908,8 @@ mod tests {
         assert_eq!(config.chunking.avg_size, 64 * 1024);
         assert_eq!(config.compression.kind, CompressionKind::Zstd);
         assert_eq!(config.compression.level, 3);
+        // What a `nix copy` NAR may decode to: 32 GiB, not 64.
+        assert_eq!(config.max_nar_size, 32 << 30);
         assert!(
             config
                 .database_url(Path::new("/d"))

@@ -31,7 +31,7 @@ use tokio::io::AsyncReadExt;
 use super::cache_name;
 use super::v1::upload_path::new_object;
 use crate::access::Caller;
-use crate::compressed::{Compression, DecodedBody};
+use crate::compressed::{Compression, DecodedBody, DecodedSize};
 use crate::database::{Claim, NewNar};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Expect};
@@ -94,6 +94,8 @@ pub async fn put_nar(
         compression,
         limit,
         Some(file_hash),
+        // The narinfo, with NarSize, comes after the NAR.
+        DecodedSize::Undeclared,
     );
     let stored = ingest::store_nar(
         &state,

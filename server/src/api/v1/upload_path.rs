@@ -22,7 +22,7 @@ use axum::http::header::CONTENT_ENCODING;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::access::Caller;
-use crate::compressed::{Compression, DecodedBody};
+use crate::compressed::{Compression, DecodedBody, DecodedSize};
 use crate::database::{Claim, HeldByCache, NewNar, NewObject};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared, Expect};
@@ -54,7 +54,16 @@ pub async fn upload_path(
                 .max_nar_size
                 .saturating_mul(2)
                 .saturating_add(2 << 20);
-            Box::new(DecodedBody::new(body, compression, limit, None))
+            // nar_size is declared before the NAR: in the header, or in
+            // a preamble of at most a megabyte, which decodes within the
+            // expansion allowance. Reading checks the NAR against it.
+            Box::new(DecodedBody::new(
+                body,
+                compression,
+                limit,
+                None,
+                DecodedSize::Declared,
+            ))
         }
     };
     let info = read_nar_info(&headers, &mut body).await?;
