@@ -5,8 +5,10 @@
 //! across replicas, goes through stages, each of which a crash at any
 //! point leaves for the next run to finish:
 //!
-//! 1. objects past their cache's retention (from last access);
-//! 2. over-quota caches lose their least recently read objects;
+//! 1. objects past their cache's retention (from last access), unless a
+//!    path kept references them;
+//! 2. over-quota caches lose their least recently read objects among those
+//!    no other path of the cache references;
 //! 3. destroyed caches lose their objects, logs and staged uploads;
 //! 4. `nix copy` uploads no narinfo claimed within the grace period;
 //! 5. NARs no object holds and no upload has staged;
@@ -21,7 +23,21 @@
 //!     period (left by uploads that died) are swept.
 //!
 //! Every stage works in pages, so memory does not grow with the store.
-
+//!
+//! One run takes everything as far as it can go: paths, the NARs and chunks
+//! only they used, and the packs left empty are all reclaimed by the same
+//! run; only the blobs of marked packs wait for the grace period, and the
+//! report says how many bytes wait and from when they can go.
+//!
+//! Paths leave a cache from the roots of its reference graph (paths no
+//! other path of the cache references), so every path left in a cache
+//! keeps its whole closure there and Nix can substitute it.
+//!
+//! Reads reach `last_accessed_at` in batches, once every
+//! [`ACCESS_LOG_FLUSH_INTERVAL`] in every server. Before its first
+//! retention or quota decision a run waits out one such interval (and a
+//! second for the write itself), so every read made before the run began
+//! counts, whichever process collects.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,10 +48,11 @@ use thiserror::Error;
 
 use crate::config::GcConfig;
 use crate::database::entity::StoredCompression;
-use crate::database::{Database, MovedChunk};
+use crate::database::{Database, LruObject, MovedChunk, Removal, RemovedPaths};
 use crate::pack::StoredChecksum;
 use crate::pack::read::{ReadError, read_run, runs};
 use crate::pack::write::PackWriter;
+use crate::state::ACCESS_LOG_FLUSH_INTERVAL;
 use crate::storage::{StorageBackend, StorageError, StorageKey};
 
 /// Rows per page.
@@ -43,6 +60,11 @@ const PAGE: u64 = 1000;
 
 /// How long the lease lasts without renewal; each page renews it.
 const LEASE_SECS: i64 = 600;
+
+/// On PostgreSQL, how long an upload's committing transaction may stay open
+/// between stamping what it references and committing (see
+/// [`Collector::reference_cutoff`]).
+const UPLOAD_COMMIT_MARGIN_SECS: i64 = 60;
 
 /// Why a run failed.
 #[derive(Debug, Error)]
@@ -73,6 +95,13 @@ pub struct GcReport {
     pub objects_evicted: u64,
     /// Objects of destroyed caches.
     pub objects_of_destroyed_caches: u64,
+    /// Objects past retention kept because paths kept reference them.
+    pub objects_kept_for_closures: u64,
+    /// Stored bytes of the NARs of the objects removed.
+    pub removed_nar_bytes: i64,
+    /// Of those, bytes of NARs other paths still hold (the same path in
+    /// another cache, most often): removing these objects frees none of it.
+    pub held_elsewhere_bytes: i64,
     /// Destroyed caches forgotten.
     pub caches_forgotten: u64,
     /// `nix copy` uploads never claimed.
@@ -81,6 +110,8 @@ pub struct GcReport {
     pub nars: u64,
     /// Chunks deleted.
     pub chunks: u64,
+    /// Packs left without chunks, marked for deletion.
+    pub packs_marked: u64,
     /// Packs compacted.
     pub packs_compacted: u64,
     /// Packs deleted from storage.
@@ -90,11 +121,18 @@ pub struct GcReport {
     /// Bytes freed in storage (deleted packs and orphans, less what
     /// compaction wrote).
     pub bytes_freed: i64,
+    /// Packs marked for deletion whose blobs wait for the grace period.
+    pub packs_awaiting_deletion: u64,
+    /// Their stored bytes.
+    pub bytes_awaiting_deletion: i64,
+    /// When the first of them may go (epoch seconds): a run from then on
+    /// deletes it.
+    pub deletable_from: Option<i64>,
 }
 
 impl GcReport {
     /// Each count with its name, for logs and metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 10] {
+    pub fn counts(&self) -> [(&'static str, u64); 11] {
         [
             ("objects_expired", self.objects_expired),
             ("objects_evicted", self.objects_evicted),
@@ -106,30 +144,81 @@ impl GcReport {
             ("staged_expired", self.staged_expired),
             ("nars", self.nars),
             ("chunks", self.chunks),
+            ("packs_marked", self.packs_marked),
             ("packs_compacted", self.packs_compacted),
             ("packs_deleted", self.packs_deleted),
             ("orphans_swept", self.orphans_swept),
         ]
     }
+
+    fn removed(&self) -> u64 {
+        self.objects_expired + self.objects_evicted + self.objects_of_destroyed_caches
+    }
+
+    /// Why the objects removed freed fewer bytes than their NARs weigh, in
+    /// words, or `None` when there is nothing to explain.
+    pub fn why_not_freed(&self) -> Option<String> {
+        let mut reasons = Vec::new();
+        if self.held_elsewhere_bytes > 0 {
+            reasons.push(format!(
+                "{} bytes of the removed paths' NARs are still held by other paths \
+                 (the same paths in other caches)",
+                self.held_elsewhere_bytes
+            ));
+        }
+        if self.bytes_awaiting_deletion > 0 {
+            reasons.push(format!(
+                "{} bytes in {} packs wait for the grace period{}",
+                self.bytes_awaiting_deletion,
+                self.packs_awaiting_deletion,
+                self.deletable_from
+                    .map(|t| format!(" (deletable from {})", format_time(t)))
+                    .unwrap_or_default()
+            ));
+        }
+        if self.removed() > 0 && self.removed_nar_bytes > self.held_elsewhere_bytes {
+            reasons.push(
+                "chunks other NARs share stay, and dead chunks inside packs still \
+                 partly live stay until compaction rewrites the pack"
+                    .to_owned(),
+            );
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+/// Epoch seconds as an RFC 3339 UTC time.
+pub fn format_time(epoch: i64) -> String {
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(epoch).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} objects expired, {} evicted by quotas, {} of destroyed caches; \
-             {} NARs, {} chunks; {} packs compacted, {} deleted; {} orphans swept; \
-             {} bytes freed",
+            "{} objects expired ({} more kept: paths kept reference them), \
+             {} evicted by quotas, {} of destroyed caches ({} bytes of NARs, {} of them \
+             held elsewhere); {} NARs, {} chunks; {} packs marked, {} compacted, \
+             {} deleted; {} orphans swept; {} bytes freed",
             self.objects_expired,
+            self.objects_kept_for_closures,
             self.objects_evicted,
             self.objects_of_destroyed_caches,
+            self.removed_nar_bytes,
+            self.held_elsewhere_bytes,
             self.nars,
             self.chunks,
+            self.packs_marked,
             self.packs_compacted,
             self.packs_deleted,
             self.orphans_swept,
             self.bytes_freed
-        )
+        )?;
+        if let Some(why) = self.why_not_freed() {
+            write!(f, "; {why}")?;
+        }
+        Ok(())
     }
 }
 
@@ -276,6 +365,8 @@ pub struct Collector<'a> {
     holder: String,
     progress: &'a dyn Progress,
     report: GcReport,
+    /// Whether every read made before the run began is in the database.
+    reads_settled: bool,
 }
 
 impl<'a> Collector<'a> {
@@ -294,6 +385,7 @@ impl<'a> Collector<'a> {
             holder,
             progress,
             report: GcReport::default(),
+            reads_settled: false,
         }
     }
 
@@ -347,20 +439,33 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// A NAR or chunk an upload stamped at or after the cutoff this returns
+    /// stays this run, whether or not anything references it yet.
+    ///
+    /// On SQLite, writers take turns: a deleting statement sees every
+    /// reference committed before it, and an upload committing after it
+    /// re-checks what it reuses, finds it gone and is retried. Nothing
+    /// needs sparing, so everything unreferenced goes now.
+    ///
+    /// On PostgreSQL, a deleting statement that meets an upload's row lock
+    /// waits, then re-checks that row's own stamp but not its subqueries
+    /// (they keep the statement's snapshot). The cutoff must therefore
+    /// precede the stamp of any upload transaction still open when the
+    /// statement began: one begun up to [`UPLOAD_COMMIT_MARGIN_SECS`]
+    /// before the run.
+    fn reference_cutoff(&self, start: i64) -> i64 {
+        match self.database.backend() {
+            sea_orm::DbBackend::Postgres => start - UPLOAD_COMMIT_MARGIN_SECS,
+            _ => i64::MAX,
+        }
+    }
+
     async fn stages(&mut self) -> Result<(), GcError> {
         let start = now();
         let grace_cutoff = start - secs(self.config.grace_period);
-        // A NAR or chunk an upload referenced within the grace period
-        // stays: on PostgreSQL the upload's stamp is what the deleting
-        // statement re-checks when it meets the upload's row lock. With no
-        // grace at all (tests), everything referenced before this second.
-        let reference_cutoff = if self.config.grace_period.is_zero() {
-            start + 1
-        } else {
-            grace_cutoff
-        };
+        let reference_cutoff = self.reference_cutoff(start);
         self.progress.stage("expiring paths past retention");
-        self.expire(start).await?;
+        self.expire().await?;
         crash_point("expire");
         self.progress.stage("enforcing quotas");
         self.enforce_quotas().await?;
@@ -386,10 +491,39 @@ impl<'a> Collector<'a> {
         crash_point("delete-packs");
         self.progress.stage("sweeping orphans");
         self.sweep(self.config.grace_period).await?;
+        let waiting = self.database.packs_awaiting_deletion().await?;
+        self.report.packs_awaiting_deletion = waiting.packs;
+        self.report.bytes_awaiting_deletion = waiting.bytes;
+        self.report.deletable_from = waiting
+            .first_marked_at
+            .map(|marked| marked + secs(self.config.grace_period));
         Ok(())
     }
 
-    async fn expire(&mut self, start: i64) -> Result<(), GcError> {
+    /// Before the first retention or quota decision, waits until every
+    /// server has written the reads it gathered before now: each writes
+    /// them once every [`ACCESS_LOG_FLUSH_INTERVAL`], and the write itself
+    /// is given a second. Runs that have nothing to expire or evict never
+    /// wait.
+    async fn settle_reads(&mut self) {
+        if self.reads_settled {
+            return;
+        }
+        self.progress
+            .stage("waiting for servers to record recent reads");
+        tokio::time::sleep(ACCESS_LOG_FLUSH_INTERVAL + Duration::from_secs(1)).await;
+        self.reads_settled = true;
+    }
+
+    fn count_removed(&mut self, removed: RemovedPaths) {
+        self.report.removed_nar_bytes += removed.nar_bytes;
+        self.report.held_elsewhere_bytes += removed.held_elsewhere_bytes;
+    }
+
+    /// Expires each live cache's paths past its retention, from the roots
+    /// down: a page of expired paths no other path references at a time,
+    /// until none is left; an expired path a kept path references stays.
+    async fn expire(&mut self) -> Result<(), GcError> {
         let default = self.config.default_retention_period;
         for cache in self.database.all_caches().await? {
             if cache.deleted_at.is_some() {
@@ -403,31 +537,75 @@ impl<'a> Collector<'a> {
             if retention <= 0 {
                 continue;
             }
-            let cutoff = start.saturating_sub(retention);
             loop {
-                let gone = self.database.expire_objects(cache.id, cutoff, PAGE).await?;
-                self.report.objects_expired += gone;
-                if gone == 0 {
+                // Counted from when the reads are settled, not before.
+                let cutoff = now().saturating_sub(retention);
+                let page = self.database.expired_roots(cache.id, cutoff, PAGE).await?;
+                if page.is_empty() {
+                    self.report.objects_kept_for_closures += self
+                        .database
+                        .count_last_used_before(cache.id, cutoff)
+                        .await?;
                     break;
                 }
+                if !self.reads_settled {
+                    self.settle_reads().await;
+                    continue;
+                }
+                let removed = self
+                    .database
+                    .remove_objects(cache.id, &page, Removal::Expired { cutoff })
+                    .await?;
+                self.report.objects_expired += removed.paths;
+                self.count_removed(removed);
                 self.renew().await?;
+                if removed.paths == 0 {
+                    // Every one was read or newly referenced meanwhile;
+                    // the next run looks again.
+                    break;
+                }
             }
         }
         Ok(())
     }
 
+    /// Evicts from each over-quota cache the least recently read of the
+    /// paths no other path of the cache references, a page at a time, until
+    /// the cache fits. Evicting a page's roots can make their references
+    /// roots: they are candidates from the next page on.
     async fn enforce_quotas(&mut self) -> Result<(), GcError> {
         for cache in self.database.all_caches().await? {
             let Some(quota) = cache.quota.filter(|_| cache.deleted_at.is_none()) else {
                 continue;
             };
             let mut usage = self.database.cache_usage(cache.id).await?;
+            if usage > quota && !self.reads_settled {
+                self.settle_reads().await;
+                usage = self.database.cache_usage(cache.id).await?;
+            }
             while usage > quota {
-                let page = self.database.least_recent_objects(cache.id, PAGE).await?;
+                let mut why = Removal::Evicted;
+                let mut page = self.database.evictable_objects(cache.id, PAGE).await?;
+                if page.is_empty() {
+                    // Every path left is referenced by another: a cycle,
+                    // which real store paths cannot form (only forged
+                    // references do). Break it at its least recently read
+                    // path rather than let the cache exceed its quota.
+                    page = self.database.least_recent_objects(cache.id, 1).await?;
+                    why = Removal::EvictedFromCycle;
+                    if let Some(object) = page.first() {
+                        tracing::warn!(
+                            cache = cache.name,
+                            object = object.id,
+                            "every path of an over-quota cache is referenced by another: \
+                             evicting the least recently read of a reference cycle"
+                        );
+                    }
+                }
                 if page.is_empty() {
                     break;
                 }
-                let mut evict = Vec::new();
+                let mut evict: Vec<LruObject> = Vec::new();
                 for object in page {
                     if usage <= quota {
                         break;
@@ -435,11 +613,13 @@ impl<'a> Collector<'a> {
                     usage -= object.file_size;
                     evict.push(object);
                 }
-                let gone = self.database.evict_objects(&evict).await?;
-                self.report.objects_evicted += gone;
-                if gone < evict.len() as u64 {
-                    // Some were read or pushed again meanwhile and stay:
-                    // count again rather than trust the estimate.
+                let removed = self.database.remove_objects(cache.id, &evict, why).await?;
+                self.report.objects_evicted += removed.paths;
+                self.count_removed(removed);
+                if removed.paths < evict.len() as u64 {
+                    // Some were read, pushed again or newly referenced
+                    // meanwhile and stay: count again rather than trust
+                    // the estimate.
                     usage = self.database.cache_usage(cache.id).await?;
                 }
                 self.renew().await?;
@@ -454,14 +634,16 @@ impl<'a> Collector<'a> {
                 continue;
             }
             loop {
-                let gone = self
-                    .database
-                    .expire_objects(cache.id, i64::MAX, PAGE)
-                    .await?;
-                self.report.objects_of_destroyed_caches += gone;
-                if gone == 0 {
+                let page = self.database.least_recent_objects(cache.id, PAGE).await?;
+                if page.is_empty() {
                     break;
                 }
+                let removed = self
+                    .database
+                    .remove_objects(cache.id, &page, Removal::Destroyed)
+                    .await?;
+                self.report.objects_of_destroyed_caches += removed.paths;
+                self.count_removed(removed);
                 self.renew().await?;
             }
             self.database.forget_destroyed_cache(cache.id).await?;
@@ -502,11 +684,12 @@ impl<'a> Collector<'a> {
         let mut after = 0;
         // A committed pack has its chunk rows from the start, so any pack
         // without one is dead: no grace needed here.
-        while let (Some(last), _) = self
+        while let (Some(last), marked) = self
             .database
             .mark_dead_packs(after, PAGE, now() + 1)
             .await?
         {
+            self.report.packs_marked += marked;
             after = last;
             self.renew().await?;
         }

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attic::chunking::FastCdcChunker;
@@ -346,7 +345,7 @@ pub async fn build_state(
         metrics,
         read_cache: ReadCache::default(),
     });
-    spawn_access_log_flusher(state.clone(), Duration::from_secs(10));
+    spawn_access_log_flusher(state.clone(), crate::state::ACCESS_LOG_FLUSH_INTERVAL);
     Ok(state)
 }
 

@@ -155,6 +155,13 @@ impl AccessLog {
     }
 }
 
+/// How often a server writes the reads it gathered: often enough that a
+/// collector, in this process or another, sees every read made before it
+/// began once it has waited this long (and `last_accessed_at` counts whole
+/// seconds, so a read is never older than this when it lands); seldom
+/// enough that serving stays free of per-request writes.
+pub const ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Flushes the access log every `period` for as long as the state lives.
 pub fn spawn_access_log_flusher(state: Arc<AppState>, period: Duration) {
     let weak = Arc::downgrade(&state);

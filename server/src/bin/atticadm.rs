@@ -195,7 +195,7 @@ async fn collect_garbage(
     config: &server::config::ServerConfig,
     data_dir: &std::path::Path,
 ) -> Result<()> {
-    use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     use server::gc::{Collector, Progress};
 
     struct Spinner(ProgressBar);
@@ -221,6 +221,16 @@ async fn collect_garbage(
         .await
         .context("garbage collection failed")?;
     bar.finish_and_clear();
+    print_gc_report(&report, &gc);
+    Ok(())
+}
+
+/// Prints what a collection did, and why it freed less than the paths it
+/// removed weigh: NARs other caches still hold, and packs that wait for the
+/// grace period (with when they can go).
+fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig) {
+    use indicatif::HumanBytes;
+    let bytes = |b: i64| HumanBytes(u64::try_from(b).unwrap_or(0));
     println!(
         "objects: {} expired, {} evicted by quotas, {} of destroyed caches ({} caches forgotten)",
         report.objects_expired,
@@ -228,19 +238,39 @@ async fn collect_garbage(
         report.objects_of_destroyed_caches,
         report.caches_forgotten
     );
+    if report.objects_kept_for_closures > 0 {
+        println!(
+            "kept past retention: {} (paths kept reference them)",
+            report.objects_kept_for_closures
+        );
+    }
+    if report.removed_nar_bytes > 0 {
+        println!(
+            "their NARs: {}, of which {} still held by other paths (the same paths in other caches), not freed",
+            bytes(report.removed_nar_bytes),
+            bytes(report.held_elsewhere_bytes)
+        );
+    }
     println!(
         "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}",
         report.nars, report.chunks, report.staged_expired
     );
     println!(
-        "packs: {} compacted, {} deleted; orphans swept: {}",
-        report.packs_compacted, report.packs_deleted, report.orphans_swept
+        "packs: {} marked for deletion, {} compacted, {} deleted; orphans swept: {}",
+        report.packs_marked, report.packs_compacted, report.packs_deleted, report.orphans_swept
     );
-    println!(
-        "freed: {}",
-        HumanBytes(u64::try_from(report.bytes_freed).unwrap_or(0))
-    );
-    Ok(())
+    println!("freed: {}", bytes(report.bytes_freed));
+    if report.packs_awaiting_deletion > 0 {
+        println!(
+            "waiting for the grace period ({}): {} in {} packs, deletable from {} by the next run",
+            humantime::format_duration(gc.grace_period),
+            bytes(report.bytes_awaiting_deletion),
+            report.packs_awaiting_deletion,
+            report
+                .deletable_from
+                .map_or_else(|| "now".to_owned(), server::gc::format_time)
+        );
+    }
 }
 
 /// Scrubs the store and prints a summary; whether everything is whole.

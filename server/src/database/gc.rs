@@ -3,12 +3,19 @@
 //! store, and every deletion is one statement whose own `WHERE` re-checks
 //! that the row is still unreferenced: a row an upload or a read began to
 //! use meanwhile is left alone.
+//!
+//! Paths leave a cache from the roots of its reference graph: a path goes
+//! only while no other path of the same cache references it, so every path
+//! left keeps its whole closure. References are stored per object, as the
+//! JSON array of full store paths in `object.references`; the reverse look-up
+//! ("does any other path of this cache reference this one?") is one SQL
+//! condition per backend, evaluated by the database per page.
 
 use sea_orm::sea_query::{
     Alias, Expr, ExprTrait, IntoColumnRef, IntoTableRef, Query, SelectStatement,
 };
 use sea_orm::{
-    ColumnTrait, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder,
+    ColumnTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder,
     QuerySelect, RelationTrait,
 };
 
@@ -19,15 +26,63 @@ use super::entity::{
 use super::{Database, now};
 use crate::pack::write::WrittenPack;
 
-/// An object in least-recently-read order, for quotas.
+/// An object in least-recently-read order, for retention and quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
 pub struct LruObject {
     /// The object's id.
     pub id: i64,
+    /// Its NAR.
+    pub nar_id: i64,
     /// Its NAR's stored size.
     pub file_size: i64,
     /// When it was last read, or pushed if never read (epoch seconds).
     pub last_used: i64,
+}
+
+/// Why listed objects are being removed: what the deleting statement
+/// re-checks, so that a path read, pushed or newly referenced since it was
+/// listed stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Past retention: still last used before `cutoff`, and no other path
+    /// of the cache references it.
+    Expired {
+        /// Epoch seconds.
+        cutoff: i64,
+    },
+    /// Over quota: not used since it was listed, and no other path of the
+    /// cache references it.
+    Evicted,
+    /// Over quota, in a cache where every path is referenced by another
+    /// (a reference cycle, which only forged references make): not used
+    /// since it was listed, referenced or not.
+    EvictedFromCycle,
+    /// Its cache was destroyed: unconditionally.
+    Destroyed,
+}
+
+/// What removing some paths did, for the collector's report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemovedPaths {
+    /// Paths removed.
+    pub paths: u64,
+    /// Stored bytes of their NARs.
+    pub nar_bytes: i64,
+    /// Of those, the bytes of NARs another path still holds (most often
+    /// the same path in another cache): removing these paths frees none
+    /// of it.
+    pub held_elsewhere_bytes: i64,
+}
+
+/// Packs marked for deletion whose blobs wait for the grace period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacksAwaitingDeletion {
+    /// How many.
+    pub packs: u64,
+    /// Their stored bytes.
+    pub bytes: i64,
+    /// When the first of them was marked (epoch seconds).
+    pub first_marked_at: Option<i64>,
 }
 
 /// When an object was last read, or pushed if never read.
@@ -59,6 +114,31 @@ pub struct MovedChunk {
     pub stored_size: u64,
     /// Checksum of the stored bytes there.
     pub checksum: String,
+}
+
+/// A condition on `object`: no other path of its cache references it.
+///
+/// SQLite cannot decorrelate a subquery, so there the referenced paths of
+/// the cache are one uncorrelated `NOT IN` set, built once per statement
+/// (self-references dropped by comparing with the referrer's own path).
+/// PostgreSQL plans the correlated `NOT EXISTS` as a hash anti-join, which
+/// spills to disk rather than degrade as a large `NOT IN` set would.
+fn referenced_by_no_other_path(backend: DbBackend, cache_id: i64) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::cust(
+            "NOT EXISTS (SELECT 1 FROM object AS referrer \
+             CROSS JOIN LATERAL jsonb_array_elements_text(CAST(referrer.\"references\" AS jsonb)) \
+             AS reference(path) \
+             WHERE referrer.cache_id = object.cache_id \
+             AND reference.path = object.store_path AND referrer.id <> object.id)",
+        ),
+        _ => Expr::cust(format!(
+            "object.store_path NOT IN (SELECT reference.value FROM object AS referrer, \
+             json_each(referrer.\"references\") AS reference \
+             WHERE referrer.cache_id = {cache_id} AND reference.type = 'text' \
+             AND reference.value <> referrer.store_path)"
+        )),
+    }
 }
 
 /// `SELECT 1 FROM table WHERE reference = target`, correlated with the
@@ -146,27 +226,52 @@ impl Database {
             .await
     }
 
-    /// Deletes up to `limit` objects of a cache last read (or, never read,
-    /// created) before `cutoff`; how many.
-    pub async fn expire_objects(
+    /// The backend, whose concurrency the collector's cutoffs depend on.
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// A page of a cache's objects as `(id, NAR, NAR size, last used)`,
+    /// least recently used first.
+    fn lru_page(cache_id: i64, limit: u64) -> sea_orm::Select<object::Entity> {
+        object::Entity::find()
+            .select_only()
+            .column(object::Column::Id)
+            .column(object::Column::NarId)
+            .column_as(nar::Column::FileSize, "file_size")
+            .column_as(Expr::cust(OBJECT_LAST_USED), "last_used")
+            .join(JoinType::InnerJoin, object::Relation::Nar.def())
+            .filter(object::Column::CacheId.eq(cache_id))
+            .order_by_asc(Expr::cust(OBJECT_LAST_USED))
+            .order_by_asc(object::Column::Id)
+            .limit(limit)
+    }
+
+    /// A page of a cache's objects last used before `cutoff` that no other
+    /// path of the cache references, least recently used first.
+    pub async fn expired_roots(
         &self,
         cache_id: i64,
         cutoff: i64,
         limit: u64,
-    ) -> Result<u64, DbErr> {
-        let page = Query::select()
-            .column(object::Column::Id)
-            .from(object::Entity)
-            .and_where(Expr::col(object::Column::CacheId).eq(cache_id))
-            .and_where(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
-            .limit(limit)
-            .to_owned();
-        let result = object::Entity::delete_many()
-            .filter(object::Column::Id.in_subquery(page))
+    ) -> Result<Vec<LruObject>, DbErr> {
+        Self::lru_page(cache_id, limit)
             .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
-            .exec(&self.conn)
-            .await?;
-        Ok(result.rows_affected)
+            .filter(referenced_by_no_other_path(self.backend(), cache_id))
+            .into_model::<LruObject>()
+            .all(&self.conn)
+            .await
+    }
+
+    /// How many of a cache's objects were last used before `cutoff`: after
+    /// expiry, those kept because paths kept reference them.
+    pub async fn count_last_used_before(&self, cache_id: i64, cutoff: i64) -> Result<u64, DbErr> {
+        use sea_orm::PaginatorTrait;
+        object::Entity::find()
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
+            .count(&self.conn)
+            .await
     }
 
     /// Stored bytes of a cache's paths' NARs.
@@ -191,40 +296,101 @@ impl Database {
         Ok(usage.and_then(|u| u.bytes).unwrap_or(0))
     }
 
-    /// A page of a cache's objects, least recently read first.
+    /// A page of a cache's objects, least recently read first, whether
+    /// other paths reference them or not.
     pub async fn least_recent_objects(
         &self,
         cache_id: i64,
         limit: u64,
     ) -> Result<Vec<LruObject>, DbErr> {
-        object::Entity::find()
-            .select_only()
-            .column(object::Column::Id)
-            .column_as(nar::Column::FileSize, "file_size")
-            .column_as(Expr::cust(OBJECT_LAST_USED), "last_used")
-            .join(JoinType::InnerJoin, object::Relation::Nar.def())
-            .filter(object::Column::CacheId.eq(cache_id))
-            .order_by_asc(Expr::cust(OBJECT_LAST_USED))
-            .order_by_asc(object::Column::Id)
-            .limit(limit)
+        Self::lru_page(cache_id, limit)
             .into_model::<LruObject>()
             .all(&self.conn)
             .await
     }
 
-    /// Evicts these objects, as [`Self::least_recent_objects`] listed
-    /// them, unless one was read or pushed again since (its last use is
-    /// then later than any `listed`); how many went.
-    pub async fn evict_objects(&self, listed: &[LruObject]) -> Result<u64, DbErr> {
+    /// A page of the objects a quota may evict: those no other path of the
+    /// cache references (the roots of its reference graph), least recently
+    /// read first.
+    pub async fn evictable_objects(
+        &self,
+        cache_id: i64,
+        limit: u64,
+    ) -> Result<Vec<LruObject>, DbErr> {
+        Self::lru_page(cache_id, limit)
+            .filter(referenced_by_no_other_path(self.backend(), cache_id))
+            .into_model::<LruObject>()
+            .all(&self.conn)
+            .await
+    }
+
+    /// Removes these objects of a cache, as one of the listings above gave
+    /// them, unless the statement's own re-check for `why` now spares one;
+    /// what went and what their NARs weigh.
+    pub async fn remove_objects(
+        &self,
+        cache_id: i64,
+        listed: &[LruObject],
+        why: Removal,
+    ) -> Result<RemovedPaths, DbErr> {
         let Some(latest) = listed.iter().map(|o| o.last_used).max() else {
-            return Ok(0);
+            return Ok(RemovedPaths::default());
         };
-        let result = object::Entity::delete_many()
-            .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)))
-            .filter(Expr::cust(OBJECT_LAST_USED).lte(latest))
-            .exec(&self.conn)
+        let mut delete = object::Entity::delete_many()
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)));
+        delete = match why {
+            Removal::Expired { cutoff } => delete
+                .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
+                .filter(referenced_by_no_other_path(self.backend(), cache_id)),
+            // Read or pushed again since the listing: its last use is then
+            // later than any listed.
+            Removal::Evicted => delete
+                .filter(Expr::cust(OBJECT_LAST_USED).lte(latest))
+                .filter(referenced_by_no_other_path(self.backend(), cache_id)),
+            Removal::EvictedFromCycle => delete.filter(Expr::cust(OBJECT_LAST_USED).lte(latest)),
+            Removal::Destroyed => delete,
+        };
+        let gone = delete.exec(&self.conn).await?.rows_affected;
+        let removed: Vec<LruObject> = if gone == listed.len() as u64 {
+            listed.to_vec()
+        } else {
+            let stayed: std::collections::HashSet<i64> = object::Entity::find()
+                .select_only()
+                .column(object::Column::Id)
+                .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)))
+                .into_tuple()
+                .all(&self.conn)
+                .await?
+                .into_iter()
+                .collect();
+            listed
+                .iter()
+                .filter(|o| !stayed.contains(&o.id))
+                .copied()
+                .collect()
+        };
+        let mut nars: Vec<i64> = removed.iter().map(|o| o.nar_id).collect();
+        nars.sort_unstable();
+        nars.dedup();
+        let held = rows_pointing_at(
+            object::Entity,
+            (object::Entity, object::Column::NarId),
+            (nar::Entity, nar::Column::Id),
+        );
+        let held_elsewhere: Vec<i64> = nar::Entity::find()
+            .select_only()
+            .column(nar::Column::FileSize)
+            .filter(nar::Column::Id.is_in(nars))
+            .filter(Expr::exists(held))
+            .into_tuple()
+            .all(&self.conn)
             .await?;
-        Ok(result.rows_affected)
+        Ok(RemovedPaths {
+            paths: gone,
+            nar_bytes: removed.iter().map(|o| o.file_size).sum(),
+            held_elsewhere_bytes: held_elsewhere.into_iter().sum(),
+        })
     }
 
     /// Removes a destroyed cache's row (its objects must be gone), with
@@ -383,6 +549,37 @@ impl Database {
             .limit(limit)
             .all(&self.conn)
             .await
+    }
+
+    /// Packs marked `deleting` whose blobs are still stored.
+    pub async fn packs_awaiting_deletion(&self) -> Result<PacksAwaitingDeletion, DbErr> {
+        #[derive(FromQueryResult)]
+        struct Waiting {
+            packs: i64,
+            bytes: Option<i64>,
+            first: Option<i64>,
+        }
+        let waiting = pack::Entity::find()
+            .select_only()
+            .expr_as(Expr::col(pack::Column::Id).count(), "packs")
+            .expr_as(
+                Expr::col(pack::Column::Size)
+                    .sum()
+                    .cast_as(Alias::new("BIGINT")),
+                "bytes",
+            )
+            .expr_as(Expr::col(pack::Column::DeletingSince).min(), "first")
+            .filter(pack::Column::State.eq(BlobState::Deleting))
+            .into_model::<Waiting>()
+            .one(&self.conn)
+            .await?;
+        Ok(
+            waiting.map_or_else(PacksAwaitingDeletion::default, |w| PacksAwaitingDeletion {
+                packs: u64::try_from(w.packs).unwrap_or(0),
+                bytes: w.bytes.unwrap_or(0),
+                first_marked_at: w.first,
+            }),
+        )
     }
 
     /// Deletes a pack's row once its blob is gone.
@@ -553,8 +750,34 @@ mod tests {
     use crate::config::DatabaseConfig;
     use crate::database::NewCache;
 
+    /// A fresh database: SQLite in `dir`, or, with `ATTIC_TEST_POSTGRES`
+    /// set to a server's URL, a new database on that PostgreSQL server, so
+    /// the same queries are checked on both backends.
     async fn database(dir: &tempfile::TempDir) -> Database {
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        use sea_orm::ConnectionTrait;
+        let url = match std::env::var("ATTIC_TEST_POSTGRES") {
+            Ok(server) => {
+                let name = format!(
+                    "gc_{}_{}",
+                    std::process::id(),
+                    dir.path()
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("db")
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                );
+                let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+                    .await
+                    .expect("connect to PostgreSQL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                format!("{server}/{name}")
+            }
+            Err(_) => format!("sqlite://{}?mode=rwc", dir.path().join("db").display()),
+        };
         let database = Database::connect(&url, &DatabaseConfig::default(), true)
             .await
             .expect("connect");
@@ -562,9 +785,27 @@ mod tests {
         database
     }
 
-    /// A path of `cache` on a NAR of its own, pushed at `created_at`.
-    async fn push(database: &Database, cache: i64, n: u8, created_at: i64) -> i64 {
-        let nar = nar::ActiveModel {
+    async fn new_cache(database: &Database, name: &str) -> i64 {
+        database
+            .create_cache(NewCache {
+                name: name.into(),
+                keypair: String::new(),
+                is_public: false,
+                store_dir: "/nix/store".into(),
+                priority: 40,
+                upstream_cache_key_names: "[]".into(),
+            })
+            .await
+            .expect("cache")
+            .id
+    }
+
+    fn store_path(n: u8) -> String {
+        format!("/nix/store/{n:0>32}-p")
+    }
+
+    async fn new_nar(database: &Database, n: u8, created_at: i64) -> i64 {
+        nar::ActiveModel {
             nar_hash: Set(format!("sha256:{n:0>52}")),
             nar_size: Set(1000),
             compression: Set(StoredCompression::Zstd),
@@ -576,14 +817,27 @@ mod tests {
         }
         .insert(database.connection())
         .await
-        .expect("nar");
-        let hash = format!("{n:0>32}");
+        .expect("nar")
+        .id
+    }
+
+    /// Path `n` of `cache` on NAR `nar`, pushed at `created_at`,
+    /// referencing the paths `references` (itself among them if listed).
+    async fn attach(
+        database: &Database,
+        cache: i64,
+        n: u8,
+        nar: i64,
+        created_at: i64,
+        references: &[u8],
+    ) -> i64 {
+        let references: Vec<String> = references.iter().map(|&r| store_path(r)).collect();
         object::ActiveModel {
             cache_id: Set(cache),
-            nar_id: Set(nar.id),
-            store_path: Set(format!("/nix/store/{hash}-p")),
-            store_path_hash: Set(hash),
-            references: Set("[]".into()),
+            nar_id: Set(nar),
+            store_path: Set(store_path(n)),
+            store_path_hash: Set(format!("{n:0>32}")),
+            references: Set(serde_json::to_string(&references).expect("json")),
             sigs: Set("[]".into()),
             created_at: Set(created_at),
             ..Default::default()
@@ -594,27 +848,37 @@ mod tests {
         .id
     }
 
+    /// Path `n` of `cache` on a NAR of its own.
+    async fn push_referencing(
+        database: &Database,
+        cache: i64,
+        n: u8,
+        created_at: i64,
+        references: &[u8],
+    ) -> i64 {
+        let nar = new_nar(database, n, created_at).await;
+        attach(database, cache, n, nar, created_at, references).await
+    }
+
+    /// A path of `cache` on a NAR of its own, pushed at `created_at`.
+    async fn push(database: &Database, cache: i64, n: u8, created_at: i64) -> i64 {
+        push_referencing(database, cache, n, created_at, &[]).await
+    }
+
+    fn ids(objects: &[LruObject]) -> Vec<i64> {
+        objects.iter().map(|o| o.id).collect()
+    }
+
     #[tokio::test]
     async fn eviction_spares_a_path_read_after_it_was_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let database = database(&dir).await;
-        let cache = database
-            .create_cache(NewCache {
-                name: "c".into(),
-                keypair: String::new(),
-                is_public: false,
-                store_dir: "/nix/store".into(),
-                priority: 40,
-                upstream_cache_key_names: "[]".into(),
-            })
-            .await
-            .expect("cache")
-            .id;
+        let cache = new_cache(&database, "c").await;
         let old = push(&database, cache, 1, 1_000).await;
         let older = push(&database, cache, 2, 500).await;
         let newest = push(&database, cache, 3, 2_000).await;
 
-        let page = database.least_recent_objects(cache, 2).await.expect("page");
+        let page = database.evictable_objects(cache, 2).await.expect("page");
         assert_eq!(
             page.iter().map(|o| (o.id, o.last_used)).collect::<Vec<_>>(),
             [(older, 500), (old, 1_000)]
@@ -622,12 +886,162 @@ mod tests {
         // Read between the listing and the eviction: no longer least recent.
         database.touch_objects(&[old], 3_000).await.expect("touch");
 
-        assert_eq!(database.evict_objects(&page).await.expect("evict"), 1);
+        let removed = database
+            .remove_objects(cache, &page, Removal::Evicted)
+            .await
+            .expect("evict");
+        assert_eq!(removed.paths, 1);
+        assert_eq!(removed.nar_bytes, 100, "only the evicted path's NAR");
         let left = database
             .least_recent_objects(cache, 10)
             .await
             .expect("left");
-        assert_eq!(left.iter().map(|o| o.id).collect::<Vec<_>>(), [newest, old]);
-        assert_eq!(database.evict_objects(&[]).await.expect("nothing"), 0);
+        assert_eq!(ids(&left), [newest, old]);
+        let nothing = database
+            .remove_objects(cache, &[], Removal::Evicted)
+            .await
+            .expect("nothing");
+        assert_eq!(nothing, RemovedPaths::default());
+    }
+
+    /// top -> middle -> leaf (each also referencing itself, as Nix paths
+    /// often do), and an unrelated path: only roots may be evicted, least
+    /// recently used first, however old the leaf is; a path of another
+    /// cache referencing the leaf does not protect it here.
+    #[tokio::test]
+    async fn eviction_takes_only_roots_so_closures_stay_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = new_cache(&database, "c").await;
+        let other_cache = new_cache(&database, "other").await;
+        let leaf = push_referencing(&database, cache, 3, 1_000, &[3]).await;
+        let middle = push_referencing(&database, cache, 2, 2_000, &[2, 3]).await;
+        let top = push_referencing(&database, cache, 1, 3_000, &[1, 2, 3]).await;
+        let unrelated = push(&database, cache, 4, 2_500).await;
+        push_referencing(&database, other_cache, 5, 100, &[3]).await;
+
+        let page = database.evictable_objects(cache, 10).await.expect("page");
+        assert_eq!(
+            ids(&page),
+            [unrelated, top],
+            "the leaf is least recently used, yet referenced"
+        );
+
+        let removed = database
+            .remove_objects(cache, &page[1..], Removal::Evicted)
+            .await
+            .expect("evict top");
+        assert_eq!(removed.paths, 1);
+        let page = database.evictable_objects(cache, 10).await.expect("page");
+        assert_eq!(ids(&page), [middle, unrelated], "the middle is a root now");
+        database
+            .remove_objects(cache, &page[..1], Removal::Evicted)
+            .await
+            .expect("evict middle");
+        let page = database.evictable_objects(cache, 10).await.expect("page");
+        assert_eq!(ids(&page), [leaf, unrelated]);
+    }
+
+    /// A root listed for eviction that a path pushed meanwhile references
+    /// is no longer a root when the eviction runs: it stays.
+    #[tokio::test]
+    async fn eviction_spares_a_path_referenced_after_it_was_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = new_cache(&database, "c").await;
+        let dependency = push(&database, cache, 1, 1_000).await;
+        let page = database.evictable_objects(cache, 10).await.expect("page");
+        assert_eq!(ids(&page), [dependency]);
+        push_referencing(&database, cache, 2, 2_000, &[1]).await;
+        let removed = database
+            .remove_objects(cache, &page, Removal::Evicted)
+            .await
+            .expect("evict");
+        assert_eq!(removed.paths, 0);
+    }
+
+    /// An expired path a kept path references stays; an expired path only
+    /// expired paths reference goes once they have gone.
+    #[tokio::test]
+    async fn expiry_keeps_what_kept_paths_reference() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = new_cache(&database, "c").await;
+        let cutoff = 5_000;
+        let needed = push(&database, cache, 1, 1_000).await;
+        push_referencing(&database, cache, 2, 9_000, &[1, 2]).await;
+        let old_dependency = push(&database, cache, 3, 1_000).await;
+        let old_top = push_referencing(&database, cache, 4, 2_000, &[3, 4]).await;
+
+        let page = database
+            .expired_roots(cache, cutoff, 10)
+            .await
+            .expect("page");
+        assert_eq!(ids(&page), [old_top]);
+        let removed = database
+            .remove_objects(cache, &page, Removal::Expired { cutoff })
+            .await
+            .expect("expire");
+        assert_eq!(removed.paths, 1);
+        let page = database
+            .expired_roots(cache, cutoff, 10)
+            .await
+            .expect("page");
+        assert_eq!(ids(&page), [old_dependency]);
+        database
+            .remove_objects(cache, &page, Removal::Expired { cutoff })
+            .await
+            .expect("expire");
+        assert!(
+            database
+                .expired_roots(cache, cutoff, 10)
+                .await
+                .expect("page")
+                .is_empty()
+        );
+        assert_eq!(
+            database
+                .count_last_used_before(cache, cutoff)
+                .await
+                .expect("count"),
+            1,
+            "the kept path's dependency stays"
+        );
+        let left = database
+            .least_recent_objects(cache, 10)
+            .await
+            .expect("left");
+        assert!(ids(&left).contains(&needed));
+    }
+
+    /// Removing a path whose NAR another cache holds frees none of it, and
+    /// the report's numbers say so.
+    #[tokio::test]
+    async fn removing_a_path_another_cache_holds_counts_its_nar_as_held_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = new_cache(&database, "c").await;
+        let other = new_cache(&database, "other").await;
+        let shared = new_nar(&database, 1, 1_000).await;
+        attach(&database, cache, 1, shared, 1_000, &[]).await;
+        attach(&database, other, 1, shared, 1_000, &[]).await;
+        push(&database, cache, 2, 1_000).await;
+
+        let page = database
+            .least_recent_objects(cache, 10)
+            .await
+            .expect("page");
+        let removed = database
+            .remove_objects(cache, &page, Removal::Destroyed)
+            .await
+            .expect("remove");
+        assert_eq!(
+            removed,
+            RemovedPaths {
+                paths: 2,
+                nar_bytes: 200,
+                held_elsewhere_bytes: 100,
+            }
+        );
     }
 }

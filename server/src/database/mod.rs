@@ -10,7 +10,9 @@ mod logs;
 mod metrics;
 mod store;
 
-pub use gc::{CompactionCandidate, LruObject, MovedChunk};
+pub use gc::{
+    CompactionCandidate, LruObject, MovedChunk, PacksAwaitingDeletion, Removal, RemovedPaths,
+};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
