@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod hostile;
 pub mod nix;
 pub mod s3;
 pub mod server;

@@ -8,7 +8,13 @@
 //! checks that must also pass, so an attenuated token never exceeds its
 //! parent. Revocation is by the token's revocation identifiers, which the
 //! server keeps in its database.
+//!
+//! Tokens are Datalog, but this crate never runs it: a token is read by the
+//! shapes of its blocks into grants and conditions ([`claims`]), and one
+//! that holds anything else is refused. Deciding any token, however it was
+//! crafted, costs about what deciding a normal one does.
 
+mod claims;
 mod pattern;
 mod permission;
 
@@ -16,12 +22,14 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use biscuit_auth::builder::{BlockBuilder, Term};
-use biscuit_auth::error::{FailedCheck, Logic, Token as BiscuitError};
-use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit};
+use biscuit_auth::error::Token as BiscuitError;
+use biscuit_auth::{Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit};
 use thiserror::Error;
 
 pub use attic::cache::CacheName;
 pub use biscuit_auth::PublicKey as RootPublicKey;
+use claims::Claims;
+pub use claims::{Refusal, UnrecognisedBlock};
 pub use pattern::{BadCacheNamePattern, CacheNamePattern};
 pub use permission::{BadPermission, Permission};
 
@@ -31,25 +39,26 @@ pub enum TokenError {
     /// Not a token, or not signed by our root key, or tampered with.
     #[error("the token is malformed or its signature does not verify")]
     Invalid(#[source] BiscuitError),
-    /// Past its expiry (in its own block or an attenuation).
-    #[error("the token has expired")]
-    Expired,
-    /// Valid, but it does not grant this permission on this cache.
-    #[error("the token does not grant {permission} on cache {cache}")]
-    Denied {
-        /// The cache asked for.
-        cache: CacheName,
-        /// The permission asked for.
-        permission: Permission,
-    },
     /// Larger, or with more attenuation blocks, than any token this server
     /// makes or a holder needs: refused before any costly work.
     #[error("the token is too large: at most {MAX_TOKEN_LEN} characters and {MAX_BLOCKS} blocks")]
     TooLarge,
-    /// Its conditions take more facts, iterations or time to check than
-    /// any token this server makes.
-    #[error("the token's conditions are too costly to check")]
-    TooComplex,
+    /// Signed, but a block holds something neither this server nor
+    /// `atticadm attenuate-token` writes: refused without evaluating it.
+    #[error("the token holds conditions this server does not accept ({0})")]
+    Unrecognised(#[source] UnrecognisedBlock),
+    /// Attenuating would make a token the server refuses.
+    #[error(
+        "attenuating would make a token of {blocks} blocks and {len} characters; \
+         the server accepts at most {MAX_BLOCKS} blocks and {MAX_TOKEN_LEN} characters: \
+         attenuate the token this one was attenuated from instead"
+    )]
+    AttenuationTooLarge {
+        /// Blocks the attenuated token would have.
+        blocks: usize,
+        /// Its length as text.
+        len: usize,
+    },
     /// The root key in the configuration does not parse.
     #[error("the token root key is invalid: expected ed25519-private/<64 hex digits>")]
     BadRootKey,
@@ -122,7 +131,7 @@ impl TokenSpec {
             .code_with_params(code, params, HashMap::new())
             .and_then(|b| b.build(&root.0))
             .map_err(TokenError::Internal)?;
-        Ok(Token(biscuit))
+        Token::from_biscuit(biscuit)
     }
 }
 
@@ -181,17 +190,22 @@ impl Attenuation {
 /// (the holder need not know the root key); returns the narrower token.
 pub fn attenuate(token: &str, attenuation: &Attenuation) -> Result<String, TokenError> {
     let unverified = UnverifiedBiscuit::from_base64(token.trim()).map_err(TokenError::Invalid)?;
-    unverified
+    let narrowed = unverified
         .append(attenuation.block()?)
         .and_then(|t| t.to_base64())
-        .map_err(TokenError::Internal)
+        .map_err(TokenError::Internal)?;
+    let blocks = unverified.block_count() + 1;
+    if blocks > MAX_BLOCKS || narrowed.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::AttenuationTooLarge {
+            blocks,
+            len: narrowed.len(),
+        });
+    }
+    Ok(narrowed)
 }
 
 fn date(t: SystemTime) -> Term {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Term::Date(secs)
+    Term::Date(claims::seconds(t))
 }
 
 /// Longest token text accepted. A token from `make-token` with a dozen
@@ -201,42 +215,38 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// Most blocks accepted: the authority block and attenuations.
 pub const MAX_BLOCKS: usize = 8;
 
-/// Datalog limits per authorisation. Tokens are untrusted input, so a
-/// crafted one must cost about what a normal one does: few facts and few
-/// iterations (ours need a handful of each) are what bound its work. The
-/// time bound is only a backstop: it is wall-clock time, so on a starved
-/// CPU even a normal token takes milliseconds (20 ms refused valid tokens
-/// on 2 busy cores), and a refusal there would lock users out under load.
-fn limits() -> AuthorizerLimits {
-    AuthorizerLimits {
-        max_facts: 256,
-        max_iterations: 32,
-        max_time: std::time::Duration::from_millis(250),
-    }
+/// A token whose signature chain has been verified against the root key
+/// and whose blocks have been read into what they grant and require.
+#[derive(Clone)]
+pub struct Token {
+    biscuit: Biscuit,
+    claims: Claims,
 }
 
-/// A token whose signature chain has been verified against the root key.
-#[derive(Clone)]
-pub struct Token(Biscuit);
-
 impl Token {
-    /// Parses and verifies a token (base64url, as sent in `Authorization`),
-    /// refusing one over [`MAX_TOKEN_LEN`] or [`MAX_BLOCKS`] first.
+    /// Parses and verifies a token (base64url, as sent in `Authorization`):
+    /// its size first, then its signatures, its block count and the shape
+    /// of every block. Nothing in it is ever evaluated: see [`claims`].
     pub fn parse(s: &str, root: &RootPublicKey) -> Result<Self, TokenError> {
         let s = s.trim();
         if s.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
         let biscuit = Biscuit::from_base64(s, *root).map_err(TokenError::Invalid)?;
+        Self::from_biscuit(biscuit)
+    }
+
+    fn from_biscuit(biscuit: Biscuit) -> Result<Self, TokenError> {
         if biscuit.block_count() > MAX_BLOCKS {
             return Err(TokenError::TooLarge);
         }
-        Ok(Self(biscuit))
+        let claims = Claims::read(&biscuit).map_err(TokenError::Unrecognised)?;
+        Ok(Self { biscuit, claims })
     }
 
     /// The token as text.
     pub fn to_base64(&self) -> Result<String, TokenError> {
-        self.0.to_base64().map_err(TokenError::Internal)
+        self.biscuit.to_base64().map_err(TokenError::Internal)
     }
 
     /// The identifier of this token's own last block, hex-encoded: on the
@@ -244,7 +254,7 @@ impl Token {
     /// from it (they all carry it), never its parent or siblings (they
     /// do not).
     pub fn own_revocation_id(&self) -> String {
-        let ids = self.0.revocation_identifiers();
+        let ids = self.biscuit.revocation_identifiers();
         hex::encode(
             ids.last()
                 .expect("a token has at least its authority block"),
@@ -254,7 +264,7 @@ impl Token {
     /// One identifier per block, hex-encoded: the token is revoked if any
     /// of them is on the revocation list.
     pub fn revocation_ids(&self) -> Vec<String> {
-        self.0
+        self.biscuit
             .revocation_identifiers()
             .iter()
             .map(hex::encode)
@@ -262,69 +272,19 @@ impl Token {
     }
 
     /// The subject the root key signed, if any.
-    pub fn subject(&self) -> Option<String> {
-        let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
-            .set_limits(limits())
-            .build(&self.0)
-            .ok()?;
-        let subjects: Vec<(String,)> = authorizer.query("data($s) <- subject($s)").ok()?;
-        subjects.into_iter().next().map(|(s,)| s)
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.subject.as_deref()
     }
 
     /// Checks that no block's expiry has passed, whatever the token grants.
-    pub fn check_expiry(&self) -> Result<(), TokenError> {
-        let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
-            .code("allow if true;")
-            .map(|b| b.time().set_limits(limits()))
-            .and_then(|b| b.build(&self.0))
-            .map_err(TokenError::Internal)?;
-        match authorizer.authorize() {
-            Ok(_) => Ok(()),
-            Err(BiscuitError::FailedLogic(
-                Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
-            )) if checks.iter().any(is_expiry_check) => Err(TokenError::Expired),
-            // Other checks (cache, operation) need the request's facts;
-            // `authorize` judges them.
-            Err(BiscuitError::FailedLogic(_)) => Ok(()),
-            Err(BiscuitError::RunLimit(_)) => Err(TokenError::TooComplex),
-            Err(e) => Err(TokenError::Internal(e)),
-        }
+    pub fn check_expiry(&self) -> Result<(), Refusal> {
+        self.claims.check_expiry(SystemTime::now())
     }
 
     /// Checks that the token, with all its attenuations, grants `permission`
     /// on `cache` now.
-    pub fn authorize(&self, cache: &CacheName, permission: Permission) -> Result<(), TokenError> {
-        let code = "cache({cache});\noperation({op});\n\
-                    allow if right($re, $op), operation($op), cache($cache), $cache.matches($re);\n\
-                    deny if true;";
-        let params = HashMap::from([
-            ("cache".to_owned(), Term::Str(cache.as_str().to_owned())),
-            ("op".to_owned(), Term::Str(permission.as_str().to_owned())),
-        ]);
-        let mut authorizer = biscuit_auth::AuthorizerBuilder::new()
-            .code_with_params(code, params, HashMap::new())
-            .map(|b| b.time().set_limits(limits()))
-            .and_then(|b| b.build(&self.0))
-            .map_err(TokenError::Internal)?;
-        match authorizer.authorize() {
-            Ok(_) => Ok(()),
-            Err(BiscuitError::FailedLogic(
-                Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
-            )) if checks.iter().any(is_expiry_check) => Err(TokenError::Expired),
-            Err(BiscuitError::FailedLogic(_)) => Err(TokenError::Denied {
-                cache: cache.clone(),
-                permission,
-            }),
-            Err(BiscuitError::RunLimit(_)) => Err(TokenError::TooComplex),
-            Err(e) => Err(TokenError::Internal(e)),
-        }
-    }
-}
-
-fn is_expiry_check(check: &FailedCheck) -> bool {
-    match check {
-        FailedCheck::Block(block) => block.rule.contains("time($time)"),
-        FailedCheck::Authorizer(_) => false,
+    pub fn authorize(&self, cache: &CacheName, permission: Permission) -> Result<(), Refusal> {
+        self.claims.decide(cache, permission, SystemTime::now())
     }
 }
 

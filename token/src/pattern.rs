@@ -38,12 +38,36 @@ impl CacheNamePattern {
     }
 }
 
+/// Matches with one backtracking point, the last `*` seen: O(pattern ×
+/// name) at worst, where trying every split at every `*` is exponential in
+/// the number of stars (a 50-character pattern of `*a` pairs against a
+/// name of `a`s would take years).
 fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob_match(rest, &name[skip..])),
-        Some((c, rest)) => name.first() == Some(c) && glob_match(rest, &name[1..]),
+    let (mut p, mut n) = (0, 0);
+    // The position after the last `*`, and the name position it matched up to.
+    let mut resume: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                p += 1;
+                resume = Some((p, n));
+            }
+            Some(&c) if c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match resume {
+                // Let the last `*` swallow one more character.
+                Some((after_star, matched)) => {
+                    p = after_star;
+                    n = matched + 1;
+                    resume = Some((after_star, matched + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 impl FromStr for CacheNamePattern {
