@@ -80,8 +80,18 @@ impl Default for TestHome {
 /// Starts atticd in `home` and waits for its URL (and root token, on a first start).
 // The child is returned to a `TestServer`, whose `Drop` kills and reaps it.
 #[allow(clippy::zombie_processes)]
-fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> (Child, String, Option<String>) {
+fn spawn(home: &TestHome, listen: &str, args: &[&str]) -> Spawned {
     spawn_with_stderr(home, listen, args, Stdio::inherit(), "warn")
+}
+
+/// A started atticd and what it printed.
+struct Spawned {
+    child: Child,
+    url: String,
+    /// The operators' listener, `http://127.0.0.1:PORT`: every server the
+    /// harness starts has one (a collector has only its `--listen`).
+    metrics_url: Option<String>,
+    root_token: Option<String>,
 }
 
 // As for `spawn`.
@@ -92,12 +102,16 @@ fn spawn_with_stderr(
     args: &[&str],
     stderr: Stdio,
     rust_log: &str,
-) -> (Child, String, Option<String>) {
-    let mut child = home
-        .command("atticd")
+) -> Spawned {
+    let mut command = home.command("atticd");
+    command
         .env("RUST_LOG", rust_log)
         .args(["--listen", listen])
-        .args(args)
+        .args(args);
+    if !args.contains(&"garbage-collector") {
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -113,13 +127,21 @@ fn spawn_with_stderr(
         }
     });
     let mut root_token = None;
+    let mut metrics_url = None;
     let mut expect_token = false;
     loop {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("atticd printed its URL within a minute");
         if let Some(rest) = line.strip_prefix("atticd listening on ") {
-            return (child, rest.trim_end_matches('/').to_owned(), root_token);
+            return Spawned {
+                child,
+                url: rest.trim_end_matches('/').to_owned(),
+                metrics_url,
+                root_token,
+            };
+        } else if let Some(rest) = line.strip_prefix("atticd serving metrics on ") {
+            metrics_url = Some(rest.trim_end_matches("/metrics").to_owned());
         } else if line.starts_with("Root token") {
             expect_token = true;
         } else if expect_token && !line.trim().is_empty() {
@@ -197,6 +219,9 @@ pub struct TestServer {
     child: Child,
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub url: String,
+    /// The operators' listener (`--metrics-listen`), serving `/_health`
+    /// and `/metrics`: `http://127.0.0.1:PORT`, no trailing slash.
+    pub metrics_url: String,
     /// The token printed on first start (empty for a server started on
     /// an existing installation).
     pub root_token: String,
@@ -221,12 +246,14 @@ impl TestServer {
     pub fn start_logging_to(log: &Path, args: &[&str]) -> Self {
         let home = TestHome::new();
         let file = std::fs::File::create(log).expect("create the log file");
-        let (child, url, root_token) =
-            spawn_with_stderr(&home, "127.0.0.1:0", args, Stdio::from(file), "info");
+        let spawned = spawn_with_stderr(&home, "127.0.0.1:0", args, Stdio::from(file), "info");
         Self {
-            child,
-            url,
-            root_token: root_token.expect("a first start prints the root token"),
+            child: spawned.child,
+            url: spawned.url,
+            metrics_url: spawned.metrics_url.expect("a metrics listener"),
+            root_token: spawned
+                .root_token
+                .expect("a first start prints the root token"),
             home,
             services: None,
         }
@@ -256,11 +283,14 @@ impl TestServer {
     /// (SQLite and local disk in the data directory) whatever the run's
     /// backend: for tests of that default itself.
     pub fn start_embedded_in(home: TestHome, args: &[&str]) -> Self {
-        let (child, url, root_token) = spawn(&home, "127.0.0.1:0", args);
+        let spawned = spawn(&home, "127.0.0.1:0", args);
         Self {
-            child,
-            url,
-            root_token: root_token.expect("a first start prints the root token"),
+            child: spawned.child,
+            url: spawned.url,
+            metrics_url: spawned.metrics_url.expect("a metrics listener"),
+            root_token: spawned
+                .root_token
+                .expect("a first start prints the root token"),
             home,
             services: None,
         }
@@ -269,10 +299,11 @@ impl TestServer {
     /// Starts `atticd --mode api-server` in `home`, whose config the
     /// test wrote: a replica, which prints no root token.
     pub fn start_replica(home: TestHome) -> Self {
-        let (child, url, _) = spawn(&home, "127.0.0.1:0", &["--mode", "api-server"]);
+        let spawned = spawn(&home, "127.0.0.1:0", &["--mode", "api-server"]);
         Self {
-            child,
-            url,
+            child: spawned.child,
+            url: spawned.url,
+            metrics_url: spawned.metrics_url.expect("a metrics listener"),
             root_token: String::new(),
             home,
             services: None,
@@ -373,10 +404,11 @@ impl TestServer {
         std::fs::copy(fixture.join("server.toml"), config_dir.join("server.toml"))
             .expect("copy the config");
         copy_tree(&fixture.join("data"), &home.path().join("data/attic"));
-        let (child, url, _) = spawn(&home, "127.0.0.1:0", &[]);
+        let spawned = spawn(&home, "127.0.0.1:0", &[]);
         Self {
-            child,
-            url,
+            child: spawned.child,
+            url: spawned.url,
+            metrics_url: spawned.metrics_url.expect("a metrics listener"),
             root_token: String::new(),
             home,
             services: None,
@@ -397,11 +429,14 @@ impl TestServer {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_owned();
-        let (child, url, _) = spawn(&self.home, &address, &[]);
-        self.child = child;
+        let spawned = spawn(&self.home, &address, &[]);
+        self.child = spawned.child;
         // Same address; the scheme follows the config (https with [tls]).
+        let url = spawned.url;
         assert!(url.ends_with(&address), "{url} is not on {address}");
         self.url = url;
+        // The metrics listener moves to a new free port.
+        self.metrics_url = spawned.metrics_url.expect("a metrics listener");
     }
 
     /// The home the server runs in.
@@ -525,8 +560,11 @@ impl TestServer {
     /// Starts a collector on this server's config and data, listening on
     /// a free port.
     pub fn start_collector(&self) -> TestCollector {
-        let (child, url, _) = spawn(&self.home, "127.0.0.1:0", &["--mode", "garbage-collector"]);
-        TestCollector { child, url }
+        let spawned = spawn(&self.home, "127.0.0.1:0", &["--mode", "garbage-collector"]);
+        TestCollector {
+            child: spawned.child,
+            url: spawned.url,
+        }
     }
 }
 

@@ -1,17 +1,21 @@
 //! Slow, silent and too many clients cannot hold the server: header and
-//! idle timeouts, a body-progress timeout, a connection cap, and a
-//! shutdown that waits for requests in flight only up to its deadline.
+//! idle timeouts, a body-progress timeout, a connection cap with room kept
+//! for probes, a cap per client address, idle connections closed sooner
+//! near the cap, and a shutdown that waits for requests in flight only up
+//! to its deadline.
 //!
 //! Waits here are hang guards (generous bounds on something that must
 //! happen), never performance thresholds.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attic::nar::NarNode;
+use integration_tests::nix;
 use integration_tests::server::TestServer;
-use integration_tests::upload::{Api, fake_store_path, nar_info_for};
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, nar_info_from_nix};
 
 /// Long enough for any timeout under test to fire, on a loaded machine.
 const HANG_GUARD: Duration = Duration::from_secs(30);
@@ -46,7 +50,13 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 
 /// GET `path` on a fresh connection; the whole reply, or what arrived.
 fn get(server: &TestServer, path: &str) -> String {
-    let mut stream = connect(server);
+    get_from(&server.url, path)
+}
+
+/// GET `path` from `base` (`http://ADDRESS`, such as the metrics
+/// listener's) on a fresh connection; the whole reply, or what arrived.
+fn get_from(base: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://")).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -82,30 +92,112 @@ fn silent_and_idle_connections_are_closed_after_the_header_timeout() {
 }
 
 #[test]
-fn connections_over_the_cap_are_closed_and_health_recovers() {
-    let server =
-        TestServer::start_with_config("[http]\nheader-timeout = \"2s\"\nmax-connections = 4\n");
+fn connections_past_the_cap_answer_only_probes() {
+    let server = TestServer::start_with_config(
+        "[http]\nheader-timeout = \"1h\"\nmax-connections = 4\nprobe-connections = 2\n\
+         idle-timeout-under-pressure = \"1h\"\n",
+    );
     // Four silent clients take every slot (each accepted once the server
     // gets to it: give it a moment).
     let held: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
     std::thread::sleep(Duration::from_millis(300));
+    // Past the cap, probes are still answered, and nothing else is.
+    assert!(health(&server), "/_health past the cap");
+    let refused = get(&server, "/_api/v1/cache-config/c");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("Overloaded"), "{refused}");
+    // Once the probe connections are taken too, more are closed unanswered.
+    let probes: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(300));
     let mut over = connect(&server);
     let got = read_until_closed(&mut over);
-    assert!(got.is_empty(), "a fifth connection is closed unanswered");
-    // Once the header timeout frees their slots, the server answers again.
-    let started = Instant::now();
-    while !health(&server) {
-        assert!(started.elapsed() < HANG_GUARD, "health never recovered");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    drop(held);
-    let metrics = get(&server, "/metrics");
+    assert!(got.is_empty(), "a seventh connection is closed unanswered");
+    drop((held, probes));
+    let metrics = get_from(&server.metrics_url, "/metrics");
     assert!(
         metrics
             .lines()
             .any(|l| l.starts_with("attic_connections_refused_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+/// Connects from `source` (a loopback address other than 127.0.0.1 is
+/// another client address on Linux).
+fn connect_from(server: &TestServer, source: &str) -> TcpStream {
+    let address: SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("source"))
+            .expect("bind");
+        socket.connect(address).await.expect("connect")
+    });
+    let stream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(HANG_GUARD))
+        .expect("read timeout");
+    stream
+}
+
+#[test]
+fn an_address_past_its_connection_limit_is_refused_and_others_are_served() {
+    let server = TestServer::start_with_config(
+        "[http]\nheader-timeout = \"1h\"\nmax-connections-per-address = 3\n",
+    );
+    let held: Vec<TcpStream> = (0..3).map(|_| connect_from(&server, "127.0.0.2")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = connect_from(&server, "127.0.0.2");
+    let got = read_until_closed(&mut over);
+    assert!(
+        got.is_empty(),
+        "a fourth connection from 127.0.0.2 is closed unanswered"
+    );
+    // Another address is served as usual.
+    assert!(health(&server), "/_health from 127.0.0.1");
+    let metrics = get_from(&server.metrics_url, "/metrics");
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("attic_connections_refused_per_address_total ") && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
+    drop(held);
+}
+
+#[test]
+fn idle_connections_are_closed_sooner_when_the_cap_is_near() {
+    // Three of four slots open is pressure; the header timeout alone
+    // would keep an idle connection for an hour.
+    let server = TestServer::start_with_config(
+        "[http]\nheader-timeout = \"1h\"\nmax-connections = 4\n\
+         idle-timeout-under-pressure = \"1s\"\n",
+    );
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    for _ in 0..3 {
+        let mut idle = connect(&server);
+        idle.write_all(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let closed_tx = closed_tx.clone();
+        std::thread::spawn(move || {
+            let reply = read_until_closed(&mut idle);
+            let _ = closed_tx.send(reply);
+        });
+    }
+    // At least one gives way (then the pressure is off for the others).
+    let reply = closed_rx
+        .recv_timeout(HANG_GUARD)
+        .expect("an idle kept-alive connection was closed under pressure");
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
 }
 
 fn small_nar() -> Vec<u8> {
@@ -205,4 +297,103 @@ async fn the_tls_listener_serves_https() {
     assert_eq!(health.text().await.expect("body"), "OK");
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/_health")).await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+}
+
+/// Idle sockets in the flood: more than `http.max-connections` (1024).
+const IDLE_SOCKETS: usize = 1030;
+
+/// `GET /_health` on a fresh connection, as a load balancer probes;
+/// whether it answered 200.
+async fn probe_health(address: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.ok()?;
+        Some(reply.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(HANG_GUARD, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The flood of issue 18 on the default `[http]` limits: 1,030 idle
+/// sockets from one address (127.0.0.2) while real Nix substitutes a
+/// closure from another (127.0.0.1) and `/_health` answers every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_sockets_from_one_address_stop_neither_nix_nor_health() {
+    // The flood's sockets are this process's files.
+    let files = server::serve::raise_open_file_limit();
+    assert!(
+        files >= 2 * IDLE_SOCKETS as u64,
+        "the test needs {} open files; the hard limit allows {files}",
+        2 * IDLE_SOCKETS
+    );
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "public", true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 512 * 1024);
+    for path in &closure.paths {
+        api.upload_ok(
+            &server.root_token,
+            &nar_info_from_nix("public", path),
+            nix::dump(Path::new(path)),
+        )
+        .await;
+    }
+    let key = api.public_key(&server.root_token, "public").await;
+    let address: SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+
+    let mut flood = Vec::with_capacity(IDLE_SOCKETS);
+    for _ in 0..IDLE_SOCKETS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("source"))
+            .expect("bind 127.0.0.2");
+        flood.push(socket.connect(address).await.expect("connect"));
+    }
+
+    nix::delete(&closure.paths);
+    let substituter = format!("{}/public", server.url);
+    let top = closure.top().to_owned();
+    let substitution =
+        tokio::task::spawn_blocking(move || nix::substitute(&top, &substituter, &key));
+    let mut failed = 0;
+    for _ in 0..38 {
+        if !probe_health(address).await {
+            failed += 1;
+        }
+    }
+    let out = substitution.await.expect("join");
+    assert_eq!(
+        failed, 0,
+        "/_health failed {failed} times in 38 under the flood"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in &closure.paths {
+        assert!(nix::is_valid(path), "{path} was not substituted");
+    }
+    let metrics = Api::new(&server.metrics_url).get_text("/metrics").await.1;
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("attic_connections_refused_per_address_total ") && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
+    drop(flood);
 }

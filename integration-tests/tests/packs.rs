@@ -173,7 +173,10 @@ async fn damage_is_never_served_and_heals(how: Harm) {
         pushed.api.missing(&pushed.token, "main", &hashes).await,
         vec![path_hash(pushed.leaf()).to_owned()]
     );
-    let metrics = pushed.api.get_text("/metrics").await.1;
+    let metrics = Api::new(&pushed.server.metrics_url)
+        .get_text("/metrics")
+        .await
+        .1;
     assert!(
         metrics
             .lines()

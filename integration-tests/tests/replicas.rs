@@ -161,7 +161,7 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
 
     // Each replica counts its own database statements by operation.
     for replica in [&one, &two] {
-        let metrics = reqwest::get(format!("{}/metrics", replica.url))
+        let metrics = reqwest::get(format!("{}/metrics", replica.metrics_url))
             .await
             .expect("GET /metrics")
             .text()

@@ -30,7 +30,7 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
 
 /// A counter's value in `/metrics`, 0 when absent.
 async fn metric(server: &TestServer, series: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.url))
+    let text = reqwest::get(format!("{}/metrics", server.metrics_url))
         .await
         .expect("GET /metrics")
         .text()

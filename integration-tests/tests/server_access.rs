@@ -390,7 +390,7 @@ async fn metrics_count_uploads_reads_and_responses_without_naming_caches() {
             .await
             .expect("request");
     }
-    let response = api
+    let response = Api::new(&server.metrics_url)
         .request(Method::GET, "/metrics", None)
         .send()
         .await

@@ -4,7 +4,7 @@
 //! set-up (SQLite and local blobs under the data directory). An unknown key
 //! or a bad value is an error that names the key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,6 +66,18 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the operators' listener, which serves `/_health` and
+    /// `/metrics` alone. Unset, `/metrics` is served nowhere (unless
+    /// `metrics-token` is set): the public listener never serves it to
+    /// anyone, since a global stored-bytes counter tells a pusher whether
+    /// another tenant already held what it pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token that makes the public listener serve `/metrics` to
+    /// whoever presents it (for a Prometheus that can reach only that
+    /// listener). Unset, the public listener does not serve `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
     /// Public base URL of the server, e.g. `https://cache.example.com/`.
     /// Defaults to `http://<Host header>/`.
     #[serde(default)]
@@ -171,9 +183,9 @@ fn default_compaction_level() -> i32 {
     15
 }
 
-/// `[http]`: timeouts and the connection cap. Durations are written as
+/// `[http]`: timeouts and the connection caps. Durations are written as
 /// `30s`, `2m`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HttpConfig {
     /// Time a client has to send a request's headers; also the longest a
@@ -183,9 +195,33 @@ pub struct HttpConfig {
     /// Longest a request body (an upload) may go without a byte arriving.
     #[serde(default = "default_body_timeout", with = "duration")]
     pub body_timeout: Duration,
-    /// Connections served at once; more are closed as they arrive.
+    /// Connections served at once; more are closed as they arrive (but
+    /// for the `probe-connections` past it).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address may hold open at once (IPv6
+    /// addresses count by their /64); more are closed as they arrive.
+    /// Trusted proxies are exempt: through them the limit applies to
+    /// requests in flight per forwarded address instead.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Connections accepted past `max-connections` that answer only
+    /// `/_health` and `/metrics` (one request each, then closed), so probes
+    /// still get through when every other slot is taken.
+    #[serde(default = "default_probe_connections")]
+    pub probe_connections: usize,
+    /// When three quarters of `max-connections` are open, a connection
+    /// whose last request began this long ago is closed (after the
+    /// response in flight, if any) instead of waiting out
+    /// `header-timeout`.
+    #[serde(default = "default_idle_timeout_under_pressure", with = "duration")]
+    pub idle_timeout_under_pressure: Duration,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is
+    /// believed. Their connections are exempt from
+    /// `max-connections-per-address`; the forwarded client address is
+    /// limited per request instead. Empty: no header is believed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<AddressRange>,
     /// How long shutdown waits for requests in flight before closing them.
     #[serde(default = "default_shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
@@ -197,8 +233,81 @@ impl Default for HttpConfig {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            probe_connections: default_probe_connections(),
+            idle_timeout_under_pressure: default_idle_timeout_under_pressure(),
+            trusted_proxies: Vec::new(),
             shutdown_timeout: default_shutdown_timeout(),
         }
+    }
+}
+
+impl HttpConfig {
+    /// Whether `address` is one of `trusted-proxies`.
+    pub fn is_trusted_proxy(&self, address: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|r| r.contains(address))
+    }
+}
+
+/// An address or a CIDR range (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`), as
+/// written in `trusted-proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AddressRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl AddressRange {
+    /// Whether `address` is in the range. An IPv4-mapped IPv6 address
+    /// counts as the IPv4 address it maps.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.network, address.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TryFrom<String> for AddressRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.as_str(), None),
+        };
+        let network: IpAddr = address
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        let network = network.to_canonical();
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("{text:?} has a prefix length outside 0..={bits}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl From<AddressRange> for String {
+    fn from(range: AddressRange) -> Self {
+        format!("{}/{}", range.network, range.prefix)
     }
 }
 
@@ -210,6 +319,17 @@ fn default_body_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_address() -> usize {
+    // Nix opens up to 25 (`http-connections`) per substituter; a few
+    // machines behind one NAT address fit.
+    64
+}
+fn default_probe_connections() -> usize {
+    16
+}
+fn default_idle_timeout_under_pressure() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
@@ -703,6 +823,8 @@ impl ServerConfig {
     pub fn generate() -> Self {
         Self {
             listen: default_listen(),
+            metrics_listen: None,
+            metrics_token: None,
             api_endpoint: None,
             allowed_hosts: Vec::new(),
             token_root_key: RootKey::generate().to_config_string(),
@@ -768,9 +890,29 @@ impl ServerConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.http.max_connections_per_address == 0 {
+            return Err(ConfigError::Invalid {
+                key: "http.max-connections-per-address",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|token| token.len() < 16)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics-token",
+                reason: "must be at least 16 characters".into(),
+            });
+        }
         for (key, value) in [
             ("http.header-timeout", self.http.header_timeout),
             ("http.body-timeout", self.http.body_timeout),
+            (
+                "http.idle-timeout-under-pressure",
+                self.http.idle_timeout_under_pressure,
+            ),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -1102,5 +1244,54 @@ mod tests {
         assert!(err.to_string().contains("token-root-key"), "{err}");
         let err = parse("listen = \"127.0.0.1:1\"\n").expect_err("missing key");
         assert!(err.to_string().contains("token-root-key"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges() {
+        let config = parse(&format!(
+            "{}[http]\ntrusted-proxies = [\"10.1.0.0/16\", \"192.0.2.7\", \"fd00::/8\"]\n",
+            key_line()
+        ))
+        .expect("parses");
+        let http = &config.http;
+        for trusted in ["10.1.200.3", "192.0.2.7", "fd12::1", "::ffff:10.1.0.1"] {
+            assert!(
+                http.is_trusted_proxy(trusted.parse().expect("ip")),
+                "{trusted}"
+            );
+        }
+        for untrusted in ["10.2.0.1", "192.0.2.8", "fe80::1", "127.0.0.1"] {
+            assert!(
+                !http.is_trusted_proxy(untrusted.parse().expect("ip")),
+                "{untrusted}"
+            );
+        }
+        assert!(!HttpConfig::default().is_trusted_proxy("127.0.0.1".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "nowhere", "::/129", "10.0.0.0/x"] {
+            let err = parse(&format!(
+                "{}[http]\ntrusted-proxies = [\"{bad}\"]\n",
+                key_line()
+            ))
+            .expect_err(bad);
+            assert!(err.to_string().contains("trusted-proxies"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_that_cannot_work_are_refused() {
+        for (text, key) in [
+            (
+                "[http]\nmax-connections-per-address = 0\n",
+                "http.max-connections-per-address",
+            ),
+            (
+                "[http]\nidle-timeout-under-pressure = \"0s\"\n",
+                "http.idle-timeout-under-pressure",
+            ),
+            ("metrics-token = \"short\"\n", "metrics-token"),
+        ] {
+            let err = parse(&format!("{}{text}", key_line())).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 }

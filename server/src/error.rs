@@ -245,6 +245,12 @@ impl IntoResponse for ServerError {
             message,
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         // The full error, with its sources, for the logging middleware only.
         response
             .extensions_mut()
@@ -252,6 +258,12 @@ impl IntoResponse for ServerError {
         response
     }
 }
+
+/// `Retry-After` on every 503 and 429: the same request will likely
+/// succeed this many seconds later (a database or storage coming back,
+/// connections freeing up), and a client that honours it spreads its
+/// retries instead of hammering a server that is recovering.
+pub const RETRY_AFTER_SECONDS: &str = "5";
 
 /// The full text of an error behind a response, read by
 /// [`crate::request_log::log_requests`].
@@ -272,6 +284,29 @@ mod tests {
         assert!(matches!(error, ServerError::DatabaseUnavailable(_)));
         let response = error.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn every_503_and_429_says_when_to_retry() {
+        let unavailable = ServerError::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        for error in [
+            unavailable,
+            ServerError::RetryUpload,
+            ServerError::Unhealthy,
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers()[axum::http::header::RETRY_AFTER],
+                RETRY_AFTER_SECONDS
+            );
+        }
+        let refused = ServerError::Unauthenticated.into_response();
+        assert!(
+            !refused
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! the connection is closed, so a client cannot hold it by trickling.
 //! A body that stalled or failed (the upload's own timeout, a reset) is
 //! not waited for again.
+//!
+//! Such an answer also says `Connection: close`. The client may be
+//! sending still, or (having asked `Expect: 100-continue`) waiting to be
+//! told to: either way what comes next on the connection is unsure, and a
+//! client that retries on it (Nix 2.8 after a 503) can end up waiting for
+//! an answer to a body it never sends again. On a new connection it
+//! starts clean.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +23,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::http::header::EXPECT;
+use axum::http::header::{CONNECTION, EXPECT};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
@@ -54,13 +61,16 @@ pub async fn read_rest_of_body(
         failed: false,
         back: Some(back),
     });
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let mut response = next.run(Request::from_parts(parts, body)).await;
     // Only a body the handler dropped unfinished comes back; one it still
     // holds (streaming it elsewhere) is its own business.
-    if let Ok((rest, read)) = returned.try_recv()
-        && (read || !waits_to_send)
-        && response.status() != StatusCode::REQUEST_TIMEOUT
-    {
+    let Ok((rest, read)) = returned.try_recv() else {
+        return response;
+    };
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    if (read || !waits_to_send) && response.status() != StatusCode::REQUEST_TIMEOUT {
         let timeout = state.config.http.body_timeout;
         let _ = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout)).await;
     }

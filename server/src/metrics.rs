@@ -1,5 +1,8 @@
 //! `GET /metrics`: Prometheus counters of what the server did, in the
-//! OpenMetrics text format. Aggregates only: no cache names, paths or tokens.
+//! OpenMetrics text format. Aggregates only: no cache names, paths or
+//! tokens. Served on the operators' listener (`metrics-listen`), and on the
+//! public one only to holders of `metrics-token`: even aggregates such as
+//! stored bytes tell a pusher whether another tenant held what it pushed.
 
 use std::sync::Arc;
 
@@ -50,8 +53,12 @@ pub struct Metrics {
     pub served_bytes: Counter,
     /// HTTP responses, by status code.
     pub responses: Family<Status, Counter>,
-    /// Connections closed on arrival because `http.max-connections` were open.
+    /// Connections closed on arrival because `http.max-connections` and
+    /// `http.probe-connections` were open.
     pub connections_refused: Counter,
+    /// Connections closed on arrival because their address held
+    /// `http.max-connections-per-address`.
+    pub connections_refused_per_address: Counter,
     /// Garbage collections, by `ok`, `busy` (another held the lease) or `failed`.
     pub gc_runs: Family<Outcome, Counter>,
     /// What garbage collection reclaimed, by kind.
@@ -106,8 +113,14 @@ impl Default for Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
-            "Connections closed on arrival because http.max-connections were open",
+            "Connections closed on arrival because http.max-connections and http.probe-connections were open",
             connections_refused.clone(),
+        );
+        let connections_refused_per_address = Counter::default();
+        registry.register(
+            "connections_refused_per_address",
+            "Connections closed on arrival because their address held http.max-connections-per-address",
+            connections_refused_per_address.clone(),
         );
         let gc_runs = Family::<Outcome, Counter>::default();
         registry.register(
@@ -166,6 +179,7 @@ impl Default for Metrics {
             gc_reclaimed,
             gc_freed_bytes,
             connections_refused,
+            connections_refused_per_address,
             nar_redirects,
             storage,
             registry,

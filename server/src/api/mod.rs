@@ -137,3 +137,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         }
     }
 }
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Reads `request`'s body as JSON, for a handler that authorises its
+    /// caller first: an extractor would read the body before the handler
+    /// runs, so an anonymous caller could make the server read and parse
+    /// megabytes only to be refused.
+    pub async fn read(request: Request) -> ServerResult<T> {
+        Self::from_request(request, &())
+            .await
+            .map(|Self(value)| value)
+    }
+}
+
+/// Reads `request`'s body whole, up to the route's body limit (413 past
+/// it), for a handler that authorises its caller first.
+pub async fn read_body(request: Request) -> ServerResult<axum::body::Bytes> {
+    match axum::body::Bytes::from_request(request, &()).await {
+        Ok(body) => Ok(body),
+        Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(
+            ServerError::TooLarge("the request body is larger than this route accepts".to_owned()),
+        ),
+        Err(rejection) => Err(ServerError::bad_request(
+            "InvalidBody",
+            rejection.body_text(),
+        )),
+    }
+}

@@ -21,15 +21,15 @@ use attic::hash::Sha256Hash;
 use attic::narinfo::NarInfo;
 use attic::store_path::StorePath;
 use attic_token::Permission;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
-use super::cache_name;
 use super::v1::upload_path::new_object;
+use super::{cache_name, read_body};
 use crate::access::Caller;
 use crate::compressed::{Compression, DecodedBody, DecodedSize};
 use crate::database::{Claim, NewNar};
@@ -48,11 +48,12 @@ pub async fn put_cache_info(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Bytes,
+    request: Request,
 ) -> ServerResult<StatusCode> {
     let cache = caller
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
+    let body = read_body(request).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ServerError::bad_request("InvalidCacheInfo", "nix-cache-info is not text"))?;
     let store_dir = text
@@ -155,7 +156,7 @@ pub async fn put_narinfo(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((name, file)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> ServerResult<StatusCode> {
     let hash = file
         .strip_suffix(".narinfo")
@@ -163,6 +164,7 @@ pub async fn put_narinfo(
     let cache = caller
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
+    let body = read_body(request).await?;
     let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
     let text = std::str::from_utf8(&body).map_err(|_| bad("the narinfo is not text".into()))?;
     let info: NarInfo = text.parse().map_err(|e| bad(format!("{e}")))?;

@@ -22,6 +22,11 @@ struct Options {
     /// Listen address, overriding the config's `listen` (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the operators' listener, serving `/_health` and
+    /// `/metrics` alone, overriding the config's `metrics-listen` (port 0
+    /// picks a free port).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Mode::Monolithic)]
     mode: Mode,
@@ -52,7 +57,8 @@ enum Mode {
     /// Apply database migrations, then exit.
     DbMigrations,
     /// Collect garbage every `garbage-collection.interval` (once, if it is
-    /// zero), serving nothing; one for a whole deployment.
+    /// zero), serving nothing but `/_health` and `/metrics` on `--listen`
+    /// or `--metrics-listen` when given; one for a whole deployment.
     GarbageCollector,
 }
 
@@ -61,6 +67,7 @@ async fn main() -> Result<()> {
     let options = Options::parse();
     // Flushes what is still queued when main returns.
     let _log_writer = init_logging(options.log_format);
+    server::serve::raise_open_file_limit();
     // Only the monolithic server sets itself up; a replica or a migration
     // run acts on a deployment that exists, so it needs its config.
     let loaded = if options.mode == Mode::Monolithic && !options.check_config {
@@ -105,21 +112,33 @@ async fn main() -> Result<()> {
 
     if options.mode == Mode::GarbageCollector {
         // Probes only when asked for: a collector shares its config, and
-        // so its `listen`, with the API servers, often on one machine.
-        let probes = match options.listen {
-            Some(address) => Some(setup::bind(address).await?),
-            None => None,
-        };
+        // so its `listen` and `metrics-listen`, with the API servers, often
+        // on one machine. Either flag gives the same probes listener: the
+        // collector has no public one.
+        let mut probes = Vec::new();
+        for address in [options.metrics_listen, options.listen]
+            .into_iter()
+            .flatten()
+        {
+            probes.push(setup::bind(address).await?);
+        }
         let state = setup::build_state(config, &data_dir, OpenDatabase::Existing).await?;
-        if let Some(listener) = probes {
+        for listener in probes {
             println!("atticd listening on http://{}/", listener.local_addr()?);
             setup::serve_probes(state.clone(), listener);
         }
         return setup::collect_garbage_until_stopped(state).await;
     }
 
+    if let Some(metrics_listen) = options.metrics_listen {
+        config.metrics_listen = Some(metrics_listen);
+    }
     let listener = setup::bind(config.listen).await?;
     let address = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => Some(setup::bind(address).await?),
+        None => None,
+    };
     // Replicas leave migrations to one `--mode db-migrations` run, so that
     // they never race each other over the schema, and refuse a schema they
     // do not know.
@@ -141,6 +160,15 @@ async fn main() -> Result<()> {
             loaded.path.display(),
             setup::root_token(&loaded.config)?
         );
+    }
+    // Plain HTTP, and never the public listener: operators keep it on
+    // loopback or a private network.
+    if let Some(listener) = metrics_listener {
+        println!(
+            "atticd serving metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        setup::serve_probes(state.clone(), listener);
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("atticd listening on {scheme}://{address}/");

@@ -12,7 +12,7 @@ use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
 use attic_token::Permission;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
@@ -74,10 +74,11 @@ pub async fn create_cache(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-    JsonBody(request): JsonBody<CreateCacheRequest>,
+    request: Request,
 ) -> ServerResult<Json<Value>> {
     let name = cache_name(&name)?;
     caller.require(&name, Permission::CreateCache)?;
+    let request: CreateCacheRequest = JsonBody::read(request).await?;
     let key = make_key(&request.keypair, &state, name.as_str(), 1)?;
     StoreDir::new(&request.store_dir)
         .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
@@ -106,9 +107,19 @@ pub async fn configure_cache(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(name): Path<String>,
-    JsonBody(patch): JsonBody<serde_json::Map<String, Value>>,
+    request: Request,
 ) -> ServerResult<Json<Value>> {
     let name = cache_name(&name)?;
+    // Which permission a patch needs depends on its fields; a caller with
+    // neither is refused before its body is read.
+    caller
+        .require(&name, Permission::ConfigureCache)
+        .or_else(|denied| {
+            caller
+                .require(&name, Permission::ConfigureCacheRetention)
+                .map_err(|_| denied)
+        })?;
+    let patch: serde_json::Map<String, Value> = JsonBody::read(request).await?;
     let patch = parse_patch(patch)?;
     if patch.substituter_endpoint.is_some()
         || patch.api_endpoint.is_some()

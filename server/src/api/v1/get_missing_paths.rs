@@ -5,7 +5,7 @@ use std::sync::Arc;
 use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
 use attic_token::Permission;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 
 use crate::access::Caller;
 use crate::api::JsonBody;
@@ -19,8 +19,12 @@ const MAX_HASHES: usize = 100_000;
 pub async fn get_missing_paths(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    JsonBody(request): JsonBody<GetMissingPathsRequest>,
+    request: Request,
 ) -> ServerResult<Json<GetMissingPathsResponse>> {
+    // The cache, and so the permission, is named in the body: refuse
+    // anyone without a valid token before reading megabytes of it.
+    caller.require_token()?;
+    let request: GetMissingPathsRequest = JsonBody::read(request).await?;
     let cache = caller
         .require_cache(&state, &request.cache, Permission::Push)
         .await?;
