@@ -77,6 +77,14 @@ pub enum ServerError {
     /// The database does not answer (health check).
     #[error("the database does not answer")]
     Unhealthy,
+    /// A request on a connection past `http.max-connections`, which
+    /// answers only `/_health` and `/metrics`.
+    #[error("the server is serving as many connections as it can; try again shortly")]
+    Overloaded,
+    /// A client behind a trusted proxy has
+    /// `http.max-connections-per-address` requests in flight already.
+    #[error("too many requests in flight from your address; try again when some have finished")]
+    TooManyRequests,
     /// A chunk an upload reuses stopped being stored while it ran.
     #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
     RetryUpload,
@@ -132,6 +140,8 @@ impl ServerError {
             Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
             Self::Unhealthy => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
+            Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "DatabaseUnavailable")
             }

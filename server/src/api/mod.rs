@@ -1,5 +1,6 @@
 //! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
-//! `/_api/v1/...`, `/_health` and `/metrics`. The whole route table is [`router`].
+//! `/_api/v1/...`, `/_health` and `/metrics` (on the operators' listener,
+//! [`probe_router`]). The whole route table is [`router`].
 
 pub mod binary_cache;
 pub mod nix_upload;
@@ -19,9 +20,20 @@ use serde::de::DeserializeOwned;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 
-/// Every route of the server.
+/// Every route of the public listener. `/metrics` is among them only
+/// when `metrics-token` is set, and then only for requests bearing it.
 pub fn router(state: Arc<AppState>) -> Router {
-    probe_routes()
+    let mut routes = Router::new().route("/_health", get(health));
+    if state.config.metrics_token.is_some() {
+        routes = routes.route(
+            "/metrics",
+            get(crate::metrics::metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_metrics_token,
+            )),
+        );
+    }
+    routes
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
         .route_layer(middleware::from_fn(crate::request_log::tag_route))
@@ -41,19 +53,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// `/_health` and `/metrics` alone, for a process that serves no API (the
-/// collector, when asked to listen).
+/// `/_health` and `/metrics` alone, with no token: the operators'
+/// listener (`metrics-listen`, or a collector's `--listen`), which tenants
+/// are not meant to reach.
 pub fn probe_router(state: Arc<AppState>) -> Router {
-    probe_routes()
+    Router::new()
+        .route("/_health", get(health))
+        .route("/metrics", get(crate::metrics::metrics))
         .fallback(|| async { ServerError::NoSuchRoute })
         .with_state(state)
 }
 
-/// `/_health` and `/metrics`, which every process that listens serves.
-fn probe_routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/_health", get(health))
-        .route("/metrics", get(crate::metrics::metrics))
+/// Lets `/metrics` on the public listener through only with
+/// `Authorization: Bearer <metrics-token>`.
+async fn require_metrics_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let expected = state.config.metrics_token.as_deref().unwrap_or_default();
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if expected.is_empty() || !same_secret(presented.as_bytes(), expected.as_bytes()) {
+        return Err(ServerError::Unauthenticated);
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /_health`: `OK` when the database answers, else 503. Load
