@@ -5,6 +5,7 @@
 //! the tests really ran against Nix and the real server.
 
 pub mod backend;
+pub mod bombs;
 pub mod client;
 pub mod hostile;
 pub mod nix;
