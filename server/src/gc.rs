@@ -583,39 +583,39 @@ impl<'a> Collector<'a> {
                 self.settle_reads().await;
                 usage = self.database.cache_usage(cache.id).await?;
             }
+            let mut stalled = 0;
             while usage > quota {
-                let mut why = Removal::Evicted;
-                let mut page = self.database.evictable_objects(cache.id, PAGE).await?;
-                if page.is_empty() {
+                let page = self.database.evictable_objects(cache.id, PAGE).await?;
+                let (evict, why) = if page.is_empty() {
                     // Every path left is referenced by another: a cycle,
                     // which real store paths cannot form (only forged
                     // references do). Break it at its least recently read
                     // path rather than let the cache exceed its quota.
-                    page = self.database.least_recent_objects(cache.id, 1).await?;
-                    why = Removal::EvictedFromCycle;
-                    if let Some(object) = page.first() {
-                        tracing::warn!(
-                            cache = cache.name,
-                            object = object.id,
-                            "every path of an over-quota cache is referenced by another: \
-                             evicting the least recently read of a reference cycle"
-                        );
-                    }
-                }
-                if page.is_empty() {
-                    break;
-                }
-                let mut evict: Vec<LruObject> = Vec::new();
-                for object in page {
-                    if usage <= quota {
-                        break;
-                    }
+                    let page = self.database.least_recent_objects(cache.id, 1).await?;
+                    let Some(object) = page.first() else { break };
+                    tracing::warn!(
+                        cache = cache.name,
+                        object = object.id,
+                        "every path of an over-quota cache is referenced by another: \
+                         evicting the least recently read of a reference cycle"
+                    );
                     usage -= object.file_size;
-                    evict.push(object);
-                }
+                    (page, Removal::EvictedFromCycle)
+                } else {
+                    let evict = self
+                        .in_eviction_order(cache.id, page, &mut usage, quota)
+                        .await?;
+                    (evict, Removal::Evicted)
+                };
                 let removed = self.database.remove_objects(cache.id, &evict, why).await?;
                 self.report.objects_evicted += removed.paths;
                 self.count_removed(removed);
+                stalled = if removed.paths == 0 { stalled + 1 } else { 0 };
+                if stalled > 3 {
+                    // Each listing was read or referenced again before
+                    // its eviction: leave the cache to the next run.
+                    break;
+                }
                 if removed.paths < evict.len() as u64 {
                     // Some were read, pushed again or newly referenced
                     // meanwhile and stay: count again rather than trust
@@ -626,6 +626,51 @@ impl<'a> Collector<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Of a page of evictable paths (least recently used first), the
+    /// prefix to evict now: while the cache is over its quota, and only
+    /// while no path that evicting the chosen ones could make evictable was
+    /// used before the next: such a path, once evictable, comes first in
+    /// least-recently-used order, so the next page decides. `usage` is
+    /// lowered by what the chosen ones weigh.
+    async fn in_eviction_order(
+        &self,
+        cache_id: i64,
+        page: Vec<crate::database::EvictableObject>,
+        usage: &mut i64,
+        quota: i64,
+    ) -> Result<Vec<LruObject>, GcError> {
+        let mut referenced: Vec<String> = page
+            .iter()
+            .flat_map(|candidate| candidate.references.iter().cloned())
+            .collect();
+        referenced.sort_unstable();
+        referenced.dedup();
+        let last_use: std::collections::HashMap<String, (i64, i64)> = self
+            .database
+            .last_use_of_paths(cache_id, &referenced)
+            .await?
+            .into_iter()
+            .map(|(path, last_used, id)| (path, (last_used, id)))
+            .collect();
+        // The earliest (last use, id) among what the chosen reference.
+        let mut horizon: Option<(i64, i64)> = None;
+        let mut evict = Vec::new();
+        for candidate in page {
+            let object = candidate.object;
+            if *usage <= quota || horizon.is_some_and(|h| h < (object.last_used, object.id)) {
+                break;
+            }
+            *usage -= object.file_size;
+            evict.push(object);
+            for reference in &candidate.references {
+                if let Some(&used) = last_use.get(reference) {
+                    horizon = Some(horizon.map_or(used, |h| h.min(used)));
+                }
+            }
+        }
+        Ok(evict)
     }
 
     async fn destroyed_caches(&mut self) -> Result<(), GcError> {

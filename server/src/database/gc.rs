@@ -39,6 +39,16 @@ pub struct LruObject {
     pub last_used: i64,
 }
 
+/// A path a quota may evict, with what it references (itself left out):
+/// evicting it may make those evictable in turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictableObject {
+    /// The path.
+    pub object: LruObject,
+    /// Full store paths it references, other than itself.
+    pub references: Vec<String>,
+}
+
 /// Why listed objects are being removed: what the deleting statement
 /// re-checks, so that a path read, pushed or newly referenced since it was
 /// listed stays.
@@ -274,7 +284,8 @@ impl Database {
             .await
     }
 
-    /// Stored bytes of a cache's paths' NARs.
+    /// Stored bytes of a cache: its paths' NARs, its build logs and the NARs
+    /// staged for it.
     pub async fn cache_usage(&self, cache_id: i64) -> Result<i64, DbErr> {
         #[derive(FromQueryResult)]
         struct Usage {
@@ -290,6 +301,36 @@ impl Database {
                 "bytes",
             )
             .filter(object::Column::CacheId.eq(cache_id))
+            .into_model::<Usage>()
+            .one(&self.conn)
+            .await?;
+        let paths = usage.and_then(|u| u.bytes).unwrap_or(0);
+        Ok(paths + self.log_usage(cache_id).await? + self.staged_usage(cache_id).await?)
+    }
+
+    /// Stored bytes of the NARs `nix copy` staged for a cache and no
+    /// narinfo has claimed yet: the uploader's, until claimed or reclaimed.
+    async fn staged_usage(&self, cache_id: i64) -> Result<i64, DbErr> {
+        #[derive(FromQueryResult)]
+        struct Usage {
+            bytes: Option<i64>,
+        }
+        let usage = staged_nar::Entity::find()
+            .select_only()
+            .join(
+                JoinType::InnerJoin,
+                staged_nar::Entity::belongs_to(nar::Entity)
+                    .from(staged_nar::Column::NarId)
+                    .to(nar::Column::Id)
+                    .into(),
+            )
+            .expr_as(
+                Expr::col((nar::Entity, nar::Column::FileSize))
+                    .sum()
+                    .cast_as(Alias::new("BIGINT")),
+                "bytes",
+            )
+            .filter(staged_nar::Column::CacheId.eq(cache_id))
             .into_model::<Usage>()
             .one(&self.conn)
             .await?;
@@ -311,17 +352,72 @@ impl Database {
 
     /// A page of the objects a quota may evict: those no other path of the
     /// cache references (the roots of its reference graph), least recently
-    /// read first.
+    /// read first, each with the paths it references.
     pub async fn evictable_objects(
         &self,
         cache_id: i64,
         limit: u64,
-    ) -> Result<Vec<LruObject>, DbErr> {
-        Self::lru_page(cache_id, limit)
+    ) -> Result<Vec<EvictableObject>, DbErr> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: i64,
+            nar_id: i64,
+            file_size: i64,
+            last_used: i64,
+            store_path: String,
+            references: String,
+        }
+        let rows = Self::lru_page(cache_id, limit)
+            .column(object::Column::StorePath)
+            .column(object::Column::References)
             .filter(referenced_by_no_other_path(self.backend(), cache_id))
-            .into_model::<LruObject>()
+            .into_model::<Row>()
             .all(&self.conn)
-            .await
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let references: Vec<String> =
+                    serde_json::from_str(&row.references).map_err(|e| {
+                        DbErr::Custom(format!("object {} has bad references: {e}", row.id))
+                    })?;
+                Ok(EvictableObject {
+                    object: LruObject {
+                        id: row.id,
+                        nar_id: row.nar_id,
+                        file_size: row.file_size,
+                        last_used: row.last_used,
+                    },
+                    references: references
+                        .into_iter()
+                        .filter(|r| *r != row.store_path)
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Of these store paths, those a cache holds, each with when it was
+    /// last used and its object's id (the eviction order's tie-break).
+    pub async fn last_use_of_paths(
+        &self,
+        cache_id: i64,
+        store_paths: &[String],
+    ) -> Result<Vec<(String, i64, i64)>, DbErr> {
+        let mut found = Vec::new();
+        for batch in store_paths.chunks(super::BATCH) {
+            let rows: Vec<(String, i64, i64)> = object::Entity::find()
+                .select_only()
+                .column(object::Column::StorePath)
+                .column_as(Expr::cust(OBJECT_LAST_USED), "last_used")
+                .column(object::Column::Id)
+                .filter(object::Column::CacheId.eq(cache_id))
+                .filter(object::Column::StorePath.is_in(batch.iter().cloned()))
+                .into_tuple()
+                .all(&self.conn)
+                .await?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Removes these objects of a cache, as one of the listings above gave
@@ -865,6 +961,16 @@ mod tests {
         push_referencing(database, cache, n, created_at, &[]).await
     }
 
+    async fn roots(database: &Database, cache: i64) -> Vec<LruObject> {
+        database
+            .evictable_objects(cache, 10)
+            .await
+            .expect("roots")
+            .into_iter()
+            .map(|e| e.object)
+            .collect()
+    }
+
     fn ids(objects: &[LruObject]) -> Vec<i64> {
         objects.iter().map(|o| o.id).collect()
     }
@@ -878,7 +984,7 @@ mod tests {
         let older = push(&database, cache, 2, 500).await;
         let newest = push(&database, cache, 3, 2_000).await;
 
-        let page = database.evictable_objects(cache, 2).await.expect("page");
+        let page = roots(&database, cache).await[..2].to_vec();
         assert_eq!(
             page.iter().map(|o| (o.id, o.last_used)).collect::<Vec<_>>(),
             [(older, 500), (old, 1_000)]
@@ -920,11 +1026,26 @@ mod tests {
         let unrelated = push(&database, cache, 4, 2_500).await;
         push_referencing(&database, other_cache, 5, 100, &[3]).await;
 
-        let page = database.evictable_objects(cache, 10).await.expect("page");
+        let page = roots(&database, cache).await;
         assert_eq!(
             ids(&page),
             [unrelated, top],
             "the leaf is least recently used, yet referenced"
+        );
+        let listed = database.evictable_objects(cache, 10).await.expect("roots");
+        assert_eq!(
+            listed[1].references,
+            [store_path(2), store_path(3)],
+            "what the top references, itself left out"
+        );
+        let mut uses = database
+            .last_use_of_paths(cache, &listed[1].references)
+            .await
+            .expect("uses");
+        uses.sort();
+        assert_eq!(
+            uses,
+            [(store_path(2), 2_000, middle), (store_path(3), 1_000, leaf)]
         );
 
         let removed = database
@@ -932,13 +1053,13 @@ mod tests {
             .await
             .expect("evict top");
         assert_eq!(removed.paths, 1);
-        let page = database.evictable_objects(cache, 10).await.expect("page");
+        let page = roots(&database, cache).await;
         assert_eq!(ids(&page), [middle, unrelated], "the middle is a root now");
         database
             .remove_objects(cache, &page[..1], Removal::Evicted)
             .await
             .expect("evict middle");
-        let page = database.evictable_objects(cache, 10).await.expect("page");
+        let page = roots(&database, cache).await;
         assert_eq!(ids(&page), [leaf, unrelated]);
     }
 
@@ -950,7 +1071,7 @@ mod tests {
         let database = database(&dir).await;
         let cache = new_cache(&database, "c").await;
         let dependency = push(&database, cache, 1, 1_000).await;
-        let page = database.evictable_objects(cache, 10).await.expect("page");
+        let page = roots(&database, cache).await;
         assert_eq!(ids(&page), [dependency]);
         push_referencing(&database, cache, 2, 2_000, &[1]).await;
         let removed = database

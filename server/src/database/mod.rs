@@ -11,7 +11,8 @@ mod metrics;
 mod store;
 
 pub use gc::{
-    CompactionCandidate, LruObject, MovedChunk, PacksAwaitingDeletion, Removal, RemovedPaths,
+    CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
+    RemovedPaths,
 };
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
