@@ -606,3 +606,259 @@ async fn a_collector_asked_to_listen_serves_health_and_its_metrics() {
     }
     panic!("no completed run in the collector's metrics:\n{metrics}");
 }
+
+/// Whether `cache` holds `path`, asked of the database so that asking is
+/// not a read that changes what is least recently used.
+async fn holds(server: &TestServer, cache: &str, path: &str) -> bool {
+    server
+        .count(&format!(
+            "SELECT COUNT(*) FROM object WHERE store_path_hash = '{}' AND cache_id = \
+             (SELECT id FROM cache WHERE name = '{cache}')",
+            path_hash(path)
+        ))
+        .await
+        == 1
+}
+
+/// Stored bytes of a cache's paths, as its settings report them.
+async fn used_bytes(api: &Api, token: &str, cache: &str) -> u64 {
+    let config: serde_json::Value = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/_api/v1/cache-config/{cache}"),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    config["used_bytes"].as_u64().expect("used_bytes")
+}
+
+/// A quota evicts from the roots of the cache's reference graph: the leaf
+/// of a real Nix closure is its least recently used path, yet its parents
+/// reference it, so the top goes first, then the middle, and only then the
+/// leaf. After each collection every path left substitutes with its whole
+/// closure from the cache alone.
+#[tokio::test]
+async fn a_quota_evicts_from_the_roots_so_every_path_left_substitutes() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "q", true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 300_000);
+    let [leaf, middle, top] = [0, 1, 2].map(|i| closure.paths[i].clone());
+    // Leaf first, as `nix copy` pushes: the leaf is the least recently used.
+    for path in &closure.paths {
+        api.push_path(token, "q", path).await;
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let unrelated = store_path(&[("f", &noise(20_000, 90))]);
+    api.push_path(token, "q", &unrelated).await;
+
+    // One byte over: one path must go, and only the top may.
+    let used = used_bytes(&api, token, "q").await;
+    api.configure(token, "q", json!({"quota": {"Bytes": used - 1}}))
+        .await;
+    let report = gc(&server);
+    assert!(report.contains("1 evicted"), "{report}");
+    assert!(!holds(&server, "q", &top).await, "the top stayed");
+    for path in [&leaf, &middle, &unrelated] {
+        assert!(holds(&server, "q", path).await, "{path} was evicted");
+    }
+
+    // Room for little more than the unrelated path: the closure goes, from
+    // the middle down to the leaf; the unrelated path, used last, stays.
+    api.configure(token, "q", json!({"quota": {"Bytes": 30_000}}))
+        .await;
+    let report = gc(&server);
+    assert!(report.contains("2 evicted"), "{report}");
+    assert!(!holds(&server, "q", &middle).await);
+    assert!(!holds(&server, "q", &leaf).await);
+    assert!(holds(&server, "q", &unrelated).await);
+    assert_nothing_orphaned(&server).await;
+    let key = api.public_key(token, "q").await;
+    nix::delete(&[top.clone(), middle.clone(), leaf.clone()]);
+    all_substitute(&server, "q", &key, &[unrelated]);
+}
+
+/// The first eviction of the test above, substituted: with only the top
+/// evicted, the middle (which needs the leaf) and the leaf substitute from
+/// the cache, every remaining path with its whole closure.
+#[tokio::test]
+async fn after_eviction_every_remaining_path_substitutes_with_its_closure() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "q", true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 300_000);
+    for path in &closure.paths {
+        api.push_path(token, "q", path).await;
+    }
+    let used = used_bytes(&api, token, "q").await;
+    api.configure(token, "q", json!({"quota": {"Bytes": used - 1}}))
+        .await;
+    let report = gc(&server);
+    assert!(report.contains("1 evicted"), "{report}");
+    let remaining: Vec<String> = closure.paths[..2].to_vec();
+    nix::delete(&[closure.top().to_owned()]);
+    let key = api.public_key(token, "q").await;
+    all_substitute(&server, "q", &key, &remaining);
+}
+
+/// Retention keeps what a kept path references: the top of a closure read
+/// lately stays, and so do its middle and leaf though nobody read them
+/// within the retention period; an unrelated path as old goes. The read
+/// was made just before `atticadm gc` ran, in the running server, so the
+/// collection also shows it waits for the server's batch of reads.
+#[tokio::test]
+async fn retention_keeps_what_a_path_read_lately_references() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "r", true).await;
+    api.configure(token, "r", json!({"retention_period": {"Period": 2}}))
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 100_000);
+    for path in &closure.paths {
+        api.push_path(token, "r", path).await;
+    }
+    let unrelated = store_path(&[("f", &noise(20_000, 91))]);
+    api.push_path(token, "r", &unrelated).await;
+    std::thread::sleep(Duration::from_millis(3100));
+    assert_eq!(
+        api.status(None, &format!("/r/{}.narinfo", path_hash(closure.top())))
+            .await,
+        reqwest::StatusCode::OK
+    );
+
+    let report = gc(&server);
+    assert!(report.contains("1 expired"), "{report}");
+    assert!(report.contains("kept past retention: 2"), "{report}");
+    assert!(!holds(&server, "r", &unrelated).await);
+    for path in &closure.paths {
+        assert!(holds(&server, "r", path).await, "{path} expired");
+    }
+    let key = api.public_key(token, "r").await;
+    all_substitute(&server, "r", &key, &closure.paths);
+}
+
+/// `atticadm gc`, another process than the server, counts a read the
+/// server made just before it started: the least recently read path goes,
+/// not the one read a moment ago.
+#[tokio::test]
+async fn atticadm_gc_counts_a_read_made_just_before_it() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "q", true).await;
+    let paths: Vec<String> = (0..3)
+        .map(|i| store_path(&[("f", &noise(200_000, 95 + i))]))
+        .collect();
+    for path in &paths {
+        api.push_path(token, "q", path).await;
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let used = used_bytes(&api, token, "q").await;
+    api.configure(token, "q", json!({"quota": {"Bytes": used * 5 / 6}}))
+        .await;
+    // The oldest is read; the collection starts at once.
+    assert_eq!(
+        api.status(None, &format!("/q/{}.narinfo", path_hash(&paths[0])))
+            .await,
+        reqwest::StatusCode::OK
+    );
+    let report = gc(&server);
+    assert!(report.contains("1 evicted"), "{report}");
+    assert!(
+        holds(&server, "q", &paths[0]).await,
+        "the path just read went"
+    );
+    assert!(!holds(&server, "q", &paths[1]).await);
+    assert!(holds(&server, "q", &paths[2]).await);
+}
+
+/// Evicting a path another cache holds frees nothing, and the report says
+/// why rather than only "freed: 0 B".
+#[tokio::test]
+async fn the_report_says_when_evicted_bytes_are_held_by_another_cache() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "small", true).await;
+    api.create_cache(token, "big", true).await;
+    let path = store_path(&[("f", &noise(100_000, 97))]);
+    api.push_path(token, "small", &path).await;
+    api.push_path(token, "big", &path).await;
+    api.configure(token, "small", json!({"quota": {"Bytes": 1}}))
+        .await;
+    let report = gc(&server);
+    assert!(report.contains("1 evicted"), "{report}");
+    assert!(report.contains("freed: 0 B"), "{report}");
+    assert!(
+        report.contains("still held by other paths"),
+        "the report does not say why nothing was freed: {report}"
+    );
+    assert!(holds(&server, "big", &path).await);
+}
+
+/// A destroyed cache is reclaimed in one run: its objects, NARs and chunks
+/// go and its pack is marked at once; only the pack's blob waits for the
+/// grace period, and the report says how much waits and from when. The
+/// next run after the grace period deletes it.
+#[tokio::test]
+async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"1h\"\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "doomed", false).await;
+    let doomed = store_path(&[("f", &noise(300_000, 98))]);
+    api.push_path(token, "doomed", &doomed).await;
+    let response = api
+        .request(
+            reqwest::Method::DELETE,
+            "/_api/v1/cache-config/doomed",
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success());
+
+    let report = gc(&server);
+    assert!(report.contains("1 of destroyed caches"), "{report}");
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM nar").await,
+        0,
+        "{report}"
+    );
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM chunk").await,
+        0,
+        "{report}"
+    );
+    assert!(report.contains("1 marked for deletion"), "{report}");
+    assert!(
+        report.contains("waiting for the grace period (1h)") && report.contains("deletable from"),
+        "{report}"
+    );
+    assert_eq!(server.blob_count(), 1, "deleted within the grace period");
+
+    let config = server.config_path();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
+    std::fs::write(&config, text).expect("write config");
+    let report = gc(&server);
+    assert!(report.contains("1 deleted"), "{report}");
+    assert!(!report.contains("waiting for the grace period"), "{report}");
+    assert_eq!(server.blob_count(), 0);
+    assert_nothing_orphaned(&server).await;
+}
