@@ -130,18 +130,23 @@ fn connect_from(server: &TestServer, source: &str) -> TcpStream {
         .trim_start_matches("http://")
         .parse()
         .expect("address");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("runtime");
-    let stream = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(format!("{source}:0").parse().expect("source"))
-            .expect("bind");
-        socket.connect(address).await.expect("connect")
-    });
-    let stream = stream.into_std().expect("std stream");
+    let source: SocketAddr = format!("{source}:0").parse().expect("source");
+    // std cannot bind before connecting, so tokio's socket does it, on a
+    // thread of its own (the caller may be inside a runtime already).
+    let stream = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(source).expect("bind");
+            let stream = socket.connect(address).await.expect("connect");
+            stream.into_std().expect("std stream")
+        })
+    })
+    .join()
+    .expect("connect thread");
     stream.set_nonblocking(false).expect("blocking");
     stream
         .set_read_timeout(Some(HANG_GUARD))
@@ -198,6 +203,74 @@ fn idle_connections_are_closed_sooner_when_the_cap_is_near() {
         .recv_timeout(HANG_GUARD)
         .expect("an idle kept-alive connection was closed under pressure");
     assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+}
+
+/// GET `path` on a fresh connection from `stream`, claiming to forward
+/// for `forwarded_for`; the status line.
+fn status_forwarded_for(mut stream: TcpStream, path: &str, forwarded_for: &str) -> String {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n"
+    )
+    .expect("request");
+    let reply = String::from_utf8_lossy(&read_until_closed(&mut stream)).into_owned();
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_limited_by_their_forwarded_address() {
+    let server = TestServer::start_with_config(
+        "[http]\nbody-timeout = \"1h\"\nmax-connections-per-address = 2\n\
+         trusted-proxies = [\"127.0.0.1/32\"]\n",
+    );
+    Api::new(&server.url)
+        .create_cache(&server.root_token, "c", false)
+        .await;
+    // The proxy (127.0.0.1) forwards two uploads of one client that stall
+    // mid-body: that client's two requests in flight.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| stalled_upload_forwarded_for(&server, "203.0.113.9"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The proxy's third and later connections are accepted (it is exempt
+    // from the per-address cap); the client's third request is refused.
+    let status = |stream, forwarded_for| status_forwarded_for(stream, "/_health", forwarded_for);
+    assert_eq!(
+        status(connect(&server), "203.0.113.9"),
+        "HTTP/1.1 429 Too Many Requests"
+    );
+    // What a client writes before the proxy's own entry is not believed.
+    assert_eq!(
+        status(connect(&server), "198.51.100.1, 203.0.113.9"),
+        "HTTP/1.1 429 Too Many Requests"
+    );
+    // Other clients of the proxy are served.
+    assert_eq!(status(connect(&server), "203.0.113.10"), "HTTP/1.1 200 OK");
+    // From an address that is not a trusted proxy, the header means nothing.
+    assert_eq!(
+        status(connect_from(&server, "127.0.0.2"), "203.0.113.9"),
+        "HTTP/1.1 200 OK"
+    );
+    drop(held);
+}
+
+/// Like [`stalled_upload`], through a proxy that forwards for `client`.
+fn stalled_upload_forwarded_for(server: &TestServer, client: &str) -> TcpStream {
+    let nar = small_nar();
+    let info = nar_info_for("c", &fake_store_path("stalled"), &nar);
+    let mut stream = connect(server);
+    write!(
+        stream,
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         X-Forwarded-For: {client}\r\n\
+         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
+        server.root_token,
+        serde_json::to_string(&info).expect("json"),
+        nar.len()
+    )
+    .expect("headers");
+    stream.write_all(&nar[..nar.len() / 2]).expect("half");
+    stream
 }
 
 fn small_nar() -> Vec<u8> {

@@ -556,3 +556,71 @@ pub fn raise_open_file_limit() -> u64 {
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits_trusting(proxies: &[&str]) -> HttpConfig {
+        HttpConfig {
+            trusted_proxies: proxies
+                .iter()
+                .map(|p| (*p).to_owned().try_into().expect("a range"))
+                .collect(),
+            ..HttpConfig::default()
+        }
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().expect("a header value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_last_forwarded_address_that_is_not_a_trusted_proxy() {
+        let limits = limits_trusting(&["10.0.0.0/8"]);
+        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
+        let client = |values: &[&str]| forwarded_client(&forwarded(values), proxy, &limits);
+        assert_eq!(
+            client(&["203.0.113.9"]),
+            "203.0.113.9".parse::<IpAddr>().expect("ip")
+        );
+        // Entries before the client's are the client's to write.
+        assert_eq!(
+            client(&["198.51.100.1, 203.0.113.9, 10.0.0.2"]),
+            "203.0.113.9".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            client(&["198.51.100.1", "203.0.113.9"]),
+            "203.0.113.9".parse::<IpAddr>().expect("ip")
+        );
+        // Nothing readable, or only proxies: the proxy itself.
+        assert_eq!(client(&[]), proxy);
+        assert_eq!(client(&["10.0.0.3"]), proxy);
+        assert_eq!(client(&["203.0.113.9, garbage"]), proxy);
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let key = |a: &str| address_key(a.parse().expect("ip"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_limit_until_it_gives_some_back() {
+        let counts = Arc::new(AddressCounts::new(2));
+        let address: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = counts.claim(address).expect("first");
+        let _second = counts.claim(address).expect("second");
+        assert!(counts.claim(address).is_none());
+        assert!(counts.claim("192.0.2.2".parse().expect("ip")).is_some());
+        drop(first);
+        assert!(counts.claim(address).is_some());
+    }
+}
