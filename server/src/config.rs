@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// after it), so it is no larger than real store paths need.
     #[serde(default = "default_max_nar_size")]
     pub max_nar_size: u64,
+    /// Largest build log accepted, uncompressed, in bytes.
+    #[serde(default = "default_max_log_size")]
+    pub max_log_size: u64,
     /// Where metadata lives.
     #[serde(default)]
     pub database: DatabaseConfig,
@@ -321,9 +324,10 @@ fn default_max_connections() -> usize {
     1024
 }
 fn default_max_connections_per_address() -> usize {
-    // Nix opens up to 25 (`http-connections`) per substituter; a few
-    // machines behind one NAT address fit.
-    64
+    // Nix opens up to 25 (`http-connections`) per process, and a CI host
+    // runs several, or several hosts share one NAT address; benchmarks
+    // from one address use 64. Eight such addresses fill the default cap.
+    128
 }
 fn default_probe_connections() -> usize {
     16
@@ -774,6 +778,9 @@ fn default_listen() -> SocketAddr {
 fn default_max_nar_size() -> u64 {
     32 << 30
 }
+fn default_max_log_size() -> u64 {
+    64 << 20
+}
 fn default_nar_size_threshold() -> u64 {
     64 * 1024
 }
@@ -829,6 +836,7 @@ impl ServerConfig {
             allowed_hosts: Vec::new(),
             token_root_key: RootKey::generate().to_config_string(),
             max_nar_size: default_max_nar_size(),
+            max_log_size: default_max_log_size(),
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             chunking: ChunkingConfig::default(),
@@ -979,6 +987,12 @@ impl ServerConfig {
         if self.max_nar_size == 0 {
             return Err(ConfigError::Invalid {
                 key: "max-nar-size",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.max_log_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-log-size",
                 reason: "must be positive".into(),
             });
         }

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod build_log;
 pub mod compressed;
 pub mod config;
 pub mod database;

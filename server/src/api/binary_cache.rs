@@ -18,7 +18,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::nix_upload;
+use super::{build_log, nix_upload};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -42,7 +42,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/{cache}/nar/{file}", get(get_nar).put(nix_upload::put_nar))
         .route(
             "/{cache}/log/{drv}",
-            get(nix_upload::get_log).put(nix_upload::put_log),
+            get(build_log::get_log).put(build_log::put_log),
         )
         .route(
             "/{cache}/{file}",

@@ -3,6 +3,7 @@
 //! [`probe_router`]). The whole route table is [`router`].
 
 pub mod binary_cache;
+pub mod build_log;
 pub mod nix_upload;
 pub mod v1;
 

@@ -10,9 +10,6 @@
 //! narinfo says; only then does the path appear, in one transaction, and
 //! the server signs it with the cache's key like any other. A narinfo alone
 //! never grants content: a NAR another tenant stored must still be sent.
-//!
-//! Build logs (`nix store copy-log --to`, `nix log --store`) live at
-//! `log/<drv>`, compressed, one per derivation and cache.
 
 use std::sync::Arc;
 
@@ -23,10 +20,7 @@ use attic::store_path::StorePath;
 use attic_token::Permission;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncReadExt;
+use axum::http::StatusCode;
 
 use super::v1::upload_path::new_object;
 use super::{cache_name, read_body};
@@ -38,9 +32,6 @@ use crate::ingest::{self, Expect};
 use crate::metrics::Metrics;
 use crate::serve::body_reader;
 use crate::state::AppState;
-
-/// Largest build log taken, uncompressed.
-pub const MAX_LOG_SIZE: u64 = 64 * 1024 * 1024;
 
 /// `PUT /{cache}/nix-cache-info`: Nix writes it when it finds none. The
 /// cache has one already; the write is accepted when it agrees.
@@ -228,80 +219,4 @@ pub async fn put_narinfo(
     state.database.claim_staged(&staged, object).await?;
     state.read_cache.forget_path(cache.id, hash);
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `PUT /{cache}/log/{drv}`: stores a build log, compressed.
-pub async fn put_log(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path((name, drv)): Path<(String, String)>,
-    body: Body,
-) -> ServerResult<StatusCode> {
-    let cache = caller
-        .require_cache(&state, &cache_name(&name)?, Permission::Push)
-        .await?;
-    check_drv(&drv)?;
-    if let Some(encoding) = headers.get(CONTENT_ENCODING)
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(ServerError::UnsupportedMediaType(format!(
-            "logs are taken uncompressed, not as {encoding:?}"
-        )));
-    }
-    let mut body = body_reader(body, state.config.http.body_timeout).take(MAX_LOG_SIZE + 1);
-    let mut log = Vec::new();
-    body.read_to_end(&mut log)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => ServerError::UploadStalled(e),
-            _ => ServerError::UploadInterrupted(e),
-        })?;
-    if log.len() as u64 > MAX_LOG_SIZE {
-        return Err(ServerError::TooLarge(format!(
-            "a build log may be at most {MAX_LOG_SIZE} bytes"
-        )));
-    }
-    let size = log.len() as u64;
-    let level = state.config.compression.level;
-    let data = tokio::task::spawn_blocking(move || zstd::bulk::compress(&log, level))
-        .await
-        .map_err(|e| ServerError::Internal(e.to_string()))?
-        .map_err(|e| ServerError::Internal(e.to_string()))?;
-    state.database.put_log(cache.id, &drv, size, data).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `GET /{cache}/log/{drv}`: a build log.
-pub async fn get_log(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path((name, drv)): Path<(String, String)>,
-) -> ServerResult<Response> {
-    let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
-    check_drv(&drv)?;
-    let log = state
-        .database
-        .find_log(cache.id, &drv)
-        .await?
-        .ok_or(ServerError::NoSuchObject)?;
-    let size = usize::try_from(log.size).unwrap_or(0);
-    let text = tokio::task::spawn_blocking(move || zstd::bulk::decompress(&log.data, size))
-        .await
-        .map_err(|e| ServerError::Internal(e.to_string()))?
-        .map_err(|e| ServerError::Internal(format!("a stored log does not decompress: {e}")))?;
-    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
-}
-
-/// A derivation's file name: a store path base name ending in `.drv`.
-fn check_drv(drv: &str) -> ServerResult<()> {
-    let valid = drv.ends_with(".drv") && StorePath::from_base_name(drv).is_ok();
-    if valid {
-        Ok(())
-    } else {
-        Err(ServerError::bad_request(
-            "InvalidDerivation",
-            format!("{drv:?} is not a derivation's file name (<hash>-<name>.drv)"),
-        ))
-    }
 }

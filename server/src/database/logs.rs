@@ -1,25 +1,62 @@
-//! Build logs, one per (cache, derivation), compressed.
+//! Build logs, one per (cache, derivation): the row says where the log is
+//! stored and how big it is; the bytes live in blob storage (rows written
+//! before logs moved there hold them inline).
 
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
 use super::entity::build_log;
 use super::{Database, now};
 
+/// Where a stored log's compressed bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLocation {
+    /// In a blob of its own: one zstd stream under this storage key.
+    Blob(String),
+    /// In the row, as one zstd frame (logs stored before blobs).
+    Inline(Vec<u8>),
+}
+
+/// A stored build log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// Where it is.
+    pub location: LogLocation,
+}
+
+impl From<build_log::Model> for LogRecord {
+    fn from(row: build_log::Model) -> Self {
+        Self {
+            size: u64::try_from(row.size).unwrap_or(0),
+            location: match row.storage_key {
+                Some(key) => LogLocation::Blob(key),
+                None => LogLocation::Inline(row.data),
+            },
+        }
+    }
+}
+
 impl Database {
-    /// Stores (or replaces) a derivation's log in a cache.
+    /// Records (or replaces) a derivation's log in a cache, stored under
+    /// `storage_key`. A replaced log's blob is left to the orphan sweep,
+    /// so a reader streaming it finishes.
     pub async fn put_log(
         &self,
         cache_id: i64,
         drv: &str,
         size: u64,
-        data: Vec<u8>,
+        stored_size: u64,
+        storage_key: &str,
     ) -> Result<(), DbErr> {
         let row = build_log::ActiveModel {
             cache_id: Set(cache_id),
             drv: Set(drv.to_owned()),
             size: Set(size as i64),
-            data: Set(data),
+            data: Set(Vec::new()),
+            storage_key: Set(Some(storage_key.to_owned())),
+            stored_size: Set(stored_size as i64),
             created_at: Set(now()),
             ..Default::default()
         };
@@ -29,6 +66,8 @@ impl Database {
                     .update_columns([
                         build_log::Column::Size,
                         build_log::Column::Data,
+                        build_log::Column::StorageKey,
+                        build_log::Column::StoredSize,
                         build_log::Column::CreatedAt,
                     ])
                     .to_owned(),
@@ -39,15 +78,46 @@ impl Database {
     }
 
     /// A derivation's log in a cache.
-    pub async fn find_log(
-        &self,
-        cache_id: i64,
-        drv: &str,
-    ) -> Result<Option<build_log::Model>, DbErr> {
-        build_log::Entity::find()
+    pub async fn find_log(&self, cache_id: i64, drv: &str) -> Result<Option<LogRecord>, DbErr> {
+        Ok(build_log::Entity::find()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .filter(build_log::Column::Drv.eq(drv))
             .one(&self.conn)
-            .await
+            .await?
+            .map(LogRecord::from))
+    }
+
+    /// Stored bytes of a cache's build logs.
+    pub async fn log_usage(&self, cache_id: i64) -> Result<i64, DbErr> {
+        let total: Option<Option<i64>> = build_log::Entity::find()
+            .select_only()
+            .expr(
+                Expr::col(build_log::Column::StoredSize)
+                    .sum()
+                    .cast_as(Alias::new("BIGINT")),
+            )
+            .filter(build_log::Column::CacheId.eq(cache_id))
+            .into_tuple()
+            .one(&self.conn)
+            .await?;
+        Ok(total.flatten().unwrap_or(0))
+    }
+
+    /// Of `keys` (blobs under the log prefix), those a log row names, for
+    /// the orphan sweep.
+    pub async fn log_keys_in_use(&self, keys: &[String]) -> Result<Vec<String>, DbErr> {
+        let mut in_use = Vec::new();
+        // Bounded statements: a listing may hold many keys.
+        for batch in keys.chunks(500) {
+            let rows: Vec<Option<String>> = build_log::Entity::find()
+                .select_only()
+                .column(build_log::Column::StorageKey)
+                .filter(build_log::Column::StorageKey.is_in(batch.iter().cloned()))
+                .into_tuple()
+                .all(&self.conn)
+                .await?;
+            in_use.extend(rows.into_iter().flatten());
+        }
+        Ok(in_use)
     }
 }

@@ -15,8 +15,13 @@ pub struct Model {
     pub drv: String,
     /// Uncompressed bytes.
     pub size: i64,
-    /// The log, one zstd frame.
+    /// The log as one zstd frame, for rows written before logs moved to
+    /// blob storage; empty when `storage_key` is set.
     pub data: Vec<u8>,
+    /// The blob holding the log (one zstd stream), `logs/<2 hex>/<32 hex>`.
+    pub storage_key: Option<String>,
+    /// Bytes the log takes where it is stored, counted in the cache's usage.
+    pub stored_size: i64,
     /// Unix seconds.
     pub created_at: i64,
 }
