@@ -97,22 +97,28 @@ fn connections_past_the_cap_answer_only_probes() {
         "[http]\nheader-timeout = \"1h\"\nmax-connections = 4\nprobe-connections = 2\n\
          idle-timeout-under-pressure = \"1h\"\n",
     );
-    // Four silent clients take every slot (each accepted once the server
-    // gets to it: give it a moment).
+    // Four silent clients take every slot, and two more every probe slot
+    // (each accepted once the server gets to it, in order).
     let held: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
-    std::thread::sleep(Duration::from_millis(300));
-    // Past the cap, probes are still answered, and nothing else is.
-    assert!(health(&server), "/_health past the cap");
-    let refused = get(&server, "/_api/v1/cache-config/c");
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
-    assert!(refused.contains("Overloaded"), "{refused}");
-    // Once the probe connections are taken too, more are closed unanswered.
     let probes: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
-    std::thread::sleep(Duration::from_millis(300));
     let mut over = connect(&server);
     let got = read_until_closed(&mut over);
     assert!(got.is_empty(), "a seventh connection is closed unanswered");
-    drop((held, probes));
+    // Once the probe slots are free again, probes are answered past the
+    // cap (the server may take a moment to see the two leave).
+    drop(probes);
+    let started = Instant::now();
+    while !health(&server) {
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "/_health never answered past the cap"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And nothing else is.
+    let refused = get(&server, "/_api/v1/cache-config/c");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("Overloaded"), "{refused}");
     let metrics = get_from(&server.metrics_url, "/metrics");
     assert!(
         metrics
@@ -120,6 +126,7 @@ fn connections_past_the_cap_answer_only_probes() {
             .any(|l| l.starts_with("attic_connections_refused_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    drop(held);
 }
 
 /// Connects from `source` (a loopback address other than 127.0.0.1 is
@@ -231,14 +238,18 @@ async fn clients_behind_a_trusted_proxy_are_limited_by_their_forwarded_address()
     let held: Vec<TcpStream> = (0..2)
         .map(|_| stalled_upload_forwarded_for(&server, "203.0.113.9"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
     // The proxy's third and later connections are accepted (it is exempt
-    // from the per-address cap); the client's third request is refused.
+    // from the per-address cap); the client's third request is refused
+    // (once the server has read the two uploads' headers).
     let status = |stream, forwarded_for| status_forwarded_for(stream, "/_health", forwarded_for);
-    assert_eq!(
-        status(connect(&server), "203.0.113.9"),
-        "HTTP/1.1 429 Too Many Requests"
-    );
+    let started = Instant::now();
+    while status(connect(&server), "203.0.113.9") != "HTTP/1.1 429 Too Many Requests" {
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "a third request forwarded for one client was never refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // What a client writes before the proxy's own entry is not believed.
     assert_eq!(
         status(connect(&server), "198.51.100.1, 203.0.113.9"),
