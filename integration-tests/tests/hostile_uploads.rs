@@ -64,6 +64,94 @@ async fn an_xz_nar_whose_dictionary_needs_gigabytes_is_refused_at_its_header() {
     assert_eq!(staged(&server).await, before, "nothing staged");
 }
 
+/// Writes into a channel, for a request body generated as it is sent.
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(data)))
+            .map_err(|_| std::io::Error::other("the request ended"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A request body: a NAR of `size` zeros as xz asking for a 1.5 GiB
+/// dictionary, generated as it is sent.
+fn streamed_xz_bomb(size: u64) -> reqwest::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let out = std::io::BufWriter::with_capacity(1 << 16, ChannelWriter(sender));
+        let _ = integration_tests::bombs::write_xz_with_dictionary(
+            integration_tests::bombs::zeros_nar(size),
+            integration_tests::bombs::dictionary_byte(1536 << 20),
+            out,
+        );
+    });
+    reqwest::Body::wrap_stream(futures::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|piece| (piece, receiver)) },
+    ))
+}
+
+/// Three xz NARs at once, each asking for a 1.5 GiB dictionary and
+/// holding 48 MiB to fill it with: the server's peak memory grows by less
+/// than one of them would take to decode.
+#[tokio::test]
+async fn concurrent_xz_dictionary_bombs_cost_the_server_no_memory() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "c", false).await;
+    let nar = NarNode::Regular {
+        executable: false,
+        contents: noise(1 << 20, 9),
+    }
+    .to_nar();
+    let (status, body) = put_nar(
+        &api,
+        &token,
+        zstd::encode_all(&nar[..], 3).expect("zstd"),
+        ".zst",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let before = server.peak_rss_kib();
+    let size = 48u64 << 20;
+    let uploads: Vec<_> = (0..3)
+        .map(|_| {
+            let (api, token) = (api.clone(), token.clone());
+            tokio::spawn(async move {
+                // Named by a hash it does not have: it is refused first.
+                let file = format!("{}.nar.xz", "0".repeat(52));
+                reply(
+                    api.request(Method::PUT, &format!("/c/nar/{file}"), Some(&token))
+                        .body(streamed_xz_bomb(size))
+                        .send()
+                        .await
+                        .expect("request"),
+                )
+                .await
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let (status, body) = upload.await.expect("the upload task");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "XzDictionaryTooLarge", "{body}");
+    }
+    let after = server.peak_rss_kib();
+    eprintln!("atticd peak RSS: {before} KiB before, {after} KiB after three xz dictionary bombs");
+    assert!(
+        after - before < size / 1024,
+        "peak RSS grew from {before} to {after} KiB"
+    );
+}
+
 #[tokio::test]
 async fn a_nix_copy_nar_that_expands_like_a_bomb_is_refused() {
     let server = TestServer::start();
