@@ -38,6 +38,7 @@
 //! retention or quota decision a run waits out one such interval (and a
 //! second for the write itself), so every read made before the run began
 //! counts, whichever process collects.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -48,7 +49,7 @@ use thiserror::Error;
 
 use crate::config::GcConfig;
 use crate::database::entity::StoredCompression;
-use crate::database::{Database, LruObject, MovedChunk, Removal, RemovedPaths};
+use crate::database::{Database, EvictableObject, LruObject, MovedChunk, Removal, RemovedPaths};
 use crate::pack::StoredChecksum;
 use crate::pack::read::{ReadError, read_run, runs};
 use crate::pack::write::PackWriter;
@@ -570,9 +571,10 @@ impl<'a> Collector<'a> {
     }
 
     /// Evicts from each over-quota cache the least recently read of the
-    /// paths no other path of the cache references, a page at a time, until
-    /// the cache fits. Evicting a page's roots can make their references
-    /// roots: they are candidates from the next page on.
+    /// paths no other path of the cache references, until the cache fits.
+    /// Evicting a path can let what it references go in turn: such a path,
+    /// if read before the next root, goes before it (see
+    /// [`Collector::plan_evictions`]).
     async fn enforce_quotas(&mut self) -> Result<(), GcError> {
         for cache in self.database.all_caches().await? {
             let Some(quota) = cache.quota.filter(|_| cache.deleted_at.is_none()) else {
@@ -586,7 +588,7 @@ impl<'a> Collector<'a> {
             let mut stalled = 0;
             while usage > quota {
                 let page = self.database.evictable_objects(cache.id, PAGE).await?;
-                let (evict, why) = if page.is_empty() {
+                let (waves, why) = if page.is_empty() {
                     // Every path left is referenced by another: a cycle,
                     // which real store paths cannot form (only forged
                     // references do). Break it at its least recently read
@@ -599,78 +601,152 @@ impl<'a> Collector<'a> {
                         "every path of an over-quota cache is referenced by another: \
                          evicting the least recently read of a reference cycle"
                     );
-                    usage -= object.file_size;
-                    (page, Removal::EvictedFromCycle)
+                    (vec![page], Removal::EvictedFromCycle)
                 } else {
-                    let evict = self
-                        .in_eviction_order(cache.id, page, &mut usage, quota)
-                        .await?;
-                    (evict, Removal::Evicted)
+                    let waves = self.plan_evictions(cache.id, page, usage, quota).await?;
+                    (waves, Removal::Evicted)
                 };
-                let removed = self.database.remove_objects(cache.id, &evict, why).await?;
-                self.report.objects_evicted += removed.paths;
-                self.count_removed(removed);
-                stalled = if removed.paths == 0 { stalled + 1 } else { 0 };
+                let mut evicted = 0;
+                // Referrers before what they reference: each statement
+                // re-checks that nothing left references what it removes.
+                for wave in waves {
+                    for batch in wave.chunks(PAGE as usize) {
+                        let removed = self.database.remove_objects(cache.id, batch, why).await?;
+                        evicted += removed.paths;
+                        self.report.objects_evicted += removed.paths;
+                        self.count_removed(removed);
+                        self.renew().await?;
+                    }
+                }
+                stalled = if evicted == 0 { stalled + 1 } else { 0 };
                 if stalled > 3 {
-                    // Each listing was read or referenced again before
-                    // its eviction: leave the cache to the next run.
+                    // Each plan was read, pushed or referenced again
+                    // before its eviction: leave the cache to the next run.
                     break;
                 }
-                if removed.paths < evict.len() as u64 {
-                    // Some were read, pushed again or newly referenced
-                    // meanwhile and stay: count again rather than trust
-                    // the estimate.
-                    usage = self.database.cache_usage(cache.id).await?;
-                }
-                self.renew().await?;
+                usage = self.database.cache_usage(cache.id).await?;
             }
         }
         Ok(())
     }
 
-    /// Of a page of evictable paths (least recently used first), the
-    /// prefix to evict now: while the cache is over its quota, and only
-    /// while no path that evicting the chosen ones could make evictable was
-    /// used before the next: such a path, once evictable, comes first in
-    /// least-recently-used order, so the next page decides. `usage` is
-    /// lowered by what the chosen ones weigh.
-    async fn in_eviction_order(
+    /// Plans, from a page of roots (least recently read first), which
+    /// paths to evict, in exactly least-recently-read order among the paths
+    /// that may go at each moment, until the cache would fit: evicting a
+    /// root may let the paths only it references go, and one read before
+    /// the next root goes before it.
+    ///
+    /// Below the page, the paths its roots reference are looked up level
+    /// by level (one pass over the cache's references per level, however
+    /// many paths), each with how many paths of the cache reference it; at
+    /// most `PLAN_LIMIT` of them, so memory stays bounded. The order is then
+    /// worked out in memory. It stops where a root beyond the page could
+    /// come first, or where a path's references were not looked up: the
+    /// next listing carries on.
+    ///
+    /// Returns the paths in waves: no path references one of its own wave
+    /// or a later one, so evicting wave by wave never removes a path while
+    /// one referencing it remains.
+    async fn plan_evictions(
         &self,
         cache_id: i64,
-        page: Vec<crate::database::EvictableObject>,
-        usage: &mut i64,
+        page: Vec<EvictableObject>,
+        mut usage: i64,
         quota: i64,
-    ) -> Result<Vec<LruObject>, GcError> {
-        let mut referenced: Vec<String> = page
+    ) -> Result<Vec<Vec<LruObject>>, GcError> {
+        const PLAN_LIMIT: usize = 20_000;
+        struct Below {
+            object: EvictableObject,
+            referrers: i64,
+            wave: usize,
+        }
+        let key = |o: &LruObject| (o.last_used, o.id);
+        // Roots past the page may come before anything past its last.
+        let frontier = match page.last() {
+            Some(last) if page.len() as u64 >= PAGE => key(&last.object),
+            _ => (i64::MAX, i64::MAX),
+        };
+        let mut below: HashMap<String, Below> = HashMap::new();
+        let mut outside: HashSet<String> = HashSet::new();
+        let mut level: Vec<String> = page
             .iter()
-            .flat_map(|candidate| candidate.references.iter().cloned())
+            .flat_map(|root| root.references.iter().cloned())
             .collect();
-        referenced.sort_unstable();
-        referenced.dedup();
-        let last_use: std::collections::HashMap<String, (i64, i64)> = self
-            .database
-            .last_use_of_paths(cache_id, &referenced)
-            .await?
-            .into_iter()
-            .map(|(path, last_used, id)| (path, (last_used, id)))
-            .collect();
-        // The earliest (last use, id) among what the chosen reference.
-        let mut horizon: Option<(i64, i64)> = None;
-        let mut evict = Vec::new();
-        for candidate in page {
-            let object = candidate.object;
-            if *usage <= quota || horizon.is_some_and(|h| h < (object.last_used, object.id)) {
-                break;
+        level.sort_unstable();
+        level.dedup();
+        while !level.is_empty() && below.len() < PLAN_LIMIT {
+            let found = self.database.objects_at_paths(cache_id, &level).await?;
+            let counts: HashMap<String, i64> = self
+                .database
+                .referrer_counts(cache_id, &level)
+                .await?
+                .into_iter()
+                .collect();
+            let mut next = Vec::new();
+            for object in found {
+                next.extend(object.references.iter().cloned());
+                let referrers = counts.get(&object.store_path).copied().unwrap_or(0);
+                below.insert(
+                    object.store_path.clone(),
+                    Below {
+                        object,
+                        referrers,
+                        wave: 0,
+                    },
+                );
             }
-            *usage -= object.file_size;
-            evict.push(object);
-            for reference in &candidate.references {
-                if let Some(&used) = last_use.get(reference) {
-                    horizon = Some(horizon.map_or(used, |h| h.min(used)));
+            for path in level {
+                if !below.contains_key(&path) {
+                    // Not in this cache (or gone meanwhile).
+                    outside.insert(path);
                 }
             }
+            next.retain(|p| !below.contains_key(p) && !outside.contains(p));
+            next.sort_unstable();
+            next.dedup();
+            level = next;
         }
-        Ok(evict)
+        let unknown: HashSet<String> = level.into_iter().collect();
+
+        let mut queue: BTreeMap<(i64, i64), (EvictableObject, usize)> = page
+            .into_iter()
+            .map(|root| (key(&root.object), (root, 0)))
+            .collect();
+        let mut waves: Vec<Vec<LruObject>> = Vec::new();
+        while usage > quota {
+            let Some(entry) = queue.first_entry() else {
+                break;
+            };
+            if *entry.key() > frontier {
+                break;
+            }
+            let (object, wave) = entry.remove();
+            usage -= object.object.file_size;
+            if waves.len() <= wave {
+                waves.resize_with(wave + 1, Vec::new);
+            }
+            waves[wave].push(object.object);
+            let mut unexplored = false;
+            for reference in &object.references {
+                unexplored |= unknown.contains(reference);
+                let Some(node) = below.get_mut(reference) else {
+                    continue;
+                };
+                node.referrers -= 1;
+                node.wave = node.wave.max(wave + 1);
+                if node.referrers <= 0
+                    && let Some(node) = below.remove(reference)
+                {
+                    queue.insert(key(&node.object.object), (node.object, node.wave));
+                }
+            }
+            if unexplored {
+                // What this path alone references was not looked up, and
+                // may come next: the next listing decides.
+                break;
+            }
+        }
+        Ok(waves)
     }
 
     async fn destroyed_caches(&mut self) -> Result<(), GcError> {

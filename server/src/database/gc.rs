@@ -45,8 +45,42 @@ pub struct LruObject {
 pub struct EvictableObject {
     /// The path.
     pub object: LruObject,
+    /// Its full store path.
+    pub store_path: String,
     /// Full store paths it references, other than itself.
     pub references: Vec<String>,
+}
+
+#[derive(FromQueryResult)]
+struct EvictableRow {
+    id: i64,
+    nar_id: i64,
+    file_size: i64,
+    last_used: i64,
+    store_path: String,
+    references: String,
+}
+
+impl TryFrom<EvictableRow> for EvictableObject {
+    type Error = DbErr;
+
+    fn try_from(row: EvictableRow) -> Result<Self, DbErr> {
+        let references: Vec<String> = serde_json::from_str(&row.references)
+            .map_err(|e| DbErr::Custom(format!("object {} has bad references: {e}", row.id)))?;
+        Ok(Self {
+            object: LruObject {
+                id: row.id,
+                nar_id: row.nar_id,
+                file_size: row.file_size,
+                last_used: row.last_used,
+            },
+            references: references
+                .into_iter()
+                .filter(|r| *r != row.store_path)
+                .collect(),
+            store_path: row.store_path,
+        })
+    }
 }
 
 /// Why listed objects are being removed: what the deleting statement
@@ -358,66 +392,94 @@ impl Database {
         cache_id: i64,
         limit: u64,
     ) -> Result<Vec<EvictableObject>, DbErr> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            id: i64,
-            nar_id: i64,
-            file_size: i64,
-            last_used: i64,
-            store_path: String,
-            references: String,
-        }
-        let rows = Self::lru_page(cache_id, limit)
+        Self::lru_page(cache_id, limit)
             .column(object::Column::StorePath)
             .column(object::Column::References)
             .filter(referenced_by_no_other_path(self.backend(), cache_id))
-            .into_model::<Row>()
+            .into_model::<EvictableRow>()
             .all(&self.conn)
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                let references: Vec<String> =
-                    serde_json::from_str(&row.references).map_err(|e| {
-                        DbErr::Custom(format!("object {} has bad references: {e}", row.id))
-                    })?;
-                Ok(EvictableObject {
-                    object: LruObject {
-                        id: row.id,
-                        nar_id: row.nar_id,
-                        file_size: row.file_size,
-                        last_used: row.last_used,
-                    },
-                    references: references
-                        .into_iter()
-                        .filter(|r| *r != row.store_path)
-                        .collect(),
-                })
-            })
+            .await?
+            .into_iter()
+            .map(EvictableObject::try_from)
             .collect()
     }
 
-    /// Of these store paths, those a cache holds, each with when it was
-    /// last used and its object's id (the eviction order's tie-break).
-    pub async fn last_use_of_paths(
+    /// Of these store paths, those a cache holds, with what each
+    /// references.
+    pub async fn objects_at_paths(
         &self,
         cache_id: i64,
         store_paths: &[String],
-    ) -> Result<Vec<(String, i64, i64)>, DbErr> {
+    ) -> Result<Vec<EvictableObject>, DbErr> {
         let mut found = Vec::new();
         for batch in store_paths.chunks(super::BATCH) {
-            let rows: Vec<(String, i64, i64)> = object::Entity::find()
-                .select_only()
+            // The hash part is indexed with the cache; the full path is
+            // compared too, so a path with a forged name is not confused.
+            let hashes = batch
+                .iter()
+                .filter_map(|p| p.strip_prefix("/nix/store/").and_then(|p| p.get(..32)))
+                .map(str::to_owned);
+            let rows = Self::lru_page(cache_id, super::BATCH as u64)
                 .column(object::Column::StorePath)
-                .column_as(Expr::cust(OBJECT_LAST_USED), "last_used")
-                .column(object::Column::Id)
-                .filter(object::Column::CacheId.eq(cache_id))
+                .column(object::Column::References)
+                .filter(object::Column::StorePathHash.is_in(hashes))
                 .filter(object::Column::StorePath.is_in(batch.iter().cloned()))
-                .into_tuple()
+                .into_model::<EvictableRow>()
                 .all(&self.conn)
                 .await?;
-            found.extend(rows);
+            for row in rows {
+                found.push(EvictableObject::try_from(row)?);
+            }
         }
         Ok(found)
+    }
+
+    /// How many other paths of a cache reference each of these store paths
+    /// (those no path references are left out). One pass over the cache's
+    /// references, however many paths are asked about.
+    pub async fn referrer_counts(
+        &self,
+        cache_id: i64,
+        store_paths: &[String],
+    ) -> Result<Vec<(String, i64)>, DbErr> {
+        use sea_orm::Statement;
+        #[derive(FromQueryResult)]
+        struct Count {
+            path: String,
+            referrers: i64,
+        }
+        if store_paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let backend = self.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "SELECT reference.path AS path, COUNT(*) AS referrers FROM object AS referrer \
+                 CROSS JOIN LATERAL jsonb_array_elements_text(CAST(referrer.\"references\" AS jsonb)) \
+                 AS reference(path) \
+                 WHERE referrer.cache_id = $1 AND reference.path <> referrer.store_path \
+                 AND reference.path IN (SELECT jsonb_array_elements_text(CAST($2 AS jsonb))) \
+                 GROUP BY reference.path"
+            }
+            _ => {
+                "SELECT reference.value AS path, COUNT(*) AS referrers FROM object AS referrer, \
+                 json_each(referrer.\"references\") AS reference \
+                 WHERE referrer.cache_id = $1 AND reference.type = 'text' \
+                 AND reference.value <> referrer.store_path \
+                 AND reference.value IN (SELECT value FROM json_each($2)) \
+                 GROUP BY reference.value"
+            }
+        };
+        let asked = serde_json::to_string(store_paths)
+            .map_err(|e| DbErr::Custom(format!("store paths as JSON: {e}")))?;
+        let rows = Count::find_by_statement(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [cache_id.into(), asked.into()],
+        ))
+        .all(&self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|c| (c.path, c.referrers)).collect())
     }
 
     /// Removes these objects of a cache, as one of the listings above gave
@@ -1038,15 +1100,25 @@ mod tests {
             [store_path(2), store_path(3)],
             "what the top references, itself left out"
         );
-        let mut uses = database
-            .last_use_of_paths(cache, &listed[1].references)
+        let below = database
+            .objects_at_paths(cache, &listed[1].references)
             .await
-            .expect("uses");
-        uses.sort();
-        assert_eq!(
-            uses,
-            [(store_path(2), 2_000, middle), (store_path(3), 1_000, leaf)]
-        );
+            .expect("below");
+        let mut below: Vec<(i64, String)> = below
+            .into_iter()
+            .map(|o| (o.object.id, o.store_path))
+            .collect();
+        below.sort();
+        assert_eq!(below, [(leaf, store_path(3)), (middle, store_path(2))]);
+        let mut counts = database
+            .referrer_counts(cache, &[store_path(2), store_path(3), store_path(1)])
+            .await
+            .expect("counts");
+        counts.sort();
+        // The leaf has two referrers here (the top and the middle), not
+        // counting itself or the other cache's path; nothing references
+        // the top.
+        assert_eq!(counts, [(store_path(2), 1), (store_path(3), 2)]);
 
         let removed = database
             .remove_objects(cache, &page[1..], Removal::Evicted)
