@@ -5,7 +5,11 @@
 //! that many paths one by one would take hours; the rows and blobs are
 //! what uploads would have left.
 //!
-//! Usage: gc_store DIR OBJECTS CHUNKS_PER_NAR EXPIRED
+//! Usage: gc_store DIR OBJECTS CHUNKS_PER_NAR EXPIRED [CHAIN]
+//! With CHAIN above 1, paths form chains of CHAIN paths, each referencing
+//! the one before it (pushed before it, as Nix pushes dependencies first):
+//! only the last of each chain is a root, which collection must reach from
+//! the top down.
 //! Writes DIR/server.toml (no grace period, so one run reclaims all it
 //! can) and DIR/data (database and storage).
 
@@ -23,9 +27,12 @@ const ROWS: usize = 400;
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, dir, objects, chunks, expired] = args.as_slice() else {
-        anyhow::bail!("usage: gc_store DIR OBJECTS CHUNKS_PER_NAR EXPIRED");
+    let (dir, objects, chunks, expired, chain) = match args.as_slice() {
+        [_, dir, objects, chunks, expired] => (dir, objects, chunks, expired, "1"),
+        [_, dir, objects, chunks, expired, chain] => (dir, objects, chunks, expired, &chain[..]),
+        _ => anyhow::bail!("usage: gc_store DIR OBJECTS CHUNKS_PER_NAR EXPIRED [CHAIN]"),
     };
+    let chain: i64 = chain.parse().context("CHAIN")?;
     let dir = PathBuf::from(dir);
     let objects: i64 = objects.parse().context("OBJECTS")?;
     let chunks: i64 = chunks.parse().context("CHUNKS_PER_NAR")?;
@@ -92,13 +99,22 @@ async fn main() -> Result<()> {
                 nars.join(",")
             ))
             .await?;
+            let path = |id: i64| {
+                let hash = format!("{:032}", id).replace('0', "a");
+                (format!("/nix/store/{hash}-p{id}"), hash)
+            };
             let objects: Vec<String> = group
                 .iter()
-                .map(|id| {
-                    let hash = format!("{:032}", id).replace('0', "a");
+                .map(|&id| {
+                    let (store_path, hash) = path(id);
+                    let references = if chain > 1 && (id - 1) % chain != 0 {
+                        format!("[\"{}\",\"{store_path}\"]", path(id - 1).0)
+                    } else {
+                        "[]".to_owned()
+                    };
                     format!(
-                        "(1, {id}, '{hash}', '/nix/store/{hash}-p{id}', '[]', '[]', {t}, {t})",
-                        t = when(*id)
+                        "(1, {id}, '{hash}', '{store_path}', '{references}', '[]', {t}, {t})",
+                        t = when(id)
                     )
                 })
                 .collect();
