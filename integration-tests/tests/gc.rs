@@ -862,3 +862,30 @@ async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
     assert_eq!(server.blob_count(), 0);
     assert_nothing_orphaned(&server).await;
 }
+
+/// References are what the uploader claims: two paths claiming each other
+/// form a cycle no real store path can, in which neither is a root. Over
+/// its quota, the cache still sheds them (the cycle is broken at its least
+/// recently read path) instead of staying over its quota for ever.
+#[tokio::test]
+async fn forged_reference_cycles_do_not_hold_a_cache_past_its_quota() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "cyclic", true).await;
+    let first = store_path(&[("f", &noise(50_000, 98))]);
+    let second = store_path(&[("f", &noise(50_000, 99))]);
+    for (path, claimed) in [(&first, &second), (&second, &first)] {
+        let mut info = integration_tests::upload::nar_info_from_nix("cyclic", path);
+        info.references = vec![claimed.clone(), path.clone()];
+        api.upload_ok(token, &info, nix::dump(Path::new(path)))
+            .await;
+    }
+    api.configure(token, "cyclic", json!({"quota": {"Bytes": 1}}))
+        .await;
+    let report = gc(&server);
+    assert!(report.contains("2 evicted"), "{report}");
+    assert!(!holds(&server, "cyclic", &first).await);
+    assert!(!holds(&server, "cyclic", &second).await);
+    assert_nothing_orphaned(&server).await;
+}
