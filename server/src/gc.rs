@@ -62,11 +62,6 @@ const PAGE: u64 = 1000;
 /// How long the lease lasts without renewal; each page renews it.
 const LEASE_SECS: i64 = 600;
 
-/// On PostgreSQL, how long an upload's committing transaction may stay open
-/// between stamping what it references and committing (see
-/// [`Collector::reference_cutoff`]).
-const UPLOAD_COMMIT_MARGIN_SECS: i64 = 60;
-
 /// Why a run failed.
 #[derive(Debug, Error)]
 pub enum GcError {
@@ -440,31 +435,9 @@ impl<'a> Collector<'a> {
         }
     }
 
-    /// A NAR or chunk an upload stamped at or after the cutoff this returns
-    /// stays this run, whether or not anything references it yet.
-    ///
-    /// On SQLite, writers take turns: a deleting statement sees every
-    /// reference committed before it, and an upload committing after it
-    /// re-checks what it reuses, finds it gone and is retried. Nothing
-    /// needs sparing, so everything unreferenced goes now.
-    ///
-    /// On PostgreSQL, a deleting statement that meets an upload's row lock
-    /// waits, then re-checks that row's own stamp but not its subqueries
-    /// (they keep the statement's snapshot). The cutoff must therefore
-    /// precede the stamp of any upload transaction still open when the
-    /// statement began: one begun up to [`UPLOAD_COMMIT_MARGIN_SECS`]
-    /// before the run.
-    fn reference_cutoff(&self, start: i64) -> i64 {
-        match self.database.backend() {
-            sea_orm::DbBackend::Postgres => start - UPLOAD_COMMIT_MARGIN_SECS,
-            _ => i64::MAX,
-        }
-    }
-
     async fn stages(&mut self) -> Result<(), GcError> {
         let start = now();
         let grace_cutoff = start - secs(self.config.grace_period);
-        let reference_cutoff = self.reference_cutoff(start);
         self.progress.stage("expiring paths past retention");
         self.expire().await?;
         crash_point("expire");
@@ -476,10 +449,10 @@ impl<'a> Collector<'a> {
         crash_point("destroyed");
         self.report.staged_expired = self.database.expire_staged(grace_cutoff).await?;
         self.progress.stage("deleting unheld NARs");
-        self.nars(reference_cutoff).await?;
+        self.nars().await?;
         crash_point("nars");
         self.progress.stage("deleting unreferenced chunks");
-        self.chunks(reference_cutoff).await?;
+        self.chunks().await?;
         crash_point("chunks");
         self.progress.stage("marking empty packs");
         self.mark_packs().await?;
@@ -773,13 +746,9 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    async fn nars(&mut self, cutoff: i64) -> Result<(), GcError> {
+    async fn nars(&mut self) -> Result<(), GcError> {
         let mut after = 0;
-        while let (Some(last), gone) = self
-            .database
-            .delete_unheld_nars(after, PAGE, cutoff)
-            .await?
-        {
+        while let (Some(last), gone) = self.database.delete_unheld_nars(after, PAGE).await? {
             self.report.nars += gone;
             after = last;
             self.renew().await?;
@@ -787,11 +756,11 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    async fn chunks(&mut self, cutoff: i64) -> Result<(), GcError> {
+    async fn chunks(&mut self) -> Result<(), GcError> {
         let mut after = 0;
         while let (Some(last), gone) = self
             .database
-            .delete_unreferenced_chunks(after, PAGE, cutoff)
+            .delete_unreferenced_chunks(after, PAGE)
             .await?
         {
             self.report.chunks += gone;

@@ -598,15 +598,17 @@ impl Database {
             .await
     }
 
-    /// Of the NARs after `after` (one page), deletes those no object holds,
-    /// no `nix copy` upload has staged, and no upload attached since
-    /// `cutoff`. The largest id looked at (or `None` past the end), and
-    /// how many went.
+    /// Of the NARs after `after` (one page), deletes those no object holds
+    /// and no `nix copy` upload has staged. The largest id looked at (or
+    /// `None` past the end), and how many went.
+    ///
+    /// An upload attaching one of these NARs re-checks and stamps its row
+    /// (`UPDATE … WHERE state = 'valid'`) in its own transaction. See
+    /// [`Self::lock_for_deletion`] for why that never races this.
     pub async fn delete_unheld_nars(
         &self,
         after: i64,
         limit: u64,
-        cutoff: i64,
     ) -> Result<(Option<i64>, u64), DbErr> {
         let page = self
             .id_page::<nar::Entity>(nar::Column::Id, after, limit)
@@ -624,24 +626,27 @@ impl Database {
             (staged_nar::Entity, staged_nar::Column::NarId),
             (nar::Entity, nar::Column::Id),
         );
+        let txn = self.begin_write().await?;
+        self.lock_for_deletion::<nar::Entity>(&txn, nar::Column::Id, &page)
+            .await?;
         let result = nar::Entity::delete_many()
             .filter(nar::Column::Id.is_in(page))
             .filter(Expr::exists(held).not())
             .filter(Expr::exists(staged).not())
-            .filter(Expr::cust("COALESCE(nar.last_referenced_at, nar.created_at)").lt(cutoff))
-            .exec(&self.conn)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok((Some(last), result.rows_affected))
     }
 
     /// Of the chunks after `after` (one page), deletes those no NAR
-    /// references and none did since `cutoff`. An upload that meant to
-    /// reuse one finds it gone when it commits, and is retried.
+    /// references. An upload that meant to reuse one re-checks it when it
+    /// commits, finds it gone and is retried (see
+    /// [`Self::lock_for_deletion`]).
     pub async fn delete_unreferenced_chunks(
         &self,
         after: i64,
         limit: u64,
-        cutoff: i64,
     ) -> Result<(Option<i64>, u64), DbErr> {
         let page = self
             .id_page::<chunk::Entity>(chunk::Column::Id, after, limit)
@@ -654,13 +659,52 @@ impl Database {
             (chunkref::Entity, chunkref::Column::ChunkId),
             (chunk::Entity, chunk::Column::Id),
         );
+        let txn = self.begin_write().await?;
+        self.lock_for_deletion::<chunk::Entity>(&txn, chunk::Column::Id, &page)
+            .await?;
         let result = chunk::Entity::delete_many()
             .filter(chunk::Column::Id.is_in(page))
             .filter(Expr::exists(referenced).not())
-            .filter(Expr::cust("COALESCE(chunk.last_referenced_at, chunk.created_at)").lt(cutoff))
-            .exec(&self.conn)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok((Some(last), result.rows_affected))
+    }
+
+    /// Before a page's deleting statement, in its transaction: on
+    /// PostgreSQL, locks the page's rows (`SELECT … FOR UPDATE`, in id
+    /// order, as uploads lock them).
+    ///
+    /// An upload references a NAR or chunk in a transaction that first
+    /// re-checks and stamps its row, which locks it. If the upload got
+    /// there first, this waits for its commit, and the `DELETE` that
+    /// follows, a new statement with a new snapshot under READ COMMITTED,
+    /// sees the reference it committed and leaves the row. Without the
+    /// lock, a `DELETE` that waited on the row would re-check only the row
+    /// itself, not its `NOT EXISTS` (that keeps the statement's snapshot),
+    /// and delete a row just referenced. If this got there first, the
+    /// upload's re-check waits, then finds the row gone and the upload is
+    /// retried. On SQLite writers take turns, so the statement always sees
+    /// every committed reference and needs no lock.
+    async fn lock_for_deletion<E: EntityTrait>(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        id: E::Column,
+        page: &[i64],
+    ) -> Result<(), DbErr> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        let _: Vec<i64> = E::find()
+            .select_only()
+            .column(id)
+            .filter(id.is_in(page.iter().copied()))
+            .order_by_asc(id)
+            .lock_exclusive()
+            .into_tuple()
+            .all(txn)
+            .await?;
+        Ok(())
     }
 
     /// Of the packs after `after` (one page), marks `deleting` those no
@@ -1235,6 +1279,37 @@ mod tests {
                 nar_bytes: 200,
                 held_elsewhere_bytes: 100,
             }
+        );
+    }
+
+    /// Unheld NARs go in the run that removed their last path, however
+    /// recently an upload attached them: no time cutoff, the row lock (on
+    /// PostgreSQL) is what keeps an upload in flight safe.
+    #[tokio::test]
+    async fn unheld_nars_go_at_once_and_held_ones_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = database(&dir).await;
+        let cache = new_cache(&database, "c").await;
+        let held = push(&database, cache, 1, now()).await;
+        let unheld = new_nar(&database, 2, now()).await;
+        assert_eq!(
+            database.delete_unheld_nars(0, 10,).await.expect("delete"),
+            (Some(unheld), 1)
+        );
+        let left: Vec<i64> = database
+            .least_recent_objects(cache, 10)
+            .await
+            .expect("left")
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(left, [held]);
+        assert_eq!(
+            database
+                .delete_unreferenced_chunks(0, 10)
+                .await
+                .expect("chunks"),
+            (None, 0)
         );
     }
 }
