@@ -63,9 +63,12 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Collect garbage once, as the config's `[garbage-collection]` says:
-    /// expire paths, enforce quotas, reclaim destroyed caches, unheld NARs,
-    /// unreferenced chunks and dead packs, compact, sweep orphans. Prints
-    /// what it reclaimed.
+    /// expire paths, enforce quotas (both from the roots of each cache's
+    /// reference graph, so every path left keeps its whole closure), reclaim
+    /// destroyed caches, unheld NARs, unreferenced chunks and dead packs,
+    /// compact, sweep orphans, all in one run; only the blobs of marked
+    /// packs wait for the grace period. Prints what it reclaimed, and why
+    /// bytes were not freed.
     Gc {
         /// Data directory of the embedded database and storage [default: $XDG_DATA_HOME/attic].
         #[arg(long)]
