@@ -22,7 +22,9 @@
 //! 10. blobs no row knows of, and temporary files, older than the grace
 //!     period (left by uploads that died) are swept.
 //!
-//! Every stage works in pages, so memory does not grow with the store.
+//! Every stage works in pages, so memory does not grow with the store
+//! (quota eviction also holds the paths below one page of roots, at most
+//! 20,000, to order them).
 //!
 //! One run takes everything as far as it can go: paths, the NARs and chunks
 //! only they used, and the packs left empty are all reclaimed by the same
@@ -38,6 +40,7 @@
 //! retention or quota decision a run waits out one such interval (and a
 //! second for the write itself), so every read made before the run began
 //! counts, whichever process collects.
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
