@@ -721,7 +721,7 @@ async fn retention_keeps_what_a_path_read_lately_references() {
     let api = Api::new(&server.url);
     let token = &server.root_token;
     api.create_cache(token, "r", true).await;
-    api.configure(token, "r", json!({"retention_period": {"Period": 2}}))
+    api.configure(token, "r", json!({"retention_period": {"Period": 6}}))
         .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let closure = nix::build_closure(dir.path(), 100_000);
@@ -730,7 +730,9 @@ async fn retention_keeps_what_a_path_read_lately_references() {
     }
     let unrelated = store_path(&[("f", &noise(20_000, 91))]);
     api.push_path(token, "r", &unrelated).await;
-    std::thread::sleep(Duration::from_millis(3100));
+    // Past the retention; the read below is then well inside it, whole
+    // seconds and the collector's wait for reads included.
+    std::thread::sleep(Duration::from_secs(7));
     assert_eq!(
         api.status(None, &format!("/r/{}.narinfo", path_hash(closure.top())))
             .await,
