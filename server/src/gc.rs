@@ -942,3 +942,124 @@ async fn recompress(
     .map_err(|e| GcError::Recompress(std::io::Error::other(e)))?
     .map_err(GcError::Recompress)
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveModelTrait, Set};
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::database::entity::{BlobState, nar, object};
+    use crate::database::{CacheChanges, NewCache};
+    use crate::storage::MemoryStorage;
+
+    fn store_path(name: &str) -> String {
+        format!("/nix/store/{:a>32}-{name}", name)
+    }
+
+    /// Path `name` of `cache`, last used at `used`, on a NAR of 100 bytes
+    /// of its own, referencing `references` (and itself).
+    async fn push(
+        database: &Database,
+        cache: i64,
+        name: &str,
+        used: i64,
+        references: &[&str],
+    ) -> i64 {
+        let nar = nar::ActiveModel {
+            nar_hash: Set(format!("sha256:{name:0>52}")),
+            nar_size: Set(1000),
+            compression: Set(StoredCompression::Zstd),
+            file_size: Set(100),
+            state: Set(BlobState::Valid),
+            num_chunks: Set(0),
+            created_at: Set(used),
+            ..Default::default()
+        }
+        .insert(database.connection())
+        .await
+        .expect("nar");
+        let mut references: Vec<String> = references.iter().map(|r| store_path(r)).collect();
+        references.push(store_path(name));
+        object::ActiveModel {
+            cache_id: Set(cache),
+            nar_id: Set(nar.id),
+            store_path: Set(store_path(name)),
+            store_path_hash: Set(format!("{:a>32}", name)),
+            references: Set(serde_json::to_string(&references).expect("json")),
+            sigs: Set("[]".into()),
+            created_at: Set(used),
+            ..Default::default()
+        }
+        .insert(database.connection())
+        .await
+        .expect("object")
+        .id
+    }
+
+    /// A diamond (top -> a, b -> leaf), an unrelated root, and a kept root
+    /// (used last) over the oldest path of all. Over quota by four paths:
+    /// the unrelated root goes first (least recently used root), then the
+    /// top, then a and b as they become roots, each before anything newer;
+    /// the leaf (still needed by nothing, but not needed to fit) and the
+    /// oldest path (a kept path references it) stay.
+    #[tokio::test]
+    async fn a_quota_evicts_in_lru_order_among_the_paths_that_may_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let database = Database::connect(&url, &DatabaseConfig::default(), true)
+            .await
+            .expect("connect");
+        database.migrate().await.expect("migrate");
+        let cache = database
+            .create_cache(NewCache {
+                name: "c".into(),
+                keypair: String::new(),
+                is_public: false,
+                store_dir: "/nix/store".into(),
+                priority: 40,
+                upstream_cache_key_names: "[]".into(),
+            })
+            .await
+            .expect("cache");
+        let id = cache.id;
+        let oldest = push(&database, id, "oldest", 50, &[]).await;
+        let leaf = push(&database, id, "leaf", 100, &[]).await;
+        push(&database, id, "a", 200, &["leaf"]).await;
+        push(&database, id, "b", 300, &["leaf"]).await;
+        push(&database, id, "unrelated", 350, &[]).await;
+        push(&database, id, "top", 400, &["a", "b", "leaf"]).await;
+        let kept = push(&database, id, "kept", 1000, &["oldest"]).await;
+        database
+            .configure_cache(
+                cache,
+                CacheChanges {
+                    quota: Some(Some(300)),
+                    ..CacheChanges::default()
+                },
+            )
+            .await
+            .expect("quota");
+
+        let config = GcConfig {
+            default_retention_period: Duration::ZERO,
+            grace_period: Duration::ZERO,
+            ..GcConfig::default()
+        };
+        let report = Collector::new(&database, Arc::new(MemoryStorage::new()), &config, &Quiet)
+            .run()
+            .await
+            .expect("collect");
+        assert_eq!(report.objects_evicted, 4, "{report}");
+        assert_eq!(report.removed_nar_bytes, 400);
+        let mut left: Vec<i64> = database
+            .least_recent_objects(id, 10)
+            .await
+            .expect("left")
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        left.sort_unstable();
+        assert_eq!(left, [oldest, leaf, kept]);
+    }
+}
