@@ -52,7 +52,7 @@ fn log_blobs(server: &TestServer) -> usize {
     }
 }
 
-async fn put_log(api: &Api, token: &str, path: &str, body: reqwest::Body) -> StatusCode {
+async fn put_body(api: &Api, token: &str, path: &str, body: reqwest::Body) -> StatusCode {
     api.request(Method::PUT, path, Some(token))
         .body(body)
         .send()
@@ -88,7 +88,7 @@ async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
 
     let before = used_bytes(&api, token, "logs").await;
     assert_eq!(
-        put_log(&api, token, &path, text.clone().into()).await,
+        put_body(&api, token, &path, text.clone().into()).await,
         StatusCode::NO_CONTENT
     );
     // The log is a blob of its own, not a row's worth of the database
@@ -120,7 +120,7 @@ async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
 
     // Replacing it serves the new log.
     assert_eq!(
-        put_log(&api, token, &path, "again\n".into()).await,
+        put_body(&api, token, &path, "again\n".into()).await,
         StatusCode::NO_CONTENT
     );
     let again = api.get_bytes(token, &path).await;
@@ -136,11 +136,11 @@ async fn a_log_past_max_log_size_is_refused_and_leaves_nothing() {
     let path = format!("/logs/log/{}", drv("huge"));
 
     // Declared too large: refused before the body.
-    let status = put_log(&api, token, &path, log_text(2 << 20).into()).await;
+    let status = put_body(&api, token, &path, log_text(2 << 20).into()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // Streamed with no length: refused at the first byte past the limit.
     let pieces = (0..4).map(|_| Ok::<_, std::io::Error>(Bytes::from(log_text(512 << 10))));
-    let status = put_log(
+    let status = put_body(
         &api,
         token,
         &path,
@@ -152,7 +152,7 @@ async fn a_log_past_max_log_size_is_refused_and_leaves_nothing() {
     assert_eq!(log_blobs(&server), 0);
     assert_eq!(api.status(Some(token), &path).await, StatusCode::NOT_FOUND);
     // Exactly at the limit is taken.
-    let status = put_log(&api, token, &path, log_text(1 << 20).into()).await;
+    let status = put_body(&api, token, &path, log_text(1 << 20).into()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
@@ -176,7 +176,7 @@ async fn concurrent_large_logs_take_little_memory() {
         let api = api.clone();
         let token = token.clone();
         async move {
-            put_log(
+            put_body(
                 &api,
                 &token,
                 &path,
@@ -194,4 +194,137 @@ async fn concurrent_large_logs_take_little_memory() {
         peak < LIMIT_KIB,
         "peak RSS {peak} KiB during eight 64 MiB logs"
     );
+}
+
+const NO_GRACE: &str = "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\n";
+
+fn gc(server: &TestServer) -> String {
+    let output = server.atticadm(&["gc"]);
+    assert!(
+        output.status.success(),
+        "atticadm gc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// Incompressible text, so a log's stored size is about its size.
+fn noisy_log(len: usize, seed: u64) -> Vec<u8> {
+    integration_tests::upload::noise(len, seed)
+        .into_iter()
+        .map(|b| b'a' + b % 26)
+        .collect()
+}
+
+/// Logs count in the quota and go before any path, oldest first; they go
+/// with retention and with their destroyed cache; their blobs go with them.
+#[tokio::test]
+async fn logs_go_with_quotas_retention_and_destroyed_caches() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+
+    // A quota that three 200 KB logs exceed and two fit.
+    api.create_cache(token, "quota", false).await;
+    for i in 0..3u64 {
+        let path = format!("/quota/log/{}", drv(&format!("q{i}")));
+        let status = put_body(&api, token, &path, noisy_log(200_000, i).into()).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        // Stored one second apart: the oldest is unambiguous.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let used = used_bytes(&api, token, "quota").await;
+    assert!(used > 300_000, "{used}");
+    api.configure(
+        token,
+        "quota",
+        serde_json::json!({"quota": {"Bytes": used * 3 / 4}}),
+    )
+    .await;
+    let report = gc(&server);
+    assert!(report.contains("logs removed: 1"), "{report}");
+    let status = |i: u64| {
+        let path = format!("/quota/log/{}", drv(&format!("q{i}")));
+        let api = api.clone();
+        async move { api.status(Some(token), &path).await }
+    };
+    assert_eq!(
+        status(0).await,
+        StatusCode::NOT_FOUND,
+        "the oldest log goes"
+    );
+    assert_eq!(status(1).await, StatusCode::OK);
+    assert_eq!(status(2).await, StatusCode::OK);
+    assert!(used_bytes(&api, token, "quota").await <= used * 3 / 4);
+    assert_eq!(log_blobs(&server), 2, "its blob goes in the same run");
+
+    // Retention counts from when a log was stored.
+    api.create_cache(token, "short", false).await;
+    api.configure(
+        token,
+        "short",
+        serde_json::json!({"retention_period": {"Period": 1}}),
+    )
+    .await;
+    let path = format!("/short/log/{}", drv("short"));
+    assert_eq!(
+        put_body(&api, token, &path, "brief\n".into()).await,
+        StatusCode::NO_CONTENT
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let report = gc(&server);
+    assert!(report.contains("logs removed: 1"), "{report}");
+    assert_eq!(api.status(Some(token), &path).await, StatusCode::NOT_FOUND);
+    assert_eq!(log_blobs(&server), 2);
+
+    // A destroyed cache's logs go with it.
+    api.create_cache(token, "doomed", false).await;
+    let path = format!("/doomed/log/{}", drv("doomed"));
+    assert_eq!(
+        put_body(&api, token, &path, "doomed\n".into()).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(log_blobs(&server), 3);
+    let response = api
+        .request(Method::DELETE, "/_api/v1/cache-config/doomed", Some(token))
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success());
+    // Destroying forgets the cache's logs at once; the run deletes the blob.
+    let report = gc(&server);
+    assert!(report.contains("orphans swept: 1"), "{report}");
+    assert_eq!(log_blobs(&server), 2);
+    assert_eq!(server.count("SELECT COUNT(*) FROM build_log").await, 2);
+}
+
+/// A NAR `nix copy` staged and no narinfo claimed counts in its cache's
+/// used bytes until the collector reclaims it.
+#[tokio::test]
+async fn staged_nars_count_in_the_cache_usage_until_reclaimed() {
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "staged", false).await;
+    let before = used_bytes(&api, token, "staged").await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("f");
+    std::fs::write(&file, integration_tests::upload::noise(300_000, 9)).expect("write");
+    let nar = integration_tests::nix::dump(&file);
+    let body = zstd::encode_all(nar.as_slice(), 3).expect("compress");
+    let name = format!(
+        "{}.nar.zst",
+        attic::hash::Sha256Hash::digest(&body).to_nix32()
+    );
+    let status = put_body(&api, token, &format!("/staged/nar/{name}"), body.into()).await;
+    assert!(status.is_success(), "{status}");
+    let staged = used_bytes(&api, token, "staged").await - before;
+    assert!(staged >= 290_000, "the staged NAR counts: {staged}");
+
+    // Abandoned: older than the grace period (none) by a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let report = gc(&server);
+    assert!(report.contains("unclaimed nix-copy uploads: 1"), "{report}");
+    assert_eq!(used_bytes(&api, token, "staged").await, before);
 }

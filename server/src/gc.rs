@@ -62,6 +62,13 @@ use crate::storage::{StorageBackend, StorageError, StorageKey};
 /// Rows per page.
 const PAGE: u64 = 1000;
 
+/// What a stored blob is, so the orphan sweep asks the right table.
+#[derive(Debug, Clone, Copy)]
+enum BlobKind {
+    Pack,
+    Log,
+}
+
 /// How long the lease lasts without renewal; each page renews it.
 const LEASE_SECS: i64 = 600;
 
@@ -103,6 +110,9 @@ pub struct GcReport {
     pub held_elsewhere_bytes: i64,
     /// Destroyed caches forgotten.
     pub caches_forgotten: u64,
+    /// Build logs removed: past retention, evicted by quotas (before any
+    /// path), or of destroyed caches. Their blobs go with the orphan sweep.
+    pub logs_removed: u64,
     /// `nix copy` uploads never claimed.
     pub staged_expired: u64,
     /// NARs deleted.
@@ -131,7 +141,7 @@ pub struct GcReport {
 
 impl GcReport {
     /// Each count with its name, for logs and metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 11] {
+    pub fn counts(&self) -> [(&'static str, u64); 12] {
         [
             ("objects_expired", self.objects_expired),
             ("objects_evicted", self.objects_evicted),
@@ -140,6 +150,7 @@ impl GcReport {
                 self.objects_of_destroyed_caches,
             ),
             ("caches_forgotten", self.caches_forgotten),
+            ("logs_removed", self.logs_removed),
             ("staged_expired", self.staged_expired),
             ("nars", self.nars),
             ("chunks", self.chunks),
@@ -198,14 +209,15 @@ impl std::fmt::Display for GcReport {
             f,
             "{} objects expired ({} more kept: paths kept reference them), \
              {} evicted by quotas, {} of destroyed caches ({} bytes of NARs, {} of them \
-             held elsewhere); {} NARs, {} chunks; {} packs marked, {} compacted, \
-             {} deleted; {} orphans swept; {} bytes freed",
+             held elsewhere); {} logs removed; {} NARs, {} chunks; {} packs marked, \
+             {} compacted, {} deleted; {} orphans swept; {} bytes freed",
             self.objects_expired,
             self.objects_kept_for_closures,
             self.objects_evicted,
             self.objects_of_destroyed_caches,
             self.removed_nar_bytes,
             self.held_elsewhere_bytes,
+            self.logs_removed,
             self.nars,
             self.chunks,
             self.packs_marked,
@@ -514,6 +526,12 @@ impl<'a> Collector<'a> {
             if retention <= 0 {
                 continue;
             }
+            // A log is kept for the retention period from when it was
+            // stored: nothing records its reads, and no path needs it.
+            self.report.logs_removed += self
+                .database
+                .expire_logs(cache.id, now().saturating_sub(retention))
+                .await?;
             loop {
                 // Counted from when the reads are settled, not before.
                 let cutoff = now().saturating_sub(retention);
@@ -560,6 +578,9 @@ impl<'a> Collector<'a> {
             if usage > quota && !self.reads_settled {
                 self.settle_reads().await;
                 usage = self.database.cache_usage(cache.id).await?;
+            }
+            if usage > quota {
+                usage = self.evict_logs(cache.id, usage, quota).await?;
             }
             let mut stalled = 0;
             while usage > quota {
@@ -725,6 +746,34 @@ impl<'a> Collector<'a> {
         Ok(waves)
     }
 
+    /// Evicts a cache's build logs, oldest first, until it fits its quota
+    /// or has none: no path needs a log, so logs go before any path.
+    /// Returns the usage left.
+    async fn evict_logs(
+        &mut self,
+        cache_id: i64,
+        mut usage: i64,
+        quota: i64,
+    ) -> Result<i64, GcError> {
+        while usage > quota {
+            let page = self.database.oldest_logs(cache_id, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            let mut chosen = Vec::new();
+            for log in &page {
+                if usage <= quota {
+                    break;
+                }
+                usage -= log.stored_size;
+                chosen.push(log.id);
+            }
+            self.report.logs_removed += self.database.delete_logs(&chosen).await?;
+            self.renew().await?;
+        }
+        Ok(usage)
+    }
+
     async fn destroyed_caches(&mut self) -> Result<(), GcError> {
         for cache in self.database.all_caches().await? {
             if cache.deleted_at.is_none() {
@@ -743,7 +792,7 @@ impl<'a> Collector<'a> {
                 self.count_removed(removed);
                 self.renew().await?;
             }
-            self.database.forget_destroyed_cache(cache.id).await?;
+            self.report.logs_removed += self.database.forget_destroyed_cache(cache.id).await?;
             self.report.caches_forgotten += 1;
         }
         Ok(())
@@ -880,10 +929,14 @@ impl<'a> Collector<'a> {
     /// so memory stays a small part of the store.
     async fn sweep(&mut self, grace: Duration) -> Result<(), GcError> {
         let cutoff = SystemTime::now() - grace;
-        let mut prefixes: Vec<String> = (0..=255u8).map(|b| format!("packs/{b:02x}/")).collect();
-        // Blobs of the layout before packs, one chunk each.
-        prefixes.extend((0..=255u8).map(|b| format!("chunks/{b:02x}/")));
-        for prefix in prefixes {
+        let shards = |top: &'static str, kind: BlobKind| {
+            (0..=255u8).map(move |b| (format!("{top}/{b:02x}/"), kind))
+        };
+        let prefixes = shards("packs", BlobKind::Pack)
+            // Blobs of the layout before packs, one chunk each.
+            .chain(shards("chunks", BlobKind::Pack))
+            .chain(shards("logs", BlobKind::Log));
+        for (prefix, kind) in prefixes {
             let listed = self.storage.list(&prefix).await?;
             for batch in listed.chunks(PAGE as usize) {
                 let keys: Vec<String> = batch
@@ -894,12 +947,11 @@ impl<'a> Collector<'a> {
                 if keys.is_empty() {
                     continue;
                 }
-                let known: std::collections::HashSet<String> = self
-                    .database
-                    .known_pack_keys(&keys)
-                    .await?
-                    .into_iter()
-                    .collect();
+                let known = match kind {
+                    BlobKind::Pack => self.database.known_pack_keys(&keys).await?,
+                    BlobKind::Log => self.database.log_keys_in_use(&keys).await?,
+                };
+                let known: std::collections::HashSet<String> = known.into_iter().collect();
                 for blob in batch {
                     if blob.modified < cutoff && !known.contains(blob.key.as_str()) {
                         self.storage.delete(&blob.key).await?;

@@ -255,8 +255,8 @@ fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig)
         );
     }
     println!(
-        "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}",
-        report.nars, report.chunks, report.staged_expired
+        "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}; logs removed: {}",
+        report.nars, report.chunks, report.staged_expired, report.logs_removed
     );
     println!(
         "packs: {} marked for deletion, {} compacted, {} deleted; orphans swept: {}",

@@ -552,13 +552,15 @@ impl Database {
     }
 
     /// Removes a destroyed cache's row (its objects must be gone), with
-    /// its logs and staged NARs.
-    pub async fn forget_destroyed_cache(&self, cache_id: i64) -> Result<(), DbErr> {
+    /// its logs and staged NARs; returns how many logs went (their blobs
+    /// are left to the orphan sweep).
+    pub async fn forget_destroyed_cache(&self, cache_id: i64) -> Result<u64, DbErr> {
         let txn = self.begin_write().await?;
-        build_log::Entity::delete_many()
+        let logs = build_log::Entity::delete_many()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .exec(&txn)
-            .await?;
+            .await?
+            .rows_affected;
         staged_nar::Entity::delete_many()
             .filter(staged_nar::Column::CacheId.eq(cache_id))
             .exec(&txn)
@@ -568,7 +570,8 @@ impl Database {
             .filter(cache::Column::DeletedAt.is_not_null())
             .exec(&txn)
             .await?;
-        txn.commit().await
+        txn.commit().await?;
+        Ok(logs)
     }
 
     /// Drops `nix copy` uploads no narinfo claimed since before `cutoff`.

@@ -3,7 +3,9 @@
 //! before logs moved there hold them inline).
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 use super::entity::build_log;
 use super::{Database, now};
@@ -15,6 +17,15 @@ pub enum LogLocation {
     Blob(String),
     /// In the row, as one zstd frame (logs stored before blobs).
     Inline(Vec<u8>),
+}
+
+/// A log as a quota sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSize {
+    /// Its row.
+    pub id: i64,
+    /// Bytes it takes in storage.
+    pub stored_size: i64,
 }
 
 /// A stored build log.
@@ -101,6 +112,47 @@ impl Database {
             .one(&self.conn)
             .await?;
         Ok(total.flatten().unwrap_or(0))
+    }
+
+    /// Deletes a cache's logs stored before `cutoff` (retention); how many.
+    /// Their blobs are left to the orphan sweep.
+    pub async fn expire_logs(&self, cache_id: i64, cutoff: i64) -> Result<u64, DbErr> {
+        let result = build_log::Entity::delete_many()
+            .filter(build_log::Column::CacheId.eq(cache_id))
+            .filter(build_log::Column::CreatedAt.lt(cutoff))
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// A cache's oldest logs, oldest first, with their stored sizes: what a
+    /// quota evicts before any path.
+    pub async fn oldest_logs(&self, cache_id: i64, limit: u64) -> Result<Vec<LogSize>, DbErr> {
+        let rows: Vec<(i64, i64)> = build_log::Entity::find()
+            .select_only()
+            .column(build_log::Column::Id)
+            .column(build_log::Column::StoredSize)
+            .filter(build_log::Column::CacheId.eq(cache_id))
+            .order_by_asc(build_log::Column::CreatedAt)
+            .order_by_asc(build_log::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stored_size)| LogSize { id, stored_size })
+            .collect())
+    }
+
+    /// Deletes logs by id; how many went. Their blobs are left to the
+    /// orphan sweep.
+    pub async fn delete_logs(&self, ids: &[i64]) -> Result<u64, DbErr> {
+        let result = build_log::Entity::delete_many()
+            .filter(build_log::Column::Id.is_in(ids.iter().copied()))
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected)
     }
 
     /// Of `keys` (blobs under the log prefix), those a log row names, for

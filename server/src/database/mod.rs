@@ -14,7 +14,7 @@ pub use gc::{
     CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
     RemovedPaths,
 };
-pub use logs::{LogLocation, LogRecord};
+pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use store::{Claim, HeldByCache, NewChunk, NewNar, PackTotals, UploadedChunk};
 
