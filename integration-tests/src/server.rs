@@ -449,6 +449,17 @@ impl TestServer {
         self.home.run("atticadm", args)
     }
 
+    /// Runs `atticadm gc`, which must succeed, and returns its report.
+    pub fn gc(&self) -> String {
+        let output = self.atticadm(&["gc"]);
+        assert!(
+            output.status.success(),
+            "atticadm gc failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    }
+
     /// `atticadm make-token --sub test --validity 1d` with more arguments.
     pub fn make_token(&self, args: &[&str]) -> String {
         let mut all = vec!["make-token", "--sub", "test", "--validity", "1d"];

@@ -102,24 +102,35 @@ impl Api {
         .expect("request")
     }
 
+    /// A cache's settings, from GET cache-config.
+    pub async fn cache_config(&self, token: &str, name: &str) -> Value {
+        self.request(
+            Method::GET,
+            &format!("/_api/v1/cache-config/{name}"),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON")
+    }
+
     /// A cache's public key, from GET cache-config.
     pub async fn public_key(&self, token: &str, name: &str) -> String {
-        let config: Value = self
-            .request(
-                Method::GET,
-                &format!("/_api/v1/cache-config/{name}"),
-                Some(token),
-            )
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("JSON");
-        config["public_key"]
+        self.cache_config(token, name).await["public_key"]
             .as_str()
             .expect("public_key")
             .to_owned()
+    }
+
+    /// A cache's stored bytes (paths, logs, staged NARs), as its settings
+    /// report them.
+    pub async fn used_bytes(&self, token: &str, name: &str) -> u64 {
+        self.cache_config(token, name).await["used_bytes"]
+            .as_u64()
+            .expect("used_bytes")
     }
 
     /// PUTs a NAR to upload-path.

@@ -61,22 +61,6 @@ async fn put_body(api: &Api, token: &str, path: &str, body: reqwest::Body) -> St
         .status()
 }
 
-async fn used_bytes(api: &Api, token: &str, cache: &str) -> u64 {
-    let config: serde_json::Value = api
-        .request(
-            Method::GET,
-            &format!("/_api/v1/cache-config/{cache}"),
-            Some(token),
-        )
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    config["used_bytes"].as_u64().expect("used_bytes")
-}
-
 #[tokio::test]
 async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
     let server = TestServer::start();
@@ -86,7 +70,7 @@ async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
     let path = format!("/logs/log/{}", drv("big"));
     let text = log_text(20 << 20);
 
-    let before = used_bytes(&api, token, "logs").await;
+    let before = api.used_bytes(token, "logs").await;
     assert_eq!(
         put_body(&api, token, &path, text.clone().into()).await,
         StatusCode::NO_CONTENT
@@ -102,7 +86,7 @@ async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
             .await,
         1
     );
-    let used = used_bytes(&api, token, "logs").await - before;
+    let used = api.used_bytes(token, "logs").await - before;
     assert!(used > 0 && used < text.len() as u64 / 4, "{used}");
 
     let response = api
@@ -198,16 +182,6 @@ async fn concurrent_large_logs_take_little_memory() {
 
 const NO_GRACE: &str = "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\n";
 
-fn gc(server: &TestServer) -> String {
-    let output = server.atticadm(&["gc"]);
-    assert!(
-        output.status.success(),
-        "atticadm gc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
 /// Incompressible text, so a log's stored size is about its size.
 fn noisy_log(len: usize, seed: u64) -> Vec<u8> {
     integration_tests::upload::noise(len, seed)
@@ -233,7 +207,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
         // Stored one second apart: the oldest is unambiguous.
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
-    let used = used_bytes(&api, token, "quota").await;
+    let used = api.used_bytes(token, "quota").await;
     assert!(used > 300_000, "{used}");
     api.configure(
         token,
@@ -241,7 +215,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
         serde_json::json!({"quota": {"Bytes": used * 3 / 4}}),
     )
     .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("logs removed: 1"), "{report}");
     let status = |i: u64| {
         let path = format!("/quota/log/{}", drv(&format!("q{i}")));
@@ -255,7 +229,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
     );
     assert_eq!(status(1).await, StatusCode::OK);
     assert_eq!(status(2).await, StatusCode::OK);
-    assert!(used_bytes(&api, token, "quota").await <= used * 3 / 4);
+    assert!(api.used_bytes(token, "quota").await <= used * 3 / 4);
     assert_eq!(log_blobs(&server), 2, "its blob goes in the same run");
 
     // Retention counts from when a log was stored.
@@ -272,7 +246,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
         StatusCode::NO_CONTENT
     );
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("logs removed: 1"), "{report}");
     assert_eq!(api.status(Some(token), &path).await, StatusCode::NOT_FOUND);
     assert_eq!(log_blobs(&server), 2);
@@ -292,7 +266,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
         .expect("request");
     assert!(response.status().is_success());
     // Destroying forgets the cache's logs at once; the run deletes the blob.
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("orphans swept: 1"), "{report}");
     assert_eq!(log_blobs(&server), 2);
     assert_eq!(server.count("SELECT COUNT(*) FROM build_log").await, 2);
@@ -306,7 +280,7 @@ async fn staged_nars_count_in_the_cache_usage_until_reclaimed() {
     let api = Api::new(&server.url);
     let token = &server.root_token;
     api.create_cache(token, "staged", false).await;
-    let before = used_bytes(&api, token, "staged").await;
+    let before = api.used_bytes(token, "staged").await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("f");
@@ -319,12 +293,12 @@ async fn staged_nars_count_in_the_cache_usage_until_reclaimed() {
     );
     let status = put_body(&api, token, &format!("/staged/nar/{name}"), body.into()).await;
     assert!(status.is_success(), "{status}");
-    let staged = used_bytes(&api, token, "staged").await - before;
+    let staged = api.used_bytes(token, "staged").await - before;
     assert!(staged >= 290_000, "the staged NAR counts: {staged}");
 
     // Abandoned: older than the grace period (none) by a second.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("unclaimed nix-copy uploads: 1"), "{report}");
-    assert_eq!(used_bytes(&api, token, "staged").await, before);
+    assert_eq!(api.used_bytes(token, "staged").await, before);
 }

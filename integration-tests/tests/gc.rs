@@ -27,16 +27,6 @@ fn store_path(files: &[(&str, &[u8])]) -> String {
     nix::add(&root)
 }
 
-fn gc(server: &TestServer) -> String {
-    let output = server.atticadm(&["gc"]);
-    assert!(
-        output.status.success(),
-        "atticadm gc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
 /// Rows nothing needs and blobs no row knows: none may be left after a
 /// collection without grace.
 async fn assert_nothing_orphaned(server: &TestServer) {
@@ -119,7 +109,7 @@ async fn retention_expires_unread_paths_and_only_their_own_bytes() {
     let chunks_before = server.count("SELECT COUNT(*) FROM chunk").await;
     std::thread::sleep(Duration::from_millis(2100));
 
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 expired"), "{report}");
     assert_eq!(server.count("SELECT COUNT(*) FROM object").await, 1);
     let chunks_after = server.count("SELECT COUNT(*) FROM chunk").await;
@@ -165,7 +155,7 @@ async fn a_path_read_lately_survives_retention() {
     // A clean stop writes the reads it gathered.
     assert!(server.terminate_within(Duration::from_secs(30)));
     std::thread::sleep(Duration::from_secs(3));
-    gc(&server);
+    server.gc();
     server.restart();
     let status = |path: &str| {
         let path = format!("/c/{}.narinfo", path_hash(path));
@@ -196,21 +186,13 @@ async fn a_quota_evicts_the_least_recently_read_first() {
             .await,
         reqwest::StatusCode::OK
     );
-    let config: serde_json::Value = api
-        .request(reqwest::Method::GET, "/_api/v1/cache-config/q", Some(token))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    let used = config["used_bytes"].as_u64().expect("used_bytes");
+    let used = api.used_bytes(token, "q").await;
     // Room for two of the three.
     let quota = used * 5 / 6;
     api.configure(token, "q", json!({"quota": {"Bytes": quota}}))
         .await;
     assert!(server.terminate_within(Duration::from_secs(30)));
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 evicted"), "{report}");
     server.restart();
     let api = Api::new(&server.url);
@@ -223,15 +205,7 @@ async fn a_quota_evicts_the_least_recently_read_first() {
     assert!(!present(&paths[1]).await, "the least recently read stayed");
     assert!(present(&paths[2]).await);
     assert_nothing_orphaned(&server).await;
-    let config: serde_json::Value = api
-        .request(reqwest::Method::GET, "/_api/v1/cache-config/q", Some(token))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(config["used_bytes"].as_u64().expect("used") <= quota);
+    assert!(api.used_bytes(token, "q").await <= quota);
 }
 
 /// A destroyed cache's data leaves the disk; another cache's stays.
@@ -257,7 +231,7 @@ async fn a_destroyed_caches_data_leaves_the_disk() {
         .await
         .expect("request");
     assert!(response.status().is_success());
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 of destroyed caches"), "{report}");
     assert_eq!(server.blob_count(), 1, "the destroyed cache's pack stayed");
     assert_eq!(
@@ -314,14 +288,14 @@ async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
     server.kill();
     drop(stream);
 
-    gc(&server);
+    server.gc();
     assert_eq!(server.temp_file_count(), 1, "swept within the grace period");
     let config = server.config_path();
     let text = std::fs::read_to_string(&config)
         .expect("config")
         .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
     std::fs::write(&config, text).expect("write config");
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("orphans swept: 1"), "{report}");
     assert_eq!(server.temp_file_count(), 0);
 }
@@ -402,7 +376,7 @@ async fn a_collector_killed_at_any_stage_is_finished_by_the_next_run() {
         live.push(make_garbage(&api, token, round as u64).await);
         std::thread::sleep(Duration::from_millis(2100));
         gc_crashing_at(&server, point);
-        gc(&server);
+        server.gc();
         assert_nothing_orphaned(&server).await;
         assert_eq!(
             server
@@ -569,7 +543,7 @@ async fn compaction_recompresses_what_a_new_version_still_uses() {
     api.push_path(token, "v2", &second).await;
     let before = stored_bytes_of(&server, &second).await;
     std::thread::sleep(Duration::from_millis(2100));
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 compacted"), "{report}");
     let after = stored_bytes_of(&server, &second).await;
     eprintln!("stored bytes of the second version: {before} before compaction, {after} after");
@@ -620,23 +594,6 @@ async fn holds(server: &TestServer, cache: &str, path: &str) -> bool {
         == 1
 }
 
-/// Stored bytes of a cache's paths, as its settings report them.
-async fn used_bytes(api: &Api, token: &str, cache: &str) -> u64 {
-    let config: serde_json::Value = api
-        .request(
-            reqwest::Method::GET,
-            &format!("/_api/v1/cache-config/{cache}"),
-            Some(token),
-        )
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
-    config["used_bytes"].as_u64().expect("used_bytes")
-}
-
 /// A quota evicts from the roots of the cache's reference graph: the leaf
 /// of a real Nix closure is its least recently used path, yet its parents
 /// reference it, so the top goes first, then the middle, and only then the
@@ -660,10 +617,10 @@ async fn a_quota_evicts_from_the_roots_so_every_path_left_substitutes() {
     api.push_path(token, "q", &unrelated).await;
 
     // One byte over: one path must go, and only the top may.
-    let used = used_bytes(&api, token, "q").await;
+    let used = api.used_bytes(token, "q").await;
     api.configure(token, "q", json!({"quota": {"Bytes": used - 1}}))
         .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 evicted"), "{report}");
     assert!(!holds(&server, "q", &top).await, "the top stayed");
     for path in [&leaf, &middle, &unrelated] {
@@ -674,7 +631,7 @@ async fn a_quota_evicts_from_the_roots_so_every_path_left_substitutes() {
     // the middle down to the leaf; the unrelated path, used last, stays.
     api.configure(token, "q", json!({"quota": {"Bytes": 30_000}}))
         .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("2 evicted"), "{report}");
     assert!(!holds(&server, "q", &middle).await);
     assert!(!holds(&server, "q", &leaf).await);
@@ -699,10 +656,10 @@ async fn after_eviction_every_remaining_path_substitutes_with_its_closure() {
     for path in &closure.paths {
         api.push_path(token, "q", path).await;
     }
-    let used = used_bytes(&api, token, "q").await;
+    let used = api.used_bytes(token, "q").await;
     api.configure(token, "q", json!({"quota": {"Bytes": used - 1}}))
         .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 evicted"), "{report}");
     let remaining: Vec<String> = closure.paths[..2].to_vec();
     nix::delete(&[closure.top().to_owned()]);
@@ -739,7 +696,7 @@ async fn retention_keeps_what_a_path_read_lately_references() {
         reqwest::StatusCode::OK
     );
 
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 expired"), "{report}");
     assert!(report.contains("kept past retention: 2"), "{report}");
     assert!(!holds(&server, "r", &unrelated).await);
@@ -766,7 +723,7 @@ async fn atticadm_gc_counts_a_read_made_just_before_it() {
         api.push_path(token, "q", path).await;
     }
     std::thread::sleep(Duration::from_millis(1100));
-    let used = used_bytes(&api, token, "q").await;
+    let used = api.used_bytes(token, "q").await;
     api.configure(token, "q", json!({"quota": {"Bytes": used * 5 / 6}}))
         .await;
     // The oldest is read; the collection starts at once.
@@ -775,7 +732,7 @@ async fn atticadm_gc_counts_a_read_made_just_before_it() {
             .await,
         reqwest::StatusCode::OK
     );
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 evicted"), "{report}");
     assert!(
         holds(&server, "q", &paths[0]).await,
@@ -799,7 +756,7 @@ async fn the_report_says_when_evicted_bytes_are_held_by_another_cache() {
     api.push_path(token, "big", &path).await;
     api.configure(token, "small", json!({"quota": {"Bytes": 1}}))
         .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 evicted"), "{report}");
     assert!(report.contains("freed: 0 B"), "{report}");
     assert!(
@@ -834,7 +791,7 @@ async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
         .expect("request");
     assert!(response.status().is_success());
 
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 of destroyed caches"), "{report}");
     assert_eq!(
         server.count("SELECT COUNT(*) FROM nar").await,
@@ -858,7 +815,7 @@ async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
         .expect("config")
         .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
     std::fs::write(&config, text).expect("write config");
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("1 deleted"), "{report}");
     assert!(!report.contains("waiting for the grace period"), "{report}");
     assert_eq!(server.blob_count(), 0);
@@ -885,7 +842,7 @@ async fn forged_reference_cycles_do_not_hold_a_cache_past_its_quota() {
     }
     api.configure(token, "cyclic", json!({"quota": {"Bytes": 1}}))
         .await;
-    let report = gc(&server);
+    let report = server.gc();
     assert!(report.contains("2 evicted"), "{report}");
     assert!(!holds(&server, "cyclic", &first).await);
     assert!(!holds(&server, "cyclic", &second).await);
