@@ -467,9 +467,16 @@ async fn every_503_says_when_to_retry_and_closes_a_connection_whose_body_was_not
 }
 
 /// Real Nix pushing while the database goes away for 10 seconds, from
-/// just after its first NAR is stored: it completes, or fails saying why,
-/// within 30 seconds (Nix 2.8 retries a 503 five times over about 8
-/// seconds), and never waits on a body it will not send again.
+/// just after its first NAR is stored: it completes (its upload waited
+/// out the outage), or fails within 30 seconds naming the 503 it was
+/// given (Nix 2.8 retries five times over about 8 seconds).
+///
+/// Nix 2.8 does not rewind an upload's body when it retries: once curl has
+/// sent a body (and it stops waiting for `100 Continue` after a second,
+/// less than a 503 for an unreachable database takes), every retry of it
+/// sends none, and a server whose database is back again waits
+/// `http.body-timeout` for it and answers 408. This test does not let the
+/// retries outlast the outage; see the book's security page.
 #[tokio::test]
 async fn nix_copy_across_a_database_outage_completes_or_fails_clearly() {
     use integration_tests::nix;
@@ -534,7 +541,13 @@ async fn nix_copy_across_a_database_outage_completes_or_fails_clearly() {
             .collect();
         assert!(api.missing(&token, "c", &hashes).await.is_empty());
     } else {
-        assert!(stderr.contains("503"), "{stderr}");
-        assert!(stderr.contains("DatabaseUnavailable"), "{stderr}");
+        // Nix shows the reply's body (`DatabaseUnavailable`, "try again
+        // shortly") for a narinfo, but not always for a NAR: curl stops
+        // waiting for `100 Continue` after a second and starts sending,
+        // so the refusal, unread body and all, ends in a closed connection.
+        assert!(
+            stderr.contains("HTTP error 503 ('Service Unavailable')"),
+            "{stderr}"
+        );
     }
 }
