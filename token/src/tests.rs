@@ -286,7 +286,7 @@ fn every_shape_attenuation_writes_is_accepted() {
 }
 
 #[test]
-fn an_expired_token_is_refused_before_its_blocks_are_judged() {
+fn an_expired_token_stays_expired_when_attenuated() {
     let root = RootKey::generate();
     let mut expired = spec(&[("*", Permission::Pull)]);
     expired.expires_at = Some(SystemTime::now() - Duration::from_secs(60));
