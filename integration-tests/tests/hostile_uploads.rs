@@ -374,6 +374,55 @@ async fn a_refused_body_is_read_and_the_connection_closed_after_the_answer() {
         .expect("the whole body was taken, with no broken pipe");
 }
 
+/// The counterpart of a refusal: an upload that succeeds keeps its
+/// connection, even when its handler had the whole NAR before the chunked
+/// body's terminator arrived (closing it made `attic push` open a new
+/// connection for every path).
+#[tokio::test]
+async fn a_successful_chunked_upload_keeps_its_connection() {
+    let server = TestServer::start();
+    let token = &server.root_token;
+    Api::new(&server.url).create_cache(token, "c", false).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&address).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    for seed in 0..2 {
+        let nar = NarNode::Regular {
+            executable: false,
+            contents: noise(50_000, 900 + seed),
+        }
+        .to_nar();
+        let info = nar_info_for("c", &fake_store_path("kept-alive"), &nar);
+        let head = format!(
+            "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\n\
+             Authorization: Bearer {token}\r\nX-Attic-Nar-Info: {}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            serde_json::to_string(&info).expect("json"),
+            nar.len()
+        );
+        writer.write_all(head.as_bytes()).await.expect("head");
+        writer.write_all(&nar).await.expect("NAR");
+        writer.write_all(b"\r\n").await.expect("chunk end");
+        writer.flush().await.expect("flush");
+        // The terminator comes later, as from a client streaming its body.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer.write_all(b"0\r\n\r\n").await.expect("terminator");
+        let head = response_head(&mut reader).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a content-length")
+            .trim()
+            .parse()
+            .expect("a number");
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).await.expect("the reply");
+        assert!(String::from_utf8_lossy(&body).contains("Uploaded"));
+    }
+}
+
 /// The server's database, locked against writes until dropped: with one
 /// pooled connection held by a write that waits on the lock, every other
 /// request finds the database unavailable.

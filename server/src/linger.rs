@@ -9,7 +9,8 @@
 //! A body that stalled or failed (the upload's own timeout, a reset) is
 //! not waited for again.
 //!
-//! Such an answer also says `Connection: close`. The client may be
+//! Such a refusal also says `Connection: close` (a success whose body's
+//! end, a chunked terminator, was read here does not). The client may be
 //! sending still, or (having asked `Expect: 100-continue`) waiting to be
 //! told to: either way what comes next on the connection is unsure, and a
 //! client that retries on it (Nix 2.8 after a 503) can end up waiting for
@@ -67,28 +68,44 @@ pub async fn read_rest_of_body(
     let Ok((rest, read)) = returned.try_recv() else {
         return response;
     };
-    response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let mut drained = false;
     if (read || !waits_to_send) && response.status() != StatusCode::REQUEST_TIMEOUT {
         let timeout = state.config.http.body_timeout;
-        let _ = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout)).await;
+        drained = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout))
+            .await
+            .unwrap_or(false);
+    }
+    // A success whose body was read to its end here leaves the connection
+    // clean: an upload whose handler stopped at the NAR's last byte, before
+    // the chunked body's terminator, keeps its connection (closing it cost
+    // every path `attic push` sends a new connection). A refusal closes.
+    if !(drained && response.status().is_success()) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
 
 /// Reads and drops up to `limit` bytes of `body`, each piece within
 /// `timeout`; stops early at its end, an error, a stall or the limit.
-async fn discard(body: Body, limit: u64, timeout: Duration) {
+/// Whether it reached the body's end.
+async fn discard(body: Body, limit: u64, timeout: Duration) -> bool {
     if body.size_hint().lower() > limit {
-        return;
+        return false;
     }
     let mut pieces = body.into_data_stream();
     let mut seen = 0u64;
-    while let Ok(Some(Ok(piece))) = tokio::time::timeout(timeout, pieces.next()).await {
-        seen += piece.len() as u64;
-        if seen > limit {
-            return;
+    loop {
+        match tokio::time::timeout(timeout, pieces.next()).await {
+            Ok(Some(Ok(piece))) => {
+                seen += piece.len() as u64;
+                if seen > limit {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Ok(Some(Err(_))) | Err(_) => return false,
         }
     }
 }
@@ -204,14 +221,19 @@ mod tests {
         let endless = futures::stream::repeat_with(|| {
             Ok::<_, std::io::Error>(Bytes::from_static(&[0; 1024]))
         });
-        // Ends: past the limit it gives up on an endless body.
-        discard(
-            Body::from_stream(endless),
-            10 * 1024,
-            Duration::from_secs(60),
-        )
-        .await;
+        // Past the limit it gives up on an endless body, not at its end.
+        assert!(
+            !discard(
+                Body::from_stream(endless),
+                10 * 1024,
+                Duration::from_secs(60),
+            )
+            .await
+        );
         let stalled = futures::stream::pending::<Result<Bytes, std::io::Error>>();
-        discard(Body::from_stream(stalled), 1024, Duration::from_millis(20)).await;
+        assert!(!discard(Body::from_stream(stalled), 1024, Duration::from_millis(20)).await);
+        // A body that ends within the limit is read to its end.
+        let short = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"rest"))]);
+        assert!(discard(Body::from_stream(short), 1024, Duration::from_secs(60)).await);
     }
 }
