@@ -83,6 +83,25 @@ impl Api {
         );
     }
 
+    /// DELETEs `cache-config/{name}`; panics unless it succeeds.
+    pub async fn destroy_cache(&self, token: &str, name: &str) {
+        let response = self
+            .request(
+                Method::DELETE,
+                &format!("/_api/v1/cache-config/{name}"),
+                Some(token),
+            )
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "destroy {name}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
     /// POSTs `cache-config/{name}` and returns the reply.
     pub async fn try_create_cache(&self, token: &str, name: &str, is_public: bool) -> Response {
         self.request(

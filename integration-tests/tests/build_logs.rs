@@ -259,12 +259,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(log_blobs(&server), 3);
-    let response = api
-        .request(Method::DELETE, "/_api/v1/cache-config/doomed", Some(token))
-        .send()
-        .await
-        .expect("request");
-    assert!(response.status().is_success());
+    api.destroy_cache(token, "doomed").await;
     // Destroying forgets the cache's logs at once; the run deletes the blob.
     let report = server.gc();
     assert!(report.contains("orphans swept: 1"), "{report}");

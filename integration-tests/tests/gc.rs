@@ -221,16 +221,7 @@ async fn a_destroyed_caches_data_leaves_the_disk() {
     api.push_path(token, "doomed", &doomed).await;
     api.push_path(token, "kept", &kept).await;
     assert_eq!(server.blob_count(), 2);
-    let response = api
-        .request(
-            reqwest::Method::DELETE,
-            "/_api/v1/cache-config/doomed",
-            Some(token),
-        )
-        .send()
-        .await
-        .expect("request");
-    assert!(response.status().is_success());
+    api.destroy_cache(token, "doomed").await;
     let report = server.gc();
     assert!(report.contains("1 of destroyed caches"), "{report}");
     assert_eq!(server.blob_count(), 1, "the destroyed cache's pack stayed");
@@ -331,16 +322,7 @@ async fn make_garbage(api: &Api, token: &str, round: u64) -> String {
     api.create_cache(token, &doomed, false).await;
     let gone = store_path(&[("f", &noise(100_000, 4000 + round))]);
     api.push_path(token, &doomed, &gone).await;
-    let response = api
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/_api/v1/cache-config/{doomed}"),
-            Some(token),
-        )
-        .send()
-        .await
-        .expect("request");
-    assert!(response.status().is_success());
+    api.destroy_cache(token, &doomed).await;
     live
 }
 
@@ -780,16 +762,7 @@ async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
     api.create_cache(token, "doomed", false).await;
     let doomed = store_path(&[("f", &noise(300_000, 98))]);
     api.push_path(token, "doomed", &doomed).await;
-    let response = api
-        .request(
-            reqwest::Method::DELETE,
-            "/_api/v1/cache-config/doomed",
-            Some(token),
-        )
-        .send()
-        .await
-        .expect("request");
-    assert!(response.status().is_success());
+    api.destroy_cache(token, "doomed").await;
 
     let report = server.gc();
     assert!(report.contains("1 of destroyed caches"), "{report}");
