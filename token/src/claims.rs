@@ -84,7 +84,7 @@ impl Claims {
                 reason: "too many blocks",
             });
         }
-        let mut symbols = Vec::new();
+        let mut table = SymbolTable::new();
         let mut claims = Claims::default();
         for (index, signed) in std::iter::once(&token.authority)
             .chain(&token.blocks)
@@ -101,9 +101,9 @@ impl Claims {
                 .map_err(|_| refuse("it does not decode"))?;
             // Each first-party block adds its symbols to the token's table;
             // a block may name its own and earlier blocks' symbols.
-            symbols.extend(block.symbols.iter().cloned());
-            let table =
-                SymbolTable::from(symbols.clone()).map_err(|_| refuse("bad symbol table"))?;
+            let own =
+                SymbolTable::from(block.symbols.clone()).map_err(|_| refuse("bad symbol table"))?;
+            table.extend(&own).map_err(|_| refuse("bad symbol table"))?;
             let reader = BlockReader { table: &table };
             reader
                 .read_into(&block, index == 0, &mut claims)
@@ -191,7 +191,7 @@ impl BlockReader<'_> {
     }
 
     fn read_authority_fact(&self, predicate: &schema::Predicate, claims: &mut Claims) -> Shape<()> {
-        match (self.name(predicate.name)?, predicate.terms.as_slice()) {
+        match (self.symbol(predicate.name)?, predicate.terms.as_slice()) {
             ("subject", [subject]) if claims.subject.is_none() => {
                 claims.subject = Some(self.string(subject)?.to_owned());
             }
@@ -221,7 +221,11 @@ impl BlockReader<'_> {
                 return Err("a check query of unknown shape");
             }
         }
-        let first_body = first.body.first().map(|p| self.name(p.name)).transpose()?;
+        let first_body = first
+            .body
+            .first()
+            .map(|p| self.symbol(p.name))
+            .transpose()?;
         match (first_body, check.queries.len()) {
             (Some("time"), 1) => self.read_expiry(first).map(Condition::NotAfter),
             (Some("cache"), _) => check
@@ -271,7 +275,7 @@ impl BlockReader<'_> {
     fn read_operation_clause(&self, query: &schema::Rule) -> Shape<Permission> {
         match query.body.as_slice() {
             [predicate] if query.expressions.is_empty() => {
-                match (self.name(predicate.name)?, predicate.terms.as_slice()) {
+                match (self.symbol(predicate.name)?, predicate.terms.as_slice()) {
                     ("operation", [permission]) => self
                         .string(permission)?
                         .parse()
@@ -286,7 +290,8 @@ impl BlockReader<'_> {
     /// The variable of a body that is exactly `name($v)`.
     fn single_variable_predicate(&self, query: &schema::Rule, name: &str) -> Shape<u32> {
         match query.body.as_slice() {
-            [predicate] if self.name(predicate.name)? == name => match predicate.terms.as_slice() {
+            [predicate] if self.symbol(predicate.name)? == name => match predicate.terms.as_slice()
+            {
                 [
                     schema::Term {
                         content: Some(Variable(v)),
@@ -296,10 +301,6 @@ impl BlockReader<'_> {
             },
             _ => Err("a check body of unknown shape"),
         }
-    }
-
-    fn name(&self, symbol: u64) -> Shape<&str> {
-        self.symbol(symbol)
     }
 
     fn symbol(&self, symbol: u64) -> Shape<&str> {
