@@ -181,6 +181,12 @@ impl Default for StoreDir {
     }
 }
 
+impl fmt::Display for StoreDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl StoreDir {
     /// Checks and wraps a store directory: absolute, no trailing slash.
     pub fn new(dir: &str) -> Result<Self, StorePathError> {

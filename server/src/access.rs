@@ -20,7 +20,7 @@ use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::database::entity::cache;
+use crate::database::Cache;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 
@@ -153,32 +153,25 @@ impl Caller {
         state: &AppState,
         name: &CacheName,
         permission: Permission,
-    ) -> ServerResult<cache::Model> {
+    ) -> ServerResult<Cache> {
         self.require(name, permission)?;
         state
             .database
-            .find_cache(name.as_str())
+            .find_cache(name)
             .await?
             .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))
     }
 
     /// The cache if the caller may pull from it: with a token that grants
     /// pull, or from a public cache by anyone, whatever token they send.
-    pub async fn pullable_cache(
-        &self,
-        state: &AppState,
-        name: &CacheName,
-    ) -> ServerResult<cache::Model> {
+    pub async fn pullable_cache(&self, state: &AppState, name: &CacheName) -> ServerResult<Cache> {
         let granted = self.require(name, Permission::Pull);
-        let cache = match state.read_cache.caches.get(&name.to_string()) {
+        let cache = match state.read_cache.caches.get(name) {
             Some(cache) => Some(cache),
             None => {
-                let cache = state.database.find_cache(name.as_str()).await?;
+                let cache = state.database.find_cache(name).await?;
                 if let Some(cache) = &cache {
-                    state
-                        .read_cache
-                        .caches
-                        .insert(name.to_string(), cache.clone());
+                    state.read_cache.caches.insert(name.clone(), cache.clone());
                 }
                 cache
             }

@@ -97,16 +97,31 @@ pub enum ServerError {
     /// transaction to a conflicting one: nothing was changed, and the
     /// same request will likely succeed shortly.
     #[error("the server's database is busy or unreachable; nothing was changed, try again shortly")]
-    DatabaseUnavailable(#[source] sea_orm::DbErr),
-    /// The database failed.
+    DatabaseUnavailable(#[source] DatabaseError),
+    /// The database failed, or holds a row this server cannot read.
     #[error("database error")]
-    Database(#[source] sea_orm::DbErr),
+    Database(#[source] DatabaseError),
     /// Blob storage failed.
     #[error("storage error")]
     Storage(#[source] StorageError),
-    /// Anything else that is our fault.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Cutting a NAR into chunks failed for a reason other than its body.
+    #[error("chunking failed")]
+    Chunking(#[source] attic::chunking::ChunkingError),
+    /// zstd failed to compress a chunk or to decompress a stored log.
+    #[error("compression failed")]
+    Compression(#[source] std::io::Error),
+    /// Work handed to a blocking thread panicked or was cancelled.
+    #[error("a background task failed")]
+    TaskFailed(#[source] tokio::task::JoinError),
+    /// The operating system gave no randomness for a new signing key.
+    #[error("generating a signing key failed")]
+    KeyGeneration(#[source] attic::signing::SigningError),
+    /// A build log row names a blob by a key storage cannot hold.
+    #[error("a build log row names an invalid storage key")]
+    BadLogKey(#[source] crate::storage::BadStorageKey),
+    /// The metrics could not be written out.
+    #[error("encoding the metrics failed")]
+    MetricsEncoding(#[source] std::fmt::Error),
 }
 
 impl ServerError {
@@ -146,65 +161,18 @@ impl ServerError {
                 (StatusCode::SERVICE_UNAVAILABLE, "DatabaseUnavailable")
             }
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
-            Self::Database(_) | Self::Storage(_) | Self::Internal(_) => {
+            Self::Database(_)
+            | Self::Storage(_)
+            | Self::Chunking(_)
+            | Self::Compression(_)
+            | Self::TaskFailed(_)
+            | Self::KeyGeneration(_)
+            | Self::BadLogKey(_)
+            | Self::MetricsEncoding(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
             }
         }
     }
-}
-
-impl From<sea_orm::DbErr> for ServerError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        if database_is_full(&e) {
-            Self::StorageFull(Box::new(e))
-        } else if database_is_unavailable(&e) {
-            Self::DatabaseUnavailable(e)
-        } else {
-            Self::Database(e)
-        }
-    }
-}
-
-/// Whether a database error is passing: the pool had no connection within
-/// `database.acquire-timeout`, the connection broke, the server is
-/// restarting, or (PostgreSQL) the transaction lost a serialization or
-/// deadlock conflict and was rolled back; SQLite still busy after its
-/// busy timeout.
-fn database_is_unavailable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
-            use sea_orm::sqlx::Error;
-            match sqlx.as_ref() {
-                Error::PoolTimedOut | Error::PoolClosed | Error::Io(_) | Error::Tls(_) => true,
-                Error::Database(db) => db.code().is_some_and(|code| {
-                    // serialization_failure, deadlock_detected, the
-                    // 08 connection exceptions, admin/crash shutdown and
-                    // cannot_connect_now; SQLITE_BUSY and SQLITE_LOCKED.
-                    matches!(
-                        &*code,
-                        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "5" | "6"
-                    ) || code.starts_with("08")
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether the database refused a write for want of space: SQLite's
-/// SQLITE_FULL (13), PostgreSQL's disk_full (53100).
-fn database_is_full(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx))) = e
-    else {
-        return false;
-    };
-    sqlx.as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| code == "13" || code == "53100")
 }
 
 impl From<StorageError> for ServerError {
@@ -229,9 +197,13 @@ impl From<StorageError> for ServerError {
 impl From<DatabaseError> for ServerError {
     fn from(e: DatabaseError) -> Self {
         match e {
-            DatabaseError::CacheExists => Self::Internal("unexpected cache conflict".into()),
             DatabaseError::ChunkGone => Self::RetryUpload,
-            DatabaseError::Db(e) => e.into(),
+            _ if e.is_full() => Self::StorageFull(Box::new(e)),
+            _ if e.is_unavailable() => Self::DatabaseUnavailable(e),
+            // A cache name taken is answered where a cache is created.
+            DatabaseError::CacheExists
+            | DatabaseError::CorruptRow { .. }
+            | DatabaseError::Db(_) => Self::Database(e),
         }
     }
 }
@@ -290,7 +262,9 @@ mod tests {
 
     #[test]
     fn a_pool_timeout_is_a_503_that_says_to_retry() {
-        let error = ServerError::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        let error = ServerError::from(DatabaseError::from(DbErr::ConnectionAcquire(
+            ConnAcquireErr::Timeout,
+        )));
         assert!(matches!(error, ServerError::DatabaseUnavailable(_)));
         let response = error.into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -298,7 +272,9 @@ mod tests {
 
     #[test]
     fn every_503_and_429_says_when_to_retry() {
-        let unavailable = ServerError::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+        let unavailable = ServerError::from(DatabaseError::from(DbErr::ConnectionAcquire(
+            ConnAcquireErr::Timeout,
+        )));
         for error in [
             unavailable,
             ServerError::RetryUpload,
@@ -321,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_query_error_stays_a_500() {
-        let error = ServerError::from(DbErr::Custom("bad row".into()));
+        let error = ServerError::from(DatabaseError::from(DbErr::Custom("bad row".into())));
         assert_eq!(
             error.into_response().status(),
             StatusCode::INTERNAL_SERVER_ERROR

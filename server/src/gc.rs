@@ -47,17 +47,17 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sea_orm::DbErr;
 use thiserror::Error;
 
 use crate::config::GcConfig;
-use crate::database::entity::StoredCompression;
-use crate::database::{Database, EvictableObject, LruObject, MovedChunk, Removal, RemovedPaths};
-use crate::pack::StoredChecksum;
+use crate::database::{
+    CacheId, Database, DatabaseError, EvictableObject, LruObject, MovedChunk, Removal, RemovedPaths,
+};
 use crate::pack::read::{ReadError, read_run, runs};
 use crate::pack::write::PackWriter;
+use crate::pack::{PackId, StoredChecksum, StoredCompression};
 use crate::state::ACCESS_LOG_FLUSH_INTERVAL;
-use crate::storage::{StorageBackend, StorageError, StorageKey};
+use crate::storage::{StorageBackend, StorageError};
 
 /// Rows per page.
 const PAGE: u64 = 1000;
@@ -78,18 +78,15 @@ pub enum GcError {
     /// Another collector holds the lease.
     #[error("another garbage collector is running (it holds the lease in the database)")]
     Busy,
-    /// The database failed.
+    /// The database failed, or holds a row the collector cannot read.
     #[error("database error")]
-    Database(#[from] DbErr),
+    Database(#[from] DatabaseError),
     /// Storage failed.
     #[error("storage error")]
     Storage(#[from] StorageError),
     /// A chunk could not be recompressed.
     #[error("recompressing a chunk failed")]
     Recompress(#[source] std::io::Error),
-    /// A pack row names a key that is not a valid storage key.
-    #[error("pack row with an invalid key: {0}")]
-    BadKey(#[source] crate::storage::BadStorageKey),
 }
 
 /// What a run reclaimed.
@@ -514,10 +511,7 @@ impl<'a> Collector<'a> {
     /// until none is left; an expired path a kept path references stays.
     async fn expire(&mut self) -> Result<(), GcError> {
         let default = self.config.default_retention_period;
-        for cache in self.database.all_caches().await? {
-            if cache.deleted_at.is_some() {
-                continue;
-            }
+        for cache in self.database.live_caches().await? {
             let retention = match cache.retention_period {
                 Some(seconds) => seconds,
                 None => secs(default),
@@ -570,10 +564,11 @@ impl<'a> Collector<'a> {
     /// if read before the next root, goes before it (see
     /// [`Collector::plan_evictions`]).
     async fn enforce_quotas(&mut self) -> Result<(), GcError> {
-        for cache in self.database.all_caches().await? {
-            let Some(quota) = cache.quota.filter(|_| cache.deleted_at.is_none()) else {
+        for cache in self.database.live_caches().await? {
+            let Some(quota) = cache.quota else {
                 continue;
             };
+            let quota = i64::try_from(quota).unwrap_or(i64::MAX);
             let mut usage = self.database.cache_usage(cache.id).await?;
             if usage > quota && !self.reads_settled {
                 self.settle_reads().await;
@@ -593,7 +588,7 @@ impl<'a> Collector<'a> {
                     let page = self.database.least_recent_objects(cache.id, 1).await?;
                     let Some(object) = page.first() else { break };
                     tracing::warn!(
-                        cache = cache.name,
+                        cache = %cache.name,
                         object = object.id,
                         "every path of an over-quota cache is referenced by another: \
                          evicting the least recently read of a reference cycle"
@@ -646,7 +641,7 @@ impl<'a> Collector<'a> {
     /// one referencing it remains.
     async fn plan_evictions(
         &self,
-        cache_id: i64,
+        cache_id: CacheId,
         page: Vec<EvictableObject>,
         mut usage: i64,
         quota: i64,
@@ -751,7 +746,7 @@ impl<'a> Collector<'a> {
     /// Returns the usage left.
     async fn evict_logs(
         &mut self,
-        cache_id: i64,
+        cache_id: CacheId,
         mut usage: i64,
         quota: i64,
     ) -> Result<i64, GcError> {
@@ -775,24 +770,21 @@ impl<'a> Collector<'a> {
     }
 
     async fn destroyed_caches(&mut self) -> Result<(), GcError> {
-        for cache in self.database.all_caches().await? {
-            if cache.deleted_at.is_none() {
-                continue;
-            }
+        for cache_id in self.database.destroyed_caches().await? {
             loop {
-                let page = self.database.least_recent_objects(cache.id, PAGE).await?;
+                let page = self.database.least_recent_objects(cache_id, PAGE).await?;
                 if page.is_empty() {
                     break;
                 }
                 let removed = self
                     .database
-                    .remove_objects(cache.id, &page, Removal::Destroyed)
+                    .remove_objects(cache_id, &page, Removal::Destroyed)
                     .await?;
                 self.report.objects_of_destroyed_caches += removed.paths;
                 self.count_removed(removed);
                 self.renew().await?;
             }
-            self.report.logs_removed += self.database.forget_destroyed_cache(cache.id).await?;
+            self.report.logs_removed += self.database.forget_destroyed_cache(cache_id).await?;
             self.report.caches_forgotten += 1;
         }
         Ok(())
@@ -861,7 +853,7 @@ impl<'a> Collector<'a> {
     /// Copies a pack's live chunks into a new pack, recompressed at the
     /// compaction level, and repoints them. A chunk that fails its check
     /// is marked damaged and left where it is.
-    async fn compact_pack(&mut self, pack_id: i64) -> Result<(), GcError> {
+    async fn compact_pack(&mut self, pack_id: PackId) -> Result<(), GcError> {
         let chunks = self.database.pack_chunks(pack_id).await?;
         let mut writer = PackWriter::new(self.storage.clone());
         let mut moved = Vec::new();
@@ -912,12 +904,11 @@ impl<'a> Collector<'a> {
                 break;
             }
             for pack in page {
-                let key = StorageKey::new(pack.key.clone()).map_err(GcError::BadKey)?;
-                self.storage.delete(&key).await?;
+                self.storage.delete(pack.key.storage_key()).await?;
                 crash_point("pack-blob-deleted");
                 self.database.delete_pack_row(pack.id).await?;
                 self.report.packs_deleted += 1;
-                self.report.bytes_freed += pack.size;
+                self.report.bytes_freed += i64::try_from(pack.size).unwrap_or(i64::MAX);
             }
             self.renew().await?;
         }
@@ -997,12 +988,8 @@ async fn recompress(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveModelTrait, Set};
-
     use super::*;
-    use crate::config::DatabaseConfig;
-    use crate::database::entity::{BlobState, nar, object};
-    use crate::database::{CacheChanges, NewCache};
+    use crate::database::CacheChanges;
     use crate::storage::MemoryStorage;
 
     fn store_path(name: &str) -> String {
@@ -1013,40 +1000,19 @@ mod tests {
     /// of its own, referencing `references` (and itself).
     async fn push(
         database: &Database,
-        cache: i64,
+        cache: CacheId,
         name: &str,
         used: i64,
         references: &[&str],
     ) -> i64 {
-        let nar = nar::ActiveModel {
-            nar_hash: Set(format!("sha256:{name:0>52}")),
-            nar_size: Set(1000),
-            compression: Set(StoredCompression::Zstd),
-            file_size: Set(100),
-            state: Set(BlobState::Valid),
-            num_chunks: Set(0),
-            created_at: Set(used),
-            ..Default::default()
-        }
-        .insert(database.connection())
-        .await
-        .expect("nar");
+        let nar = database.seed_nar(name, used).await;
         let mut references: Vec<String> = references.iter().map(|r| store_path(r)).collect();
         references.push(store_path(name));
-        object::ActiveModel {
-            cache_id: Set(cache),
-            nar_id: Set(nar.id),
-            store_path: Set(store_path(name)),
-            store_path_hash: Set(format!("{:a>32}", name)),
-            references: Set(serde_json::to_string(&references).expect("json")),
-            sigs: Set("[]".into()),
-            created_at: Set(used),
-            ..Default::default()
-        }
-        .insert(database.connection())
-        .await
-        .expect("object")
-        .id
+        let hash = format!("{:a>32}", name);
+        database
+            .seed_path(cache, nar, (&hash, &store_path(name)), &references, used)
+            .await
+            .get()
     }
 
     /// A diamond (top -> a, b -> leaf), an unrelated root, and a kept root
@@ -1058,22 +1024,8 @@ mod tests {
     #[tokio::test]
     async fn a_quota_evicts_in_lru_order_among_the_paths_that_may_go() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let database = Database::connect(&url, &DatabaseConfig::default(), true)
-            .await
-            .expect("connect");
-        database.migrate().await.expect("migrate");
-        let cache = database
-            .create_cache(NewCache {
-                name: "c".into(),
-                keypair: String::new(),
-                is_public: false,
-                store_dir: "/nix/store".into(),
-                priority: 40,
-                upstream_cache_key_names: "[]".into(),
-            })
-            .await
-            .expect("cache");
+        let database = Database::for_tests(&dir).await;
+        let cache = database.seed_cache("c").await;
         let id = cache.id;
         let oldest = push(&database, id, "oldest", 50, &[]).await;
         let leaf = push(&database, id, "leaf", 100, &[]).await;
@@ -1084,7 +1036,7 @@ mod tests {
         let kept = push(&database, id, "kept", 1000, &["oldest"]).await;
         database
             .configure_cache(
-                cache,
+                &cache,
                 CacheChanges {
                     quota: Some(Some(300)),
                     ..CacheChanges::default()

@@ -24,11 +24,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::config::{CompressionConfig, CompressionKind};
-use crate::database::entity::StoredCompression;
 use crate::database::{NewChunk, UploadedChunk};
 use crate::error::{ServerError, ServerResult};
-use crate::pack::StoredChecksum;
 use crate::pack::write::{PackWriter, WrittenPack};
+use crate::pack::{StoredChecksum, StoredChunkId, StoredCompression};
 use crate::state::AppState;
 
 /// Chunks looked up in the database per query and compressed per blocking
@@ -234,7 +233,7 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
                 .chunks(&mut whole)
                 .map_err(|e| match e {
                     ChunkingError::Read(e) => StoreFailure::Body(e),
-                    other => StoreFailure::Server(ServerError::Internal(other.to_string())),
+                    other => StoreFailure::Server(ServerError::Chunking(other)),
                 })
                 // Ask the database about the chunks that are ready, many per
                 // query: a round trip per chunk would dominate on PostgreSQL.
@@ -359,7 +358,7 @@ enum ChunkToStore {
     /// Stored already, valid.
     Known {
         /// Its row.
-        id: i64,
+        id: StoredChunkId,
     },
     /// New (or stored damaged), compressed, to be packed.
     New(CompressedChunk),
@@ -381,7 +380,7 @@ fn compress(chunk: Chunk, compression: CompressionConfig) -> ServerResult<Compre
         CompressionKind::Zstd => (
             Bytes::from(
                 zstd::bulk::compress(&chunk.data, compression.level)
-                    .map_err(|e| ServerError::Internal(format!("zstd failed: {e}")))?,
+                    .map_err(ServerError::Compression)?,
             ),
             StoredCompression::Zstd,
         ),
@@ -411,5 +410,5 @@ async fn compress_all(
             .collect()
     })
     .await
-    .map_err(|e| ServerError::Internal(format!("compression task failed: {e}")))?
+    .map_err(ServerError::TaskFailed)?
 }

@@ -209,7 +209,7 @@ impl Metrics {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> ServerResult<Response> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
-        .map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))?;
+        .map_err(ServerError::MetricsEncoding)?;
     Ok((
         [(
             CONTENT_TYPE,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::database::Database;
-use crate::database::entity::{StoredCompression, nar};
+use crate::database::{Database, NarRecord};
+use crate::pack::StoredCompression;
 use crate::pack::read::{CheckedChunk, Damage, ReadError, StoredChunk, read_run, runs};
 use crate::state::AppState;
 
@@ -34,7 +34,7 @@ pub enum NarEncoding {
 
 impl NarEncoding {
     /// The encoding a NAR's narinfo advertises: zstd when every chunk is zstd.
-    pub fn stored(nar: &nar::Model) -> Self {
+    pub fn stored(nar: &NarRecord) -> Self {
         match nar.compression {
             StoredCompression::Zstd => Self::Zstd,
             StoredCompression::None => Self::Plain,
@@ -58,10 +58,10 @@ impl NarEncoding {
     }
 
     /// Bytes sent.
-    pub fn file_size(self, nar: &nar::Model) -> u64 {
+    pub fn file_size(self, nar: &NarRecord) -> u64 {
         match self {
-            Self::Zstd => nar.file_size as u64,
-            Self::Plain => nar.nar_size as u64,
+            Self::Zstd => nar.file_size,
+            Self::Plain => nar.nar_size,
         }
     }
 }
@@ -133,7 +133,7 @@ async fn decode(
         let chunk_id = checked.chunk.id;
         tokio::spawn(async move {
             if let Err(e) = database.record_checksum(chunk_id, checksum).await {
-                tracing::warn!(error = %e, chunk_id, "cannot record a chunk's checksum");
+                tracing::warn!(error = %e, chunk_id = chunk_id.get(), "cannot record a chunk's checksum");
             }
         });
     }

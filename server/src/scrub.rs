@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use sea_orm::DbErr;
-
-use crate::database::Database;
-use crate::database::entity::pack;
+use crate::database::{CacheId, Database, DatabaseError, PackRecord};
 use crate::nar_stream::mark;
 use crate::pack::read::{Damage, Fault, ReadError, read_run, runs};
 use crate::storage::StorageBackend;
+use futures::StreamExt;
 
 /// What to scrub.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +17,7 @@ pub enum ScrubScope {
     /// Every pack.
     All,
     /// The packs holding one cache's NARs.
-    Cache(i64),
+    Cache(CacheId),
 }
 
 /// What a scrub checked and found.
@@ -51,14 +48,14 @@ impl ScrubReport {
 const PAGE: u64 = 100;
 
 /// The stored bytes `scope` covers, for a progress bar.
-pub async fn scrub_size(database: &Database, scope: ScrubScope) -> Result<u64, DbErr> {
+pub async fn scrub_size(database: &Database, scope: ScrubScope) -> Result<u64, DatabaseError> {
     Ok(match scope {
         ScrubScope::All => database.pack_totals().await?.bytes.unwrap_or(0) as u64,
         ScrubScope::Cache(cache_id) => database
             .cache_packs(cache_id)
             .await?
             .iter()
-            .map(|p| p.size as u64)
+            .map(|p| p.size)
             .sum(),
     })
 }
@@ -69,25 +66,25 @@ pub async fn scrub(
     storage: Arc<dyn StorageBackend>,
     scope: ScrubScope,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<ScrubReport, DbErr> {
+) -> Result<ScrubReport, DatabaseError> {
     let mut report = ScrubReport::default();
     match scope {
         ScrubScope::All => {
-            let mut after = 0;
+            let mut after = None;
             loop {
                 let page = database.packs_after(after, PAGE).await?;
                 let Some(last) = page.last() else { break };
-                after = last.id;
+                after = Some(last.id);
                 for pack in page {
                     scrub_pack(database, &storage, &pack, &mut report).await?;
-                    progress(pack.size as u64);
+                    progress(pack.size);
                 }
             }
         }
         ScrubScope::Cache(cache_id) => {
             for pack in database.cache_packs(cache_id).await? {
                 scrub_pack(database, &storage, &pack, &mut report).await?;
-                progress(pack.size as u64);
+                progress(pack.size);
             }
         }
     }
@@ -98,9 +95,9 @@ pub async fn scrub(
 async fn scrub_pack(
     database: &Database,
     storage: &Arc<dyn StorageBackend>,
-    pack: &pack::Model,
+    pack: &PackRecord,
     report: &mut ScrubReport,
-) -> Result<(), DbErr> {
+) -> Result<(), DatabaseError> {
     report.packs += 1;
     let chunks = database.pack_chunks(pack.id).await?;
     for run in runs(chunks) {

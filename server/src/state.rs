@@ -4,12 +4,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use attic::cache::CacheName;
 use attic::chunking::FastCdcChunker;
+use attic::store_path::StorePathHash;
 use attic_token::RootPublicKey;
 
 use crate::config::ServerConfig;
-use crate::database::entity::{cache, nar};
-use crate::database::{Database, now};
+use crate::database::{Cache, CacheId, Database, NarId, NarRecord, ObjectId, now};
 use crate::metrics::Metrics;
 use crate::pack::read::StoredChunk;
 use crate::recent::Recent;
@@ -40,9 +41,9 @@ pub struct SignedNarinfo {
     /// The narinfo text.
     pub text: bytes::Bytes,
     /// The object's row, for the access log.
-    pub object_id: i64,
+    pub object_id: ObjectId,
     /// The NAR's row, for a NAR request that follows.
-    pub nar: Arc<nar::Model>,
+    pub nar: Arc<NarRecord>,
 }
 
 /// What the read path keeps in memory so that a hot narinfo costs no
@@ -52,14 +53,14 @@ pub struct SignedNarinfo {
 #[derive(Debug)]
 pub struct ReadCache {
     /// Live caches by name.
-    pub caches: Recent<String, cache::Model>,
+    pub caches: Recent<CacheName, Cache>,
     /// Signed narinfos by (cache id, store path hash).
-    pub narinfos: Recent<(i64, String), SignedNarinfo>,
+    pub narinfos: Recent<(CacheId, StorePathHash), SignedNarinfo>,
     /// Object ids and NARs by (cache id, store path hash), for NAR
     /// requests without a narinfo request just before.
-    pub path_nars: Recent<(i64, String), (i64, Arc<nar::Model>)>,
+    pub path_nars: Recent<(CacheId, StorePathHash), (ObjectId, Arc<NarRecord>)>,
     /// Chunk lists of small NARs by NAR id.
-    pub chunk_lists: Recent<i64, Arc<Vec<StoredChunk>>>,
+    pub chunk_lists: Recent<NarId, Arc<Vec<StoredChunk>>>,
 }
 
 impl Default for ReadCache {
@@ -76,15 +77,15 @@ impl Default for ReadCache {
 impl ReadCache {
     /// Forgets what is held of a cache, after its settings changed or it
     /// was destroyed.
-    pub fn forget_cache(&self, name: &str, cache_id: i64) {
-        self.caches.remove(&name.to_owned());
+    pub fn forget_cache(&self, name: &CacheName, cache_id: CacheId) {
+        self.caches.remove(name);
         self.narinfos.remove_where(|(id, _)| *id == cache_id);
         self.path_nars.remove_where(|(id, _)| *id == cache_id);
     }
 
     /// Forgets what is held of a path, after an upload to it.
-    pub fn forget_path(&self, cache_id: i64, store_path_hash: &str) {
-        let key = (cache_id, store_path_hash.to_owned());
+    pub fn forget_path(&self, cache_id: CacheId, store_path_hash: &StorePathHash) {
+        let key = (cache_id, store_path_hash.clone());
         self.narinfos.remove(&key);
         self.path_nars.remove(&key);
     }
@@ -124,12 +125,12 @@ pub struct AppState {
 /// makes some paths look older to GC's retention, never breaks anything.
 #[derive(Debug, Default)]
 pub struct AccessLog {
-    pending: Mutex<HashSet<i64>>,
+    pending: Mutex<HashSet<ObjectId>>,
 }
 
 impl AccessLog {
     /// Notes that an object was read.
-    pub fn record(&self, object_id: i64) {
+    pub fn record(&self, object_id: ObjectId) {
         self.pending
             .lock()
             .expect("access log lock is never poisoned")
@@ -138,7 +139,7 @@ impl AccessLog {
 
     /// Writes what was gathered.
     pub async fn flush(&self, database: &Database) {
-        let ids: Vec<i64> = std::mem::take(
+        let ids: Vec<ObjectId> = std::mem::take(
             &mut *self
                 .pending
                 .lock()

@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use attic::hash::Sha256Hash;
 use attic::narinfo::NarInfo;
-use attic::store_path::{StoreDir, StorePathHash};
+use attic::store_path::StorePathHash;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,12 +22,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::cache_name;
-use super::v1::cache_config::signing_key;
 use crate::access::Caller;
-use crate::database::entity::{cache, nar, object};
+use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath};
 use crate::error::{ServerError, ServerResult};
 use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
+use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
 use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 
@@ -63,16 +62,15 @@ async fn nix_cache_info(
     Ok(([(CONTENT_TYPE, "text/x-nix-cache-info")], body).into_response())
 }
 
-/// The object and NAR behind `hash` in `cache`.
+/// The path and NAR behind `hash` in `cache`.
 async fn find_object(
     state: &AppState,
-    cache: cache::Model,
-    hash: &str,
-) -> ServerResult<(cache::Model, object::Model, nar::Model)> {
-    let hash: StorePathHash = hash.parse().map_err(|_| ServerError::NoSuchObject)?;
+    cache: Cache,
+    hash: &StorePathHash,
+) -> ServerResult<(Cache, StoredPath, NarRecord)> {
     let (object, nar) = state
         .database
-        .find_object(cache.id, hash.as_str())
+        .find_object(cache.id, hash)
         .await?
         .ok_or(ServerError::NoSuchObject)?;
     Ok((cache, object, nar))
@@ -87,18 +85,21 @@ async fn get_narinfo(
         .strip_suffix(".narinfo")
         .ok_or(ServerError::NoSuchRoute)?;
     let cache = caller.pullable_cache(&state, &cache_name(&name)?).await;
-    let held = cache
-        .as_ref()
-        .ok()
-        .and_then(|cache| state.read_cache.narinfos.get(&(cache.id, hash.to_owned())));
+    // A name that is no store path hash is a miss, once the cache is allowed.
+    let hash: Option<StorePathHash> = hash.parse().ok();
+    let held = match (&cache, &hash) {
+        (Ok(cache), Some(hash)) => state.read_cache.narinfos.get(&(cache.id, hash.clone())),
+        _ => None,
+    };
     if let Some(held) = held {
         Metrics::count(&state.metrics.narinfo_requests, "hit");
         state.access_log.record(held.object_id);
         return Ok(narinfo_response(held.text));
     }
-    let found = match cache {
-        Ok(cache) => find_object(&state, cache, hash).await,
-        Err(e) => Err(e),
+    let found = match (cache, &hash) {
+        (Ok(cache), Some(hash)) => find_object(&state, cache, hash).await,
+        (Ok(_), None) => Err(ServerError::NoSuchObject),
+        (Err(e), _) => Err(e),
     };
     let outcome = match &found {
         Ok(_) => "hit",
@@ -110,7 +111,7 @@ async fn get_narinfo(
     state.access_log.record(object.id);
     let text = Bytes::from(build_narinfo(&cache, &object, &nar)?.to_string());
     state.read_cache.narinfos.insert(
-        (cache.id, hash.to_owned()),
+        (cache.id, object.info.store_path_hash.clone()),
         SignedNarinfo {
             text: text.clone(),
             object_id: object.id,
@@ -121,7 +122,7 @@ async fn get_narinfo(
 }
 
 /// A NAR's chunks, from memory when recently read.
-async fn nar_chunks(state: &AppState, nar_id: i64) -> ServerResult<Vec<StoredChunk>> {
+async fn nar_chunks(state: &AppState, nar_id: NarId) -> ServerResult<Vec<StoredChunk>> {
     if let Some(held) = state.read_cache.chunk_lists.get(&nar_id) {
         return Ok(held.as_ref().clone());
     }
@@ -139,34 +140,34 @@ fn narinfo_response(text: Bytes) -> Response {
     ([(CONTENT_TYPE, "text/x-nix-narinfo")], Body::from(text)).into_response()
 }
 
-/// The narinfo of an object, signed with the cache's key.
-fn build_narinfo(
-    cache: &cache::Model,
-    object: &object::Model,
-    nar: &nar::Model,
-) -> ServerResult<NarInfo> {
-    let corrupt =
-        |what: &str| ServerError::Internal(format!("object {} has a bad {what}", object.id));
-    let store_dir = StoreDir::new(&cache.store_dir).map_err(|_| corrupt("store dir"))?;
+/// The narinfo of a path, signed with the cache's key.
+fn build_narinfo(cache: &Cache, object: &StoredPath, nar: &NarRecord) -> ServerResult<NarInfo> {
+    // The row decoded, but its paths must also be paths of the cache's
+    // store: a row that fails this was not written by this server.
+    let corrupt = |what: &str| {
+        ServerError::Database(DatabaseError::CorruptRow {
+            table: "object",
+            id: object.id.get(),
+            reason: format!("{what} is not a path of {}", cache.store_dir),
+        })
+    };
+    let info = &object.info;
+    let store_dir = cache.store_dir.clone();
     let store_path = store_dir
-        .parse_path(&object.store_path)
-        .map_err(|_| corrupt("store path"))?;
-    let references: Vec<String> =
-        serde_json::from_str(&object.references).map_err(|_| corrupt("reference list"))?;
-    let references = references
+        .parse_path(&info.store_path)
+        .map_err(|_| corrupt("store_path"))?;
+    let references = info
+        .references
         .iter()
         .map(|r| store_dir.parse_path(r))
         .collect::<Result<_, _>>()
-        .map_err(|_| corrupt("reference"))?;
-    let deriver = object
+        .map_err(|_| corrupt("a reference"))?;
+    let deriver = info
         .deriver
         .as_deref()
         .map(|d| store_dir.parse_path(d))
         .transpose()
         .map_err(|_| corrupt("deriver"))?;
-    let sigs: Vec<String> =
-        serde_json::from_str(&object.sigs).map_err(|_| corrupt("signature list"))?;
-    let nar_hash: Sha256Hash = nar.nar_hash.parse().map_err(|_| corrupt("NAR hash"))?;
     let encoding = NarEncoding::stored(nar);
     let mut narinfo = NarInfo {
         store_dir,
@@ -175,16 +176,16 @@ fn build_narinfo(
         compression: Some(encoding.compression().to_owned()),
         file_hash: None,
         file_size: Some(encoding.file_size(nar)),
-        nar_hash,
-        nar_size: nar.nar_size as u64,
+        nar_hash: nar.nar_hash,
+        nar_size: nar.nar_size,
         references,
         deriver,
-        system: object.system.clone(),
-        sigs,
-        ca: object.ca.clone(),
+        system: info.system.clone(),
+        sigs: info.sigs.clone(),
+        ca: info.ca.clone(),
         extra_fields: Vec::new(),
     };
-    narinfo.sign(&signing_key(cache)?);
+    narinfo.sign(&cache.signing_key);
     Ok(narinfo)
 }
 
@@ -193,25 +194,19 @@ fn build_narinfo(
 /// Anything else, a failure to presign included, is served as usual.
 async fn presigned_whole_pack(
     state: &AppState,
-    nar: &nar::Model,
+    nar: &NarRecord,
     chunks: &[StoredChunk],
 ) -> Option<String> {
     let expiry = state.config.read_redirect_expiry()?;
     let pack_id = nar.pack_id?;
     // The chunks must still be that pack, back to back from its start (a
     // repair may since have moved some elsewhere).
-    let mut offset = 0;
-    for chunk in chunks {
-        if chunk.pack_id != pack_id || chunk.offset != offset {
-            return None;
-        }
-        offset += chunk.stored_size;
-    }
-    if offset != nar.file_size as u64 {
+    let pieces = chunks.iter().map(|c| (c.pack_id, c.offset, c.stored_size));
+    if !is_whole_pack(pack_id, nar.file_size, pieces) {
         return None;
     }
     let pack = &chunks.first()?.pack_key;
-    match state.storage.presign(pack, expiry).await {
+    match state.storage.presign(pack.storage_key(), expiry).await {
         Ok(url) => url,
         Err(e) => {
             tracing::warn!(error = ?e, %pack, "cannot presign a pack; serving it through the server");
@@ -233,15 +228,16 @@ async fn get_nar(
         return Err(ServerError::NoSuchObject);
     };
     let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
+    let hash: StorePathHash = hash.parse().map_err(|_| ServerError::NoSuchObject)?;
     // Nix asks for the narinfo first: its rows are usually in memory.
-    let key = (cache.id, hash.to_owned());
+    let key = (cache.id, hash.clone());
     let held = (state.read_cache.narinfos.get(&key))
         .map(|held| (held.object_id, held.nar))
         .or_else(|| state.read_cache.path_nars.get(&key));
     let (object_id, nar) = match held {
         Some(held) => held,
         None => {
-            let (_, object, nar) = find_object(&state, cache, hash).await?;
+            let (_, object, nar) = find_object(&state, cache, &hash).await?;
             let held = (object.id, Arc::new(nar));
             state.read_cache.path_nars.insert(key, held.clone());
             held

@@ -90,18 +90,15 @@ pub async fn get_log(
         .ok_or(ServerError::NoSuchObject)?;
     let body = match location {
         LogLocation::Blob(key) => {
-            let key = StorageKey::new(key)
-                .map_err(|e| ServerError::Internal(format!("a log row names a bad key: {e}")))?;
+            let key = StorageKey::new(key).map_err(ServerError::BadLogKey)?;
             Body::from_stream(read_log(state.storage.as_ref(), &key).await?)
         }
         LogLocation::Inline(data) => {
             let capacity = usize::try_from(size).unwrap_or(0);
             let text = tokio::task::spawn_blocking(move || zstd::bulk::decompress(&data, capacity))
                 .await
-                .map_err(|e| ServerError::Internal(e.to_string()))?
-                .map_err(|e| {
-                    ServerError::Internal(format!("a stored log does not decompress: {e}"))
-                })?;
+                .map_err(ServerError::TaskFailed)?
+                .map_err(ServerError::Compression)?;
             Body::from(text)
         }
     };

@@ -22,16 +22,14 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 
-use super::v1::upload_path::new_object;
 use super::{cache_name, read_body};
 use crate::access::Caller;
 use crate::compressed::{Compression, DecodedBody, DecodedSize};
-use crate::database::{Claim, NewNar};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Expect};
-use crate::metrics::Metrics;
 use crate::serve::body_reader;
 use crate::state::AppState;
+use crate::uploads::{Uploads, new_object};
 
 /// `PUT /{cache}/nix-cache-info`: Nix writes it when it finds none. The
 /// cache has one already; the write is accepted when it agrees.
@@ -51,7 +49,7 @@ pub async fn put_cache_info(
         .split('\n')
         .find_map(|line| line.strip_prefix("StoreDir: "))
         .ok_or_else(|| ServerError::bad_request("InvalidCacheInfo", "no StoreDir line"))?;
-    if store_dir != cache.store_dir {
+    if store_dir != cache.store_dir.as_str() {
         return Err(ServerError::bad_request(
             "StoreDirMismatch",
             format!(
@@ -97,26 +95,7 @@ pub async fn put_nar(
         },
     )
     .await?;
-    let nar_size = stored.nar_size;
-    let new_chunk_bytes = stored.bytes_stored();
-    state
-        .database
-        .commit_upload(
-            NewNar {
-                nar_hash: stored.nar_hash,
-                nar_size,
-                pack: stored.pack,
-                chunks: stored.chunks,
-            },
-            Claim::Staged {
-                cache_id: cache.id,
-                file,
-            },
-        )
-        .await?;
-    Metrics::count(&state.metrics.uploads, "staged");
-    state.metrics.upload_nar_bytes.inc_by(nar_size);
-    state.metrics.stored_bytes.inc_by(new_chunk_bytes);
+    Uploads::new(&state).stage(stored, cache.id, file).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -172,7 +151,7 @@ pub async fn put_narinfo(
             info.full_store_path()
         )));
     }
-    if info.store_dir.as_str() != cache.store_dir {
+    if info.store_dir != cache.store_dir {
         return Err(bad(format!(
             "StorePath {} is not in this cache's store, {}",
             info.full_store_path(),
@@ -196,7 +175,7 @@ pub async fn put_narinfo(
                 ),
             )
         })?;
-    if nar.nar_hash != info.nar_hash.to_typed_hex() || nar.nar_size as u64 != info.nar_size {
+    if nar.nar_hash != info.nar_hash || nar.nar_size != info.nar_size {
         return Err(ServerError::NarMismatch(format!(
             "the narinfo says {} ({} bytes), but {nar_file} holds {} ({} bytes)",
             info.nar_hash, info.nar_size, nar.nar_hash, nar.nar_size
@@ -215,8 +194,7 @@ pub async fn put_narinfo(
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
     };
-    let object = new_object(&upload, cache.id, &cache.store_dir, caller.subject())?;
-    state.database.claim_staged(&staged, object).await?;
-    state.read_cache.forget_path(cache.id, hash);
+    let object = new_object(&upload, &cache, caller.subject())?;
+    Uploads::new(&state).claim_staged(&staged, object).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -289,8 +289,11 @@ async fn verify(
     let storage = setup::open_storage(config, data_dir).await?;
     let scope = match cache {
         Some(name) => {
+            let name: attic::cache::CacheName = name
+                .parse()
+                .with_context(|| format!("{name:?} is not a cache name"))?;
             let cache = database
-                .find_cache(name)
+                .find_cache(&name)
                 .await?
                 .with_context(|| format!("there is no cache named {name:?}"))?;
             ScrubScope::Cache(cache.id)

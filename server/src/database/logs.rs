@@ -3,12 +3,11 @@
 //! before logs moved there hold them inline).
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::build_log;
-use super::{Database, now};
+use super::ids::{CacheId, LogId};
+use super::{Database, DatabaseError, now};
 
 /// Where a stored log's compressed bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +22,7 @@ pub enum LogLocation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogSize {
     /// Its row.
-    pub id: i64,
+    pub id: LogId,
     /// Bytes it takes in storage.
     pub stored_size: i64,
 }
@@ -55,14 +54,14 @@ impl Database {
     /// so a reader streaming it finishes.
     pub async fn put_log(
         &self,
-        cache_id: i64,
+        cache_id: CacheId,
         drv: &str,
         size: u64,
         stored_size: u64,
         storage_key: &str,
-    ) -> Result<(), DbErr> {
+    ) -> Result<(), DatabaseError> {
         let row = build_log::ActiveModel {
-            cache_id: Set(cache_id),
+            cache_id: Set(cache_id.get()),
             drv: Set(drv.to_owned()),
             size: Set(size as i64),
             data: Set(Vec::new()),
@@ -89,7 +88,11 @@ impl Database {
     }
 
     /// A derivation's log in a cache.
-    pub async fn find_log(&self, cache_id: i64, drv: &str) -> Result<Option<LogRecord>, DbErr> {
+    pub async fn find_log(
+        &self,
+        cache_id: CacheId,
+        drv: &str,
+    ) -> Result<Option<LogRecord>, DatabaseError> {
         Ok(build_log::Entity::find()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .filter(build_log::Column::Drv.eq(drv))
@@ -99,7 +102,7 @@ impl Database {
     }
 
     /// Stored bytes of a cache's build logs.
-    pub async fn log_usage(&self, cache_id: i64) -> Result<i64, DbErr> {
+    pub async fn log_usage(&self, cache_id: CacheId) -> Result<i64, DatabaseError> {
         let total: Option<Option<i64>> = build_log::Entity::find()
             .select_only()
             .expr(
@@ -116,7 +119,7 @@ impl Database {
 
     /// Deletes a cache's logs stored before `cutoff` (retention); how many.
     /// Their blobs are left to the orphan sweep.
-    pub async fn expire_logs(&self, cache_id: i64, cutoff: i64) -> Result<u64, DbErr> {
+    pub async fn expire_logs(&self, cache_id: CacheId, cutoff: i64) -> Result<u64, DatabaseError> {
         let result = build_log::Entity::delete_many()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .filter(build_log::Column::CreatedAt.lt(cutoff))
@@ -127,7 +130,11 @@ impl Database {
 
     /// A cache's oldest logs, oldest first, with their stored sizes: what a
     /// quota evicts before any path.
-    pub async fn oldest_logs(&self, cache_id: i64, limit: u64) -> Result<Vec<LogSize>, DbErr> {
+    pub async fn oldest_logs(
+        &self,
+        cache_id: CacheId,
+        limit: u64,
+    ) -> Result<Vec<LogSize>, DatabaseError> {
         let rows: Vec<(i64, i64)> = build_log::Entity::find()
             .select_only()
             .column(build_log::Column::Id)
@@ -141,13 +148,16 @@ impl Database {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, stored_size)| LogSize { id, stored_size })
+            .map(|(id, stored_size)| LogSize {
+                id: LogId::new(id),
+                stored_size,
+            })
             .collect())
     }
 
     /// Deletes logs by id; how many went. Their blobs are left to the
     /// orphan sweep.
-    pub async fn delete_logs(&self, ids: &[i64]) -> Result<u64, DbErr> {
+    pub async fn delete_logs(&self, ids: &[LogId]) -> Result<u64, DatabaseError> {
         let result = build_log::Entity::delete_many()
             .filter(build_log::Column::Id.is_in(ids.iter().copied()))
             .exec(&self.conn)
@@ -157,7 +167,7 @@ impl Database {
 
     /// Of `keys` (blobs under the log prefix), those a log row names, for
     /// the orphan sweep.
-    pub async fn log_keys_in_use(&self, keys: &[String]) -> Result<Vec<String>, DbErr> {
+    pub async fn log_keys_in_use(&self, keys: &[String]) -> Result<Vec<String>, DatabaseError> {
         let mut in_use = Vec::new();
         // Bounded statements: a listing may hold many keys.
         for batch in keys.chunks(500) {

@@ -12,7 +12,118 @@ pub mod write;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::storage::StorageKey;
+use crate::storage::{BadStorageKey, StorageKey};
+
+crate::row_id::row_id! {
+    /// A pack's row.
+    PackId
+}
+
+crate::row_id::row_id! {
+    /// A chunk's row (the chunk's content is named by its
+    /// [`attic::chunking::ChunkId`]).
+    StoredChunkId
+}
+
+/// Whether a NAR, chunk or pack may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    /// Whole and checked when written: served.
+    Valid,
+    /// Its stored bytes failed a check, or (for a NAR) one of its chunks
+    /// did: never served, and stored afresh by the next upload of it.
+    Damaged,
+    /// Being reclaimed by the garbage collector.
+    Deleting,
+}
+
+/// How stored bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredCompression {
+    /// One zstd frame per chunk; for a NAR, every chunk is one.
+    Zstd,
+    /// The bytes themselves.
+    None,
+}
+
+/// Whether `pieces` (each a chunk's pack, offset and stored size, in NAR
+/// order) are pack `pack_id` whole: back to back from its start to its
+/// end, `pack_size`. Such a NAR is served as its pack, one sequential read
+/// (or a presigned URL of it).
+pub fn is_whole_pack(
+    pack_id: PackId,
+    pack_size: u64,
+    pieces: impl IntoIterator<Item = (PackId, u64, u64)>,
+) -> bool {
+    let mut expected_offset = 0;
+    for (pack, offset, stored_size) in pieces {
+        if pack != pack_id || offset != expected_offset {
+            return false;
+        }
+        expected_offset = offset + stored_size;
+    }
+    expected_offset == pack_size
+}
+
+/// Where packs are stored: `packs/<2 hex>/<32 hex>`, spread over 256
+/// prefixes so that listing one for the orphan sweep stays small.
+pub const PACK_PREFIX: &str = "packs";
+
+/// The storage key of a pack. New packs get a fresh random key (see
+/// [`PackKey::generate`]); a pack converted from a pre-pack chunk keeps
+/// that chunk's old key, so any valid storage key is accepted as one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PackKey(StorageKey);
+
+impl PackKey {
+    /// A fresh key for a new pack, random, so two uploads never write the
+    /// same blob and a key reveals nothing of content.
+    pub fn generate() -> Self {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).expect("the OS random source works");
+        let id = hex::encode(id);
+        Self(
+            StorageKey::new(format!("{PACK_PREFIX}/{}/{id}", &id[..2]))
+                .expect("hex makes a valid key"),
+        )
+    }
+
+    /// The key as recorded.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The blob's key in storage.
+    pub fn storage_key(&self) -> &StorageKey {
+        &self.0
+    }
+}
+
+impl FromStr for PackKey {
+    type Err = BadStorageKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StorageKey::new(s).map(Self)
+    }
+}
+
+impl From<StorageKey> for PackKey {
+    fn from(key: StorageKey) -> Self {
+        Self(key)
+    }
+}
+
+impl fmt::Display for PackKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for PackKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackKey({})", self.0)
+    }
+}
 
 /// A checksum of a chunk's stored bytes, checked before any of them is
 /// served. It only has to catch damage at rest (Nix checks every NAR
@@ -80,15 +191,6 @@ impl FromStr for StoredChecksum {
     }
 }
 
-/// A fresh key for a new pack: `packs/<2 hex>/<32 hex>`, random, so two
-/// uploads never write the same blob and a key reveals nothing of content.
-pub fn new_pack_key() -> StorageKey {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).expect("the OS random source works");
-    let id = hex::encode(id);
-    StorageKey::new(format!("packs/{}/{id}", &id[..2])).expect("hex makes a valid key")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,8 +237,30 @@ mod tests {
     }
 
     #[test]
+    fn only_chunks_back_to_back_from_the_start_to_the_end_are_a_whole_pack() {
+        let (one, two) = (PackId::new(1), PackId::new(2));
+        assert!(is_whole_pack(one, 30, [(one, 0, 10), (one, 10, 20)]));
+        assert!(
+            !is_whole_pack(one, 31, [(one, 0, 10), (one, 10, 20)]),
+            "short"
+        );
+        assert!(
+            !is_whole_pack(one, 30, [(one, 0, 10), (one, 11, 19)]),
+            "gap"
+        );
+        assert!(
+            !is_whole_pack(one, 30, [(one, 10, 20), (one, 0, 10)]),
+            "order"
+        );
+        assert!(
+            !is_whole_pack(one, 30, [(one, 0, 10), (two, 10, 20)]),
+            "other pack"
+        );
+    }
+
+    #[test]
     fn pack_keys_are_fresh_and_valid() {
-        let (a, b) = (new_pack_key(), new_pack_key());
+        let (a, b) = (PackKey::generate(), PackKey::generate());
         assert_ne!(a, b);
         assert!(a.as_str().starts_with("packs/"));
     }

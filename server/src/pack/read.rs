@@ -17,25 +17,24 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::StoredChecksum;
-use crate::database::entity::StoredCompression;
-use crate::storage::{ByteStream, StorageBackend, StorageError, StorageKey};
+use super::{PackId, PackKey, StoredChecksum, StoredChunkId, StoredCompression};
+use crate::storage::{ByteStream, StorageBackend, StorageError};
 
 /// Where a chunk's stored bytes are, and how to check them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChunk {
-    /// Row id.
-    pub id: i64,
+    /// Its row.
+    pub id: StoredChunkId,
     /// blake3 of the uncompressed bytes.
     pub hash: ChunkId,
     /// Uncompressed size.
     pub chunk_size: u64,
     /// How the stored bytes are encoded.
     pub compression: StoredCompression,
-    /// The pack's row id.
-    pub pack_id: i64,
-    /// The pack's storage key.
-    pub pack_key: StorageKey,
+    /// The pack's row.
+    pub pack_id: PackId,
+    /// The pack's key.
+    pub pack_key: PackKey,
     /// Start of the stored bytes in the pack.
     pub offset: u64,
     /// Length of the stored bytes.
@@ -58,7 +57,7 @@ pub struct Run {
 
 impl Run {
     /// The pack's key.
-    pub fn pack_key(&self) -> &StorageKey {
+    pub fn pack_key(&self) -> &PackKey {
         &self.chunks[0].pack_key
     }
 
@@ -190,7 +189,11 @@ impl RunReader {
     async fn read(&mut self, chunk: StoredChunk) -> Result<CheckedChunk, ReadError> {
         let range = self.range.clone();
         if self.body.is_none() {
-            match self.storage.get(&chunk.pack_key, range.clone()).await {
+            match self
+                .storage
+                .get(chunk.pack_key.storage_key(), range.clone())
+                .await
+            {
                 Ok(body) => self.body = Some(body),
                 Err(StorageError::NotFound(_)) => {
                     return Err(ReadError::Damaged(Damage {
@@ -230,7 +233,7 @@ impl RunReader {
                 }
                 Some(Err(source)) => {
                     return Err(ReadError::Storage(StorageError::Io {
-                        key: chunk.pack_key.clone(),
+                        key: chunk.pack_key.storage_key().clone(),
                         source,
                     }));
                 }
@@ -293,7 +296,7 @@ mod tests {
     /// Three zstd chunks in one pack, with checksums.
     async fn pack_of_three() -> Fixture {
         let storage = Arc::new(MemoryStorage::new());
-        let key = StorageKey::new("packs/00/test").expect("key");
+        let key: PackKey = "packs/00/test".parse().expect("key");
         let mut pack = Vec::new();
         let mut chunks = Vec::new();
         for (i, content) in [&b"first chunk"[..], b"second chunk", b"third"]
@@ -302,11 +305,11 @@ mod tests {
         {
             let frame = zstd::bulk::compress(content, 3).expect("compress");
             chunks.push(StoredChunk {
-                id: i as i64,
+                id: StoredChunkId::new(i as i64),
                 hash: ChunkId::of(content),
                 chunk_size: content.len() as u64,
                 compression: StoredCompression::Zstd,
-                pack_id: 1,
+                pack_id: PackId::new(1),
                 pack_key: key.clone(),
                 offset: pack.len() as u64,
                 stored_size: frame.len() as u64,
@@ -315,14 +318,15 @@ mod tests {
             pack.extend_from_slice(&frame);
         }
         storage
-            .put(&key, stream_of(Bytes::from(pack)))
+            .put(key.storage_key(), stream_of(Bytes::from(pack)))
             .await
             .expect("put");
         Fixture { storage, chunks }
     }
 
     /// Flips the lowest bit of byte `at` of the stored pack `key`.
-    async fn flip_bit(storage: &MemoryStorage, key: &StorageKey, at: u64) {
+    async fn flip_bit(storage: &MemoryStorage, key: &PackKey, at: u64) {
+        let key = key.storage_key();
         let mut pack = crate::storage::read_all(storage, key)
             .await
             .expect("read")
@@ -347,13 +351,13 @@ mod tests {
 
     #[test]
     fn consecutive_chunks_of_one_pack_make_one_run() {
-        let chunk = |pack_id, offset, stored_size| StoredChunk {
-            id: 0,
+        let chunk = |pack_id: i64, offset, stored_size| StoredChunk {
+            id: StoredChunkId::new(0),
             hash: ChunkId::of(b""),
             chunk_size: 1,
             compression: StoredCompression::Zstd,
-            pack_id,
-            pack_key: StorageKey::new(format!("packs/{pack_id}")).expect("key"),
+            pack_id: PackId::new(pack_id),
+            pack_key: format!("packs/{pack_id}").parse().expect("key"),
             offset,
             stored_size,
             checksum: None,
@@ -405,7 +409,7 @@ mod tests {
         assert!(read[0].is_ok());
         assert!(matches!(
             &read[1],
-            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == 1
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == StoredChunkId::new(1)
         ));
         assert!(read[2].is_ok());
     }
@@ -416,7 +420,7 @@ mod tests {
             storage,
             mut chunks,
         } = pack_of_three().await;
-        let pack = crate::storage::read_all(&*storage, &chunks[0].pack_key)
+        let pack = crate::storage::read_all(&*storage, chunks[0].pack_key.storage_key())
             .await
             .expect("read");
         for chunk in &mut chunks {
@@ -431,14 +435,14 @@ mod tests {
         assert!(read[0].is_ok() && read[1].is_ok());
         assert!(matches!(
             &read[2],
-            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == 2
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == StoredChunkId::new(2)
         ));
     }
 
     #[tokio::test]
     async fn a_short_pack_is_truncated_damage_from_where_it_ends() {
         let Fixture { storage, chunks } = pack_of_three().await;
-        let key = chunks[0].pack_key.clone();
+        let key = chunks[0].pack_key.storage_key().clone();
         let pack = crate::storage::read_all(&*storage, &key)
             .await
             .expect("read");
@@ -452,14 +456,17 @@ mod tests {
         assert!(matches!(
             &read[1],
             Err(ReadError::Damaged(Damage { chunk, fault: Fault::Truncated { pack_len } }))
-                if chunk.id == 1 && *pack_len == cut
+                if chunk.id == StoredChunkId::new(1) && *pack_len == cut
         ));
     }
 
     #[tokio::test]
     async fn a_missing_pack_is_missing_damage() {
         let Fixture { storage, chunks } = pack_of_three().await;
-        storage.delete(&chunks[0].pack_key).await.expect("delete");
+        storage
+            .delete(chunks[0].pack_key.storage_key())
+            .await
+            .expect("delete");
         let read = read_all_runs(storage, chunks).await;
         assert_eq!(read.len(), 1);
         assert!(matches!(

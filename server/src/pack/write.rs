@@ -16,8 +16,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::new_pack_key;
-use crate::storage::{ByteStream, StorageBackend, StorageError, StorageKey};
+use super::PackKey;
+use crate::storage::{ByteStream, StorageBackend, StorageError};
 
 /// Frames in flight between the upload and the storage write.
 const QUEUE: usize = 16;
@@ -26,7 +26,7 @@ const QUEUE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct WrittenPack {
     /// Its key.
-    pub key: StorageKey,
+    pub key: PackKey,
     /// Its size in bytes.
     pub size: u64,
 }
@@ -39,7 +39,7 @@ pub struct PackWriter {
 }
 
 struct OpenPack {
-    key: StorageKey,
+    key: PackKey,
     sender: mpsc::Sender<Bytes>,
     complete: Arc<AtomicBool>,
     put: JoinHandle<Result<u64, StorageError>>,
@@ -101,9 +101,9 @@ impl PackWriter {
     }
 }
 
-fn unexpected(key: &StorageKey, what: &str) -> StorageError {
+fn unexpected(key: &PackKey, what: &str) -> StorageError {
     StorageError::Io {
-        key: key.clone(),
+        key: key.storage_key().clone(),
         source: io::Error::other(what.to_owned()),
     }
 }
@@ -112,7 +112,7 @@ fn unexpected(key: &StorageKey, what: &str) -> StorageError {
 /// `complete` is set before the sender is dropped, the stream ends in an
 /// error, so the put of an abandoned upload fails and leaves nothing.
 fn start(storage: Arc<dyn StorageBackend>) -> OpenPack {
-    let key = new_pack_key();
+    let key = PackKey::generate();
     let (sender, receiver) = mpsc::channel::<Bytes>(QUEUE);
     let complete = Arc::new(AtomicBool::new(false));
     let frames = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -131,7 +131,7 @@ fn start(storage: Arc<dyn StorageBackend>) -> OpenPack {
     };
     let data: ByteStream = Box::pin(frames.chain(ending));
     let put = {
-        let key = key.clone();
+        let key = key.storage_key().clone();
         tokio::spawn(async move { storage.put(&key, data).await })
     };
     OpenPack {
@@ -167,7 +167,12 @@ mod tests {
         );
         let pack = writer.finish().await.expect("finish").expect("a pack");
         assert_eq!(pack.size, 5);
-        assert_eq!(read_all(&*storage, &pack.key).await.expect("read"), "abcde");
+        assert_eq!(
+            read_all(&*storage, pack.key.storage_key())
+                .await
+                .expect("read"),
+            "abcde"
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 
 use super::super::{JsonBody, cache_name, endpoint};
 use crate::access::Caller;
-use crate::database::entity::cache;
 use crate::database::{CacheChanges, DatabaseError, NewCache};
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
@@ -40,17 +39,16 @@ pub async fn get_cache_config(
             .await
             .map_err(|_| denied)?,
     };
-    let key = signing_key(&cache)?;
     let base = endpoint(&state, &headers);
     Ok(Json(CacheConfig {
         keypair: None,
         substituter_endpoint: Some(format!("{base}{}", cache.name)),
         api_endpoint: Some(base),
-        public_key: Some(key.public_key().to_string()),
+        public_key: Some(cache.signing_key.public_key().to_string()),
         is_public: Some(cache.is_public),
-        store_dir: Some(cache.store_dir.clone()),
+        store_dir: Some(cache.store_dir.as_str().to_owned()),
         priority: Some(cache.priority),
-        upstream_cache_key_names: Some(upstream_names(&cache)?),
+        upstream_cache_key_names: Some(cache.upstream_cache_key_names.clone()),
         retention_period: Some(match cache.retention_period {
             None => RetentionPeriodConfig::Global,
             Some(seconds) => RetentionPeriodConfig::Period(seconds.try_into().unwrap_or(u32::MAX)),
@@ -63,7 +61,7 @@ pub async fn get_cache_config(
         ),
         quota: Some(match cache.quota {
             None => QuotaConfig::Unlimited,
-            Some(bytes) => QuotaConfig::Bytes(u64::try_from(bytes).unwrap_or(0)),
+            Some(bytes) => QuotaConfig::Bytes(bytes),
         }),
         used_bytes: Some(u64::try_from(state.database.cache_usage(cache.id).await?).unwrap_or(0)),
     }))
@@ -79,20 +77,18 @@ pub async fn create_cache(
     let name = cache_name(&name)?;
     caller.require(&name, Permission::CreateCache)?;
     let request: CreateCacheRequest = JsonBody::read(request).await?;
-    let key = make_key(&request.keypair, &state, name.as_str(), 1)?;
-    StoreDir::new(&request.store_dir)
-        .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
+    let signing_key = make_key(&request.keypair, &state, name.as_str(), 1)?;
+    let store_dir = store_dir(&request.store_dir)?;
     check_key_names(&request.upstream_cache_key_names)?;
     let created = state
         .database
         .create_cache(NewCache {
-            name: name.to_string(),
-            keypair: key.to_nix_secret(),
+            name: name.clone(),
+            signing_key,
             is_public: request.is_public,
-            store_dir: request.store_dir,
+            store_dir,
             priority: request.priority,
-            upstream_cache_key_names: serde_json::to_string(&request.upstream_cache_key_names)
-                .expect("strings serialise"),
+            upstream_cache_key_names: request.upstream_cache_key_names,
         })
         .await;
     match created {
@@ -146,43 +142,37 @@ pub async fn configure_cache(
     }
     let cache = state
         .database
-        .find_cache(name.as_str())
+        .find_cache(&name)
         .await?
         .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))?;
-    if let Some(store_dir) = &patch.store_dir {
-        StoreDir::new(store_dir)
-            .map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))?;
-    }
+    let store_dir = patch.store_dir.as_deref().map(store_dir).transpose()?;
     if let Some(names) = &patch.upstream_cache_key_names {
         check_key_names(names)?;
     }
     let changes = CacheChanges {
-        keypair: patch
+        signing_key: patch
             .keypair
             .as_ref()
             .map(|k| {
-                let generation = next_key_generation(&signing_key(&cache)?);
-                make_key(k, &state, name.as_str(), generation).map(|k| k.to_nix_secret())
+                let generation = next_key_generation(&cache.signing_key);
+                make_key(k, &state, name.as_str(), generation)
             })
             .transpose()?,
         is_public: patch.is_public,
-        store_dir: patch.store_dir,
+        store_dir,
         priority: patch.priority,
-        upstream_cache_key_names: patch
-            .upstream_cache_key_names
-            .map(|names| serde_json::to_string(&names).expect("strings serialise")),
+        upstream_cache_key_names: patch.upstream_cache_key_names,
         retention_period: patch.retention_period.map(|retention| match retention {
             RetentionPeriodConfig::Global => None,
             RetentionPeriodConfig::Period(seconds) => Some(i64::from(seconds)),
         }),
         quota: patch.quota.map(|quota| match quota {
             QuotaConfig::Unlimited => None,
-            QuotaConfig::Bytes(bytes) => Some(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            QuotaConfig::Bytes(bytes) => Some(bytes),
         }),
     };
-    let (name, id) = (cache.name.clone(), cache.id);
-    state.database.configure_cache(cache, changes).await?;
-    state.read_cache.forget_cache(&name, id);
+    state.database.configure_cache(&cache, changes).await?;
+    state.read_cache.forget_cache(&cache.name, cache.id);
     Ok(Json(json!({})))
 }
 
@@ -242,18 +232,9 @@ pub async fn destroy_cache(
     Ok(Json(json!({})))
 }
 
-/// The cache's signing key.
-pub fn signing_key(cache: &cache::Model) -> ServerResult<SigningKey> {
-    cache
-        .keypair
-        .parse()
-        .map_err(|e| ServerError::Internal(format!("cache {} has a bad key: {e}", cache.name)))
-}
-
-fn upstream_names(cache: &cache::Model) -> ServerResult<Vec<String>> {
-    serde_json::from_str(&cache.upstream_cache_key_names).map_err(|e| {
-        ServerError::Internal(format!("cache {} has bad upstream names: {e}", cache.name))
-    })
+/// A store directory as a request gives it; 400 if it is none.
+fn store_dir(dir: &str) -> ServerResult<StoreDir> {
+    StoreDir::new(dir).map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))
 }
 
 /// A key as asked: given, or generated and named
@@ -287,7 +268,7 @@ fn make_key(
                 Some(host) => format!("{host}-{cache}-{generation}"),
                 None => format!("{cache}-{generation}"),
             };
-            SigningKey::generate(&name).map_err(|e| ServerError::Internal(e.to_string()))
+            SigningKey::generate(&name).map_err(ServerError::KeyGeneration)
         }
         KeypairConfig::Keypair(secret) => {
             secret.parse().map_err(|e: attic::signing::SigningError| {

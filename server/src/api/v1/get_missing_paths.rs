@@ -33,15 +33,9 @@ pub async fn get_missing_paths(
             "ask about at most {MAX_HASHES} paths per request"
         )));
     }
-    let hashes: Vec<String> = request
-        .store_path_hashes
-        .iter()
-        .map(|h| h.as_str().to_owned())
-        .collect();
-    let missing = state.database.find_missing_paths(cache.id, &hashes).await?;
-    let missing_paths = missing
-        .iter()
-        .map(|h| h.parse().expect("hashes came from valid StorePathHashes"))
-        .collect();
+    let missing_paths = state
+        .database
+        .find_missing_paths(cache.id, &request.store_path_hashes)
+        .await?;
     Ok(Json(GetMissingPathsResponse { missing_paths }))
 }

@@ -12,7 +12,6 @@ use attic::api::v1::upload_path::{
     NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
     UploadPathResultKind,
 };
-use attic::store_path::StoreDir;
 use attic_token::Permission;
 use axum::Json;
 use axum::body::Body;
@@ -23,12 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::access::Caller;
 use crate::compressed::{Compression, DecodedBody, DecodedSize};
-use crate::database::{Claim, HeldByCache, NewNar, NewObject};
+use crate::database::HeldByCache;
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Declared, Expect};
-use crate::metrics::Metrics;
 use crate::serve::body_reader;
 use crate::state::AppState;
+use crate::uploads::{Uploads, new_object};
 
 /// Largest metadata preamble accepted.
 const MAX_PREAMBLE: usize = 1024 * 1024;
@@ -70,7 +69,7 @@ pub async fn upload_path(
     let cache = caller
         .require_cache(&state, &info.cache, Permission::Push)
         .await?;
-    let object = new_object(&info, cache.id, &cache.store_dir, caller.subject())?;
+    let object = new_object(&info, &cache, caller.subject())?;
     if info.nar_size == 0 {
         return Err(ServerError::bad_request(
             "InvalidNarInfo",
@@ -87,44 +86,22 @@ pub async fn upload_path(
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
     };
-    let path_hash = info.store_path_hash.as_str();
+    let uploads = Uploads::new(&state);
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         ingest::verify_only(body, declared).await?;
         let held = state
             .database
             .held_by_cache(existing.id, cache.id, None)
             .await?;
-        state
-            .database
-            .attach_existing_nar(existing.id, object)
-            .await?;
-        state.read_cache.forget_path(cache.id, path_hash);
-        Metrics::count(&state.metrics.uploads, "deduplicated");
-        state.metrics.upload_nar_bytes.inc_by(info.nar_size);
+        uploads.attach_existing(&existing, object).await?;
         return Ok(Json(reply(held, existing.file_size, info.nar_size)));
     }
 
     let stored = ingest::store_nar(&state, body, Expect::Declared(declared)).await?;
-    let new_chunk_bytes = stored.bytes_stored();
-    let nar = state
-        .database
-        .commit_upload(
-            NewNar {
-                nar_hash: info.nar_hash,
-                nar_size: info.nar_size,
-                pack: stored.pack,
-                chunks: stored.chunks,
-            },
-            Claim::Object(object),
-        )
-        .await?;
-    state.read_cache.forget_path(cache.id, path_hash);
-    Metrics::count(&state.metrics.uploads, "uploaded");
-    state.metrics.upload_nar_bytes.inc_by(info.nar_size);
-    state.metrics.stored_bytes.inc_by(new_chunk_bytes);
+    let nar = uploads.commit_path(stored, object).await?;
     let held = state
         .database
-        .held_by_cache(nar.id, cache.id, Some(path_hash))
+        .held_by_cache(nar.id, cache.id, Some(&info.store_path_hash))
         .await?;
     Ok(Json(reply(held, nar.file_size, info.nar_size)))
 }
@@ -135,8 +112,7 @@ pub async fn upload_path(
 /// held this very NAR already (under another path, or this one);
 /// `bytes_stored` is the stored size of the chunks it did not hold, and
 /// `frac_deduplicated` the fraction of NAR bytes it did.
-fn reply(held: HeldByCache, file_size: i64, nar_size: u64) -> UploadPathResult {
-    let file_size = file_size.max(0) as u64;
+fn reply(held: HeldByCache, file_size: u64, nar_size: u64) -> UploadPathResult {
     if held.whole {
         return UploadPathResult {
             kind: UploadPathResultKind::Deduplicated,
@@ -209,62 +185,4 @@ async fn read_nar_info<R: AsyncRead + Unpin>(
         .await
         .map_err(ServerError::UploadInterrupted)?;
     serde_json::from_slice(&preamble).map_err(invalid)
-}
-
-/// Checks the metadata and turns it into the cache's object. Every string
-/// that ends up in a narinfo line is checked for line breaks, so a client
-/// can never inject fields into what other clients read.
-pub(crate) fn new_object(
-    info: &UploadPathNarInfo,
-    cache_id: i64,
-    store_dir: &str,
-    created_by: Option<String>,
-) -> ServerResult<NewObject> {
-    let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
-    let store_dir = StoreDir::new(store_dir).map_err(|e| ServerError::Internal(e.to_string()))?;
-    let store_path = store_dir
-        .parse_path(&info.store_path)
-        .map_err(|e| bad(format!("store_path: {e}")))?;
-    if store_path.hash() != &info.store_path_hash {
-        return Err(bad("store_path_hash does not match store_path".into()));
-    }
-    for reference in &info.references {
-        store_dir
-            .parse_path(reference)
-            .map_err(|e| bad(format!("references: {e}")))?;
-    }
-    if let Some(deriver) = &info.deriver {
-        store_dir
-            .parse_path(deriver)
-            .map_err(|e| bad(format!("deriver: {e}")))?;
-    }
-    let single_line = |field: &str, value: &str| {
-        if value.is_empty() || value.chars().any(char::is_control) {
-            Err(bad(format!(
-                "{field} must be non-empty and hold no control characters"
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    for sig in &info.sigs {
-        single_line("sigs", sig)?;
-    }
-    if let Some(system) = &info.system {
-        single_line("system", system)?;
-    }
-    if let Some(ca) = &info.ca {
-        single_line("ca", ca)?;
-    }
-    Ok(NewObject {
-        cache_id,
-        store_path_hash: info.store_path_hash.to_string(),
-        store_path: info.store_path.clone(),
-        references: serde_json::to_string(&info.references).expect("strings serialise"),
-        system: info.system.clone(),
-        deriver: info.deriver.clone(),
-        sigs: serde_json::to_string(&info.sigs).expect("strings serialise"),
-        ca: info.ca.clone(),
-        created_by,
-    })
 }

@@ -1,4 +1,5 @@
-//! sea-orm entities, one per table; the schema itself is in the `migration` crate.
+//! sea-orm entities, one per table; the schema itself is in the `migration`
+//! crate. Nothing outside `database` sees them: it hands out records.
 
 pub mod build_log;
 pub mod cache;
@@ -39,4 +40,42 @@ pub enum StoredCompression {
     /// The bytes themselves.
     #[sea_orm(string_value = "none")]
     None,
+}
+
+impl From<BlobState> for crate::pack::BlobState {
+    fn from(state: BlobState) -> Self {
+        match state {
+            BlobState::Valid => Self::Valid,
+            BlobState::Damaged => Self::Damaged,
+            BlobState::Deleting => Self::Deleting,
+        }
+    }
+}
+
+impl From<crate::pack::BlobState> for BlobState {
+    fn from(state: crate::pack::BlobState) -> Self {
+        match state {
+            crate::pack::BlobState::Valid => Self::Valid,
+            crate::pack::BlobState::Damaged => Self::Damaged,
+            crate::pack::BlobState::Deleting => Self::Deleting,
+        }
+    }
+}
+
+impl From<StoredCompression> for crate::pack::StoredCompression {
+    fn from(compression: StoredCompression) -> Self {
+        match compression {
+            StoredCompression::Zstd => Self::Zstd,
+            StoredCompression::None => Self::None,
+        }
+    }
+}
+
+impl From<crate::pack::StoredCompression> for StoredCompression {
+    fn from(compression: crate::pack::StoredCompression) -> Self {
+        match compression {
+            crate::pack::StoredCompression::Zstd => Self::Zstd,
+            crate::pack::StoredCompression::None => Self::None,
+        }
+    }
 }

@@ -1,0 +1,181 @@
+//! Caches: creating, configuring and destroying them, and finding them by
+//! name.
+
+use attic::cache::CacheName;
+use attic::signing::SigningKey;
+use attic::store_path::StoreDir;
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::{Set, Unchanged},
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, SqlErr,
+};
+
+use super::entity::{build_log, cache, staged_nar};
+use super::ids::CacheId;
+use super::json::Json;
+use super::records::Cache;
+use super::{Database, DatabaseError, now};
+
+/// A new cache's settings.
+#[derive(Debug, Clone)]
+pub struct NewCache {
+    /// The name in URLs.
+    pub name: CacheName,
+    /// The key its narinfos are signed with.
+    pub signing_key: SigningKey,
+    /// Whether anyone may pull.
+    pub is_public: bool,
+    /// The store directory of its paths.
+    pub store_dir: StoreDir,
+    /// Substituter priority.
+    pub priority: i32,
+    /// Keys of upstream caches whose paths clients need not push.
+    pub upstream_cache_key_names: Vec<String>,
+}
+
+/// Settings to change on a cache; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CacheChanges {
+    /// A new signing key.
+    pub signing_key: Option<SigningKey>,
+    /// Public or private.
+    pub is_public: Option<bool>,
+    /// The store directory.
+    pub store_dir: Option<StoreDir>,
+    /// Substituter priority.
+    pub priority: Option<i32>,
+    /// Upstream key names.
+    pub upstream_cache_key_names: Option<Vec<String>>,
+    /// Retention in seconds; `Some(None)` returns to the server default.
+    pub retention_period: Option<Option<i64>>,
+    /// Quota in bytes; `Some(None)` removes it.
+    pub quota: Option<Option<u64>>,
+}
+
+/// A byte count as a BIGINT column holds it.
+fn bigint(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+impl Database {
+    /// A live cache by name.
+    pub async fn find_cache(&self, name: &CacheName) -> Result<Option<Cache>, DatabaseError> {
+        cache::Entity::find()
+            .filter(cache::Column::Name.eq(name.as_str()))
+            .filter(cache::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .map(Cache::try_from)
+            .transpose()
+    }
+
+    /// Every live cache, by id (few rows: one per tenant cache).
+    pub async fn live_caches(&self) -> Result<Vec<Cache>, DatabaseError> {
+        cache::Entity::find()
+            .filter(cache::Column::DeletedAt.is_null())
+            .order_by_asc(cache::Column::Id)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(Cache::try_from)
+            .collect()
+    }
+
+    /// Every destroyed cache whose rows remain, by id.
+    pub async fn destroyed_caches(&self) -> Result<Vec<CacheId>, DatabaseError> {
+        let ids: Vec<i64> = cache::Entity::find()
+            .filter(cache::Column::DeletedAt.is_not_null())
+            .order_by_asc(cache::Column::Id)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect();
+        Ok(ids.into_iter().map(CacheId::new).collect())
+    }
+
+    /// Creates a cache, refusing a name already live. The unique index on
+    /// live names decides, so of two racing creates exactly one wins.
+    pub async fn create_cache(&self, new: NewCache) -> Result<Cache, DatabaseError> {
+        let created = cache::ActiveModel {
+            name: Set(new.name.as_str().to_owned()),
+            keypair: Set(new.signing_key.to_nix_secret()),
+            is_public: Set(new.is_public),
+            store_dir: Set(new.store_dir.as_str().to_owned()),
+            priority: Set(new.priority),
+            upstream_cache_key_names: Set(Json(new.upstream_cache_key_names).encode()),
+            retention_period: Set(None),
+            created_at: Set(now()),
+            deleted_at: Set(None),
+            ..Default::default()
+        }
+        .insert(&self.conn)
+        .await;
+        match created {
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(DatabaseError::CacheExists)
+            }
+            other => Cache::try_from(other?),
+        }
+    }
+
+    /// Applies the settings given in `changes`; leaves the rest.
+    pub async fn configure_cache(
+        &self,
+        cache: &Cache,
+        changes: CacheChanges,
+    ) -> Result<(), DatabaseError> {
+        // The id unchanged, so that only the columns set below are written.
+        let mut row = cache::ActiveModel {
+            id: Unchanged(cache.id.get()),
+            ..Default::default()
+        };
+        if let Some(key) = changes.signing_key {
+            row.keypair = Set(key.to_nix_secret());
+        }
+        if let Some(is_public) = changes.is_public {
+            row.is_public = Set(is_public);
+        }
+        if let Some(store_dir) = changes.store_dir {
+            row.store_dir = Set(store_dir.as_str().to_owned());
+        }
+        if let Some(priority) = changes.priority {
+            row.priority = Set(priority);
+        }
+        if let Some(names) = changes.upstream_cache_key_names {
+            row.upstream_cache_key_names = Set(Json(names).encode());
+        }
+        if let Some(retention_period) = changes.retention_period {
+            row.retention_period = Set(retention_period);
+        }
+        if let Some(quota) = changes.quota {
+            row.quota = Set(quota.map(bigint));
+        }
+        if row.is_changed() {
+            row.update(&self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Destroys a cache: it and its paths vanish at once; GC reclaims the data.
+    pub async fn destroy_cache(&self, cache_id: CacheId) -> Result<(), DatabaseError> {
+        let txn = self.begin_write().await?;
+        cache::Entity::update_many()
+            .col_expr(cache::Column::DeletedAt, now().into())
+            .filter(cache::Column::Id.eq(cache_id))
+            .exec(&txn)
+            .await?;
+        // Its logs and unclaimed `nix copy` uploads go with it; its paths'
+        // data is the garbage collector's to reclaim.
+        build_log::Entity::delete_many()
+            .filter(build_log::Column::CacheId.eq(cache_id))
+            .exec(&txn)
+            .await?;
+        staged_nar::Entity::delete_many()
+            .filter(staged_nar::Column::CacheId.eq(cache_id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}

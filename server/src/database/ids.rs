@@ -1,0 +1,51 @@
+//! Typed ids of the tables only the database module names (packs and
+//! chunks have theirs in [`crate::pack`], which describes them), and how
+//! every id goes into a query.
+
+use crate::pack::{PackId, StoredChunkId};
+
+crate::row_id::row_id! {
+    /// A cache's row.
+    CacheId
+}
+
+crate::row_id::row_id! {
+    /// A NAR's row in the global store.
+    NarId
+}
+
+crate::row_id::row_id! {
+    /// A path's row in one cache.
+    ObjectId
+}
+
+crate::row_id::row_id! {
+    /// A NAR staged by `nix copy`, awaiting its narinfo.
+    StagedNarId
+}
+
+crate::row_id::row_id! {
+    /// A build log's row.
+    LogId
+}
+
+/// Lets ids stand in queries where their column's number would.
+macro_rules! bind_as_number {
+    ($($id:ty),*) => {$(
+        impl From<$id> for sea_orm::Value {
+            fn from(id: $id) -> Self {
+                id.get().into()
+            }
+        }
+    )*};
+}
+
+bind_as_number!(
+    CacheId,
+    NarId,
+    ObjectId,
+    StagedNarId,
+    LogId,
+    PackId,
+    StoredChunkId
+);

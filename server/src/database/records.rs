@@ -1,0 +1,277 @@
+//! What the database hands out: typed records built from rows, never the
+//! rows themselves. A row that does not decode (a bad hash, key or JSON
+//! list) is a [`DatabaseError::CorruptRow`] naming the table and the row.
+
+use attic::cache::CacheName;
+use attic::hash::Sha256Hash;
+use attic::signing::SigningKey;
+use attic::store_path::StoreDir;
+
+use super::DatabaseError;
+use super::entity::{cache, nar, object, pack, staged_nar};
+use super::ids::{CacheId, NarId, ObjectId, StagedNarId};
+use super::json::Json;
+use super::paths::PathInfo;
+use crate::pack::{BlobState, PackId, PackKey, StoredCompression};
+
+/// A live cache and its settings.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    /// Its row.
+    pub id: CacheId,
+    /// The name in URLs.
+    pub name: CacheName,
+    /// The key narinfos are signed with. Never leaves the server.
+    pub signing_key: SigningKey,
+    /// Whether anyone may pull.
+    pub is_public: bool,
+    /// The store directory of its paths.
+    pub store_dir: StoreDir,
+    /// Substituter priority.
+    pub priority: i32,
+    /// Keys of upstream caches whose paths clients need not push.
+    pub upstream_cache_key_names: Vec<String>,
+    /// Seconds to keep unread paths; `None` for the server default.
+    pub retention_period: Option<i64>,
+    /// Stored bytes allowed before GC evicts; `None` for no limit.
+    pub quota: Option<u64>,
+}
+
+/// A path as one cache holds it.
+#[derive(Debug, Clone)]
+pub struct StoredPath {
+    /// Its row.
+    pub id: ObjectId,
+    /// The cache holding it.
+    pub cache_id: CacheId,
+    /// The NAR of its content.
+    pub nar_id: NarId,
+    /// What its narinfo says besides the NAR.
+    pub info: PathInfo,
+}
+
+/// A NAR in the global store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarRecord {
+    /// Its row.
+    pub id: NarId,
+    /// SHA-256 of the NAR.
+    pub nar_hash: Sha256Hash,
+    /// Bytes of the NAR.
+    pub nar_size: u64,
+    /// Zstd when every chunk is a zstd frame (served concatenated).
+    pub compression: StoredCompression,
+    /// Bytes served in `compression`.
+    pub file_size: u64,
+    /// Whether it may be served.
+    pub state: BlobState,
+    /// The pack that is byte for byte its `.nar.zst`, when one is.
+    pub pack_id: Option<PackId>,
+}
+
+/// A stored pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRecord {
+    /// Its row.
+    pub id: PackId,
+    /// Its blob.
+    pub key: PackKey,
+    /// Bytes of the blob.
+    pub size: u64,
+    /// Whether it is being reclaimed.
+    pub state: BlobState,
+}
+
+/// A NAR `nix copy` uploaded to a cache, awaiting the narinfo that claims it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedNar {
+    /// Its row.
+    pub id: StagedNarId,
+    /// The NAR.
+    pub nar_id: NarId,
+}
+
+fn corrupt(table: &'static str, id: i64) -> impl Fn(String) -> DatabaseError {
+    move |reason| DatabaseError::CorruptRow { table, id, reason }
+}
+
+/// A size column, which is never negative in a row we wrote.
+fn size(value: i64, what: &str) -> Result<u64, String> {
+    u64::try_from(value).map_err(|_| format!("negative {what} {value}"))
+}
+
+impl TryFrom<cache::Model> for Cache {
+    type Error = DatabaseError;
+
+    fn try_from(row: cache::Model) -> Result<Self, Self::Error> {
+        let bad = corrupt("cache", row.id);
+        Ok(Self {
+            id: CacheId::new(row.id),
+            name: row.name.parse().map_err(|e| bad(format!("name: {e}")))?,
+            signing_key: row
+                .keypair
+                .parse()
+                .map_err(|e| bad(format!("keypair: {e}")))?,
+            is_public: row.is_public,
+            store_dir: StoreDir::new(&row.store_dir).map_err(|e| bad(format!("store_dir: {e}")))?,
+            priority: row.priority,
+            upstream_cache_key_names: Json::decode(&row.upstream_cache_key_names)
+                .map_err(|e| bad(format!("upstream_cache_key_names: {e}")))?
+                .0,
+            retention_period: row.retention_period,
+            quota: row
+                .quota
+                .map(|q| size(q, "quota"))
+                .transpose()
+                .map_err(&bad)?,
+        })
+    }
+}
+
+impl TryFrom<object::Model> for StoredPath {
+    type Error = DatabaseError;
+
+    fn try_from(row: object::Model) -> Result<Self, Self::Error> {
+        let bad = corrupt("object", row.id);
+        Ok(Self {
+            id: ObjectId::new(row.id),
+            cache_id: CacheId::new(row.cache_id),
+            nar_id: NarId::new(row.nar_id),
+            info: PathInfo {
+                store_path_hash: row
+                    .store_path_hash
+                    .parse()
+                    .map_err(|e| bad(format!("store_path_hash: {e}")))?,
+                store_path: row.store_path,
+                references: Json::decode(&row.references)
+                    .map_err(|e| bad(format!("references: {e}")))?
+                    .0,
+                system: row.system,
+                deriver: row.deriver,
+                sigs: Json::decode(&row.sigs)
+                    .map_err(|e| bad(format!("sigs: {e}")))?
+                    .0,
+                ca: row.ca,
+            },
+        })
+    }
+}
+
+impl TryFrom<nar::Model> for NarRecord {
+    type Error = DatabaseError;
+
+    fn try_from(row: nar::Model) -> Result<Self, Self::Error> {
+        let bad = corrupt("nar", row.id);
+        Ok(Self {
+            id: NarId::new(row.id),
+            nar_hash: row
+                .nar_hash
+                .parse()
+                .map_err(|e| bad(format!("nar_hash: {e}")))?,
+            nar_size: size(row.nar_size, "nar_size").map_err(&bad)?,
+            compression: row.compression.into(),
+            file_size: size(row.file_size, "file_size").map_err(&bad)?,
+            state: row.state.into(),
+            pack_id: row.pack_id.map(PackId::new),
+        })
+    }
+}
+
+impl TryFrom<pack::Model> for PackRecord {
+    type Error = DatabaseError;
+
+    fn try_from(row: pack::Model) -> Result<Self, Self::Error> {
+        let bad = corrupt("pack", row.id);
+        Ok(Self {
+            id: PackId::new(row.id),
+            key: row.key.parse().map_err(|e| bad(format!("key: {e}")))?,
+            size: size(row.size, "size").map_err(&bad)?,
+            state: row.state.into(),
+        })
+    }
+}
+
+impl From<staged_nar::Model> for StagedNar {
+    fn from(row: staged_nar::Model) -> Self {
+        Self {
+            id: StagedNarId::new(row.id),
+            nar_id: NarId::new(row.nar_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object_row() -> object::Model {
+        object::Model {
+            id: 7,
+            cache_id: 1,
+            nar_id: 2,
+            store_path_hash: "0".repeat(32),
+            store_path: format!("/nix/store/{}-x", "0".repeat(32)),
+            references: "[]".into(),
+            system: None,
+            deriver: None,
+            sigs: "[]".into(),
+            ca: None,
+            created_at: 0,
+            last_accessed_at: None,
+            created_by: None,
+        }
+    }
+
+    #[test]
+    fn a_row_with_a_bad_json_list_is_a_corrupt_row_naming_it() {
+        let row = object::Model {
+            references: "not json".into(),
+            ..object_row()
+        };
+        match StoredPath::try_from(row) {
+            Err(DatabaseError::CorruptRow { table, id, reason }) => {
+                assert_eq!((table, id), ("object", 7));
+                assert!(reason.starts_with("references"), "{reason}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+        assert!(StoredPath::try_from(object_row()).is_ok());
+    }
+
+    #[test]
+    fn a_nar_row_with_a_bad_hash_or_size_is_corrupt() {
+        let row = nar::Model {
+            id: 3,
+            nar_hash: "sha256:nothex".into(),
+            nar_size: 1,
+            compression: super::super::entity::StoredCompression::Zstd,
+            file_size: 1,
+            state: super::super::entity::BlobState::Valid,
+            num_chunks: 1,
+            created_at: 0,
+            pack_id: None,
+            last_referenced_at: None,
+        };
+        assert!(matches!(
+            NarRecord::try_from(row.clone()),
+            Err(DatabaseError::CorruptRow {
+                table: "nar",
+                id: 3,
+                ..
+            })
+        ));
+        let row = nar::Model {
+            nar_hash: format!("sha256:{}", "0".repeat(64)),
+            nar_size: -1,
+            ..row
+        };
+        assert!(matches!(
+            NarRecord::try_from(row),
+            Err(DatabaseError::CorruptRow {
+                table: "nar",
+                id: 3,
+                ..
+            })
+        ));
+    }
+}

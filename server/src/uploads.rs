@@ -1,0 +1,161 @@
+//! The one way in: every upload route (`upload-path`, `nix copy`'s NAR and
+//! narinfo, and later import and pull-through) ends here once its bytes are
+//! verified. Each step after that happens in this one place: the commit,
+//! attaching the path to its cache, dropping what the read cache holds of
+//! the path, and counting the upload.
+
+use attic::api::v1::upload_path::UploadPathNarInfo;
+
+use crate::database::{Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo, StagedNar};
+use crate::error::{ServerError, ServerResult};
+use crate::ingest::StoredNar;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Uploads into the store and its caches, on behalf of one request.
+pub struct Uploads<'a> {
+    state: &'a AppState,
+}
+
+impl<'a> Uploads<'a> {
+    /// The service over a server's state.
+    pub fn new(state: &'a AppState) -> Self {
+        Self { state }
+    }
+
+    /// Commits a NAR this upload stored as the path `object` of its cache.
+    pub async fn commit_path(
+        &self,
+        stored: StoredNar,
+        object: NewObject,
+    ) -> ServerResult<NarRecord> {
+        let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
+        let nar = self
+            .commit(stored, Claim::Object(object), "uploaded")
+            .await?;
+        self.state.read_cache.forget_path(cache_id, &hash);
+        Ok(nar)
+    }
+
+    /// Commits a NAR `nix copy` sent, staged in a cache under the file
+    /// name it was sent as until a narinfo claims it.
+    pub async fn stage(
+        &self,
+        stored: StoredNar,
+        cache_id: CacheId,
+        file: String,
+    ) -> ServerResult<NarRecord> {
+        self.commit(stored, Claim::Staged { cache_id, file }, "staged")
+            .await
+    }
+
+    /// Makes a NAR the store holds already the path `object`, once the
+    /// uploader proved it holds the content by sending it.
+    pub async fn attach_existing(&self, nar: &NarRecord, object: NewObject) -> ServerResult<()> {
+        let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
+        self.state
+            .database
+            .attach_existing_nar(nar.id, object)
+            .await?;
+        self.state.read_cache.forget_path(cache_id, &hash);
+        Metrics::count(&self.state.metrics.uploads, "deduplicated");
+        self.state.metrics.upload_nar_bytes.inc_by(nar.nar_size);
+        Ok(())
+    }
+
+    /// Makes a staged NAR the path `object` of its cache.
+    pub async fn claim_staged(&self, staged: &StagedNar, object: NewObject) -> ServerResult<()> {
+        let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
+        self.state.database.claim_staged(staged, object).await?;
+        self.state.read_cache.forget_path(cache_id, &hash);
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        stored: StoredNar,
+        claim: Claim,
+        outcome: &'static str,
+    ) -> ServerResult<NarRecord> {
+        let stored_bytes = stored.bytes_stored();
+        let nar_size = stored.nar_size;
+        let nar = self
+            .state
+            .database
+            .commit_upload(
+                NewNar {
+                    nar_hash: stored.nar_hash,
+                    nar_size,
+                    pack: stored.pack,
+                    chunks: stored.chunks,
+                },
+                claim,
+            )
+            .await?;
+        let metrics = &self.state.metrics;
+        Metrics::count(&metrics.uploads, outcome);
+        metrics.upload_nar_bytes.inc_by(nar_size);
+        metrics.stored_bytes.inc_by(stored_bytes);
+        Ok(nar)
+    }
+}
+
+/// Checks a path's metadata as an uploader sent it and makes it the path
+/// to attach to `cache`. Every string that ends up in a narinfo line is
+/// checked for line breaks, so a client can never inject fields into what
+/// other clients read.
+pub fn new_object(
+    info: &UploadPathNarInfo,
+    cache: &Cache,
+    created_by: Option<String>,
+) -> ServerResult<NewObject> {
+    let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
+    let store_dir = &cache.store_dir;
+    let store_path = store_dir
+        .parse_path(&info.store_path)
+        .map_err(|e| bad(format!("store_path: {e}")))?;
+    if store_path.hash() != &info.store_path_hash {
+        return Err(bad("store_path_hash does not match store_path".into()));
+    }
+    for reference in &info.references {
+        store_dir
+            .parse_path(reference)
+            .map_err(|e| bad(format!("references: {e}")))?;
+    }
+    if let Some(deriver) = &info.deriver {
+        store_dir
+            .parse_path(deriver)
+            .map_err(|e| bad(format!("deriver: {e}")))?;
+    }
+    let single_line = |field: &str, value: &str| {
+        if value.is_empty() || value.chars().any(char::is_control) {
+            Err(bad(format!(
+                "{field} must be non-empty and hold no control characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    for sig in &info.sigs {
+        single_line("sigs", sig)?;
+    }
+    if let Some(system) = &info.system {
+        single_line("system", system)?;
+    }
+    if let Some(ca) = &info.ca {
+        single_line("ca", ca)?;
+    }
+    Ok(NewObject {
+        cache_id: cache.id,
+        info: PathInfo {
+            store_path_hash: info.store_path_hash.clone(),
+            store_path: info.store_path.clone(),
+            references: info.references.clone(),
+            system: info.system.clone(),
+            deriver: info.deriver.clone(),
+            sigs: info.sigs.clone(),
+            ca: info.ca.clone(),
+        },
+        created_by,
+    })
+}
