@@ -15,6 +15,11 @@
           version = "0.1.0";
           src = self;
           cargoLock.lockFile = ./Cargo.lock;
+          # The shipped packages only: building the whole workspace would give
+          # the server the test features integration-tests turns on
+          # (`fault-injection` lets an environment variable abort the garbage
+          # collector) and install its `hostile-token` test tool.
+          cargoBuildFlags = [ "-p" "server" "-p" "client" ];
           # The integration tests need a writable Nix store; run them with scripts/test.
           cargoTestFlags = [ "--workspace" "--exclude" "integration-tests" ];
           nativeBuildInputs = [ pkgs.pkg-config ];

@@ -327,13 +327,21 @@ impl Progress for Quiet {
 }
 
 /// A test hook: with `ATTIC_GC_CRASH_AT=<point>` in the environment, the
-/// process aborts at that point, as a crash or SIGKILL would.
+/// process aborts at that point, as a crash or SIGKILL would. Only in
+/// builds with the `fault-injection` feature, which the end-to-end tests'
+/// binaries have and a release `atticd` has not.
+#[cfg(feature = "fault-injection")]
 fn crash_point(point: &str) {
     if std::env::var("ATTIC_GC_CRASH_AT").is_ok_and(|p| p == point) {
         eprintln!("ATTIC_GC_CRASH_AT={point}: aborting");
         std::process::abort();
     }
 }
+
+/// Without the `fault-injection` feature the hook does nothing and
+/// compiles away: no environment can make a collector abort.
+#[cfg(not(feature = "fault-injection"))]
+fn crash_point(_point: &str) {}
 
 /// This machine's name, as the kernel knows it.
 fn hostname() -> String {

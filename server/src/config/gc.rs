@@ -1,0 +1,116 @@
+//! `[garbage-collection]`: how often storage is reclaimed, how long unread
+//! paths and leftovers are kept, and when packs are compacted.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, duration};
+
+/// `[garbage-collection]`, with Attic's keys (`interval`,
+/// `default-retention-period`) and ours. Durations are written as `12
+/// hours`, `6 months`, `30s`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GcConfig {
+    /// How often `monolithic` and `garbage-collector` mode collect; `0s`
+    /// never (run `atticadm gc` instead).
+    #[serde(default = "default_gc_interval", with = "duration")]
+    pub interval: Duration,
+    /// How long a path nobody reads is kept, for caches without their own
+    /// retention period; `0s` keeps paths for ever.
+    #[serde(default = "default_retention_period", with = "duration")]
+    pub default_retention_period: Duration,
+    /// How old leftovers must be before they are reclaimed: blobs no row
+    /// knows of and temporary files (uploads in flight write them),
+    /// `nix copy` uploads no narinfo claimed, and packs marked for
+    /// deletion (reads in flight finish first).
+    #[serde(default = "default_grace_period", with = "duration")]
+    pub grace_period: Duration,
+    /// A pack whose live chunks hold less than this fraction of its bytes
+    /// is compacted; `0` never compacts.
+    #[serde(default = "default_compact_below")]
+    pub compact_below: f64,
+    /// zstd level chunks are recompressed at when compacted (1 to 19).
+    #[serde(default = "default_compaction_level")]
+    pub compaction_level: i32,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_gc_interval(),
+            default_retention_period: default_retention_period(),
+            grace_period: default_grace_period(),
+            compact_below: default_compact_below(),
+            compaction_level: default_compaction_level(),
+        }
+    }
+}
+
+fn default_gc_interval() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_retention_period() -> Duration {
+    // Six months of 30.44 days, as humantime counts them.
+    Duration::from_secs(6 * 2_630_016)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_compact_below() -> f64 {
+    0.5
+}
+fn default_compaction_level() -> i32 {
+    15
+}
+
+impl GcConfig {
+    /// Checks the compaction settings, which parse but may not work.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=19).contains(&self.compaction_level) {
+            return Err(ConfigError::Invalid {
+                key: "garbage-collection.compaction-level",
+                reason: format!("{} is outside 1..=19", self.compaction_level),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.compact_below) {
+            return Err(ConfigError::Invalid {
+                key: "garbage-collection.compact-below",
+                reason: format!("{} is outside 0..=1", self.compact_below),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::GcConfig;
+    use crate::config::test_support::{key_line, parse};
+
+    #[test]
+    fn attic_style_gc_durations_parse() {
+        let config = parse(&format!(
+            "{}[garbage-collection]\ninterval = \"12 hours\"\ndefault-retention-period = \"6 months\"\n",
+            key_line()
+        ))
+        .expect("parses");
+        assert_eq!(
+            config.garbage_collection.interval,
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(
+            config.garbage_collection.default_retention_period,
+            GcConfig::default().default_retention_period
+        );
+        let err = parse(&format!(
+            "{}[garbage-collection]\ncompaction-level = 30\n",
+            key_line()
+        ))
+        .expect_err("level out of range");
+        assert!(err.to_string().contains("compaction-level"), "{err}");
+    }
+}

@@ -1,0 +1,404 @@
+//! `server.toml`: parsed strictly, validated before anything is opened.
+//!
+//! Every key is optional but `token-root-key`; the defaults are the embedded
+//! set-up (SQLite and local blobs under the data directory). An unknown key
+//! or a bad value is an error that names the key.
+//!
+//! Each section lives in its own module with its defaults, its checks and
+//! their tests; this one holds the top-level keys, the error type, and the
+//! reading, writing and checking of the whole file.
+
+mod chunking;
+mod compression;
+mod database;
+mod duration;
+mod gc;
+mod http;
+mod storage;
+mod tls;
+mod variables;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use attic_token::RootKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use chunking::ChunkingConfig;
+pub use compression::{CompressionConfig, CompressionKind};
+pub use database::{DatabaseConfig, DatabaseKind};
+pub use gc::GcConfig;
+pub use http::{AddressRange, HttpConfig};
+pub use storage::{S3Checksums, S3Credentials, S3StorageConfig, StorageConfig};
+pub use tls::TlsConfig;
+use variables::expand_variables;
+
+/// Why the configuration is unusable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("cannot access the config file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A string refers to an environment variable that is not set.
+    #[error(
+        "`{key}` refers to ${{{variable}}}, which is not set in the environment (write ${{{variable}:-default}} to give a default)"
+    )]
+    UnsetVariable {
+        /// The key, as a dotted path.
+        key: String,
+        /// The variable.
+        variable: String,
+    },
+    /// A `${` without its closing `}`.
+    #[error("`{key}` has a `${{` without a closing `}}` (write `$${{` for a literal `${{`)")]
+    UnclosedVariable {
+        /// The key, as a dotted path.
+        key: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key, as written in the file.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the operators' listener, which serves `/_health` and
+    /// `/metrics` alone. Unset, `/metrics` is served nowhere (unless
+    /// `metrics-token` is set): the public listener never serves it to
+    /// anyone, since a global stored-bytes counter tells a pusher whether
+    /// another tenant already held what it pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token that makes the public listener serve `/metrics` to
+    /// whoever presents it (for a Prometheus that can reach only that
+    /// listener). Unset, the public listener does not serve `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
+    /// Public base URL of the server, e.g. `https://cache.example.com/`.
+    /// Defaults to `http://<Host header>/`.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// Host names the server answers to; empty allows any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// The key that signs tokens: `ed25519-private/<hex>`.
+    pub token_root_key: String,
+    /// Largest NAR accepted, in bytes. It is also all that bounds what a
+    /// `nix copy` NAR may decode to (its narinfo, with `NarSize`, comes
+    /// after it), so it is no larger than real store paths need.
+    #[serde(default = "default_max_nar_size")]
+    pub max_nar_size: u64,
+    /// Largest build log accepted, uncompressed, in bytes.
+    #[serde(default = "default_max_log_size")]
+    pub max_log_size: u64,
+    /// Where metadata lives.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// Where blobs live.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// How NARs are cut into chunks.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
+    /// How chunks are compressed.
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    /// Limits that keep slow or idle clients from holding the server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// When and how storage is reclaimed.
+    #[serde(default)]
+    pub garbage_collection: GcConfig,
+    /// Serve HTTPS directly, for deployments without a proxy in front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_nar_size() -> u64 {
+    32 << 30
+}
+fn default_max_log_size() -> u64 {
+    64 << 20
+}
+
+impl ServerConfig {
+    /// Parses TOML text; `path` is only for messages.
+    /// `${VAR}` and `${VAR:-default}` in any string value are replaced
+    /// from the environment (`$${` is a literal `${`), so secrets can live
+    /// there rather than in the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        for (key, value) in table.iter_mut() {
+            expand_variables(value, key, &|name| std::env::var(name).ok())?;
+        }
+        let config = Self::deserialize(table).map_err(|e| parse_error(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// A fresh embedded-default configuration with a new token key.
+    pub fn generate() -> Self {
+        Self {
+            listen: default_listen(),
+            metrics_listen: None,
+            metrics_token: None,
+            api_endpoint: None,
+            allowed_hosts: Vec::new(),
+            token_root_key: RootKey::generate().to_config_string(),
+            max_nar_size: default_max_nar_size(),
+            max_log_size: default_max_log_size(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            chunking: ChunkingConfig::default(),
+            compression: CompressionConfig::default(),
+            http: HttpConfig::default(),
+            garbage_collection: GcConfig::default(),
+            tls: None,
+        }
+    }
+
+    /// Writes the config, readable by its owner only (it holds the token key).
+    pub fn write_new(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io_error = |source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error)?;
+        }
+        let text = toml::to_string_pretty(self).expect("the config serialises");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error)?;
+        let header = "# atticd configuration, written on first start. Every key is documented in\n\
+                      # the book (book/src/server.md). Keep it secret: it holds the token key.\n\n";
+        file.write_all(header.as_bytes())
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(io_error)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // With several bad values, the first checked is the one reported:
+        // the checks run in the order they always have, hence `[http]` in
+        // two halves around `metrics-token`.
+        RootKey::parse(&self.token_root_key).map_err(|e| ConfigError::Invalid {
+            key: "token-root-key",
+            reason: e.to_string(),
+        })?;
+        self.chunking.validate()?;
+        self.http.validate_connection_caps()?;
+        if self
+            .metrics_token
+            .as_ref()
+            .is_some_and(|token| token.len() < 16)
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics-token",
+                reason: "must be at least 16 characters".into(),
+            });
+        }
+        self.http.validate_timeouts()?;
+        self.compression.validate()?;
+        self.database.validate()?;
+        self.garbage_collection.validate()?;
+        if let Some(endpoint) = &self.api_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "api-endpoint",
+                reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+            });
+        }
+        self.storage.validate()?;
+        if self.max_nar_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-nar-size",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.max_log_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max-log-size",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in `data_dir`.
+    pub fn database_url(&self, data_dir: &Path) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", data_dir.join("server.db").display())
+        })
+    }
+
+    /// Whether anything lives in the data directory: the default SQLite
+    /// database, or local blobs without a `path` of their own.
+    pub fn uses_data_dir(&self) -> bool {
+        self.database.url.is_none() || matches!(self.storage, StorageConfig::Local { path: None })
+    }
+
+    /// The local storage directory, defaulting to `storage` in `data_dir`;
+    /// `None` when blobs live elsewhere.
+    pub fn local_storage_path(&self, data_dir: &Path) -> Option<PathBuf> {
+        match &self.storage {
+            StorageConfig::Local { path } => {
+                Some(path.clone().unwrap_or_else(|| data_dir.join("storage")))
+            }
+            StorageConfig::S3(_) => None,
+        }
+    }
+
+    /// How long a presigned URL of a NAR redirect lives, when
+    /// `[storage] redirect-reads` is on.
+    pub fn read_redirect_expiry(&self) -> Option<Duration> {
+        match &self.storage {
+            StorageConfig::S3(s3) if s3.redirect_reads => Some(s3.redirect_expiry),
+            StorageConfig::S3(_) | StorageConfig::Local { .. } => None,
+        }
+    }
+}
+
+/// What the tests of every section need: a parse of the whole file, and
+/// the one key it cannot do without.
+#[cfg(test)]
+mod test_support {
+    use std::path::Path;
+
+    use attic_token::RootKey;
+
+    use super::{ConfigError, ServerConfig};
+
+    pub(super) fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse(text, Path::new("server.toml"))
+    }
+
+    pub(super) fn key_line() -> String {
+        format!(
+            "token-root-key = {:?}\n",
+            RootKey::generate().to_config_string()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::test_support::{key_line, parse};
+    use super::*;
+
+    #[test]
+    fn a_generated_config_round_trips() {
+        let config = ServerConfig::generate();
+        let text = toml::to_string_pretty(&config).expect("serialises");
+        let again = parse(&text).expect("parses");
+        assert_eq!(again.token_root_key, config.token_root_key);
+        assert_eq!(again.listen, config.listen);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(&key_line()).expect("parses");
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.chunking.avg_size, 64 * 1024);
+        assert_eq!(config.compression.kind, CompressionKind::Zstd);
+        assert_eq!(config.compression.level, 3);
+        // What a `nix copy` NAR may decode to: 32 GiB, not 64.
+        assert_eq!(config.max_nar_size, 32 << 30);
+        assert!(
+            config
+                .database_url(Path::new("/d"))
+                .starts_with("sqlite:///d/server.db")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(&format!("{}listn = \"x\"\n", key_line())).expect_err("unknown key");
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err = parse(&format!("{}[chunking]\nmin = 1\n", key_line())).expect_err("unknown key");
+        assert!(err.to_string().contains("min"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("[compression]\nlevel = 30\n", "compression.level"),
+            ("[chunking]\nmin-size = 3\n", "chunking"),
+            ("api-endpoint = \"ftp://x\"\n", "api-endpoint"),
+            ("listen = \"nowhere\"\n", "listen"),
+            ("[storage]\ntype = \"floppy\"\n", "floppy"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&format!("{}{text}", key_line())).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let s3 = "[storage]\ntype = \"s3\"\nregion = \"r\"\nbucket = \"b\"\n";
+        let s3_cases = [
+            ("endpoint = \"localhost:9000\"\n", "storage.endpoint"),
+            ("prefix = \"Big/Letters\"\n", "storage.prefix"),
+            ("max-attempts = 0\n", "storage.max-attempts"),
+            ("redirect-expiry = \"30d\"\n", "storage.redirect-expiry"),
+            ("checksums = \"always\"\n", "always"),
+        ];
+        for (text, key) in s3_cases {
+            let err = parse(&format!("{}{s3}{text}", key_line())).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let err = parse("token-root-key = \"nope\"\n").expect_err("bad key");
+        assert!(err.to_string().contains("token-root-key"), "{err}");
+        let err = parse("listen = \"127.0.0.1:1\"\n").expect_err("missing key");
+        assert!(err.to_string().contains("token-root-key"), "{err}");
+    }
+}
