@@ -10,6 +10,7 @@
 //! must be atomic run in one transaction, begun `IMMEDIATE` on SQLite so
 //! concurrent writers wait for the lock instead of failing.
 
+mod attach;
 mod caches;
 mod chunks;
 pub mod entity;
@@ -26,6 +27,7 @@ mod tokens;
 mod upload_rows;
 mod uploads;
 
+pub use attach::NewObject;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
 pub use gc::{
@@ -35,9 +37,9 @@ pub use gc::{
 pub use ids::{CacheId, LogId, NarId, ObjectId, StagedNarId};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
-pub use paths::{NewObject, PathInfo};
-pub use records::{Cache, NarRecord, PackRecord, StagedNar, StoredPath};
-pub use uploads::{Claim, HeldByCache, NewChunk, NewNar, UploadedChunk};
+pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};
+pub use upload_rows::{NewChunk, UploadedChunk};
+pub use uploads::{Claim, HeldByCache, NewNar};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

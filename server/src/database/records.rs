@@ -5,13 +5,12 @@
 use attic::cache::CacheName;
 use attic::hash::Sha256Hash;
 use attic::signing::SigningKey;
-use attic::store_path::StoreDir;
+use attic::store_path::{StoreDir, StorePathHash};
 
 use super::DatabaseError;
 use super::entity::{cache, nar, object, pack, staged_nar};
 use super::ids::{CacheId, NarId, ObjectId, StagedNarId};
 use super::json::Json;
-use super::paths::PathInfo;
 use crate::pack::{BlobState, PackId, PackKey, StoredCompression};
 
 /// A live cache and its settings.
@@ -48,6 +47,26 @@ pub struct StoredPath {
     pub nar_id: NarId,
     /// What its narinfo says besides the NAR.
     pub info: PathInfo,
+}
+
+/// What a path's narinfo says besides its NAR: the uploader's word,
+/// checked where it entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The hash part of the store path.
+    pub store_path_hash: StorePathHash,
+    /// The full store path.
+    pub store_path: String,
+    /// Full paths it references.
+    pub references: Vec<String>,
+    /// Platform it was built for.
+    pub system: Option<String>,
+    /// Full path of its derivation.
+    pub deriver: Option<String>,
+    /// Signatures the uploader supplied.
+    pub sigs: Vec<String>,
+    /// Content address.
+    pub ca: Option<String>,
 }
 
 /// A NAR in the global store.

@@ -1,6 +1,7 @@
-//! The rows one upload's commit writes, inside its transaction: the pack,
-//! new chunks (repointing damaged ones), the NAR and its chunkrefs, and
-//! the healing of NARs that were damaged.
+//! The rows an upload writes, inside its transaction, and what they are
+//! written from: the pack, new chunks (repointing damaged ones), the NAR
+//! and its chunkrefs, the healing of NARs that were damaged, and the path
+//! or staged NAR that makes it part of a cache.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,10 +14,38 @@ use sea_orm::{
 };
 
 use super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, pack};
-use super::uploads::{NewChunk, UploadedChunk};
 use super::{BATCH, DatabaseError};
-use crate::pack::PackId;
 use crate::pack::write::WrittenPack;
+use crate::pack::{PackId, StoredChecksum, StoredChunkId};
+
+/// A chunk of an upload, as the commit records it.
+#[derive(Debug, Clone)]
+pub enum UploadedChunk {
+    /// Stored already and valid when looked up; the commit re-checks it.
+    Reused {
+        /// Its row.
+        id: StoredChunkId,
+    },
+    /// Stored by this upload, in its pack.
+    New(NewChunk),
+}
+
+/// A chunk this upload wrote into its pack.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// blake3 of the uncompressed bytes.
+    pub hash: ChunkId,
+    /// Uncompressed size.
+    pub chunk_size: u64,
+    /// How the stored bytes are encoded.
+    pub compression: crate::pack::StoredCompression,
+    /// Start of the stored bytes in the pack.
+    pub offset: u64,
+    /// Length of the stored bytes.
+    pub stored_size: u64,
+    /// Checksum of the stored bytes.
+    pub checksum: StoredChecksum,
+}
 
 /// Records a pack that is durable in storage; its id.
 pub(super) async fn insert_pack(

@@ -11,52 +11,22 @@ use std::collections::HashMap;
 use attic::chunking::ChunkId;
 use attic::hash::Sha256Hash;
 use attic::store_path::StorePathHash;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, FromQueryResult, JoinType,
-    QueryFilter, QuerySelect, RelationTrait,
+    ColumnTrait, EntityTrait, FromQueryResult, JoinType, QueryFilter, QuerySelect, RelationTrait,
 };
 
+use super::attach::{NewObject, attach_object, stage_nar};
 use super::entity::{self, BlobState, chunk, chunkref, nar, object, staged_nar};
 use super::ids::{CacheId, NarId};
-use super::paths::{NewObject, attach_object};
 use super::records::{NarRecord, StagedNar};
 use super::upload_rows::{
-    NarFields, heal_nars, insert_pack, is_whole_pack, stamp_reused_chunks, stored_forms,
-    upsert_nar, upsert_new_chunks,
+    NarFields, UploadedChunk, heal_nars, insert_pack, is_whole_pack, stamp_reused_chunks,
+    stored_forms, upsert_nar, upsert_new_chunks,
 };
 use super::{BATCH, Database, DatabaseError, now};
+use crate::pack::StoredChunkId;
 use crate::pack::write::WrittenPack;
-use crate::pack::{StoredChecksum, StoredChunkId, StoredCompression};
-
-/// A chunk of an upload, as the commit records it.
-#[derive(Debug, Clone)]
-pub enum UploadedChunk {
-    /// Stored already and valid when looked up; the commit re-checks it.
-    Reused {
-        /// Its row.
-        id: StoredChunkId,
-    },
-    /// Stored by this upload, in its pack.
-    New(NewChunk),
-}
-
-/// A chunk this upload wrote into its pack.
-#[derive(Debug, Clone)]
-pub struct NewChunk {
-    /// blake3 of the uncompressed bytes.
-    pub hash: ChunkId,
-    /// Uncompressed size.
-    pub chunk_size: u64,
-    /// How the stored bytes are encoded.
-    pub compression: StoredCompression,
-    /// Start of the stored bytes in the pack.
-    pub offset: u64,
-    /// Length of the stored bytes.
-    pub stored_size: u64,
-    /// Checksum of the stored bytes.
-    pub checksum: StoredChecksum,
-}
 
 /// A verified NAR whose new chunks are durable in `pack`.
 #[derive(Debug, Clone)]
@@ -332,53 +302,4 @@ pub enum Claim {
         /// `<file hash>.nar[.ext]`.
         file: String,
     },
-}
-
-async fn stage_nar(
-    txn: &DatabaseTransaction,
-    cache_id: CacheId,
-    file: String,
-    nar_id: NarId,
-    when: i64,
-) -> Result<(), DatabaseError> {
-    stamp_nar(txn, nar_id, when).await?;
-    let row = staged_nar::ActiveModel {
-        cache_id: Set(cache_id.get()),
-        file: Set(file),
-        nar_id: Set(nar_id.get()),
-        created_at: Set(when),
-        ..Default::default()
-    };
-    staged_nar::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([staged_nar::Column::CacheId, staged_nar::Column::File])
-                .update_columns([staged_nar::Column::NarId, staged_nar::Column::CreatedAt])
-                .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    Ok(())
-}
-
-/// Re-checks, under the row's lock, that a NAR is still valid, and stamps
-/// it as referenced now: a collector deleting it concurrently waits for
-/// this transaction, then finds the stamp and leaves it. `ChunkGone` if it
-/// was reclaimed or found damaged meanwhile.
-pub(super) async fn stamp_nar(
-    txn: &DatabaseTransaction,
-    nar_id: NarId,
-    when: i64,
-) -> Result<(), DatabaseError> {
-    let stamped = nar::Entity::update_many()
-        .col_expr(nar::Column::LastReferencedAt, Expr::value(when))
-        .filter(nar::Column::Id.eq(nar_id))
-        .filter(nar::Column::State.eq(BlobState::Valid))
-        .exec(txn)
-        .await?
-        .rows_affected;
-    if stamped == 1 {
-        Ok(())
-    } else {
-        Err(DatabaseError::ChunkGone)
-    }
 }
