@@ -20,19 +20,6 @@ fn text(output: &Output) -> String {
 struct WatchStore(std::process::Child);
 
 impl WatchStore {
-    fn start(client: &TestClient) -> Self {
-        let child = client
-            .command("attic")
-            .args(["watch-store", "demo"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start watch-store");
-        Self(child)
-    }
-}
-
-impl WatchStore {
     /// Starts it with its stderr lines sent to the returned channel.
     fn start_with_log(client: &TestClient) -> (Self, std::sync::mpsc::Receiver<String>) {
         use std::io::BufRead;
@@ -327,8 +314,9 @@ async fn watch_store_queues_paths_built_while_the_server_is_down() {
 #[tokio::test]
 async fn watch_store_pushes_paths_as_nix_builds_them() {
     let (server, client, token) = logged_in();
-    let watcher = WatchStore::start(&client);
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Build only once it watches: a path that lands before misses the watch.
+    let (watcher, log) = WatchStore::start_with_log(&client);
+    wait_for_line(&log, "watching");
     let dir = tempfile::tempdir().expect("tempdir");
     let closure = nix::build_closure(dir.path(), 1000);
     let api = integration_tests::upload::Api::new(&server.url);
