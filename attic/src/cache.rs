@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn accepts_ordinary_names() {
         for name in ["team-a", "ci_cache", "A1", &"x".repeat(50)] {
-            name.parse::<CacheName>().expect(name);
+            // Kept as it is: it appears in URLs and tokens.
+            let parsed = name.parse::<CacheName>().expect(name);
+            assert_eq!(parsed.as_str(), name);
+            assert_eq!(parsed.to_string(), name);
         }
     }
 

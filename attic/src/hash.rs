@@ -5,13 +5,17 @@
 //! wire format). [`Sha256Hash`] parses all of them and prints each on request.
 
 use std::fmt;
+use std::io;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll, ready};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::nix_base32;
 
@@ -164,6 +168,30 @@ impl Sha256Hasher {
     pub fn finish(self) -> (Sha256Hash, u64) {
         (Sha256Hash(self.inner.finalize().into()), self.len)
     }
+
+    /// Reads from `inner` into `buf` and hashes what came, for a reader
+    /// that hashes what passes through it. `check` first sees the bytes
+    /// read so far, these included, and these bytes; if it refuses them,
+    /// they are taken back out of `buf` (a failed read must not hand out
+    /// bytes), not hashed, and its error is the read's. An error of
+    /// `inner` is the read's as it is.
+    pub fn poll_read_checked<R: AsyncRead + ?Sized>(
+        &mut self,
+        inner: Pin<&mut R>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        check: impl FnOnce(u64, &[u8]) -> io::Result<()>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(inner.poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if let Err(refusal) = check(self.len + new.len() as u64, new) {
+            buf.set_filled(before);
+            return Poll::Ready(Err(refusal));
+        }
+        self.update(new);
+        Poll::Ready(Ok(()))
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +250,35 @@ mod tests {
         let (digest, len) = h.finish();
         assert_eq!(len, 11);
         assert_eq!(digest, Sha256Hash::digest(b"hello world"));
+    }
+
+    #[tokio::test]
+    async fn a_checked_read_hashes_what_passes_and_takes_back_what_is_refused() {
+        let mut hasher = Sha256Hasher::new();
+        let mut inner: &[u8] = b"abcdefgh";
+        let mut first = [0u8; 4];
+        let mut buf = ReadBuf::new(&mut first);
+        std::future::poll_fn(|cx| {
+            hasher.poll_read_checked(Pin::new(&mut inner), cx, &mut buf, |total, new| {
+                assert_eq!((total, new), (4, &b"abcd"[..]));
+                Ok(())
+            })
+        })
+        .await
+        .expect("passed");
+        assert_eq!(buf.filled(), b"abcd");
+
+        let mut second = [0u8; 4];
+        let mut buf = ReadBuf::new(&mut second);
+        let refused = std::future::poll_fn(|cx| {
+            hasher.poll_read_checked(Pin::new(&mut inner), cx, &mut buf, |total, new| {
+                assert_eq!((total, new), (8, &b"efgh"[..]));
+                Err(io::Error::other("refused"))
+            })
+        })
+        .await;
+        assert_eq!(refused.expect_err("refused").to_string(), "refused");
+        assert!(buf.filled().is_empty(), "a refused read handed out bytes");
+        assert_eq!(hasher.finish(), (Sha256Hash::digest(b"abcd"), 4));
     }
 }

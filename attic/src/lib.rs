@@ -2,12 +2,14 @@
 //!
 //! Nix's formats, exact to the byte ([`nix_base32`], [`hash`], [`store_path`],
 //! [`nar`], [`narinfo`], [`signing`]), the content-defined [`chunking`] that
-//! deduplicates NARs, and the [`api`] wire types. No HTTP and no database:
-//! anything that does I/O takes the stream it works on.
+//! deduplicates NARs, the [`api`] wire types, and how an [`error`] is told.
+//! No HTTP and no database: anything that does I/O takes the stream it
+//! works on.
 
 pub mod api;
 pub mod cache;
 pub mod chunking;
+pub mod error;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;

@@ -263,8 +263,14 @@ mod tests {
 
     #[test]
     fn accepts_every_allowed_character() {
-        validate_name("a-Z_0.9+?=").expect("all allowed characters");
-        validate_name(&"x".repeat(211)).expect("211 characters is the limit");
+        // As a store path's name, kept as it is.
+        let store = StoreDir::default();
+        for name in ["a-Z_0.9+?=".to_owned(), "x".repeat(211)] {
+            let path = format!("/nix/store/ywnwmg5zvmlcpvjwq2954829721gl7nd-{name}");
+            let parsed = store.parse_path(&path).expect(&name);
+            assert_eq!(parsed.name(), name);
+            assert_eq!(store.display(&parsed), path);
+        }
     }
 
     #[test]

@@ -134,22 +134,21 @@ impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        if let Err(e) = ready!(Pin::new(&mut this.inner).poll_read(cx, buf)) {
+        let limit = this.limit;
+        let read = this
+            .hasher
+            .poll_read_checked(Pin::new(&mut this.inner), cx, buf, |total, _| {
+                if total > limit {
+                    return Err(RefusedBody::into_io(ServerError::TooLarge(format!(
+                        "the compressed body is larger than this server accepts ({limit} bytes)"
+                    ))));
+                }
+                Ok(())
+            });
+        if let Poll::Ready(Err(_)) = read {
             this.failed = true;
-            return Poll::Ready(Err(e));
         }
-        let new = &buf.filled()[before..];
-        if this.hasher.len() + new.len() as u64 > this.limit {
-            this.failed = true;
-            buf.set_filled(before);
-            return Poll::Ready(Err(RefusedBody::into_io(ServerError::TooLarge(format!(
-                "the compressed body is larger than this server accepts ({} bytes)",
-                this.limit
-            )))));
-        }
-        this.hasher.update(new);
-        Poll::Ready(Ok(()))
+        read
     }
 }
 

@@ -264,22 +264,10 @@ pub async fn collect(state: &crate::state::AppState) -> Result<GcReport, GcError
         }
         Err(e) => {
             crate::metrics::Metrics::count(&metrics.gc_runs, "failed");
-            tracing::error!(error = %error_chain(e), "garbage collection failed");
+            tracing::error!(error = %attic::error::format_chain(e), "garbage collection failed");
         }
     }
     result
-}
-
-/// An error with its sources, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Collects every `interval` for as long as `state` lives (the first run

@@ -13,7 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError};
 use attic::hash::{Sha256Hash, Sha256Hasher};
@@ -149,25 +149,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let new = &buf.filled()[before..];
-        let refusal = if this.hasher.len() + new.len() as u64 > this.expect.max_size() {
-            Some(Refusal::Oversize)
-        } else {
-            this.parser
-                .feed(new, &mut |_| ())
-                .err()
-                .map(Refusal::Malformed)
-        };
-        if let Some(refusal) = refusal {
-            this.refusal = Some(refusal);
-            // A failed read must not hand out bytes.
-            buf.set_filled(before);
-            return Poll::Ready(Err(io::Error::other("upload refused")));
-        }
-        this.hasher.update(new);
-        Poll::Ready(Ok(()))
+        let (expect, parser, refusal) = (&this.expect, &mut this.parser, &mut this.refusal);
+        this.hasher
+            .poll_read_checked(Pin::new(&mut this.inner), cx, buf, |total, new| {
+                let refused = if total > expect.max_size() {
+                    Some(Refusal::Oversize)
+                } else {
+                    parser.feed(new, &mut |_| ()).err().map(Refusal::Malformed)
+                };
+                let Some(refused) = refused else {
+                    return Ok(());
+                };
+                *refusal = Some(refused);
+                Err(io::Error::other("upload refused"))
+            })
     }
 }
 

@@ -164,6 +164,8 @@ impl Drop for Returning {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
 
     #[tokio::test]
@@ -193,6 +195,33 @@ mod tests {
             b"read"
         );
         assert!(returned.try_recv().is_err(), "a read body came back");
+    }
+
+    #[tokio::test]
+    async fn a_partly_read_body_comes_back_marked_read() {
+        // Marked read, its rest is drained even for a client that asked
+        // `Expect: 100-continue`: it was told to send and is sending.
+        let (back, mut returned) = oneshot::channel();
+        let pieces = futures::stream::iter([
+            Ok::<_, std::io::Error>(Bytes::from_static(b"read")),
+            Ok(Bytes::from_static(b"rest")),
+        ]);
+        let mut body = Body::new(Returning {
+            inner: Some(Body::from_stream(pieces)),
+            read: false,
+            failed: false,
+            back: Some(back),
+        })
+        .into_data_stream();
+        assert_eq!(
+            &body.next().await.expect("a piece").expect("read")[..],
+            b"read"
+        );
+        drop(body);
+        let (rest, read) = returned.try_recv().expect("the unfinished body came back");
+        assert!(read, "a body the handler began to read came back as unread");
+        let rest = axum::body::to_bytes(rest, 100).await.expect("read");
+        assert_eq!(&rest[..], b"rest");
     }
 
     #[tokio::test]
@@ -232,8 +261,39 @@ mod tests {
         );
         let stalled = futures::stream::pending::<Result<Bytes, std::io::Error>>();
         assert!(!discard(Body::from_stream(stalled), 1024, Duration::from_millis(20)).await);
+        // A body that says it is larger than the limit is not read at all.
+        let declared = Declared::default();
+        let polled = declared.polled.clone();
+        assert!(!discard(Body::new(declared), 1024, Duration::from_secs(60)).await);
+        assert!(
+            !polled.load(Ordering::SeqCst),
+            "read a body declared too large"
+        );
         // A body that ends within the limit is read to its end.
         let short = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"rest"))]);
         assert!(discard(Body::from_stream(short), 1024, Duration::from_secs(60)).await);
+    }
+
+    /// A body that declares 2 KiB and records whether it was polled.
+    #[derive(Default)]
+    struct Declared {
+        polled: Arc<AtomicBool>,
+    }
+
+    impl HttpBody for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.polled.store(true, Ordering::SeqCst);
+            Poll::Ready(None)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(2048)
+        }
     }
 }

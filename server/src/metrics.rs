@@ -1,23 +1,14 @@
-//! `GET /metrics`: Prometheus counters of what the server did, in the
-//! OpenMetrics text format. Aggregates only: no cache names, paths or
-//! tokens. Served on the operators' listener (`metrics-listen`), and on the
-//! public one only to holders of `metrics-token`: even aggregates such as
-//! stored bytes tell a pusher whether another tenant held what it pushed.
+//! Prometheus counters of what the server did. Aggregates only: no cache
+//! names, paths or tokens. They are served in the OpenMetrics text format
+//! at `GET /metrics` (see `api::metrics`); this module knows nothing of
+//! HTTP or of the server's state, so anything may count without a cycle.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::database::DatabaseCounters;
-use crate::error::{ServerError, ServerResult};
-use crate::state::AppState;
 use crate::storage::StorageCounters;
 
 /// Label of a counter split by one word.
@@ -195,6 +186,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every counter, in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
     /// Counts one event of a labelled counter.
     pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
         family
@@ -203,36 +201,4 @@ impl Metrics {
             })
             .inc();
     }
-}
-
-/// Serves the counters.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> ServerResult<Response> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &state.metrics.registry)
-        .map_err(ServerError::MetricsEncoding)?;
-    Ok((
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
-}
-
-/// Counts every response by status.
-pub async fn count_responses(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    state
-        .metrics
-        .responses
-        .get_or_create(&Status {
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
 }

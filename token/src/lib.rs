@@ -151,30 +151,24 @@ impl Attenuation {
         let mut code = String::new();
         let mut params = HashMap::new();
         if let Some(caches) = &self.caches {
-            let clauses: Vec<String> = (0..caches.len())
-                .map(|i| format!("cache($cache), $cache.matches({{cache{i}}})"))
-                .collect();
-            if clauses.is_empty() {
-                code.push_str("check if false;\n");
-            } else {
-                code.push_str(&format!("check if {};\n", clauses.join(" or ")));
-            }
-            for (i, pattern) in caches.iter().enumerate() {
-                params.insert(format!("cache{i}"), Term::Str(pattern.to_regex()));
-            }
+            push_any_of_check(
+                &mut code,
+                &mut params,
+                "cache",
+                |param| format!("cache($cache), $cache.matches({{{param}}})"),
+                caches.iter().map(|pattern| Term::Str(pattern.to_regex())),
+            );
         }
         if let Some(permissions) = &self.permissions {
-            let clauses: Vec<String> = (0..permissions.len())
-                .map(|i| format!("operation({{op{i}}})"))
-                .collect();
-            if clauses.is_empty() {
-                code.push_str("check if false;\n");
-            } else {
-                code.push_str(&format!("check if {};\n", clauses.join(" or ")));
-            }
-            for (i, permission) in permissions.iter().enumerate() {
-                params.insert(format!("op{i}"), Term::Str(permission.as_str().to_owned()));
-            }
+            push_any_of_check(
+                &mut code,
+                &mut params,
+                "op",
+                |param| format!("operation({{{param}}})"),
+                permissions
+                    .iter()
+                    .map(|permission| Term::Str(permission.as_str().to_owned())),
+            );
         }
         if let Some(expiry) = self.expires_at {
             code.push_str("check if time($time), $time <= {expiry};\n");
@@ -183,6 +177,30 @@ impl Attenuation {
         BlockBuilder::new()
             .code_with_params(code, params, HashMap::new())
             .map_err(TokenError::Internal)
+    }
+}
+
+/// Appends to `code` a check that one of `values` holds: `clause(param)`
+/// for each, joined by `or`, the value bound to the parameter `param`
+/// (`{prefix}0`, `{prefix}1`, ...). No values is a check that always
+/// fails: a choice of nothing allows nothing.
+fn push_any_of_check(
+    code: &mut String,
+    params: &mut HashMap<String, Term>,
+    prefix: &str,
+    clause: impl Fn(&str) -> String,
+    values: impl Iterator<Item = Term>,
+) {
+    let mut clauses = Vec::new();
+    for (i, value) in values.enumerate() {
+        let param = format!("{prefix}{i}");
+        clauses.push(clause(&param));
+        params.insert(param, value);
+    }
+    if clauses.is_empty() {
+        code.push_str("check if false;\n");
+    } else {
+        code.push_str(&format!("check if {};\n", clauses.join(" or ")));
     }
 }
 

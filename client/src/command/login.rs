@@ -128,7 +128,7 @@ async fn atticd_answers(endpoint: &str) -> bool {
 /// checking whether the server speaks plain HTTP instead.
 async fn unreachable(server: &ServerEntry, source: reqwest::Error) -> anyhow::Error {
     let endpoint = &server.endpoint;
-    let chain = error_chain(&source);
+    let chain = attic::error::format_chain(&source);
     let Some(rest) = endpoint.strip_prefix("https://") else {
         return anyhow!("cannot reach {endpoint}: {chain}");
     };
@@ -163,22 +163,6 @@ fn looks_like_tls(chain: &str) -> bool {
     ["tls", "ssl", "certificate", "handshake", "corrupt message"]
         .iter()
         .any(|word| chain.contains(word))
-}
-
-/// An error and its causes, joined by `: ` (reqwest's own message is only
-/// "error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The URL one path segment up (`http://h/team-a/` → `http://h/`), or

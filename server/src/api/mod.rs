@@ -4,6 +4,7 @@
 
 pub mod binary_cache;
 pub mod build_log;
+pub mod metrics;
 pub mod nix_upload;
 pub mod v1;
 
@@ -28,9 +29,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.config.metrics_token.is_some() {
         routes = routes.route(
             "/metrics",
-            get(crate::metrics::metrics).route_layer(middleware::from_fn_with_state(
+            get(metrics::metrics).route_layer(middleware::from_fn_with_state(
                 state.clone(),
-                require_metrics_token,
+                metrics::require_metrics_token,
             )),
         );
     }
@@ -43,7 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(crate::request_log::log_requests))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::metrics::count_responses,
+            metrics::count_responses,
         ))
         // Outermost, so that every refusal, the host check's included,
         // reads what is left of the body before it is sent.
@@ -60,34 +61,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub fn probe_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/_health", get(health))
-        .route("/metrics", get(crate::metrics::metrics))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ServerError::NoSuchRoute })
         .with_state(state)
-}
-
-/// Lets `/metrics` on the public listener through only with
-/// `Authorization: Bearer <metrics-token>`.
-async fn require_metrics_token(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ServerError> {
-    let expected = state.config.metrics_token.as_deref().unwrap_or_default();
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if expected.is_empty() || !same_secret(presented.as_bytes(), expected.as_bytes()) {
-        return Err(ServerError::Unauthenticated);
-    }
-    Ok(next.run(request).await)
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /_health`: `OK` when the database answers, else 503. Load

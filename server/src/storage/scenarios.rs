@@ -2,6 +2,10 @@
 //! the memory and local backends, and `integration-tests` on S3 against a
 //! real S3 server (with the `storage-scenarios` feature). Each expects a
 //! fresh, empty store and panics on the first thing that is wrong.
+//!
+//! [`storage_scenarios!`](crate::storage_scenarios) makes one test per
+//! scenario for a backend, so a failure names both; a new scenario goes in
+//! its list as well as here.
 
 use std::io;
 use std::ops::Range;
@@ -173,13 +177,55 @@ pub async fn large_failed_put_leaves_nothing(storage: &dyn StorageBackend) {
     assert!(storage.list("packs/9b/").await.expect("list").is_empty());
 }
 
-/// Runs every scenario on `storage`, which must start empty.
-pub async fn passes_every_scenario(storage: &dyn StorageBackend) {
-    put_then_get_whole_and_ranges(storage).await;
-    missing_blobs_are_not_found(storage).await;
-    delete_removes_a_blob(storage).await;
-    failed_put_leaves_nothing(storage).await;
-    list_finds_blobs_by_prefix(storage).await;
-    large_blobs_round_trip(storage).await;
-    large_failed_put_leaves_nothing(storage).await;
+/// The `then` of a backend with nothing to check after a scenario.
+pub async fn nothing_more<Guard, Storage>(_guard: &Guard, _storage: &Storage) {}
+
+/// Declares `mod $backend` with one `#[tokio::test]` per scenario, each on
+/// a fresh store from `open`, an async function returning what must live as
+/// long as the store (a temporary directory, a server) and the store; then
+/// `then(&guard, &store)`, if given, checks what is particular to the
+/// backend after every scenario.
+///
+/// ```ignore
+/// async fn memory() -> ((), MemoryStorage) {
+///     ((), MemoryStorage::new())
+/// }
+/// server::storage_scenarios!(memory, open = memory);
+/// ```
+#[macro_export]
+macro_rules! storage_scenarios {
+    ($backend:ident, open = $open:path $(,)?) => {
+        $crate::storage_scenarios!(
+            $backend,
+            open = $open,
+            then = $crate::storage::scenarios::nothing_more,
+        );
+    };
+    ($backend:ident, open = $open:path, then = $then:path $(,)?) => {
+        $crate::storage_scenarios!(
+            @each $backend, $open, $then,
+            put_then_get_whole_and_ranges
+            missing_blobs_are_not_found
+            delete_removes_a_blob
+            failed_put_leaves_nothing
+            list_finds_blobs_by_prefix
+            large_blobs_round_trip
+            large_failed_put_leaves_nothing
+        );
+    };
+    (@each $backend:ident, $open:path, $then:path, $($scenario:ident)*) => {
+        mod $backend {
+            // `open` and `then` are named from the invoking module.
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let (guard, storage) = $open().await;
+                    $crate::storage::scenarios::$scenario(&storage).await;
+                    $then(&guard, &storage).await;
+                }
+            )*
+        }
+    };
 }

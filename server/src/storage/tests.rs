@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use futures::stream;
 
-use super::scenarios::{failed_put_leaves_nothing, passes_every_scenario};
+use super::scenarios::failed_put_leaves_nothing;
 use super::*;
 
 fn key(s: &str) -> StorageKey {
@@ -28,16 +28,12 @@ async fn local() -> (tempfile::TempDir, LocalStorage) {
     (dir, storage)
 }
 
-#[tokio::test]
-async fn local_storage_passes_the_scenarios() {
-    let (_dir, storage) = local().await;
-    passes_every_scenario(&storage).await;
+async fn memory() -> ((), MemoryStorage) {
+    ((), MemoryStorage::new())
 }
 
-#[tokio::test]
-async fn memory_storage_passes_the_scenarios() {
-    passes_every_scenario(&MemoryStorage::new()).await;
-}
+crate::storage_scenarios!(local, open = local);
+crate::storage_scenarios!(memory, open = memory);
 
 #[tokio::test]
 async fn local_storage_leaves_no_temporary_files_and_lists_none() {
