@@ -29,12 +29,22 @@ crate::row_id::row_id! {
     LogId
 }
 
-/// Lets ids stand in queries where their column's number would.
+/// Lets ids stand in queries, and be read from results, where their
+/// column's number would.
 macro_rules! bind_as_number {
-    ($($id:ty),*) => {$(
+    ($($id:ident),*) => {$(
         impl From<$id> for sea_orm::Value {
             fn from(id: $id) -> Self {
                 id.get().into()
+            }
+        }
+
+        impl sea_orm::TryGetable for $id {
+            fn try_get_by<I: sea_orm::ColIdx>(
+                res: &sea_orm::QueryResult,
+                index: I,
+            ) -> Result<Self, sea_orm::TryGetError> {
+                i64::try_get_by(res, index).map($id::new)
             }
         }
     )*};

@@ -51,7 +51,7 @@ use thiserror::Error;
 
 use crate::config::GcConfig;
 use crate::database::{
-    CacheId, Database, DatabaseError, EvictableObject, LruObject, MovedChunk, Removal,
+    CacheId, Database, DatabaseError, EvictableObject, LruObject, MovedChunk, ObjectId, Removal,
     RemovedPaths, now,
 };
 use crate::pack::read::{ReadError, read_run, runs};

@@ -88,7 +88,7 @@ impl Collector<'_> {
                     let Some(object) = page.first() else { break };
                     tracing::warn!(
                         cache = %cache.name,
-                        object = object.id,
+                        object = object.id.get(),
                         "every path of an over-quota cache is referenced by another: \
                          evicting the least recently read of a reference cycle"
                     );
@@ -155,7 +155,7 @@ impl Collector<'_> {
         // Roots past the page may come before anything past its last.
         let frontier = match page.last() {
             Some(last) if page.len() as u64 >= PAGE => key(&last.object),
-            _ => (i64::MAX, i64::MAX),
+            _ => (i64::MAX, ObjectId::new(i64::MAX)),
         };
         let mut below: HashMap<String, Below> = HashMap::new();
         let mut outside: HashSet<String> = HashSet::new();
@@ -199,7 +199,7 @@ impl Collector<'_> {
         }
         let unknown: HashSet<String> = level.into_iter().collect();
 
-        let mut queue: BTreeMap<(i64, i64), (EvictableObject, usize)> = page
+        let mut queue: BTreeMap<(i64, ObjectId), (EvictableObject, usize)> = page
             .into_iter()
             .map(|root| (key(&root.object), (root, 0)))
             .collect();

@@ -16,7 +16,7 @@ async fn push(
     name: &str,
     used: i64,
     references: &[&str],
-) -> i64 {
+) -> ObjectId {
     let nar = database.seed_nar(name, used).await;
     let mut references: Vec<String> = references.iter().map(|r| store_path(r)).collect();
     references.push(store_path(name));
@@ -24,7 +24,6 @@ async fn push(
     database
         .seed_path(cache, nar, (&hash, &store_path(name)), &references, used)
         .await
-        .get()
 }
 
 /// A diamond (top -> a, b -> leaf), an unrelated root, and a kept root
@@ -68,7 +67,7 @@ async fn a_quota_evicts_in_lru_order_among_the_paths_that_may_go() {
         .expect("collect");
     assert_eq!(report.objects_evicted, 4, "{report}");
     assert_eq!(report.removed_nar_bytes, 400);
-    let mut left: Vec<i64> = database
+    let mut left: Vec<ObjectId> = database
         .least_recent_objects(id, 10)
         .await
         .expect("left")

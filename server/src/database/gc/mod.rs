@@ -15,7 +15,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, IntoColumnRef, IntoTableRef, Query, Se
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter};
 
 use super::entity::gc_lease;
-use super::ids::CacheId;
+use super::ids::{CacheId, NarId, ObjectId};
 use super::json::Json;
 use super::records::PackRecord;
 use super::{Database, DatabaseError, now};
@@ -24,10 +24,10 @@ use crate::pack::StoredChunkId;
 /// An object in least-recently-read order, for retention and quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
 pub struct LruObject {
-    /// The object's id.
-    pub id: i64,
+    /// The path's row.
+    pub id: ObjectId,
     /// Its NAR.
-    pub nar_id: i64,
+    pub nar_id: NarId,
     /// Its NAR's stored size.
     pub file_size: i64,
     /// When it was last read, or pushed if never read (epoch seconds).
@@ -48,8 +48,8 @@ pub struct EvictableObject {
 
 #[derive(FromQueryResult)]
 struct EvictableRow {
-    id: i64,
-    nar_id: i64,
+    id: ObjectId,
+    nar_id: NarId,
     file_size: i64,
     last_used: i64,
     store_path: String,
@@ -63,7 +63,7 @@ impl TryFrom<EvictableRow> for EvictableObject {
         let references = Json::<Vec<String>>::decode(&row.references)
             .map_err(|e| DatabaseError::CorruptRow {
                 table: "object",
-                id: row.id,
+                id: row.id.get(),
                 reason: format!("references: {e}"),
             })?
             .0;

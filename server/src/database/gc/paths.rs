@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use super::super::entity::{build_log, cache, nar, object, staged_nar};
-use super::super::ids::CacheId;
+use super::super::ids::{CacheId, NarId, ObjectId};
 use super::super::{BATCH, Database, DatabaseError};
 use super::*;
 
@@ -263,7 +263,7 @@ impl Database {
         let removed: Vec<LruObject> = if gone == listed.len() as u64 {
             listed.to_vec()
         } else {
-            let stayed: std::collections::HashSet<i64> = object::Entity::find()
+            let stayed: std::collections::HashSet<ObjectId> = object::Entity::find()
                 .select_only()
                 .column(object::Column::Id)
                 .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)))
@@ -278,7 +278,7 @@ impl Database {
                 .copied()
                 .collect()
         };
-        let mut nars: Vec<i64> = removed.iter().map(|o| o.nar_id).collect();
+        let mut nars: Vec<NarId> = removed.iter().map(|o| o.nar_id).collect();
         nars.sort_unstable();
         nars.dedup();
         let held = rows_pointing_at(

@@ -29,7 +29,7 @@ async fn attach(
     nar: NarId,
     created_at: i64,
     references: &[u8],
-) -> i64 {
+) -> ObjectId {
     let references: Vec<String> = references.iter().map(|&r| store_path(r)).collect();
     database
         .seed_path(
@@ -40,7 +40,6 @@ async fn attach(
             created_at,
         )
         .await
-        .get()
 }
 
 /// Path `n` of `cache` on a NAR of its own.
@@ -50,13 +49,13 @@ async fn push_referencing(
     n: u8,
     created_at: i64,
     references: &[u8],
-) -> i64 {
+) -> ObjectId {
     let nar = new_nar(database, n, created_at).await;
     attach(database, cache, n, nar, created_at, references).await
 }
 
 /// A path of `cache` on a NAR of its own, pushed at `created_at`.
-async fn push(database: &Database, cache: CacheId, n: u8, created_at: i64) -> i64 {
+async fn push(database: &Database, cache: CacheId, n: u8, created_at: i64) -> ObjectId {
     push_referencing(database, cache, n, created_at, &[]).await
 }
 
@@ -70,7 +69,7 @@ async fn roots(database: &Database, cache: CacheId) -> Vec<LruObject> {
         .collect()
 }
 
-fn ids(objects: &[LruObject]) -> Vec<i64> {
+fn ids(objects: &[LruObject]) -> Vec<ObjectId> {
     objects.iter().map(|o| o.id).collect()
 }
 
@@ -89,10 +88,7 @@ async fn eviction_spares_a_path_read_after_it_was_listed() {
         [(older, 500), (old, 1_000)]
     );
     // Read between the listing and the eviction: no longer least recent.
-    database
-        .touch_objects(&[ObjectId::new(old)], 3_000)
-        .await
-        .expect("touch");
+    database.touch_objects(&[old], 3_000).await.expect("touch");
 
     let removed = database
         .remove_objects(cache, &page, Removal::Evicted)
@@ -144,7 +140,7 @@ async fn eviction_takes_only_roots_so_closures_stay_whole() {
         .objects_at_paths(cache, &listed[1].references)
         .await
         .expect("below");
-    let mut below: Vec<(i64, String)> = below
+    let mut below: Vec<(ObjectId, String)> = below
         .into_iter()
         .map(|o| (o.object.id, o.store_path))
         .collect();
@@ -292,7 +288,7 @@ async fn unheld_nars_go_at_once_and_held_ones_stay() {
         database.delete_unheld_nars(0, 10,).await.expect("delete"),
         (Some(unheld.get()), 1)
     );
-    let left: Vec<i64> = database
+    let left: Vec<ObjectId> = database
         .least_recent_objects(cache, 10)
         .await
         .expect("left")
