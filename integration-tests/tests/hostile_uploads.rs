@@ -36,8 +36,8 @@ async fn put_nar(api: &Api, token: &str, body: Vec<u8>, extension: &str) -> (Sta
 }
 
 /// Staged NARs, which a refused upload must not leave.
-async fn staged(server: &TestServer) -> i64 {
-    server.count("SELECT COUNT(*) FROM staged_nar").await
+async fn staged(server: &TestServer) -> u64 {
+    server.row_counts().await.staged_nars
 }
 
 #[tokio::test]
@@ -558,7 +558,7 @@ async fn nix_copy_across_a_database_outage_completes_or_fails_clearly() {
             )
         }
     });
-    while server.count("SELECT COUNT(*) FROM nar").await == 0 {
+    while server.row_counts().await.nars == 0 {
         assert!(!copy.is_finished(), "nix copy ended before storing a NAR");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
