@@ -436,6 +436,8 @@ impl WriteLock {
         let url = server.database_url().replace("mode=ro", "mode=rw");
         let database = Database::connect(&url).await.expect("connect");
         let transaction = database.begin().await.expect("begin");
+        // Raw SQL on purpose: this simulates an outage, and no server API
+        // (rightly) holds a lock open for someone else.
         let lock = match transaction.get_database_backend() {
             // Any write takes SQLite's one write lock, held to the end.
             DatabaseBackend::Sqlite => "DELETE FROM cache WHERE 0",
