@@ -112,21 +112,3 @@ pub fn fresh_postgres_database() -> String {
     .expect("created the database");
     format!("{server}/{name}")
 }
-
-/// Every row a query gives on the database at `database_url`, read through
-/// a connection of its own (so a test can look while servers run).
-pub async fn query_all(database_url: &str, sql: &str) -> Vec<sea_orm::QueryResult> {
-    use sea_orm::{ConnectionTrait, Statement};
-    let db = sea_orm::Database::connect(database_url)
-        .await
-        .unwrap_or_else(|e| panic!("open the database at {database_url}: {e}"));
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    db.close().await.expect("close");
-    rows
-}

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bombs;
 pub mod client;
 pub mod hostile;
+pub mod inspect;
 pub mod nix;
 pub mod s3;
 pub mod server;

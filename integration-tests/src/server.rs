@@ -523,25 +523,6 @@ impl TestServer {
         }
     }
 
-    /// Runs a counting query against the server's database.
-    pub async fn count(&self, sql: &str) -> i64 {
-        let row = self.query_one(sql).await.expect("a row");
-        row.try_get_by_index::<i64>(0).expect("a count")
-    }
-
-    /// The text in the first column of a query's first row, if any.
-    pub async fn query_text(&self, sql: &str) -> Option<String> {
-        let row = self.query_one(sql).await?;
-        Some(row.try_get_by_index::<String>(0).expect("text"))
-    }
-
-    async fn query_one(&self, sql: &str) -> Option<sea_orm::QueryResult> {
-        crate::backend::query_all(&self.database_url(), sql)
-            .await
-            .into_iter()
-            .next()
-    }
-
     /// Peak resident memory of the server so far, in KiB (`VmHWM`).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

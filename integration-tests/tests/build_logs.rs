@@ -8,6 +8,7 @@ use bytes::Bytes;
 use integration_tests::server::TestServer;
 use integration_tests::upload::Api;
 use reqwest::{Method, StatusCode};
+use server::database::LogLocation;
 
 /// A derivation file name of a store path that need not exist.
 fn drv(name: &str) -> String {
@@ -78,13 +79,18 @@ async fn logs_are_stored_as_blobs_and_count_in_the_cache_usage() {
     // The log is a blob of its own, not a row's worth of the database
     // (this checks the on-disk encoding: the row holds no bytes of it).
     assert_eq!(log_blobs(&server), 1);
-    assert_eq!(
-        server
-            .count(
-                "SELECT COUNT(*) FROM build_log WHERE storage_key IS NOT NULL AND length(data) = 0"
-            )
-            .await,
-        1
+    let store = server.store().await;
+    let logs = store
+        .cache_logs(store.cache("logs").await.id)
+        .await
+        .expect("read logs");
+    store.close().await;
+    assert!(
+        matches!(
+            logs.as_slice(),
+            [log] if matches!(log.log.location, LogLocation::Blob(_)) && log.inline_bytes == 0
+        ),
+        "{logs:?}"
     );
     let used = api.used_bytes(token, "logs").await - before;
     assert!(used > 0 && used < text.len() as u64 / 4, "{used}");
@@ -132,7 +138,7 @@ async fn a_log_past_max_log_size_is_refused_and_leaves_nothing() {
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(server.count("SELECT COUNT(*) FROM build_log").await, 0);
+    assert_eq!(server.row_counts().await.build_logs, 0);
     assert_eq!(log_blobs(&server), 0);
     assert_eq!(api.status(Some(token), &path).await, StatusCode::NOT_FOUND);
     // Exactly at the limit is taken.
@@ -264,7 +270,7 @@ async fn logs_go_with_quotas_retention_and_destroyed_caches() {
     let report = server.gc();
     assert!(report.contains("orphans swept: 1"), "{report}");
     assert_eq!(log_blobs(&server), 2);
-    assert_eq!(server.count("SELECT COUNT(*) FROM build_log").await, 2);
+    assert_eq!(server.row_counts().await.build_logs, 2);
 }
 
 /// A NAR `nix copy` staged and no narinfo claimed counts in its cache's

@@ -339,8 +339,9 @@ async fn a_stalled_upload_gets_408_and_stores_nothing() {
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("UploadStalled"), "{reply}");
-    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
-    assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, 0);
+    let counts = server.row_counts().await;
+    assert_eq!(counts.nars, 0);
+    assert_eq!(counts.packs, 0);
     assert_eq!(server.blob_count(), 0);
 }
 

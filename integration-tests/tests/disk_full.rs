@@ -91,8 +91,9 @@ async fn a_full_disk_answers_507_and_stores_nothing() {
             .contains("storage is full"),
         "{body}"
     );
-    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
-    assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, 0);
+    let counts = server.row_counts().await;
+    assert_eq!(counts.nars, 0);
+    assert_eq!(counts.packs, 0);
     assert!(
         disk.files().is_empty(),
         "the partial pack was removed: {:?}",

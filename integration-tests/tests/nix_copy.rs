@@ -29,8 +29,8 @@ fn nix_copy(url: &str, netrc: &Path, paths: &[String]) -> std::process::Output {
     )
 }
 
-async fn uploads_staged(server: &TestServer) -> i64 {
-    server.count("SELECT COUNT(*) FROM staged_nar").await
+async fn uploads_staged(server: &TestServer) -> u64 {
+    server.row_counts().await.staged_nars
 }
 
 /// `nix copy` pushes a closure, with zstd and with Nix's default xz; it
@@ -75,23 +75,23 @@ async fn nix_copy_pushes_a_closure_that_substitutes_back() {
         assert!(closure.paths.iter().all(|p| nix::is_valid(p)));
 
         // Again: every narinfo is found, nothing is uploaded.
-        let packs = server.count("SELECT COUNT(*) FROM pack").await;
-        let nars = server.count("SELECT COUNT(*) FROM nar").await;
+        let before = server.row_counts().await;
         let out = nix_copy(&url, &netrc, &closure.paths);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, packs);
-        assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, nars);
+        let again = server.row_counts().await;
+        assert_eq!(again.packs, before.packs);
+        assert_eq!(again.nars, before.nars);
         assert_eq!(uploads_staged(&server).await, 0);
 
         // To a second cache: the NARs go up (possession is proven by
         // sending them) but no new chunk is stored.
         let second = format!("{cache}-again");
         api.create_cache(admin, &second, false).await;
-        let chunks = server.count("SELECT COUNT(*) FROM chunk").await;
+        let chunks = server.row_counts().await.chunks;
         let out = nix_copy(
             &format!("{}/{second}{query}", server.url),
             &netrc,
@@ -102,8 +102,9 @@ async fn nix_copy_pushes_a_closure_that_substitutes_back() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(server.count("SELECT COUNT(*) FROM chunk").await, chunks);
-        assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, packs);
+        let after = server.row_counts().await;
+        assert_eq!(after.chunks, chunks);
+        assert_eq!(after.packs, before.packs);
         assert!(api.missing(admin, &second, &hashes).await.is_empty());
     }
 }
@@ -161,7 +162,7 @@ async fn build_logs_round_trip_through_the_cache() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(server.count("SELECT COUNT(*) FROM build_log").await, 1);
+    assert_eq!(server.row_counts().await.build_logs, 1);
     let out = nix::run_unchecked(
         nix::command("nix")
             .args(["log", "--store", &url, "--option", "substituters", ""])
@@ -243,7 +244,7 @@ async fn bad_nix_uploads_are_refused_and_change_nothing() {
     api.create_cache(token, "a", false).await;
     api.create_cache(token, "b", false).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let objects = || server.count("SELECT COUNT(*) FROM object");
+    let paths = async || server.row_counts().await.paths;
 
     // A body that does not hash to its file name.
     let good = nar_file(dir.path(), b"good content");
@@ -337,7 +338,7 @@ async fn bad_nix_uploads_are_refused_and_change_nothing() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(objects().await, 0, "a bad narinfo made a path");
+    assert_eq!(paths().await, 0, "a bad narinfo made a path");
 
     // The good narinfo claims it; the path appears and the staged row goes.
     let (status, body) = put(
@@ -348,7 +349,7 @@ async fn bad_nix_uploads_are_refused_and_change_nothing() {
     )
     .await;
     assert!(status.is_success(), "{status}: {body}");
-    assert_eq!(objects().await, 1);
+    assert_eq!(paths().await, 1);
     assert_eq!(uploads_staged(&server).await, 0);
     let served = api
         .get_bytes(token, &format!("/a/nar/{}.nar", path_hash(&path)))
@@ -391,6 +392,6 @@ async fn unclaimed_uploads_are_reclaimed_by_gc() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(report.contains("unclaimed nix-copy uploads: 1"), "{report}");
     assert_eq!(uploads_staged(&server).await, 0);
-    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
+    assert_eq!(server.row_counts().await.nars, 0);
     assert_eq!(server.blob_count(), 0, "the upload's pack stayed");
 }

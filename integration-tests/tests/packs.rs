@@ -60,14 +60,20 @@ impl Pushed {
 
     /// The storage key of the pack that is the leaf's whole NAR.
     async fn leaf_pack(&self) -> String {
-        let nar_hash = nix::path_info(self.leaf()).nar_hash.to_typed_hex();
-        self.server
-            .query_text(&format!(
-                "SELECT pack.key FROM pack JOIN nar ON nar.pack_id = pack.id \
-                 WHERE nar.nar_hash = '{nar_hash}'"
-            ))
+        let nar_hash = nix::path_info(self.leaf()).nar_hash;
+        let store = self.server.store().await;
+        let nar = store
+            .find_nar(&nar_hash)
             .await
-            .expect("the leaf was uploaded whole, so its NAR is one pack")
+            .expect("read NARs")
+            .expect("the leaf's NAR");
+        let pack_id = nar
+            .pack_id
+            .expect("the leaf was uploaded whole, so its NAR is one pack");
+        let packs = store.all_packs().await.expect("list packs");
+        store.close().await;
+        let pack = packs.iter().find(|p| p.id == pack_id).expect("its pack");
+        pack.key.as_str().to_owned()
     }
 
     async fn status(&self, path: &str) -> StatusCode {
@@ -262,16 +268,22 @@ async fn a_push_of_232_paths_writes_one_pack_per_path_at_most() {
     let top = paths.last().expect("a top path");
     let out = client.attic_ok(&["push", "wide", top]);
     assert!(out.contains("pushed 232 paths"), "{out}");
-    let chunks = server.count("SELECT COUNT(*) FROM chunk").await;
+    let counts = server.row_counts().await;
+    let chunks = counts.chunks;
     let blobs = server.blob_count();
     // Each 160 KiB file of noise is two to four chunks: far more chunks
     // than blobs is the point of packs.
     assert!(chunks > 2 * 232, "{chunks} chunks");
     assert!(blobs <= 232, "{blobs} blobs for 232 uploads");
-    assert_eq!(
-        server.count("SELECT COUNT(*) FROM pack").await as usize,
-        blobs
-    );
+    assert_eq!(counts.packs as usize, blobs);
+}
+
+/// Chunks that have not earned a checksum of their stored bytes yet.
+async fn unchecked_chunks(server: &TestServer) -> usize {
+    let store = server.store().await;
+    let chunks = store.all_chunks().await.expect("list chunks");
+    store.close().await;
+    chunks.iter().filter(|c| c.checksum.is_none()).count()
 }
 
 /// The data directory an earlier version (one blob per chunk) wrote.
@@ -287,11 +299,9 @@ async fn a_store_from_before_packs_serves_every_path_after_the_upgrade() {
     let server = TestServer::start_on_copy_of(v1_fixture());
     let token = server.make_token(&["--pull", "*", "--push", "*"]);
     let api = Api::new(&server.url);
-    assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, 9);
+    assert_eq!(server.row_counts().await.packs, 9);
     assert_eq!(
-        server
-            .count("SELECT COUNT(*) FROM chunk WHERE stored_checksum IS NULL")
-            .await,
+        unchecked_chunks(&server).await,
         9,
         "checksums of old chunks are earned by a check, never assumed"
     );
@@ -324,12 +334,7 @@ async fn a_store_from_before_packs_serves_every_path_after_the_upgrade() {
     let verify = server.atticadm(&["verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("checked 9 packs"));
-    assert_eq!(
-        server
-            .count("SELECT COUNT(*) FROM chunk WHERE stored_checksum IS NULL")
-            .await,
-        0
-    );
+    assert_eq!(unchecked_chunks(&server).await, 0);
 }
 
 #[tokio::test]
@@ -337,10 +342,16 @@ async fn an_old_chunk_that_fails_its_content_check_is_damaged() {
     let server = TestServer::start_on_copy_of(v1_fixture());
     let token = server.make_token(&["--pull", "*"]);
     let api = Api::new(&server.url);
-    let key = server
-        .query_text("SELECT key FROM pack ORDER BY size DESC LIMIT 1")
-        .await
-        .expect("a pack");
+    let store = server.store().await;
+    let packs = store.all_packs().await.expect("list packs");
+    store.close().await;
+    let key = packs
+        .iter()
+        .max_by_key(|p| p.size)
+        .expect("a pack")
+        .key
+        .as_str()
+        .to_owned();
     harm(&server.blob_path(&key), Harm::FlipAByteInTheMiddle);
     let verify = server.atticadm(&["verify"]);
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use futures::StreamExt;
-use integration_tests::backend::{fresh_postgres_database, query_all};
+use integration_tests::backend::fresh_postgres_database;
+use integration_tests::inspect::StoreView;
 use integration_tests::nix;
 use integration_tests::s3::S3Server;
 use integration_tests::server::{TestHome, TestServer};
@@ -21,15 +22,6 @@ fn home_with(config: &str) -> TestHome {
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("server.toml"), config).expect("write config");
     home
-}
-
-/// Every value of the first column of a query.
-async fn column(database_url: &str, sql: &str) -> Vec<String> {
-    query_all(database_url, sql)
-        .await
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0).expect("text"))
-        .collect()
 }
 
 /// Pushes `paths` through `api` to cache `c`, four at a time.
@@ -77,11 +69,9 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
         + &String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{said}");
     assert!(said.contains("migrations pending"), "{said}");
-    let tables = column(
-        &database_url,
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
-    )
-    .await;
+    let store = StoreView::open(&database_url).await;
+    let tables = store.table_names().await.expect("list tables");
+    store.close().await;
     assert!(tables.is_empty(), "checking created {tables:?}");
     // PostgreSQL and S3 keep nothing in a data directory, so a run given
     // its config file needs no HOME to find one.
@@ -140,20 +130,22 @@ async fn two_replicas_on_one_database_and_bucket_serve_what_either_was_pushed() 
 
     // The store is consistent: one row per chunk and per NAR, and the
     // bucket's packs are exactly the pack rows.
-    let duplicated = column(
-        &database_url,
-        "SELECT chunk_hash FROM chunk GROUP BY chunk_hash HAVING COUNT(*) > 1",
-    )
-    .await;
-    assert!(duplicated.is_empty(), "chunks stored twice: {duplicated:?}");
-    let nars = column(&database_url, "SELECT nar_hash FROM nar").await;
-    let distinct_nars: BTreeSet<&String> = nars.iter().collect();
+    let store = StoreView::open(&database_url).await;
+    let chunks = store.all_chunks().await.expect("list chunks");
+    let distinct_chunks: BTreeSet<_> = chunks.iter().map(|c| c.hash).collect();
+    assert_eq!(chunks.len(), distinct_chunks.len(), "chunks stored twice");
+    let nars = store.all_nars().await.expect("list NARs");
+    let distinct_nars: BTreeSet<_> = nars.iter().map(|n| n.nar_hash).collect();
     assert_eq!(nars.len(), distinct_nars.len());
     assert_eq!(nars.len(), shared.len() + own_one.len() + own_two.len());
-    let rows: BTreeSet<String> = column(&database_url, "SELECT key FROM pack")
+    let rows: BTreeSet<String> = store
+        .all_packs()
         .await
-        .into_iter()
+        .expect("list packs")
+        .iter()
+        .map(|p| p.key.as_str().to_owned())
         .collect();
+    store.close().await;
     let blobs: BTreeSet<String> = s3.objects("").into_iter().collect();
     assert!(!rows.is_empty());
     assert_eq!(rows, blobs, "pack rows and the bucket's objects differ");

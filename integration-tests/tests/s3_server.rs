@@ -260,8 +260,9 @@ async fn an_s3_outage_mid_push_fails_it_cleanly_until_s3_is_back() {
     // Nothing is visible, and once S3 is back the upload is aborted.
     let hash = path_hash(&path);
     assert_eq!(api.missing(&token, "c", &[hash]).await, [hash]);
-    assert_eq!(server.count("SELECT COUNT(*) FROM nar").await, 0);
-    assert_eq!(server.count("SELECT COUNT(*) FROM pack").await, 0);
+    let counts = server.row_counts().await;
+    assert_eq!(counts.nars, 0);
+    assert_eq!(counts.packs, 0);
     s3.restart();
     wait_until("the failed multipart upload to be aborted", || {
         s3.open_uploads() == 0

@@ -16,6 +16,7 @@ mod chunks;
 pub mod entity;
 mod gc;
 mod ids;
+pub mod inspect;
 mod json;
 mod logs;
 mod metrics;
