@@ -4,16 +4,17 @@
 //! ids, built from rows by `TryFrom`, so a row that does not decode is a
 //! [`DatabaseError::CorruptRow`], never a panic or a string passed on.
 //!
-//! One file per thing callers do: [`caches`](Database::find_cache),
-//! paths, uploads (commit, stage, claim), chunks and damage, tokens, logs,
-//! the garbage collector's queries, and statement metrics. Writes that
-//! must be atomic run in one transaction, begun `IMMEDIATE` on SQLite so
-//! concurrent writers wait for the lock instead of failing.
+//! One file per thing callers do: caches, paths, uploads (commit, stage,
+//! claim) and the rows they write, chunks and damage, tokens, logs, the
+//! garbage collector's queries, and statement metrics. The sea-orm
+//! entities are private to this module. Writes that must be atomic run in
+//! one transaction, begun `IMMEDIATE` on SQLite so concurrent writers wait
+//! for the lock instead of failing.
 
 mod attach;
 mod caches;
 mod chunks;
-pub mod entity;
+mod entity;
 mod gc;
 mod ids;
 pub mod inspect;
@@ -226,4 +227,20 @@ impl Database {
             })
             .await
     }
+}
+
+/// `SELECT 1 FROM table WHERE reference = target`, correlated with the
+/// outer statement's `target`: under `EXISTS`, whether any row of `table`
+/// points at the row looked at (one the collector would reclaim, say).
+fn rows_pointing_at(
+    table: impl sea_orm::sea_query::IntoTableRef,
+    reference: impl sea_orm::sea_query::IntoColumnRef,
+    target: impl sea_orm::sea_query::IntoColumnRef,
+) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::sea_query::{Expr, ExprTrait, Query};
+    Query::select()
+        .expr(Expr::val(1))
+        .from(table)
+        .and_where(Expr::col(reference).equals(target))
+        .to_owned()
 }

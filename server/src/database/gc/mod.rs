@@ -11,14 +11,14 @@
 //! ("does any other path of this cache reference this one?") is one SQL
 //! condition per backend, evaluated by the database per page.
 
-use sea_orm::sea_query::{Expr, ExprTrait, IntoColumnRef, IntoTableRef, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter};
 
 use super::entity::gc_lease;
 use super::ids::{CacheId, NarId, ObjectId};
 use super::json::Json;
 use super::records::PackRecord;
-use super::{Database, DatabaseError, now};
+use super::{Database, DatabaseError, now, rows_pointing_at};
 use crate::pack::StoredChunkId;
 
 /// An object in least-recently-read order, for retention and quotas.
@@ -183,21 +183,6 @@ fn referenced_by_no_other_path(backend: DbBackend, cache_id: CacheId) -> Expr {
              AND reference.value <> referrer.store_path)"
         )),
     }
-}
-
-/// `SELECT 1 FROM table WHERE reference = target`, correlated with the
-/// outer statement's `target`: under `EXISTS`, whether any row of `table`
-/// still points at the row being reclaimed.
-fn rows_pointing_at(
-    table: impl IntoTableRef,
-    reference: impl IntoColumnRef,
-    target: impl IntoColumnRef,
-) -> SelectStatement {
-    Query::select()
-        .expr(Expr::val(1))
-        .from(table)
-        .and_where(Expr::col(reference).equals(target))
-        .to_owned()
 }
 
 mod paths;

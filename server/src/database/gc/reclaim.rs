@@ -377,15 +377,4 @@ impl Database {
         txn.commit().await?;
         Ok(())
     }
-
-    /// Rows of each table, for the collector's summary and tests.
-    pub async fn count_rows(&self) -> Result<[u64; 4], DatabaseError> {
-        use sea_orm::PaginatorTrait;
-        Ok([
-            object::Entity::find().count(&self.conn).await?,
-            nar::Entity::find().count(&self.conn).await?,
-            chunk::Entity::find().count(&self.conn).await?,
-            pack::Entity::find().count(&self.conn).await?,
-        ])
-    }
 }
