@@ -15,6 +15,7 @@ pub mod database;
 pub mod error;
 pub mod gc;
 pub mod ingest;
+mod key_path;
 pub mod linger;
 pub mod metrics;
 pub mod nar_stream;

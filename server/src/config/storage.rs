@@ -159,7 +159,7 @@ impl S3StorageConfig {
             ));
         }
         let prefix = self.key_prefix();
-        if !prefix.is_empty() && crate::storage::StorageKey::new(prefix).is_err() {
+        if !prefix.is_empty() && !crate::key_path::is_key_path(prefix) {
             return Err(invalid(
                 "storage.prefix",
                 "must be `/`-separated segments of a-z, 0-9, `.`, `_` and `-`",

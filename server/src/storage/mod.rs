@@ -77,14 +77,7 @@ impl StorageKey {
     /// Checks and wraps a key.
     pub fn new(key: impl Into<String>) -> Result<Self, BadStorageKey> {
         let key = key.into();
-        let segment_ok = |s: &str| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
-        };
-        if key.split('/').all(segment_ok) {
+        if crate::key_path::is_key_path(&key) {
             Ok(Self(key))
         } else {
             Err(BadStorageKey(key))
