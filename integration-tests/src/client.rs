@@ -82,3 +82,33 @@ impl Default for TestClient {
         Self::new()
     }
 }
+
+/// A server, a logged-in user, and a private cache `demo`.
+pub fn logged_in() -> (crate::server::TestServer, TestClient, String) {
+    let server = crate::server::TestServer::start();
+    let token = server.make_token(&[
+        "--pull",
+        "*",
+        "--push",
+        "*",
+        "--create-cache",
+        "*",
+        "--destroy-cache",
+        "*",
+        "--configure-cache",
+        "*",
+    ]);
+    let client = TestClient::new();
+    client.attic_ok(&["login", "local", &server.url, &token]);
+    client.attic_ok(&["cache", "create", "demo"]);
+    (server, client, token)
+}
+
+/// What a command printed, stdout then stderr.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bombs;
 pub mod client;
+pub mod gc;
 pub mod hostile;
 pub mod inspect;
 pub mod nix;

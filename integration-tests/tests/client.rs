@@ -1,88 +1,12 @@
-//! The `attic` client against a real `atticd`, with real Nix.
+//! The `attic` client against a real `atticd`, with real Nix: pushing,
+//! errors, cache management, progress, tokens, keys and login.
+//! `watch-store` is in `client_watch_store.rs`.
 
 use std::path::Path;
-use std::process::Output;
 
-use integration_tests::client::TestClient;
+use integration_tests::client::{TestClient, logged_in, text};
 use integration_tests::nix;
 use integration_tests::server::TestServer;
-use integration_tests::upload::path_hash;
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// `attic watch-store demo` in the background, killed (as a crash would) on drop.
-struct WatchStore(std::process::Child);
-
-impl WatchStore {
-    /// Starts it with its stderr lines sent to the returned channel.
-    fn start_with_log(client: &TestClient) -> (Self, std::sync::mpsc::Receiver<String>) {
-        use std::io::BufRead;
-        let mut child = client
-            .command("attic")
-            .args(["watch-store", "demo"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start watch-store");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = lines_tx.send(line);
-            }
-        });
-        (Self(child), lines_rx)
-    }
-}
-
-/// Waits for a line containing `needle`; panics with what came instead.
-fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) {
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return,
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no line with {needle:?}; got:\n{}", seen.join("\n")),
-        }
-    }
-}
-
-impl Drop for WatchStore {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A server, a logged-in user, and a private cache `demo`.
-fn logged_in() -> (TestServer, TestClient, String) {
-    let server = TestServer::start();
-    let token = server.make_token(&[
-        "--pull",
-        "*",
-        "--push",
-        "*",
-        "--create-cache",
-        "*",
-        "--destroy-cache",
-        "*",
-        "--configure-cache",
-        "*",
-    ]);
-    let client = TestClient::new();
-    client.attic_ok(&["login", "local", &server.url, &token]);
-    client.attic_ok(&["cache", "create", "demo"]);
-    (server, client, token)
-}
 
 #[tokio::test]
 async fn push_then_substitute_through_attic_use() {
@@ -245,92 +169,6 @@ async fn a_push_interrupted_by_a_server_restart_completes_on_rerun() {
     let realised = client.realise(closure.top());
     assert!(realised.status.success(), "{}", text(&realised));
     assert_eq!(nix::dump(Path::new(&closure.paths[0])), original);
-}
-
-#[tokio::test]
-async fn the_watch_store_queue_survives_a_killed_client() {
-    let (mut server, client, token) = logged_in();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let closure = nix::build_closure(dir.path(), 1000);
-
-    // The post-build-hook mode queues without contacting the server.
-    server.kill();
-    let hook = client
-        .command("attic")
-        .args(["watch-store", "demo", "--enqueue"])
-        .env("OUT_PATHS", closure.top())
-        .output()
-        .expect("run hook");
-    assert!(hook.status.success(), "{}", text(&hook));
-
-    // The pusher cannot reach the server; kill it while it waits.
-    let (watcher, log) = WatchStore::start_with_log(&client);
-    wait_for_line(&log, "watching");
-    drop(watcher);
-
-    // Back up: the queue still holds the path, and draining pushes its
-    // closure (and whatever other tests built while the watcher ran).
-    server.restart();
-    let out = client.attic_ok(&["watch-store", "demo", "--once"]);
-    for path in &closure.paths {
-        let name = &path["/nix/store/".len()..];
-        assert!(out.contains(&format!("pushed {name} (")), "{out}");
-    }
-    let api = integration_tests::upload::Api::new(&server.url);
-    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
-    assert!(api.missing(&token, "demo", &hashes).await.is_empty());
-    // And the queue is empty now.
-    let out = client.attic_ok(&["watch-store", "demo", "--once"]);
-    assert!(!out.contains("pushed"), "{out}");
-}
-
-/// A path built while watch-store starts against a down server is queued
-/// at once, before any server contact, and pushed once the server is up.
-#[tokio::test]
-async fn watch_store_queues_paths_built_while_the_server_is_down() {
-    let (mut server, client, token) = logged_in();
-    server.kill();
-    let (watcher, log) = WatchStore::start_with_log(&client);
-    wait_for_line(&log, "watching");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let closure = nix::build_closure(dir.path(), 1000);
-    wait_for_line(&log, &format!("queued {}", closure.top()));
-
-    server.restart();
-    let api = integration_tests::upload::Api::new(&server.url);
-    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
-    let mut missing = hashes.len();
-    for _ in 0..240 {
-        missing = api.missing(&token, "demo", &hashes).await.len();
-        if missing == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-    drop(watcher);
-    assert_eq!(missing, 0, "watch-store did not push what it queued");
-}
-
-#[tokio::test]
-async fn watch_store_pushes_paths_as_nix_builds_them() {
-    let (server, client, token) = logged_in();
-    // Build only once it watches: a path that lands before misses the watch.
-    let (watcher, log) = WatchStore::start_with_log(&client);
-    wait_for_line(&log, "watching");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let closure = nix::build_closure(dir.path(), 1000);
-    let api = integration_tests::upload::Api::new(&server.url);
-    let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
-    let mut missing = hashes.len();
-    for _ in 0..60 {
-        missing = api.missing(&token, "demo", &hashes).await.len();
-        if missing == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-    drop(watcher);
-    assert_eq!(missing, 0, "watch-store did not push the new closure");
 }
 
 #[test]
