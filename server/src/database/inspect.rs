@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use attic::chunking::ChunkId;
-use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, Statement,
@@ -17,7 +16,8 @@ use super::entity::{build_log, cache, chunk, chunkref, nar, object, pack, staged
 use super::ids::CacheId;
 use super::logs::LogRecord;
 use super::records::{NarRecord, PackRecord, StoredPath};
-use super::{Database, DatabaseError, rows_pointing_at};
+use super::unheld::{chunk_is_unreferenced, nar_is_unheld, pack_holds_no_chunk};
+use super::{Database, DatabaseError};
 use crate::pack::{BlobState, PackId, StoredChecksum, StoredChunkId};
 
 /// How many rows each table holds, whatever their state.
@@ -110,38 +110,17 @@ impl Database {
     /// chunks no NAR references, packs holding no chunk. After a collection
     /// without a grace period every count is 0; anything else is a leak.
     pub async fn orphans(&self) -> Result<Orphans, DatabaseError> {
-        let held = rows_pointing_at(
-            object::Entity,
-            (object::Entity, object::Column::NarId),
-            (nar::Entity, nar::Column::Id),
-        );
-        let staged = rows_pointing_at(
-            staged_nar::Entity,
-            (staged_nar::Entity, staged_nar::Column::NarId),
-            (nar::Entity, nar::Column::Id),
-        );
-        let referenced = rows_pointing_at(
-            chunkref::Entity,
-            (chunkref::Entity, chunkref::Column::ChunkId),
-            (chunk::Entity, chunk::Column::Id),
-        );
-        let used = rows_pointing_at(
-            chunk::Entity,
-            (chunk::Entity, chunk::Column::PackId),
-            (pack::Entity, pack::Column::Id),
-        );
         Ok(Orphans {
             nars: nar::Entity::find()
-                .filter(Expr::exists(held).not())
-                .filter(Expr::exists(staged).not())
+                .filter(nar_is_unheld())
                 .count(&self.conn)
                 .await?,
             chunks: chunk::Entity::find()
-                .filter(Expr::exists(referenced).not())
+                .filter(chunk_is_unreferenced())
                 .count(&self.conn)
                 .await?,
             packs: pack::Entity::find()
-                .filter(Expr::exists(used).not())
+                .filter(pack_holds_no_chunk())
                 .count(&self.conn)
                 .await?,
         })
@@ -232,18 +211,20 @@ impl Database {
     /// their rows hold: to check that a log is stored as a blob and not in
     /// the database.
     pub async fn cache_logs(&self, cache_id: CacheId) -> Result<Vec<StoredLog>, DatabaseError> {
-        Ok(build_log::Entity::find()
+        build_log::Entity::find()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .order_by_asc(build_log::Column::Drv)
             .all(&self.conn)
             .await?
             .into_iter()
-            .map(|row| StoredLog {
-                drv: row.drv.clone(),
-                inline_bytes: row.data.len() as u64,
-                log: LogRecord::from(row),
+            .map(|row| {
+                Ok(StoredLog {
+                    drv: row.drv.clone(),
+                    inline_bytes: row.data.len() as u64,
+                    log: LogRecord::try_from(row)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The names of the tables in the database (its current schema on

@@ -36,15 +36,22 @@ pub struct LogRecord {
     pub location: LogLocation,
 }
 
-impl From<build_log::Model> for LogRecord {
-    fn from(row: build_log::Model) -> Self {
-        Self {
-            size: u64::try_from(row.size).unwrap_or(0),
+impl TryFrom<build_log::Model> for LogRecord {
+    type Error = DatabaseError;
+
+    fn try_from(row: build_log::Model) -> Result<Self, Self::Error> {
+        let size = u64::try_from(row.size).map_err(|_| DatabaseError::CorruptRow {
+            table: "build_log",
+            id: row.id,
+            reason: format!("negative size {}", row.size),
+        })?;
+        Ok(Self {
+            size,
             location: match row.storage_key {
                 Some(key) => LogLocation::Blob(key),
                 None => LogLocation::Inline(row.data),
             },
-        }
+        })
     }
 }
 
@@ -93,12 +100,13 @@ impl Database {
         cache_id: CacheId,
         drv: &str,
     ) -> Result<Option<LogRecord>, DatabaseError> {
-        Ok(build_log::Entity::find()
+        build_log::Entity::find()
             .filter(build_log::Column::CacheId.eq(cache_id))
             .filter(build_log::Column::Drv.eq(drv))
             .one(&self.conn)
             .await?
-            .map(LogRecord::from))
+            .map(LogRecord::try_from)
+            .transpose()
     }
 
     /// Stored bytes of a cache's build logs.

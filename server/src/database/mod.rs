@@ -26,6 +26,7 @@ mod records;
 #[cfg(test)]
 mod testing;
 mod tokens;
+mod unheld;
 mod upload_rows;
 mod uploads;
 

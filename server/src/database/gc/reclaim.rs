@@ -6,10 +6,9 @@ use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::super::entity::{
-    BlobState, StoredCompression, chunk, chunkref, nar, object, pack, staged_nar,
-};
+use super::super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, pack};
 use super::super::records::PackRecord;
+use super::super::unheld::{chunk_is_unreferenced, nar_is_unheld, pack_holds_no_chunk};
 use super::super::{BATCH, Database, DatabaseError, now};
 use super::*;
 use crate::pack::PackId;
@@ -53,23 +52,12 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let held = rows_pointing_at(
-            object::Entity,
-            (object::Entity, object::Column::NarId),
-            (nar::Entity, nar::Column::Id),
-        );
-        let staged = rows_pointing_at(
-            staged_nar::Entity,
-            (staged_nar::Entity, staged_nar::Column::NarId),
-            (nar::Entity, nar::Column::Id),
-        );
         let txn = self.begin_write().await?;
         self.lock_for_deletion::<nar::Entity>(&txn, nar::Column::Id, &page)
             .await?;
         let result = nar::Entity::delete_many()
             .filter(nar::Column::Id.is_in(page))
-            .filter(Expr::exists(held).not())
-            .filter(Expr::exists(staged).not())
+            .filter(nar_is_unheld())
             .exec(&txn)
             .await?;
         txn.commit().await?;
@@ -91,17 +79,12 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let referenced = rows_pointing_at(
-            chunkref::Entity,
-            (chunkref::Entity, chunkref::Column::ChunkId),
-            (chunk::Entity, chunk::Column::Id),
-        );
         let txn = self.begin_write().await?;
         self.lock_for_deletion::<chunk::Entity>(&txn, chunk::Column::Id, &page)
             .await?;
         let result = chunk::Entity::delete_many()
             .filter(chunk::Column::Id.is_in(page))
-            .filter(Expr::exists(referenced).not())
+            .filter(chunk_is_unreferenced())
             .exec(&txn)
             .await?;
         txn.commit().await?;
@@ -158,18 +141,13 @@ impl Database {
         let Some(&last) = page.last() else {
             return Ok((None, 0));
         };
-        let used = rows_pointing_at(
-            chunk::Entity,
-            (chunk::Entity, chunk::Column::PackId),
-            (pack::Entity, pack::Column::Id),
-        );
         let result = pack::Entity::update_many()
             .col_expr(pack::Column::State, Expr::value(BlobState::Deleting))
             .col_expr(pack::Column::DeletingSince, Expr::value(now()))
             .filter(pack::Column::Id.is_in(page))
             .filter(pack::Column::State.eq(BlobState::Valid))
             .filter(pack::Column::CreatedAt.lt(cutoff))
-            .filter(Expr::exists(used).not())
+            .filter(pack_holds_no_chunk())
             .exec(&self.conn)
             .await?;
         Ok((Some(last), result.rows_affected))
@@ -362,7 +340,7 @@ impl Database {
                 .exec(&txn)
                 .await?;
         }
-        let used = Query::select()
+        let _used = Query::select()
             .expr(Expr::val(1))
             .from(chunk::Entity)
             .and_where(Expr::col((chunk::Entity, chunk::Column::PackId)).eq(old))
@@ -371,7 +349,7 @@ impl Database {
             .col_expr(pack::Column::State, Expr::value(BlobState::Deleting))
             .col_expr(pack::Column::DeletingSince, Expr::value(when))
             .filter(pack::Column::Id.eq(old))
-            .filter(Expr::exists(used).not())
+            .filter(pack_holds_no_chunk())
             .exec(&txn)
             .await?;
         txn.commit().await?;
