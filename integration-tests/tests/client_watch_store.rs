@@ -126,8 +126,10 @@ async fn watch_store_pushes_paths_as_nix_builds_them() {
     let closure = nix::build_closure(dir.path(), 1000);
     let api = integration_tests::upload::Api::new(&server.url);
     let hashes: Vec<&str> = closure.paths.iter().map(|p| path_hash(p)).collect();
+    // As long as the test of a down server allows: a push refused while
+    // the machine is loaded is retried after a backoff of up to a minute.
     let mut missing = hashes.len();
-    for _ in 0..60 {
+    for _ in 0..240 {
         missing = api.missing(&token, "demo", &hashes).await.len();
         if missing == 0 {
             break;
@@ -135,5 +137,11 @@ async fn watch_store_pushes_paths_as_nix_builds_them() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     drop(watcher);
-    assert_eq!(missing, 0, "watch-store did not push the new closure");
+    let said: Vec<String> = log.try_iter().collect();
+    assert_eq!(
+        missing,
+        0,
+        "watch-store did not push the new closure; it said:\n{}",
+        said.join("\n")
+    );
 }
