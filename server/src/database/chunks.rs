@@ -14,7 +14,7 @@ use sea_orm::{
 
 use super::entity::{BlobState, chunk, chunkref, nar, object, pack};
 use super::ids::{CacheId, NarId};
-use super::records::PackRecord;
+use super::records::{PackRecord, corrupt, size};
 use super::{Database, DatabaseError};
 use crate::pack::read::{Damage, Fault, StoredChunk};
 use crate::pack::{PackId, StoredChecksum, StoredChunkId};
@@ -37,29 +37,22 @@ impl TryFrom<ChunkLocation> for StoredChunk {
     type Error = DatabaseError;
 
     fn try_from(row: ChunkLocation) -> Result<Self, Self::Error> {
-        let bad = |reason: String| DatabaseError::CorruptRow {
-            table: "chunk",
-            id: row.id,
-            reason,
-        };
-        let size = |value: i64, what: &str| {
-            u64::try_from(value).map_err(|_| bad(format!("negative {what} {value}")))
-        };
+        let bad = corrupt("chunk", row.id);
         Ok(StoredChunk {
             id: StoredChunkId::new(row.id),
             hash: row
                 .chunk_hash
                 .parse()
                 .map_err(|e| bad(format!("chunk_hash: {e}")))?,
-            chunk_size: size(row.chunk_size, "chunk_size")?,
+            chunk_size: size(row.chunk_size, "chunk_size").map_err(&bad)?,
             compression: row.compression.into(),
             pack_id: PackId::new(row.pack_id),
             pack_key: row
                 .pack_key
                 .parse()
                 .map_err(|e| bad(format!("pack key: {e}")))?,
-            offset: size(row.offset, "offset")?,
-            stored_size: size(row.stored_size, "stored_size")?,
+            offset: size(row.offset, "offset").map_err(&bad)?,
+            stored_size: size(row.stored_size, "stored_size").map_err(&bad)?,
             checksum: row
                 .stored_checksum
                 .as_deref()

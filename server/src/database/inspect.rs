@@ -15,7 +15,7 @@ use sea_orm::{
 use super::entity::{build_log, cache, chunk, chunkref, nar, object, pack, staged_nar};
 use super::ids::CacheId;
 use super::logs::LogRecord;
-use super::records::{NarRecord, PackRecord, StoredPath};
+use super::records::{NarRecord, PackRecord, StoredPath, corrupt, size};
 use super::unheld::{chunk_is_unreferenced, nar_is_unheld, pack_holds_no_chunk};
 use super::{Database, DatabaseError};
 use crate::pack::{BlobState, PackId, StoredChecksum, StoredChunkId};
@@ -81,14 +81,6 @@ pub struct StoredLog {
     /// Bytes of the log its row holds itself: all of it for a log stored
     /// before logs moved to blobs, none for one stored since.
     pub inline_bytes: u64,
-}
-
-fn corrupt_chunk(id: i64) -> impl Fn(String) -> DatabaseError {
-    move |reason| DatabaseError::CorruptRow {
-        table: "chunk",
-        id,
-        reason,
-    }
 }
 
 impl Database {
@@ -170,7 +162,7 @@ impl Database {
             .await?;
         rows.into_iter()
             .map(|row| {
-                let bad = corrupt_chunk(row.id);
+                let bad = corrupt("chunk", row.id);
                 Ok(ChunkRecord {
                     id: StoredChunkId::new(row.id),
                     hash: row
@@ -178,8 +170,7 @@ impl Database {
                         .parse()
                         .map_err(|e| bad(format!("chunk_hash: {e}")))?,
                     pack_id: PackId::new(row.pack_id.ok_or_else(|| bad("no pack_id".into()))?),
-                    stored_size: u64::try_from(row.stored_size)
-                        .map_err(|_| bad(format!("negative stored_size {}", row.stored_size)))?,
+                    stored_size: size(row.stored_size, "stored_size").map_err(&bad)?,
                     checksum: row
                         .stored_checksum
                         .as_deref()

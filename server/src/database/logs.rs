@@ -7,6 +7,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use super::entity::build_log;
 use super::ids::{CacheId, LogId};
+use super::records::{corrupt, size};
 use super::{Database, DatabaseError, now};
 
 /// Where a stored log's compressed bytes are.
@@ -40,13 +41,8 @@ impl TryFrom<build_log::Model> for LogRecord {
     type Error = DatabaseError;
 
     fn try_from(row: build_log::Model) -> Result<Self, Self::Error> {
-        let size = u64::try_from(row.size).map_err(|_| DatabaseError::CorruptRow {
-            table: "build_log",
-            id: row.id,
-            reason: format!("negative size {}", row.size),
-        })?;
         Ok(Self {
-            size,
+            size: size(row.size, "size").map_err(corrupt("build_log", row.id))?,
             location: match row.storage_key {
                 Some(key) => LogLocation::Blob(key),
                 None => LogLocation::Inline(row.data),

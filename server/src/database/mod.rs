@@ -245,3 +245,20 @@ fn rows_pointing_at(
         .and_where(Expr::col(reference).equals(target))
         .to_owned()
 }
+
+/// `SELECT nar_id FROM chunkref WHERE chunk_id IN (chunk_ids)`: the NARs
+/// holding any of `chunk_ids`, for a statement that changes those NARs
+/// (healing them, or resizing them after compaction).
+fn nars_holding(chunk_ids: &[i64]) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::sea_query::{Expr, ExprTrait, Query};
+
+    use self::entity::chunkref;
+    Query::select()
+        .column((chunkref::Entity, chunkref::Column::NarId))
+        .from(chunkref::Entity)
+        .and_where(
+            Expr::col((chunkref::Entity, chunkref::Column::ChunkId))
+                .is_in(chunk_ids.iter().copied()),
+        )
+        .to_owned()
+}

@@ -110,12 +110,15 @@ pub struct StagedNar {
     pub nar_id: NarId,
 }
 
-fn corrupt(table: &'static str, id: i64) -> impl Fn(String) -> DatabaseError {
+/// Turns a reason into the corrupt-row error of row `id` of `table`: every
+/// record's decoding (here and in `chunks`, `logs`, `gc`, `inspect`) fails
+/// through it.
+pub(super) fn corrupt(table: &'static str, id: i64) -> impl Fn(String) -> DatabaseError {
     move |reason| DatabaseError::CorruptRow { table, id, reason }
 }
 
 /// A size column, which is never negative in a row we wrote.
-fn size(value: i64, what: &str) -> Result<u64, String> {
+pub(super) fn size(value: i64, what: &str) -> Result<u64, String> {
     u64::try_from(value).map_err(|_| format!("negative {what} {value}"))
 }
 

@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, pack};
-use super::{BATCH, DatabaseError};
+use super::{BATCH, DatabaseError, nars_holding};
 use crate::pack::write::WrittenPack;
 use crate::pack::{PackId, StoredChecksum, StoredChunkId};
 
@@ -355,14 +355,7 @@ pub(super) async fn heal_nars(
 ) -> Result<(), DbErr> {
     let ids: Vec<i64> = new_rows.values().map(|row| row.id).collect();
     for batch in ids.chunks(BATCH) {
-        let holding = Query::select()
-            .column((chunkref::Entity, chunkref::Column::NarId))
-            .from(chunkref::Entity)
-            .and_where(
-                Expr::col((chunkref::Entity, chunkref::Column::ChunkId))
-                    .is_in(batch.iter().copied()),
-            )
-            .to_owned();
+        let holding = nars_holding(batch);
         let still_damaged = Query::select()
             .expr(Expr::val(1))
             .from(chunkref::Entity)

@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter}
 use super::entity::gc_lease;
 use super::ids::{CacheId, NarId, ObjectId};
 use super::json::Json;
-use super::records::PackRecord;
+use super::records::{PackRecord, corrupt};
 use super::{Database, DatabaseError, now, rows_pointing_at};
 use crate::pack::StoredChunkId;
 
@@ -61,11 +61,7 @@ impl TryFrom<EvictableRow> for EvictableObject {
 
     fn try_from(row: EvictableRow) -> Result<Self, DatabaseError> {
         let references = Json::<Vec<String>>::decode(&row.references)
-            .map_err(|e| DatabaseError::CorruptRow {
-                table: "object",
-                id: row.id.get(),
-                reason: format!("references: {e}"),
-            })?
+            .map_err(|e| corrupt("object", row.id.get())(format!("references: {e}")))?
             .0;
         Ok(Self {
             object: LruObject {

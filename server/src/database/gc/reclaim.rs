@@ -6,10 +6,10 @@ use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::super::entity::{BlobState, StoredCompression, chunk, chunkref, nar, pack};
+use super::super::entity::{BlobState, StoredCompression, chunk, nar, pack};
 use super::super::records::PackRecord;
 use super::super::unheld::{chunk_is_unreferenced, nar_is_unheld, pack_holds_no_chunk};
-use super::super::{BATCH, Database, DatabaseError, now};
+use super::super::{BATCH, Database, DatabaseError, nars_holding, now};
 use super::*;
 use crate::pack::PackId;
 use crate::pack::write::WrittenPack;
@@ -318,14 +318,7 @@ impl Database {
         // The NARs holding moved chunks are now smaller as served.
         let ids: Vec<i64> = moved.iter().map(|c| c.id.get()).collect();
         for batch in ids.chunks(BATCH) {
-            let holding = Query::select()
-                .column((chunkref::Entity, chunkref::Column::NarId))
-                .from(chunkref::Entity)
-                .and_where(
-                    Expr::col((chunkref::Entity, chunkref::Column::ChunkId))
-                        .is_in(batch.iter().copied()),
-                )
-                .to_owned();
+            let holding = nars_holding(batch);
             nar::Entity::update_many()
                 .col_expr(
                     nar::Column::FileSize,
