@@ -79,3 +79,13 @@ pub async fn holds(server: &TestServer, cache: &str, path: &str) -> bool {
         .iter()
         .any(|p| p.info.store_path_hash.as_str() == path_hash(path))
 }
+
+/// Rewrites the server's config from a grace period of an hour to none,
+/// for the `atticadm gc` runs that follow.
+pub fn end_grace_period(server: &TestServer) {
+    let config = server.config_path();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
+    std::fs::write(&config, text).expect("write config");
+}

@@ -295,3 +295,29 @@ pub fn nar_info_for(cache: &str, store_path: &str, nar: &[u8]) -> UploadPathNarI
         nar_size: nar.len() as u64,
     }
 }
+
+/// Starts an `upload-path` of `nar` on a raw connection to the server at
+/// `url` and sends the first half of the body only, as a client that dies
+/// midway would; the caller decides when the connection goes.
+pub fn send_half_an_upload(
+    url: &str,
+    token: &str,
+    info: &UploadPathNarInfo,
+    nar: &[u8],
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
+        serde_json::to_string(info).expect("json"),
+        nar.len()
+    )
+    .expect("headers");
+    stream
+        .write_all(&nar[..nar.len() / 2])
+        .expect("half the body");
+    stream
+}

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::gc::{
-    NO_GRACE, all_substitute, assert_nothing_orphaned, holds, store_path, substitutes,
+    NO_GRACE, all_substitute, assert_nothing_orphaned, end_grace_period, holds, store_path,
+    substitutes,
 };
 use integration_tests::nix;
 use integration_tests::server::TestServer;
@@ -364,11 +365,7 @@ async fn one_run_takes_a_destroyed_cache_as_far_as_the_grace_period_allows() {
     );
     assert_eq!(server.blob_count(), 1, "deleted within the grace period");
 
-    let config = server.config_path();
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
-    std::fs::write(&config, text).expect("write config");
+    end_grace_period(&server);
     let report = server.gc();
     assert!(report.contains("1 deleted"), "{report}");
     assert!(!report.contains("waiting for the grace period"), "{report}");

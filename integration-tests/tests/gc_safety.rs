@@ -4,14 +4,15 @@
 //! Survivors are substituted with real Nix.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::gc::{all_substitute, assert_nothing_orphaned, store_path, substitutes};
+use integration_tests::gc::{
+    all_substitute, assert_nothing_orphaned, end_grace_period, store_path, substitutes,
+};
 use integration_tests::nix;
 use integration_tests::server::TestServer;
-use integration_tests::upload::{Api, noise, path_hash};
+use integration_tests::upload::{Api, noise, path_hash, send_half_an_upload};
 use serde_json::json;
 
 /// An upload killed midway leaves a temporary file on local disk; a
@@ -31,19 +32,7 @@ async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
     let path = store_path(&[("f", &noise(8 << 20, 81))]);
     let info = integration_tests::upload::nar_info_from_nix("c", &path);
     let nar = nix::dump(Path::new(&path));
-    let address = server.url.trim_start_matches("http://").to_owned();
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
-    write!(
-        stream,
-        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
-        serde_json::to_string(&info).expect("json"),
-        nar.len()
-    )
-    .expect("headers");
-    stream
-        .write_all(&nar[..nar.len() / 2])
-        .expect("half the body");
+    let stream = send_half_an_upload(&server.url, &token, &info, &nar);
     // Wait until the pack's temporary file exists.
     for _ in 0..200 {
         if server.temp_file_count() > 0 {
@@ -57,11 +46,7 @@ async fn orphans_of_a_killed_upload_are_swept_after_the_grace_period() {
 
     server.gc();
     assert_eq!(server.temp_file_count(), 1, "swept within the grace period");
-    let config = server.config_path();
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("grace-period = \"1h\"", "grace-period = \"0s\"");
-    std::fs::write(&config, text).expect("write config");
+    end_grace_period(&server);
     let report = server.gc();
     assert!(report.contains("orphans swept: 1"), "{report}");
     assert_eq!(server.temp_file_count(), 0);

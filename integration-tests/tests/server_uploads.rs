@@ -2,14 +2,16 @@
 //! concurrency, and both ways of serving a NAR.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 
 use attic::api::v1::upload_path::{NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo};
 use attic::hash::Sha256Hash;
 use attic::nar::NarNode;
 use integration_tests::nix::nonce;
 use integration_tests::server::TestServer;
-use integration_tests::upload::{Api, fake_store_path, nar_info_for, noise, path_hash};
+use integration_tests::upload::{
+    Api, fake_store_path, nar_info_for, noise, path_hash, send_half_an_upload,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -286,19 +288,7 @@ async fn an_interrupted_upload_leaves_nothing() {
     let nar = nar_of_file(noise(2 * 1024 * 1024, 4));
     let path = fake_store_path("interrupted");
     let info = nar_info_for("main", &path, &nar);
-    let address = server.url.trim_start_matches("http://").to_owned();
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
-    write!(
-        stream,
-        "PUT /_api/v1/upload-path HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         X-Attic-Nar-Info: {}\r\nContent-Length: {}\r\n\r\n",
-        serde_json::to_string(&info).expect("json"),
-        nar.len()
-    )
-    .expect("headers");
-    stream
-        .write_all(&nar[..nar.len() / 2])
-        .expect("half the body");
+    let stream = send_half_an_upload(&server.url, &token, &info, &nar);
     drop(stream);
     // The server notices the disconnect; give it a moment, then look.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
