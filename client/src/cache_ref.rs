@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use attic::cache::CacheName;
 
 use crate::config::{ClientConfig, ServerEntry};
@@ -40,17 +40,35 @@ impl fmt::Display for CacheRef {
 }
 
 impl CacheRef {
-    /// The server this cache lives on.
+    /// The server this cache lives on: the one named, else the default
+    /// server, else the only server there is (as Attic falls back to).
     pub fn resolve<'c>(&self, config: &'c ClientConfig) -> Result<(&'c str, &'c ServerEntry)> {
-        let name = match &self.server {
-            Some(name) => name.as_str(),
-            None => config.default_server.as_deref().context(
-                "no server given and no default server: run `attic login NAME URL TOKEN` first, or write SERVER:CACHE",
-            )?,
+        let name = match (&self.server, config.default_server.as_deref()) {
+            (Some(name), _) => name.as_str(),
+            (None, Some(default)) => default,
+            (None, None) if config.servers.len() == 1 => {
+                config.servers.keys().next().expect("one server").as_str()
+            }
+            (None, None) if config.servers.is_empty() => bail!(
+                "no server given and none logged in to: run `attic login NAME URL TOKEN` first"
+            ),
+            (None, None) => bail!(
+                "no server given and no default server among {}: write SERVER:CACHE, or run \
+                 `attic login NAME URL TOKEN --set-default`",
+                config
+                    .servers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let (name, entry) = config.servers.get_key_value(name).with_context(|| {
             format!("no server named {name:?}: run `attic login {name} URL TOKEN` first")
         })?;
+        if let Some(error) = &entry.token_file_error {
+            bail!("{error}");
+        }
         Ok((name.as_str(), entry))
     }
 }
@@ -78,5 +96,19 @@ mod tests {
             .resolve(&config)
             .expect_err("no default");
         assert!(err.to_string().contains("attic login"), "{err}");
+        let mut config = ClientConfig::default();
+        config
+            .login("only", "http://a/", None, false)
+            .expect("login");
+        config.default_server = None;
+        let bare: CacheRef = "demo".parse().expect("ref");
+        let (name, _) = bare.resolve(&config).expect("the only server");
+        assert_eq!(name, "only");
+        config
+            .login("second", "http://b/", None, false)
+            .expect("login");
+        config.default_server = None;
+        let err = bare.resolve(&config).expect_err("ambiguous");
+        assert!(err.to_string().contains("only, second"), "{err}");
     }
 }

@@ -7,8 +7,14 @@
 //! endpoint = "https://cache.example.com/"
 //! token = "..."
 //! used-caches = ["team-a", "team-b"]
+//!
+//! [servers.ci]
+//! endpoint = "https://cache.example.com/"
+//! token-file = "/run/secrets/attic-token"
 //! ```
 //!
+//! This is Attic's client config as it is: an Attic user's file works
+//! unchanged (`token-file` included), and ours adds `used-caches`.
 //! It holds tokens, so it is written with mode 0600, atomically.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,9 +44,18 @@ pub struct ClientConfig {
 pub struct ServerEntry {
     /// Base URL, ending in `/`.
     pub endpoint: String,
-    /// Bearer token, if any.
+    /// Bearer token, if any. With `token-file`, the file's content, read
+    /// when the config is loaded and never written back into the config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A file holding the token (Attic's `token-file`, for a secret a
+    /// deployment mounts); surrounding whitespace is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Why `token-file` could not be read, reported when the server is used
+    /// rather than when any command loads the config.
+    #[serde(skip)]
+    pub token_file_error: Option<String>,
     /// Caches `attic use` made substituters of. Nix sends one netrc password
     /// per host, so the netrc entry `attic use` writes must cover all of
     /// them; it is regenerated from this list each time.
@@ -73,11 +88,43 @@ impl ClientConfig {
     /// Loads a config file; a missing file is an empty config.
     pub fn load_from(path: &Path) -> Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .with_context(|| format!("invalid config file {}", path.display())),
+            Ok(text) => {
+                let mut config: Self = toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                config.read_token_files(path)?;
+                Ok(config)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+
+    /// Puts each `token-file`'s token in its server's `token`. A file that
+    /// cannot be read leaves the server without a token and the reason in
+    /// `token_file_error`, so one missing secret does not stop commands on
+    /// other servers.
+    fn read_token_files(&mut self, path: &Path) -> Result<()> {
+        for (name, server) in &mut self.servers {
+            let Some(file) = &server.token_file else {
+                continue;
+            };
+            if server.token.is_some() {
+                bail!(
+                    "invalid config file {}: server {name:?} has both `token` and `token-file`; keep one",
+                    path.display()
+                );
+            }
+            match std::fs::read_to_string(file) {
+                Ok(token) => server.token = Some(token.trim().to_owned()),
+                Err(e) => {
+                    server.token_file_error = Some(format!(
+                        "the token file {} of server {name:?} cannot be read: {e}",
+                        file.display()
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Saves the config, readable by its owner only.
@@ -90,7 +137,14 @@ impl ClientConfig {
         let dir = path.parent().context("config path has no directory")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let temp = path.with_extension("toml.tmp");
-        let text = toml::to_string_pretty(self).context("serialising the config")?;
+        // A token read from `token-file` stays in its file.
+        let mut stored = self.clone();
+        for server in stored.servers.values_mut() {
+            if server.token_file.is_some() {
+                server.token = None;
+            }
+        }
+        let text = toml::to_string_pretty(&stored).context("serialising the config")?;
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -135,6 +189,9 @@ impl ClientConfig {
             ServerEntry {
                 endpoint,
                 token,
+                // A token given at login replaces the file's.
+                token_file: None,
+                token_file_error: None,
                 used_caches,
             },
         );
@@ -195,6 +252,51 @@ mod tests {
             .login("main", "http://b/", Some("t3".into()), false)
             .expect("login");
         assert!(config.servers["main"].used_caches.is_empty());
+    }
+
+    #[test]
+    fn reads_an_attic_config_with_a_token_file_and_keeps_the_file_on_save() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "secret-token\n").expect("write token");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "default-server = \"ci\"\n[servers.ci]\nendpoint = \"https://c.example/\"\ntoken-file = {:?}\n\
+                 [servers.missing]\nendpoint = \"https://m.example/\"\ntoken-file = \"/nonexistent/token\"\n",
+                secret.display().to_string()
+            ),
+        )
+        .expect("write config");
+        let config = ClientConfig::load_from(&path).expect("Attic's layout loads");
+        assert_eq!(config.servers["ci"].token.as_deref(), Some("secret-token"));
+        let missing = &config.servers["missing"];
+        assert_eq!(missing.token, None);
+        assert!(
+            missing
+                .token_file_error
+                .as_deref()
+                .is_some_and(|e| e.contains("/nonexistent/token")),
+            "{missing:?}"
+        );
+        config.save_to(&path).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read back");
+        assert!(!text.contains("secret-token"), "{text}");
+        assert!(text.contains("token-file"), "{text}");
+    }
+
+    #[test]
+    fn refuses_both_a_token_and_a_token_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[servers.a]\nendpoint = \"http://a/\"\ntoken = \"t\"\ntoken-file = \"/f\"\n",
+        )
+        .expect("write");
+        let err = ClientConfig::load_from(&path).expect_err("both");
+        assert!(err.to_string().contains("token-file"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,41 @@ pub fn resolve_path_argument(store_dir: &StoreDir, argument: &str) -> Result<Str
         .with_context(|| format!("{argument} is not in the Nix store {}", store_dir.as_str()))
 }
 
+/// The local Nix store: `$NIX_STORE_DIR`, or `/nix/store`.
+pub fn local_store_dir() -> Result<StoreDir> {
+    match std::env::var("NIX_STORE_DIR") {
+        Ok(dir) if !dir.is_empty() => {
+            StoreDir::new(&dir).with_context(|| format!("NIX_STORE_DIR is {dir:?}"))
+        }
+        _ => Ok(StoreDir::default()),
+    }
+}
+
+/// The closure of a store path (it and everything it refers to, directly
+/// or not), and with `include_outputs` the outputs of the derivations in
+/// it, as `nix-store --query --requisites` lists them.
+pub async fn closure(path: &str, include_outputs: bool) -> Result<Vec<String>> {
+    let mut cmd = tokio::process::Command::new("nix-store");
+    cmd.args(["--query", "--requisites"]);
+    if include_outputs {
+        cmd.arg("--include-outputs");
+    }
+    cmd.arg("--").arg(path);
+    let output = cmd.output().await.context(
+        "cannot run `nix-store`: attic reads the store through Nix, so it must be on PATH",
+    )?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "Nix cannot list the closure of {path}: {}",
+            stderr.trim().trim_start_matches("error: ")
+        );
+    }
+    let listing = String::from_utf8(output.stdout)
+        .context("`nix-store --query --requisites` printed something that is not text")?;
+    Ok(listing.lines().map(str::to_owned).collect())
+}
+
 /// Paths passed to one `nix path-info` call.
 const PATHS_PER_CALL: usize = 1000;
 

@@ -70,9 +70,14 @@ pub struct Configure {
     /// Upstream key whose paths need not be pushed (repeatable; replaces the list).
     #[arg(long = "upstream-cache-key-name")]
     upstream_cache_key_names: Vec<String>,
-    /// Keep unread paths this long (`30d`, `6months`), or `global` for the server's default.
-    #[arg(long)]
+    /// Keep unread paths this long (`30d`, `6months`, `2 years`), or
+    /// `global` for the server's default.
+    #[arg(long, value_name = "PERIOD")]
     retention_period: Option<String>,
+    /// Use the server's default retention period again (the same as
+    /// `--retention-period global`).
+    #[arg(long, conflicts_with = "retention_period")]
+    reset_retention_period: bool,
     /// Largest size of the cache's paths (`50GiB`, `500MB`, `1TiB`), past
     /// which garbage collection removes the least recently read; `none`
     /// for no limit.
@@ -111,11 +116,10 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
                 priority: args.priority,
                 upstream_cache_key_names: (!args.upstream_cache_key_names.is_empty())
                     .then_some(args.upstream_cache_key_names),
-                retention_period: args
-                    .retention_period
-                    .as_deref()
-                    .map(parse_retention)
-                    .transpose()?,
+                retention_period: match (args.reset_retention_period, &args.retention_period) {
+                    (true, _) => Some(RetentionPeriodConfig::Global),
+                    (false, period) => period.as_deref().map(parse_retention).transpose()?,
+                },
                 quota: args.quota.as_deref().map(parse_quota).transpose()?,
                 ..CacheConfig::default()
             };
@@ -264,7 +268,25 @@ fn print_config(config: &CacheConfig) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{RetentionPeriodConfig, parse_retention, parse_size};
+
+    #[test]
+    fn retention_periods_parse_as_attic_writes_them() {
+        let year = 31_557_600;
+        assert_eq!(
+            parse_retention("2 years").expect("spaced"),
+            RetentionPeriodConfig::Period(2 * year)
+        );
+        assert_eq!(
+            parse_retention("1y").expect("short"),
+            RetentionPeriodConfig::Period(year)
+        );
+        assert_eq!(
+            parse_retention("global").expect("global"),
+            RetentionPeriodConfig::Global
+        );
+        assert!(parse_retention("soon").is_err());
+    }
 
     #[test]
     fn sizes_parse_in_decimal_and_binary_units() {

@@ -1,6 +1,7 @@
 //! The `attic` command line: one module per subcommand.
 
 mod cache;
+mod get_closure;
 mod login;
 mod push;
 mod use_cache;
@@ -32,6 +33,8 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Push new store paths as they appear, until interrupted.
     WatchStore(watch_store::WatchStore),
+    /// Print the closure of a store path, one path per line.
+    GetClosure(get_closure::GetClosure),
 }
 
 /// Runs a parsed command line.
@@ -42,6 +45,7 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         Command::Push(args) => push::run(args).await,
         Command::Cache(args) => cache::run(args).await,
         Command::WatchStore(args) => watch_store::run(args).await,
+        Command::GetClosure(args) => get_closure::run(args).await,
     }
 }
 
@@ -50,4 +54,13 @@ fn client_for(cache: &crate::cache_ref::CacheRef) -> Result<crate::api::ApiClien
     let config = crate::config::ClientConfig::load()?;
     let (_, server) = cache.resolve(&config)?;
     Ok(crate::api::ApiClient::new(server))
+}
+
+/// `--jobs`: a count of uploads at once, at least one.
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(jobs) => Ok(jobs),
+        Err(e) => Err(e.to_string()),
+    }
 }

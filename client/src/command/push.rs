@@ -25,7 +25,7 @@ pub struct Push {
     #[arg(long)]
     no_closure: bool,
     /// Uploads at once.
-    #[arg(short = 'j', long, default_value_t = 5)]
+    #[arg(short = 'j', long, default_value_t = 5, value_parser = super::parse_jobs)]
     jobs: usize,
     /// Push paths even if an upstream cache of the cache signed them.
     #[arg(long)]
@@ -34,6 +34,10 @@ pub struct Push {
     /// (server unreachable or failing), waiting 1 s, then 2 s, 4 s, ...
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// Accepted for Attic's command lines; this client always sends a
+    /// path's description ahead of its NAR.
+    #[arg(long, hide = true)]
+    force_preamble: bool,
 }
 
 pub async fn run(args: Push) -> Result<ExitCode> {

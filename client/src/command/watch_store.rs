@@ -44,8 +44,18 @@ pub struct WatchStore {
     #[arg(long, conflicts_with = "enqueue")]
     once: bool,
     /// Uploads at once.
-    #[arg(short = 'j', long, default_value_t = 5)]
+    #[arg(short = 'j', long, default_value_t = 5, value_parser = super::parse_jobs)]
     jobs: usize,
+    /// Push paths even if an upstream cache of the cache signed them.
+    #[arg(long)]
+    ignore_upstream_cache_filter: bool,
+    /// Push the new paths only, not their closures.
+    #[arg(long, hide = true)]
+    no_closure: bool,
+    /// Accepted for Attic's command lines; this client always sends a
+    /// path's description ahead of its NAR.
+    #[arg(long, hide = true)]
+    force_preamble: bool,
     /// The queue database [default: $XDG_STATE_HOME/attic/watch-store-queue.db].
     #[arg(long)]
     queue: Option<PathBuf>,
@@ -75,6 +85,8 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
 
     let options = PushOptions {
         jobs: args.jobs,
+        closure: !args.no_closure,
+        ignore_upstream_cache_filter: args.ignore_upstream_cache_filter,
         ..PushOptions::default()
     };
     // Watch and queue before contacting the server, so nothing built in
@@ -83,7 +95,7 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
     let watching = if args.once {
         None
     } else {
-        let store_dir = local_store_dir()?;
+        let store_dir = nix_store::local_store_dir()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = watch_store(&store_dir, tx)?;
         tokio::spawn(queue_seen_paths(
@@ -155,16 +167,6 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
             () = queued.notified(), if pushed_all => {}
             () = tokio::time::sleep(wait) => {}
         }
-    }
-}
-
-/// The local Nix store: `$NIX_STORE_DIR`, or `/nix/store`.
-fn local_store_dir() -> Result<StoreDir> {
-    match std::env::var("NIX_STORE_DIR") {
-        Ok(dir) if !dir.is_empty() => {
-            StoreDir::new(&dir).with_context(|| format!("NIX_STORE_DIR is {dir:?}"))
-        }
-        _ => Ok(StoreDir::default()),
     }
 }
 
