@@ -6,6 +6,7 @@
 //! [`read`] turns a NAR's chunks into runs (consecutive chunks of one pack,
 //! one ranged read each) and checks every chunk before handing it out.
 
+mod codec;
 pub mod read;
 pub mod write;
 
@@ -42,8 +43,13 @@ pub enum BlobState {
 pub enum StoredCompression {
     /// One zstd frame per chunk; for a NAR, every chunk is one.
     Zstd,
-    /// The bytes themselves.
+    /// The bytes themselves; for a NAR, some chunk is not zstd, so it is
+    /// served decompressed.
     None,
+    /// One xz stream per chunk (chunks only).
+    Xz,
+    /// One brotli stream per chunk (chunks only).
+    Brotli,
 }
 
 /// Whether `pieces` (each a chunk's pack, offset and stored size, in NAR
