@@ -290,10 +290,14 @@ pub async fn open_storage(
 pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let default_db = data_dir.join("server.db");
-    if config.database.url.is_none() && !default_db.exists() {
+    let missing_sqlite = match &config.database.url {
+        None => Some(default_db).filter(|path| !path.exists()),
+        Some(url) => sqlite_file(url).filter(|path| !path.exists()),
+    };
+    if let Some(path) = missing_sqlite {
         found.push(format!(
             "database: {} does not exist yet; the first start creates it",
-            default_db.display()
+            path.display()
         ));
     } else {
         let url = config.database_url(data_dir);
@@ -358,6 +362,15 @@ pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Ve
         Err(e) => return Err(anyhow::Error::new(e).context(format!("{what} is unreachable"))),
     }
     Ok(found)
+}
+
+/// The file a `sqlite://PATH?...` URL that may create it names (Attic's
+/// template writes `?mode=rwc`); `None` for other URLs.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let creates = query.split('&').any(|pair| pair == "mode=rwc");
+    (creates && !path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// A URL without its password, for messages.

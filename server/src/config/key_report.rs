@@ -5,7 +5,7 @@
 
 use super::{CompressionKind, ServerConfig};
 
-/// One line per key the file sets, in file order (dotted paths, e.g.
+/// One line per key the file sets, sorted by dotted path (e.g.
 /// `chunking.nar-size-threshold`), then the defaults that differ from
 /// Attic's for keys the file leaves out.
 pub fn describe_keys(text: &str, config: &ServerConfig) -> Vec<String> {
@@ -38,7 +38,7 @@ pub fn describe_keys(text: &str, config: &ServerConfig) -> Vec<String> {
     lines
 }
 
-/// Every leaf key of `table`, dotted, in order.
+/// Every leaf key of `table`, dotted, in the table's (sorted) order.
 fn flatten(prefix: &str, table: &toml::Table, keys: &mut Vec<String>) {
     for (name, value) in table {
         let key = if prefix.is_empty() {
@@ -120,7 +120,7 @@ fn meaning(key: &str, config: &ServerConfig) -> Option<String> {
         "storage.credentials.secret_access_key" => {
             "Attic's spelling of `storage.credentials.secret-access-key`".to_owned()
         }
-        "database.url" => "the database (its password is never printed)".to_owned(),
+        "database.url" => "the database; checked below, shown without its password".to_owned(),
         _ => return None,
     })
 }
