@@ -15,6 +15,7 @@ use attic::api::v1::upload_path::NAR_INFO_PREAMBLE_SIZE_HEADER;
 use attic::nar::NarNode;
 use base64::Engine;
 use integration_tests::backend::{Backend, Services, fresh_postgres_database};
+use integration_tests::client::TestClient;
 use integration_tests::gc::{NO_GRACE, store_path, substitutes};
 use integration_tests::server::{TestHome, TestServer};
 use integration_tests::upload::{Api, fake_store_path, nar_info_for, noise, path_hash};
@@ -410,4 +411,39 @@ async fn the_config_and_database_url_come_from_attics_environment_variables() {
         "{}",
         text(&output)
     );
+}
+
+/// With proof of possession off, the `attic` client, which always sends
+/// the body, pushes a path another cache holds: the server answers
+/// without reading it, and the push still succeeds.
+#[tokio::test]
+async fn the_client_pushes_a_known_nar_when_proof_of_possession_is_off() {
+    let server = TestServer::start_with_config("require-proof-of-possession = false\n");
+    let token = server.make_token(&["--pull", "*", "--push", "*", "--create-cache", "*"]);
+    let client = TestClient::new();
+    client.attic_ok(&["login", "local", &server.url, &token]);
+    client.attic_ok(&["cache", "create", "first"]);
+    client.attic_ok(&["cache", "create", "second", "--public"]);
+    let path = store_path(&[("big", &noise(2 << 20, 69))]);
+    client.attic_ok(&["push", "first", &path]);
+    client.attic_ok(&["push", "second", &path]);
+    let api = Api::new(&server.url);
+    let key = api.public_key(&token, "second").await;
+    substitutes(&server, "second", &key, &path);
+}
+
+/// `substituter-endpoint` is where a cache's settings say its substituter
+/// lives (what `attic use` writes); `api-endpoint` stays the API's.
+#[tokio::test]
+async fn substituter_endpoint_names_where_clients_substitute_from() {
+    let server = TestServer::start_with_config(
+        "api-endpoint = \"https://api.example.com/attic/\"\n\
+         substituter-endpoint = \"https://nix.example.com\"\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "c", true).await;
+    let config = api.cache_config(token, "c").await;
+    assert_eq!(config["substituter_endpoint"], "https://nix.example.com/c");
+    assert_eq!(config["api_endpoint"], "https://api.example.com/attic/");
 }
