@@ -3,8 +3,9 @@
 //! The body flows once through a [`VerifyingReader`] (NAR grammar, SHA-256,
 //! length bound) into the chunker. Chunks the store holds valid are
 //! referenced; new (or damaged) ones are compressed off the async executor,
-//! each its own zstd frame, and appended in NAR order to this upload's one
-//! pack, streamed into storage. Nothing is recorded in the database here:
+//! each on its own (a zstd frame, or xz or brotli as configured), and
+//! appended in NAR order to this upload's one pack, streamed into storage.
+//! Nothing is recorded in the database here:
 //! the caller commits only after [`VerifyingReader::finish`] has confirmed
 //! hash and size and the pack is durable, so a bad or interrupted upload
 //! leaves nothing visible (at most an orphan pack, if it failed after the

@@ -3,7 +3,8 @@
 //!
 //! Each zstd chunk is a complete frame, so the frames concatenated form a
 //! valid zstd stream: `.nar.zst` is served with no recompression. `.nar`
-//! decompresses one chunk at a time, off the async executor.
+//! (every NAR holding an xz, brotli or uncompressed chunk) decodes one
+//! chunk at a time, off the async executor.
 //!
 //! Damage found on the way is recorded ([`report_damage`]) and ends the
 //! response abnormally: a client never receives a clean response with

@@ -1,8 +1,10 @@
 //! Packs: each upload stores the chunks it brings new as one blob, their
-//! zstd frames concatenated in NAR order, and each chunk is addressed as
-//! (pack, offset, stored size) with a checksum of its stored bytes.
+//! encoded forms (zstd frames, by default) concatenated in NAR order, and
+//! each chunk is addressed as (pack, offset, stored size) with a checksum
+//! of its stored bytes.
 //!
-//! [`write`] streams a pack into storage while an upload is chunked;
+//! The encodings a chunk may have, and how each is encoded and decoded,
+//! live in `codec`; [`write`] streams a pack into storage while an upload is chunked;
 //! [`read`] turns a NAR's chunks into runs (consecutive chunks of one pack,
 //! one ranged read each) and checks every chunk before handing it out.
 
