@@ -251,6 +251,57 @@ impl Chunker for FastCdcChunker {
     }
 }
 
+/// Cuts a stream into pieces of one fixed size (the last one shorter):
+/// how a NAR is stored when chunking is off (`nar-size-threshold = 0`).
+/// Identical NARs give identical pieces, so they are still stored once,
+/// while each piece stays as small in memory as a chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedSizeChunker {
+    size: usize,
+}
+
+impl FixedSizeChunker {
+    /// Pieces of `size` bytes (at least one).
+    pub fn new(size: u32) -> Self {
+        Self {
+            size: (size as usize).max(1),
+        }
+    }
+}
+
+impl Chunker for FixedSizeChunker {
+    fn chunks<R>(&self, reader: R) -> impl Stream<Item = Result<Chunk, ChunkingError>> + Send
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let size = self.size;
+        futures::stream::try_unfold((reader, 0u64), move |(mut reader, offset)| async move {
+            let mut data = BytesMut::with_capacity(size);
+            while data.len() < size {
+                let n = (&mut reader)
+                    .take((size - data.len()) as u64)
+                    .read_buf(&mut data)
+                    .await
+                    .map_err(ChunkingError::Read)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if data.is_empty() {
+                return Ok(None);
+            }
+            let data = data.freeze();
+            let next = offset + data.len() as u64;
+            let chunk = Chunk {
+                id: ChunkId::of(&data),
+                offset,
+                data,
+            };
+            Ok(Some((chunk, (reader, next))))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +386,32 @@ mod tests {
         let chunks = chunk_all(&chunker, &small);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].id, ChunkId::of(&small));
+    }
+
+    #[test]
+    fn fixed_size_pieces_are_full_but_the_last_and_cut_the_same_every_time() {
+        let data = noise(10_000, 5);
+        let chunker = FixedSizeChunker::new(4096);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let cut = || {
+            runtime
+                .block_on(chunker.chunks(&data[..]).try_collect::<Vec<_>>())
+                .expect("in-memory chunking cannot fail")
+        };
+        let chunks = cut();
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.data.len()).collect();
+        assert_eq!(sizes, [4096, 4096, 1808]);
+        assert_eq!(chunks[2].offset, 8192);
+        assert_eq!(
+            chunks
+                .iter()
+                .flat_map(|c| c.data.to_vec())
+                .collect::<Vec<_>>(),
+            data
+        );
+        assert_eq!(cut(), chunks);
     }
 
     #[test]

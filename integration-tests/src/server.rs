@@ -310,6 +310,22 @@ impl TestServer {
         }
     }
 
+    /// Starts `atticd` in `home` with `args` on a config the test wrote
+    /// (so it prints no root token; make tokens with `atticadm`, which
+    /// reads the default config path). The server uses whatever database
+    /// and storage that config names, on every backend.
+    pub fn start_on_written_config(home: TestHome, args: &[&str]) -> Self {
+        let spawned = spawn(&home, "127.0.0.1:0", args);
+        Self {
+            child: spawned.child,
+            url: spawned.url,
+            metrics_url: spawned.metrics_url.expect("a metrics listener"),
+            root_token: String::new(),
+            home,
+            services: None,
+        }
+    }
+
     /// [`TestServer::start_embedded_in`] in a new home.
     pub fn start_embedded() -> Self {
         Self::start_embedded_in(TestHome::new(), &[])

@@ -41,6 +41,12 @@ pub enum ServerError {
     /// Creating a cache whose name is taken.
     #[error("a cache named {0:?} already exists")]
     CacheExists(String),
+    /// Creating a cache whose name a destroyed cache keeps reserved
+    /// (`soft-delete-caches`).
+    #[error(
+        "the name {0:?} belonged to a destroyed cache and stays reserved on this server; choose another"
+    )]
+    CacheNameReserved(String),
     /// Input that is not what the route takes.
     #[error("{message}")]
     BadRequest {
@@ -142,6 +148,7 @@ impl ServerError {
             Self::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
             Self::NoSuchRoute => (StatusCode::NOT_FOUND, "NoSuchRoute"),
             Self::CacheExists(_) => (StatusCode::CONFLICT, "CacheAlreadyExists"),
+            Self::CacheNameReserved(_) => (StatusCode::CONFLICT, "CacheNameReserved"),
             Self::BadRequest { error, .. } => (StatusCode::BAD_REQUEST, error),
             Self::MalformedNar(_) => (StatusCode::BAD_REQUEST, "MalformedNar"),
             Self::NarMismatch(_) => (StatusCode::BAD_REQUEST, "NarMismatch"),
@@ -202,6 +209,7 @@ impl From<DatabaseError> for ServerError {
             _ if e.is_unavailable() => Self::DatabaseUnavailable(e),
             // A cache name taken is answered where a cache is created.
             DatabaseError::CacheExists
+            | DatabaseError::CacheNameReserved
             | DatabaseError::CorruptRow { .. }
             | DatabaseError::Db(_) => Self::Database(e),
         }

@@ -3,8 +3,9 @@
 //! The body flows once through a [`VerifyingReader`] (NAR grammar, SHA-256,
 //! length bound) into the chunker. Chunks the store holds valid are
 //! referenced; new (or damaged) ones are compressed off the async executor,
-//! each its own zstd frame, and appended in NAR order to this upload's one
-//! pack, streamed into storage. Nothing is recorded in the database here:
+//! each on its own (a zstd frame, or xz or brotli as configured), and
+//! appended in NAR order to this upload's one pack, streamed into storage.
+//! Nothing is recorded in the database here:
 //! the caller commits only after [`VerifyingReader::finish`] has confirmed
 //! hash and size and the pack is durable, so a bad or interrupted upload
 //! leaves nothing visible (at most an orphan pack, if it failed after the
@@ -15,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError};
+use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError, FixedSizeChunker};
 use attic::hash::{Sha256Hash, Sha256Hasher};
 use attic::nar::{NarError, NarParser};
 use bytes::Bytes;
@@ -206,38 +207,32 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
     let mut reader = VerifyingReader::new(body, expect);
     let mut pack = PackWriter::new(state.storage.clone());
     let threshold = state.config.chunking.nar_size_threshold;
-    // NARs up to the threshold are one chunk, whichever route brought
-    // them (so the same NAR always chunks the same way); whether a NAR is
-    // that small shows after at most threshold + 1 bytes.
-    let chunks = match read_prefix(&mut reader, threshold).await {
-        Err(e) => Err(e),
-        Ok(prefix) if prefix.is_empty() => Ok(Vec::new()),
-        Ok(prefix) if prefix.len() as u64 <= threshold => {
-            let chunk = Chunk {
-                id: ChunkId::of(&prefix),
-                offset: 0,
-                data: Bytes::from(prefix),
-            };
-            let batch = prepare_batch(state.clone(), vec![Ok(chunk)]).await;
-            pack_chunks(&mut pack, futures::stream::once(async { batch }).boxed()).await
-        }
-        Ok(prefix) => {
-            let mut whole = std::io::Cursor::new(prefix).chain(&mut reader);
-            let batches = state
-                .chunker
-                .chunks(&mut whole)
-                .map_err(|e| match e {
-                    ChunkingError::Read(e) => StoreFailure::Body(e),
-                    other => StoreFailure::Server(ServerError::Chunking(other)),
-                })
-                // Ask the database about the chunks that are ready, many per
-                // query: a round trip per chunk would dominate on PostgreSQL.
-                .ready_chunks(LOOKUP_BATCH)
-                .map(|batch| prepare_batch(state.clone(), batch))
-                // Two batches at once keep both cores compressing.
-                .buffered(2)
-                .boxed();
-            pack_chunks(&mut pack, batches).await
+    let chunks = if threshold == 0 {
+        // Chunking off (Attic's `0`): the NAR goes in fixed pieces of
+        // `max-size`, so that it is never held whole and the same NAR is
+        // always cut the same way.
+        let pieces = FixedSizeChunker::new(state.config.chunking.max_size);
+        store_chunks(state, &mut pack, pieces.chunks(&mut reader)).await
+    } else {
+        // Attic's rule: a NAR smaller than the threshold stays one chunk,
+        // whichever route brought it (so the same NAR always chunks the
+        // same way); whether it is shows after at most `threshold` bytes.
+        match read_prefix(&mut reader, threshold).await {
+            Err(e) => Err(e),
+            Ok(prefix) if prefix.is_empty() => Ok(Vec::new()),
+            Ok(prefix) if (prefix.len() as u64) < threshold => {
+                let chunk = Chunk {
+                    id: ChunkId::of(&prefix),
+                    offset: 0,
+                    data: Bytes::from(prefix),
+                };
+                let batch = prepare_batch(state.clone(), vec![Ok(chunk)]).await;
+                pack_chunks(&mut pack, futures::stream::once(async { batch }).boxed()).await
+            }
+            Ok(prefix) => {
+                let mut whole = std::io::Cursor::new(prefix).chain(&mut reader);
+                store_chunks(state, &mut pack, state.chunker.chunks(&mut whole)).await
+            }
         }
     };
     let chunks = match chunks {
@@ -255,6 +250,29 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
     })
 }
 
+/// Stores the chunks of `chunks` that are new into the pack, looking them
+/// up and compressing them a batch at a time; every chunk, as the commit
+/// will record it.
+async fn store_chunks(
+    state: &Arc<AppState>,
+    pack: &mut PackWriter,
+    chunks: impl futures::Stream<Item = Result<Chunk, ChunkingError>> + Send,
+) -> Result<Vec<UploadedChunk>, StoreFailure> {
+    let batches = chunks
+        .map_err(|e| match e {
+            ChunkingError::Read(e) => StoreFailure::Body(e),
+            other => StoreFailure::Server(ServerError::Chunking(other)),
+        })
+        // Ask the database about the chunks that are ready, many per
+        // query: a round trip per chunk would dominate on PostgreSQL.
+        .ready_chunks(LOOKUP_BATCH)
+        .map(|batch| prepare_batch(state.clone(), batch))
+        // Two batches at once keep both cores compressing.
+        .buffered(2)
+        .boxed();
+    pack_chunks(pack, batches).await
+}
+
 /// A failure while storing.
 enum StoreFailure {
     /// Reading the body failed; the reader knows whether it refused it.
@@ -263,12 +281,13 @@ enum StoreFailure {
     Server(ServerError),
 }
 
-/// The first `threshold + 1` bytes of the body, or all of it if shorter.
+/// The first `threshold` bytes of the body, or all of it if shorter.
+/// The threshold is at most `chunking.max-size`, so this is a chunk's worth.
 async fn read_prefix<R: AsyncRead + Unpin>(
     reader: &mut VerifyingReader<R>,
     threshold: u64,
 ) -> Result<Vec<u8>, StoreFailure> {
-    let limit = threshold.saturating_add(1);
+    let limit = threshold;
     let mut data = Vec::with_capacity(limit.min(reader.expect.max_size()) as usize);
     reader
         .take(limit)
@@ -371,15 +390,19 @@ struct CompressedChunk {
 /// Compresses a chunk and checksums the result. CPU-bound: call it off
 /// the async executor.
 fn compress(chunk: Chunk, compression: CompressionConfig) -> ServerResult<CompressedChunk> {
-    let (frame, stored_compression) = match compression.kind {
-        CompressionKind::Zstd => (
-            Bytes::from(
-                zstd::bulk::compress(&chunk.data, compression.level)
-                    .map_err(ServerError::Compression)?,
-            ),
-            StoredCompression::Zstd,
+    let stored_compression = match compression.kind {
+        CompressionKind::Zstd => StoredCompression::Zstd,
+        CompressionKind::Xz => StoredCompression::Xz,
+        CompressionKind::Brotli => StoredCompression::Brotli,
+        CompressionKind::None => StoredCompression::None,
+    };
+    let frame = match stored_compression {
+        StoredCompression::None => chunk.data.clone(),
+        _ => Bytes::from(
+            stored_compression
+                .encode(&chunk.data, compression.level())
+                .map_err(ServerError::Compression)?,
         ),
-        CompressionKind::None => (chunk.data.clone(), StoredCompression::None),
     };
     Ok(CompressedChunk {
         hash: chunk.id,

@@ -3,7 +3,8 @@
 //!
 //! Each zstd chunk is a complete frame, so the frames concatenated form a
 //! valid zstd stream: `.nar.zst` is served with no recompression. `.nar`
-//! decompresses one chunk at a time, off the async executor.
+//! (every NAR holding an xz, brotli or uncompressed chunk) decodes one
+//! chunk at a time, off the async executor.
 //!
 //! Damage found on the way is recorded ([`report_damage`]) and ends the
 //! response abnormally: a client never receives a clean response with
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use crate::config::CompressionKind;
 use crate::database::{Database, NarRecord};
 use crate::pack::StoredCompression;
 use crate::pack::read::{CheckedChunk, Damage, ReadError, StoredChunk, read_run, runs};
@@ -37,7 +39,9 @@ impl NarEncoding {
     pub fn stored(nar: &NarRecord) -> Self {
         match nar.compression {
             StoredCompression::Zstd => Self::Zstd,
-            StoredCompression::None => Self::Plain,
+            StoredCompression::None | StoredCompression::Xz | StoredCompression::Brotli => {
+                Self::Plain
+            }
         }
     }
 
@@ -137,21 +141,31 @@ async fn decode(
             }
         });
     }
-    match (encoding, checked.chunk.compression) {
-        (NarEncoding::Plain, StoredCompression::Zstd) => {
-            let capacity = checked.chunk.chunk_size as usize;
-            let stored = checked.stored;
-            tokio::task::spawn_blocking(move || zstd::bulk::decompress(&stored, capacity))
-                .await
-                .map_err(|_| NarReadError::Unavailable)?
-                .map(Bytes::from)
-                .map_err(|e| {
-                    tracing::error!(error = %e, chunk = %checked.chunk.hash, "a checked chunk does not decompress");
-                    NarReadError::Unavailable
-                })
+    let compression = checked.chunk.compression;
+    let transcode = match (encoding, compression) {
+        (NarEncoding::Zstd, StoredCompression::Zstd)
+        | (NarEncoding::Plain, StoredCompression::None) => return Ok(checked.stored),
+        (NarEncoding::Plain, _) => None,
+        // A zstd response holds zstd frames only: any other chunk is
+        // decoded and framed afresh.
+        (NarEncoding::Zstd, _) => Some(CompressionKind::Zstd.default_level()),
+    };
+    let size = checked.chunk.chunk_size as usize;
+    let stored = checked.stored;
+    tokio::task::spawn_blocking(move || {
+        let content = compression.decode(&stored, size)?;
+        match transcode {
+            None => Ok(content),
+            Some(level) => StoredCompression::Zstd.encode(&content, level),
         }
-        _ => Ok(checked.stored),
-    }
+    })
+    .await
+    .map_err(|_| NarReadError::Unavailable)?
+    .map(Bytes::from)
+    .map_err(|e: io::Error| {
+        tracing::error!(error = %e, chunk = %checked.chunk.hash, "a checked chunk does not decompress");
+        NarReadError::Unavailable
+    })
 }
 
 /// Logs, counts and records damage, so the affected paths stop being

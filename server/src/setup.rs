@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use attic::chunking::FastCdcChunker;
 use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
 
-use crate::config::{ServerConfig, StorageConfig};
+use crate::config::{
+    CONFIG_BASE64_VARIABLE, DATABASE_URL_VARIABLE, ServerConfig, StorageConfig, describe_keys,
+};
 use crate::database::Database;
 use crate::metrics::Metrics;
 use crate::state::{AccessLog, AppState, ReadCache, spawn_access_log_flusher};
@@ -57,6 +59,13 @@ pub struct LoadedConfig {
     /// first start writes it with [`LoadedConfig::persist`] once the server
     /// has started, so a failed first start leaves nothing behind.
     pub generated: bool,
+    /// Whether the generated configuration's database URL came from
+    /// `ATTIC_SERVER_DATABASE_URL`: it is then not written to the file,
+    /// which later starts read the variable for again.
+    database_url_from_environment: bool,
+    /// What `--mode check-config` says of each key the file sets (empty
+    /// for a generated configuration).
+    pub key_report: Vec<String>,
 }
 
 impl LoadedConfig {
@@ -65,7 +74,11 @@ impl LoadedConfig {
         if !self.generated {
             return Ok(());
         }
-        self.config.write_new(&self.path).with_context(|| {
+        let mut config = self.config.clone();
+        if self.database_url_from_environment {
+            config.database.url = None;
+        }
+        config.write_new(&self.path).with_context(|| {
             format!(
                 "writing the new configuration {} (if another atticd wrote it meanwhile, start again)",
                 self.path.display()
@@ -77,28 +90,72 @@ impl LoadedConfig {
 /// Loads `explicit`, or the default config. An explicit path must exist;
 /// when the default does not, a fresh configuration is generated but not
 /// written (see [`LoadedConfig::persist`]).
+///
+/// Without `explicit`, a config in `ATTIC_SERVER_CONFIG_BASE64` comes
+/// before the default file, as in Attic.
 pub fn load_or_generate_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
+    if let Some(loaded) = load_from_environment(explicit)? {
+        return Ok(loaded);
+    }
     let path = match explicit {
         Some(path) => path.to_owned(),
         None => default_config_path()?,
     };
     if explicit.is_some() || path.exists() {
-        return Ok(LoadedConfig {
-            config: ServerConfig::load(&path)?,
-            path,
-            generated: false,
-        });
+        let text = ServerConfig::read_text(&path)?;
+        return loaded_from_text(&text, path);
     }
+    let mut config = ServerConfig::generate();
+    config.database.url = std::env::var(DATABASE_URL_VARIABLE)
+        .ok()
+        .filter(|url| !url.is_empty());
     Ok(LoadedConfig {
-        config: ServerConfig::generate(),
+        database_url_from_environment: config.database.url.is_some(),
+        config,
         path,
         generated: true,
+        key_report: Vec::new(),
+    })
+}
+
+/// The config `ATTIC_SERVER_CONFIG_BASE64` holds, when no path was given
+/// and the variable is set.
+fn load_from_environment(explicit: Option<&Path>) -> Result<Option<LoadedConfig>> {
+    if explicit.is_some() {
+        return Ok(None);
+    }
+    let Some(encoded) = std::env::var_os(CONFIG_BASE64_VARIABLE) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(format!("${CONFIG_BASE64_VARIABLE}"));
+    let encoded = encoded
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("{CONFIG_BASE64_VARIABLE} is not valid UTF-8"))?;
+    let text = ServerConfig::decode_base64(&encoded, &path)?;
+    loaded_from_text(&text, path).map(Some)
+}
+
+/// A configuration read from `text`, which came from `path`.
+fn loaded_from_text(text: &str, path: PathBuf) -> Result<LoadedConfig> {
+    let config = ServerConfig::parse(text, &path)?;
+    Ok(LoadedConfig {
+        key_report: describe_keys(text, &config),
+        config,
+        path,
+        generated: false,
+        database_url_from_environment: false,
     })
 }
 
 /// Loads `explicit`, or the default config, which must exist: for tools
 /// that act on a server set up already and must never make a new one.
+///
+/// Without `explicit`, a config in `ATTIC_SERVER_CONFIG_BASE64` comes
+/// before the default file, as in Attic.
 pub fn load_existing_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
+    if let Some(loaded) = load_from_environment(explicit)? {
+        return Ok(loaded);
+    }
     let path = match explicit {
         Some(path) => path.to_owned(),
         None => default_config_path()?,
@@ -115,11 +172,8 @@ pub fn load_existing_config(explicit: Option<&Path>) -> Result<LoadedConfig> {
             }
         );
     }
-    Ok(LoadedConfig {
-        config: ServerConfig::load(&path)?,
-        path,
-        generated: false,
-    })
+    let text = ServerConfig::read_text(&path)?;
+    loaded_from_text(&text, path)
 }
 
 /// How [`open_database`] treats a database that is missing or behind.
@@ -236,10 +290,14 @@ pub async fn open_storage(
 pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let default_db = data_dir.join("server.db");
-    if config.database.url.is_none() && !default_db.exists() {
+    let missing_sqlite = match &config.database.url {
+        None => Some(default_db).filter(|path| !path.exists()),
+        Some(url) => sqlite_file(url).filter(|path| !path.exists()),
+    };
+    if let Some(path) = missing_sqlite {
         found.push(format!(
             "database: {} does not exist yet; the first start creates it",
-            default_db.display()
+            path.display()
         ));
     } else {
         let url = config.database_url(data_dir);
@@ -306,6 +364,15 @@ pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Ve
     Ok(found)
 }
 
+/// The file a `sqlite://PATH?...` URL that may create it names (Attic's
+/// template writes `?mode=rwc`); `None` for other URLs.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let creates = query.split('&').any(|pair| pair == "mode=rwc");
+    (creates && !path.is_empty()).then(|| PathBuf::from(path))
+}
+
 /// A URL without its password, for messages.
 fn redact_url(url: &str) -> String {
     match url.split_once("://") {
@@ -346,7 +413,28 @@ pub async fn build_state(
         read_cache: ReadCache::default(),
     });
     spawn_access_log_flusher(state.clone(), crate::state::ACCESS_LOG_FLUSH_INTERVAL);
+    if state.config.database.heartbeat {
+        spawn_database_heartbeat(state.clone());
+    }
     Ok(state)
+}
+
+/// How often `[database] heartbeat` pings the database (Attic's minute).
+const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `[database] heartbeat`: pings the database every minute for as long as
+/// the server runs; a failed ping is logged, and the next one tries again.
+fn spawn_database_heartbeat(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = state.database.ping().await {
+                tracing::warn!(error = %error, "database heartbeat failed");
+            }
+        }
+    });
 }
 
 /// A token with every permission on every cache, for the first start.

@@ -51,7 +51,7 @@ pub async fn put_log(
     }
     let key = new_log_key();
     let body = body_reader(body, state.config.http.body_timeout);
-    let level = state.config.compression.level;
+    let level = state.config.compression.zstd_level();
     let stored = store_log(state.storage.as_ref(), &key, body, limit, level)
         .await
         .map_err(|e| match e {

@@ -113,17 +113,22 @@ pub fn cache_name(raw: &str) -> ServerResult<CacheName> {
 /// The public base URL: `api-endpoint`, or `http://<Host>/`.
 pub fn endpoint(state: &AppState, headers: &axum::http::HeaderMap) -> String {
     if let Some(endpoint) = &state.config.api_endpoint {
-        let mut endpoint = endpoint.clone();
-        if !endpoint.ends_with('/') {
-            endpoint.push('/');
-        }
-        return endpoint;
+        return with_trailing_slash(endpoint);
     }
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     format!("http://{host}/")
+}
+
+/// A base URL ending in `/`, so that a name appended to it is a path segment.
+pub fn with_trailing_slash(url: &str) -> String {
+    let mut url = url.to_owned();
+    if !url.ends_with('/') {
+        url.push('/');
+    }
+    url
 }
 
 /// A JSON body whose rejection is our own error.

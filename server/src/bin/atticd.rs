@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use server::setup::{self, OpenDatabase};
 
@@ -12,7 +12,9 @@ use server::setup::{self, OpenDatabase};
 #[derive(Debug, Parser)]
 #[command(name = "atticd", version)]
 struct Options {
-    /// Config file [default: $XDG_CONFIG_HOME/attic/server.toml, created on first start].
+    /// Config file [default: $ATTIC_SERVER_CONFIG_BASE64 when set (the
+    /// whole file, base64), else $XDG_CONFIG_HOME/attic/server.toml,
+    /// created on first start].
     #[arg(short = 'f', long)]
     config: Option<PathBuf>,
     /// Data directory for the default SQLite database and blob storage
@@ -30,7 +32,7 @@ struct Options {
     /// What to run.
     #[arg(long, value_enum, default_value_t = Mode::Monolithic)]
     mode: Mode,
-    /// Validate the configuration and exit.
+    /// Validate the configuration and exit (as `--mode check-config`).
     #[arg(long)]
     check_config: bool,
     /// Log format on stderr: `text` (coloured only on a terminal) or
@@ -60,11 +62,20 @@ enum Mode {
     /// zero), serving nothing but `/_health` and `/metrics` on `--listen`
     /// or `--metrics-listen` when given; one for a whole deployment.
     GarbageCollector,
+    /// Collect garbage once and exit, non-zero if the run was skipped or
+    /// failed (Attic's mode, for cron).
+    GarbageCollectorOnce,
+    /// Validate the configuration, say what each key of the file means
+    /// here, check the database and storage answer, and exit.
+    CheckConfig,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let options = Options::parse();
+    let mut options = Options::parse();
+    if options.mode == Mode::CheckConfig {
+        options.check_config = true;
+    }
     // Flushes what is still queued when main returns.
     let _log_writer = init_logging(options.log_format);
     server::serve::raise_open_file_limit();
@@ -85,6 +96,9 @@ async fn main() -> Result<()> {
         .transpose()?;
     if options.check_config {
         println!("{}: configuration is valid", loaded.path.display());
+        for line in &loaded.key_report {
+            println!("{line}");
+        }
         if let Some(tls) = &loaded.config.tls {
             println!(
                 "tls: {} and {} load",
@@ -107,6 +121,15 @@ async fn main() -> Result<()> {
     if options.mode == Mode::DbMigrations {
         setup::open_database(&config, &data_dir, OpenDatabase::CreateAndMigrate).await?;
         println!("database migrations applied");
+        return Ok(());
+    }
+
+    if options.mode == Mode::GarbageCollectorOnce {
+        let state = setup::build_state(config, &data_dir, OpenDatabase::Existing).await?;
+        let report = server::gc::collect(&state)
+            .await
+            .context("the garbage collection did not complete")?;
+        println!("{report}");
         return Ok(());
     }
 

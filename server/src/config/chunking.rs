@@ -1,5 +1,5 @@
 //! `[chunking]`: how NARs are cut into chunks (FastCDC sizes, and the size
-//! under which a NAR stays whole).
+//! under which a NAR stays whole, with Attic's meaning).
 
 use attic::chunking::ChunkingParams;
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,10 @@ use super::ConfigError;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ChunkingConfig {
-    /// NARs up to this size are stored as one chunk.
+    /// Attic's meaning: a NAR smaller than this is stored as one chunk
+    /// (`1` chunks every NAR); `0` turns chunking off, and every NAR is
+    /// stored as fixed pieces of `max-size`. At most `max-size`, since
+    /// telling whether a NAR is that small means reading that much of it.
     #[serde(default = "default_nar_size_threshold")]
     pub nar_size_threshold: u64,
     /// FastCDC minimum chunk size.
@@ -54,7 +57,11 @@ impl ChunkingConfig {
         if self.nar_size_threshold > u64::from(self.max_size) {
             return Err(ConfigError::Invalid {
                 key: "chunking.nar-size-threshold",
-                reason: "must not exceed chunking.max-size".into(),
+                reason: format!(
+                    "{} exceeds chunking.max-size ({}): whether a NAR is under the threshold \
+                     is known only after reading that much of it, which is held in memory",
+                    self.nar_size_threshold, self.max_size
+                ),
             });
         }
         Ok(())
@@ -72,4 +79,34 @@ fn default_avg_size() -> u32 {
 }
 fn default_max_size() -> u32 {
     ChunkingParams::default().max_size
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::{key_line, parse};
+
+    #[test]
+    fn attic_threshold_values_zero_and_one_are_accepted() {
+        for threshold in [0, 1, 65536, 262144] {
+            let config = parse(&format!(
+                "{}[chunking]\nnar-size-threshold = {threshold}\n",
+                key_line()
+            ))
+            .expect("parses");
+            assert_eq!(config.chunking.nar_size_threshold, threshold);
+        }
+    }
+
+    #[test]
+    fn a_threshold_past_max_size_is_refused_naming_the_key() {
+        let err = parse(&format!(
+            "{}[chunking]\nnar-size-threshold = 262145\n",
+            key_line()
+        ))
+        .expect_err("past max-size");
+        assert!(
+            err.to_string().contains("chunking.nar-size-threshold"),
+            "{err}"
+        );
+    }
 }

@@ -26,6 +26,10 @@ pub struct DatabaseConfig {
     /// How long an idle connection is kept before it is closed.
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
+    /// Attic's key: send `SELECT 1` every minute, so that a connection a
+    /// firewall or proxy would drop for idleness is kept in use.
+    #[serde(default)]
+    pub heartbeat: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -35,6 +39,7 @@ impl Default for DatabaseConfig {
             max_connections: default_database_connections(),
             acquire_timeout: default_acquire_timeout(),
             idle_timeout: default_idle_timeout(),
+            heartbeat: false,
         }
     }
 }

@@ -18,7 +18,8 @@ pub struct GcConfig {
     #[serde(default = "default_gc_interval", with = "duration")]
     pub interval: Duration,
     /// How long a path nobody reads is kept, for caches without their own
-    /// retention period; `0s` keeps paths for ever.
+    /// retention period; `0s`, the default (as in Attic), keeps paths for
+    /// ever.
     #[serde(default = "default_retention_period", with = "duration")]
     pub default_retention_period: Duration,
     /// How old leftovers must be before they are reclaimed: blobs no row
@@ -52,8 +53,8 @@ fn default_gc_interval() -> Duration {
     Duration::from_secs(12 * 3600)
 }
 fn default_retention_period() -> Duration {
-    // Six months of 30.44 days, as humantime counts them.
-    Duration::from_secs(6 * 2_630_016)
+    // Attic's: paths are kept until a cache's own retention says otherwise.
+    Duration::ZERO
 }
 fn default_grace_period() -> Duration {
     Duration::from_secs(3600)
@@ -104,7 +105,8 @@ mod tests {
         );
         assert_eq!(
             config.garbage_collection.default_retention_period,
-            GcConfig::default().default_retention_period
+            Duration::from_secs(6 * 2_630_016),
+            "six months of 30.44 days, as humantime counts them"
         );
         let err = parse(&format!(
             "{}[garbage-collection]\ncompaction-level = 30\n",
@@ -112,5 +114,15 @@ mod tests {
         ))
         .expect_err("level out of range");
         assert!(err.to_string().contains("compaction-level"), "{err}");
+    }
+
+    #[test]
+    fn an_absent_retention_period_keeps_paths_for_ever() {
+        let config = parse(&key_line()).expect("parses");
+        assert_eq!(
+            config.garbage_collection.default_retention_period,
+            Duration::ZERO
+        );
+        assert_eq!(GcConfig::default().default_retention_period, Duration::ZERO);
     }
 }

@@ -14,6 +14,7 @@ mod database;
 mod duration;
 mod gc;
 mod http;
+mod key_report;
 mod storage;
 mod tls;
 mod variables;
@@ -31,6 +32,7 @@ pub use compression::{CompressionConfig, CompressionKind};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use gc::GcConfig;
 pub use http::{AddressRange, HttpConfig};
+pub use key_report::describe_keys;
 pub use storage::{S3Checksums, S3Credentials, S3StorageConfig, StorageConfig};
 pub use tls::TlsConfig;
 use variables::expand_variables;
@@ -81,6 +83,14 @@ pub enum ConfigError {
     },
 }
 
+/// The environment variable holding the whole config, base64-encoded
+/// (Attic's), read when no `-f`/`--config` is given.
+pub const CONFIG_BASE64_VARIABLE: &str = "ATTIC_SERVER_CONFIG_BASE64";
+
+/// The environment variable holding the database URL (Attic's), used when
+/// `[database] url` is absent.
+pub const DATABASE_URL_VARIABLE: &str = "ATTIC_SERVER_DATABASE_URL";
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -104,6 +114,25 @@ pub struct ServerConfig {
     /// Defaults to `http://<Host header>/`.
     #[serde(default)]
     pub api_endpoint: Option<String>,
+    /// Public base URL of the binary cache (Attic's key): clients are told
+    /// a cache's substituter is `<substituter-endpoint><cache>`. Defaults
+    /// to the API endpoint, for deployments that serve both from one place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substituter_endpoint: Option<String>,
+    /// Attic's key: a destroyed cache keeps its name reserved, so a new
+    /// cache cannot take it over and serve other paths to its old users.
+    /// Its paths stop being served at once either way.
+    #[serde(default)]
+    pub soft_delete_caches: bool,
+    /// Attic's key: whether attaching a NAR the store already holds to a
+    /// cache needs the whole NAR sent again. Off, knowing a NAR's hash is
+    /// enough to get its content into one's own cache, whoever pushed it.
+    #[serde(default = "default_require_proof_of_possession")]
+    pub require_proof_of_possession: bool,
+    /// Attic's key: largest metadata preamble (the JSON before the NAR of
+    /// an `upload-path` body), in bytes. It is read into memory whole.
+    #[serde(default = "default_max_nar_info_size")]
+    pub max_nar_info_size: usize,
     /// Host names the server answers to; empty allows any.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -149,13 +178,35 @@ fn default_max_nar_size() -> u64 {
 fn default_max_log_size() -> u64 {
     64 << 20
 }
+fn default_require_proof_of_possession() -> bool {
+    true
+}
+fn default_max_nar_info_size() -> usize {
+    1 << 20
+}
+
+/// The largest `max-nar-info-size` accepted: every upload may hold this
+/// much in memory before its NAR starts.
+pub const MAX_NAR_INFO_SIZE_LIMIT: usize = 64 << 20;
 
 impl ServerConfig {
     /// Parses TOML text; `path` is only for messages.
     /// `${VAR}` and `${VAR:-default}` in any string value are replaced
     /// from the environment (`$${` is a literal `${`), so secrets can live
     /// there rather than in the file.
+    ///
+    /// As in Attic, `ATTIC_SERVER_DATABASE_URL` is the database when
+    /// `[database] url` is absent (and only then).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_environment(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// [`ServerConfig::parse`] with the environment read through `lookup`.
+    fn parse_with_environment(
+        text: &str,
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let parse_error = |message: String| ConfigError::Parse {
             path: path.to_owned(),
             message,
@@ -163,20 +214,41 @@ impl ServerConfig {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
         for (key, value) in table.iter_mut() {
-            expand_variables(value, key, &|name| std::env::var(name).ok())?;
+            expand_variables(value, key, lookup)?;
         }
-        let config = Self::deserialize(table).map_err(|e| parse_error(e.to_string()))?;
+        let mut config = Self::deserialize(table).map_err(|e| parse_error(e.to_string()))?;
+        if config.database.url.is_none() {
+            config.database.url = lookup(DATABASE_URL_VARIABLE).filter(|url| !url.is_empty());
+        }
         config.validate()?;
         Ok(config)
     }
 
+    /// The text of a whole config given base64-encoded, as Attic reads
+    /// `ATTIC_SERVER_CONFIG_BASE64`; `source` names it in messages.
+    pub fn decode_base64(encoded: &str, source: &Path) -> Result<String, ConfigError> {
+        use base64::Engine;
+        let bad = |reason: String| ConfigError::Parse {
+            path: source.to_owned(),
+            message: reason,
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| bad(format!("not base64: {e}")))?;
+        String::from_utf8(bytes).map_err(|_| bad("not UTF-8 once decoded".into()))
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        Self::parse(&Self::read_text(path)?, path)
+    }
+
+    /// A config file's text, unparsed.
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        Self::parse(&text, path)
+        })
     }
 
     /// A fresh embedded-default configuration with a new token key.
@@ -186,6 +258,10 @@ impl ServerConfig {
             metrics_listen: None,
             metrics_token: None,
             api_endpoint: None,
+            substituter_endpoint: None,
+            soft_delete_caches: false,
+            require_proof_of_possession: default_require_proof_of_possession(),
+            max_nar_info_size: default_max_nar_info_size(),
             allowed_hosts: Vec::new(),
             token_root_key: RootKey::generate().to_config_string(),
             max_nar_size: default_max_nar_size(),
@@ -251,12 +327,26 @@ impl ServerConfig {
         self.compression.validate()?;
         self.database.validate()?;
         self.garbage_collection.validate()?;
-        if let Some(endpoint) = &self.api_endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
+        for (key, endpoint) in [
+            ("api-endpoint", &self.api_endpoint),
+            ("substituter-endpoint", &self.substituter_endpoint),
+        ] {
+            if let Some(endpoint) = endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+        if !(1..=MAX_NAR_INFO_SIZE_LIMIT).contains(&self.max_nar_info_size) {
             return Err(ConfigError::Invalid {
-                key: "api-endpoint",
-                reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+                key: "max-nar-info-size",
+                reason: format!(
+                    "{} is outside 1..={MAX_NAR_INFO_SIZE_LIMIT} (each upload may hold this much in memory)",
+                    self.max_nar_info_size
+                ),
             });
         }
         self.storage.validate()?;
@@ -353,13 +443,84 @@ mod tests {
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.chunking.avg_size, 64 * 1024);
         assert_eq!(config.compression.kind, CompressionKind::Zstd);
-        assert_eq!(config.compression.level, 3);
+        assert_eq!(config.compression.level(), 3);
         // What a `nix copy` NAR may decode to: 32 GiB, not 64.
         assert_eq!(config.max_nar_size, 32 << 30);
         assert!(
             config
                 .database_url(Path::new("/d"))
                 .starts_with("sqlite:///d/server.db")
+        );
+    }
+
+    #[test]
+    fn attics_top_level_keys_parse_with_attics_defaults() {
+        let config = parse(&key_line()).expect("parses");
+        assert!(!config.soft_delete_caches);
+        assert!(config.require_proof_of_possession);
+        assert_eq!(config.max_nar_info_size, 1 << 20);
+        assert_eq!(config.substituter_endpoint, None);
+        assert!(!config.database.heartbeat);
+        let config = parse(&format!(
+            "{}soft-delete-caches = true\nrequire-proof-of-possession = false\n\
+             max-nar-info-size = 4096\nsubstituter-endpoint = \"https://nix.example.com/\"\n\
+             allowed-hosts = [\"cache.example.com\"]\napi-endpoint = \"https://api.example.com/\"\n\
+             [database]\nheartbeat = true\n",
+            key_line()
+        ))
+        .expect("parses");
+        assert!(config.soft_delete_caches);
+        assert!(!config.require_proof_of_possession);
+        assert_eq!(config.max_nar_info_size, 4096);
+        assert_eq!(
+            config.substituter_endpoint.as_deref(),
+            Some("https://nix.example.com/")
+        );
+        assert!(config.database.heartbeat);
+    }
+
+    #[test]
+    fn max_nar_info_size_outside_its_bounds_is_refused_naming_the_key() {
+        for size in [0, MAX_NAR_INFO_SIZE_LIMIT + 1] {
+            let err = parse(&format!("{}max-nar-info-size = {size}\n", key_line()))
+                .expect_err("out of bounds");
+            assert!(err.to_string().contains("max-nar-info-size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_database_url_variable_fills_an_absent_url_only() {
+        let env = |name: &str| {
+            (name == DATABASE_URL_VARIABLE).then(|| "postgres://u:p@db/attic".to_owned())
+        };
+        let path = Path::new("server.toml");
+        let config = ServerConfig::parse_with_environment(&key_line(), path, &env).expect("parses");
+        assert_eq!(
+            config.database.url.as_deref(),
+            Some("postgres://u:p@db/attic")
+        );
+        let text = format!("{}[database]\nurl = \"sqlite:///x.db\"\n", key_line());
+        let config = ServerConfig::parse_with_environment(&text, path, &env).expect("parses");
+        assert_eq!(config.database.url.as_deref(), Some("sqlite:///x.db"));
+        let config =
+            ServerConfig::parse_with_environment(&key_line(), path, &|_| None).expect("parses");
+        assert_eq!(config.database.url, None);
+    }
+
+    #[test]
+    fn a_base64_config_decodes_and_bad_base64_is_named() {
+        use base64::Engine;
+        let text = key_line();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&text);
+        let source = Path::new("$ATTIC_SERVER_CONFIG_BASE64");
+        assert_eq!(
+            ServerConfig::decode_base64(&encoded, source).expect("decodes"),
+            text
+        );
+        let err = ServerConfig::decode_base64("%%%", source).expect_err("not base64");
+        assert!(
+            err.to_string().contains("ATTIC_SERVER_CONFIG_BASE64"),
+            "{err}"
         );
     }
 
@@ -377,6 +538,10 @@ mod tests {
             ("[compression]\nlevel = 30\n", "compression.level"),
             ("[chunking]\nmin-size = 3\n", "chunking"),
             ("api-endpoint = \"ftp://x\"\n", "api-endpoint"),
+            (
+                "substituter-endpoint = \"ftp://x\"\n",
+                "substituter-endpoint",
+            ),
             ("listen = \"nowhere\"\n", "listen"),
             ("[storage]\ntype = \"floppy\"\n", "floppy"),
         ];

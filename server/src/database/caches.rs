@@ -4,13 +4,14 @@
 use attic::cache::CacheName;
 use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::{Set, Unchanged},
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, SqlErr,
 };
 
-use super::entity::{build_log, cache, staged_nar};
+use super::entity::{build_log, cache, reserved_cache_name, staged_nar};
 use super::ids::CacheId;
 use super::json::Json;
 use super::records::Cache;
@@ -94,9 +95,14 @@ impl Database {
         Ok(ids.into_iter().map(CacheId::new).collect())
     }
 
-    /// Creates a cache, refusing a name already live. The unique index on
-    /// live names decides, so of two racing creates exactly one wins.
+    /// Creates a cache, refusing a name already live or reserved. The
+    /// unique index on live names decides, so of two racing creates exactly
+    /// one wins; the reservation is checked after the insert, in the same
+    /// transaction, so a destroy that reserves the name while this runs is
+    /// either seen or waited for (its row holds the name in the index
+    /// until it commits).
     pub async fn create_cache(&self, new: NewCache) -> Result<Cache, DatabaseError> {
+        let txn = self.begin_write().await?;
         let created = cache::ActiveModel {
             name: Set(new.name.as_str().to_owned()),
             keypair: Set(new.signing_key.to_nix_secret()),
@@ -109,14 +115,22 @@ impl Database {
             deleted_at: Set(None),
             ..Default::default()
         }
-        .insert(&self.conn)
+        .insert(&txn)
         .await;
-        match created {
+        let created = match created {
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(DatabaseError::CacheExists)
+                return Err(DatabaseError::CacheExists);
             }
-            other => Cache::try_from(other?),
+            other => other?,
+        };
+        let reserved = reserved_cache_name::Entity::find_by_id(created.name.clone())
+            .one(&txn)
+            .await?;
+        if reserved.is_some() {
+            return Err(DatabaseError::CacheNameReserved);
         }
+        txn.commit().await?;
+        Cache::try_from(created)
     }
 
     /// Applies the settings given in `changes`; leaves the rest.
@@ -157,9 +171,29 @@ impl Database {
         Ok(())
     }
 
-    /// Destroys a cache: it and its paths vanish at once; GC reclaims the data.
-    pub async fn destroy_cache(&self, cache_id: CacheId) -> Result<(), DatabaseError> {
+    /// Destroys a cache: it and its paths vanish at once; GC reclaims the
+    /// data. With `reserve_name` (`soft-delete-caches`), no cache may take
+    /// its name again.
+    pub async fn destroy_cache(
+        &self,
+        cache: &Cache,
+        reserve_name: bool,
+    ) -> Result<(), DatabaseError> {
+        let cache_id = cache.id;
         let txn = self.begin_write().await?;
+        if reserve_name {
+            reserved_cache_name::Entity::insert(reserved_cache_name::ActiveModel {
+                name: Set(cache.name.as_str().to_owned()),
+                reserved_at: Set(now()),
+            })
+            .on_conflict(
+                OnConflict::column(reserved_cache_name::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        }
         cache::Entity::update_many()
             .col_expr(cache::Column::DeletedAt, now().into())
             .filter(cache::Column::Id.eq(cache_id))

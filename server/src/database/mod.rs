@@ -67,6 +67,10 @@ pub enum DatabaseError {
     /// A live cache of that name exists.
     #[error("a cache of that name already exists")]
     CacheExists,
+    /// The name was a cache's that was destroyed with
+    /// `soft-delete-caches` on: it stays reserved.
+    #[error("the name belonged to a destroyed cache and stays reserved")]
+    CacheNameReserved,
     /// A chunk an upload reuses was found damaged or began to be
     /// reclaimed while the upload ran; the upload may simply be retried.
     #[error("a chunk this upload reuses is no longer stored")]

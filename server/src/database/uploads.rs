@@ -221,7 +221,9 @@ impl Database {
         };
         let file_size = match compression {
             entity::StoredCompression::Zstd => chunk_ids.iter().map(|id| stored[id].1).sum(),
-            entity::StoredCompression::None => upload.nar_size as i64,
+            entity::StoredCompression::None
+            | entity::StoredCompression::Xz
+            | entity::StoredCompression::Brotli => upload.nar_size as i64,
         };
         let fields = NarFields {
             nar_size: upload.nar_size as i64,

@@ -175,7 +175,9 @@ impl Collector<'_> {
 }
 
 /// A chunk's stored bytes, compressed at `level`, or as they were if that
-/// is no smaller (or they are not zstd).
+/// is no smaller or they are not zstd (a chunk keeps its encoding through
+/// compaction: xz and brotli were the operator's choice, and an
+/// uncompressed chunk's NARs are served as stored).
 async fn recompress(
     chunk: &crate::pack::read::StoredChunk,
     stored: Bytes,
@@ -185,8 +187,10 @@ async fn recompress(
     let size = chunk.chunk_size as usize;
     tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
         let raw = match compression {
-            StoredCompression::Zstd => zstd::bulk::decompress(&stored, size)?,
-            StoredCompression::None => return Ok(stored),
+            StoredCompression::Zstd => compression.decode(&stored, size)?,
+            StoredCompression::None | StoredCompression::Xz | StoredCompression::Brotli => {
+                return Ok(stored);
+            }
         };
         let frame = zstd::bulk::compress(&raw, level)?;
         Ok(if frame.len() < stored.len() {

@@ -77,3 +77,30 @@ async fn a_quota_evicts_in_lru_order_among_the_paths_that_may_go() {
     left.sort_unstable();
     assert_eq!(left, [oldest, leaf, kept]);
 }
+
+/// Attic's default: with no `default-retention-period` in the config and
+/// none on the cache, a path nobody read for decades stays.
+#[tokio::test]
+async fn paths_unread_for_decades_stay_when_no_retention_is_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = Database::for_tests(&dir).await;
+    let cache = database.seed_cache("c").await;
+    let ancient = push(&database, cache.id, "ancient", 50, &[]).await;
+    let config = GcConfig {
+        grace_period: Duration::ZERO,
+        ..GcConfig::default()
+    };
+    let report = Collector::new(&database, Arc::new(MemoryStorage::new()), &config, &Quiet)
+        .run()
+        .await
+        .expect("collect");
+    assert_eq!(report.objects_expired, 0, "{report}");
+    let left: Vec<ObjectId> = database
+        .least_recent_objects(cache.id, 10)
+        .await
+        .expect("left")
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(left, [ancient]);
+}

@@ -1,11 +1,14 @@
 //! Packs: each upload stores the chunks it brings new as one blob, their
-//! zstd frames concatenated in NAR order, and each chunk is addressed as
-//! (pack, offset, stored size) with a checksum of its stored bytes.
+//! encoded forms (zstd frames, by default) concatenated in NAR order, and
+//! each chunk is addressed as (pack, offset, stored size) with a checksum
+//! of its stored bytes.
 //!
-//! [`write`] streams a pack into storage while an upload is chunked;
+//! The encodings a chunk may have, and how each is encoded and decoded,
+//! live in `codec`; [`write`] streams a pack into storage while an upload is chunked;
 //! [`read`] turns a NAR's chunks into runs (consecutive chunks of one pack,
 //! one ranged read each) and checks every chunk before handing it out.
 
+mod codec;
 pub mod read;
 pub mod write;
 
@@ -42,8 +45,13 @@ pub enum BlobState {
 pub enum StoredCompression {
     /// One zstd frame per chunk; for a NAR, every chunk is one.
     Zstd,
-    /// The bytes themselves.
+    /// The bytes themselves; for a NAR, some chunk is not zstd, so it is
+    /// served decompressed.
     None,
+    /// One xz stream per chunk (chunks only).
+    Xz,
+    /// One brotli stream per chunk (chunks only).
+    Brotli,
 }
 
 /// Whether `pieces` (each a chunk's pack, offset and stored size, in NAR

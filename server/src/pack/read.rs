@@ -125,7 +125,7 @@ pub enum ReadError {
 pub struct CheckedChunk {
     /// The chunk.
     pub chunk: StoredChunk,
-    /// Its stored bytes (a zstd frame, or raw bytes).
+    /// Its stored bytes, encoded as its `compression` says.
     pub stored: Bytes,
     /// A checksum to record, for a chunk that had none and was checked
     /// against its content hash instead.
@@ -141,12 +141,10 @@ fn check(chunk: &StoredChunk, stored: &[u8]) -> Result<Option<StoredChecksum>, (
             Err(())
         };
     }
-    let content = match chunk.compression {
-        StoredCompression::Zstd => {
-            zstd::bulk::decompress(stored, chunk.chunk_size as usize).map_err(|_| ())?
-        }
-        StoredCompression::None => stored.to_vec(),
-    };
+    let content = chunk
+        .compression
+        .decode(stored, chunk.chunk_size as usize)
+        .map_err(|_| ())?;
     if content.len() as u64 == chunk.chunk_size && ChunkId::of(&content) == chunk.hash {
         Ok(Some(StoredChecksum::of(stored)))
     } else {

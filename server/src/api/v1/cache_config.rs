@@ -16,7 +16,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::super::{JsonBody, cache_name, endpoint};
+use super::super::{JsonBody, cache_name, endpoint, with_trailing_slash};
 use crate::access::Caller;
 use crate::database::{CacheChanges, DatabaseError, NewCache};
 use crate::error::{ServerError, ServerResult};
@@ -40,9 +40,13 @@ pub async fn get_cache_config(
             .map_err(|_| denied)?,
     };
     let base = endpoint(&state, &headers);
+    let substituter_base = match &state.config.substituter_endpoint {
+        Some(substituter) => with_trailing_slash(substituter),
+        None => base.clone(),
+    };
     Ok(Json(CacheConfig {
         keypair: None,
-        substituter_endpoint: Some(format!("{base}{}", cache.name)),
+        substituter_endpoint: Some(format!("{substituter_base}{}", cache.name)),
         api_endpoint: Some(base),
         public_key: Some(cache.signing_key.public_key().to_string()),
         is_public: Some(cache.is_public),
@@ -94,6 +98,9 @@ pub async fn create_cache(
     match created {
         Ok(_) => Ok(Json(json!({}))),
         Err(DatabaseError::CacheExists) => Err(ServerError::CacheExists(name.to_string())),
+        Err(DatabaseError::CacheNameReserved) => {
+            Err(ServerError::CacheNameReserved(name.to_string()))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -227,7 +234,10 @@ pub async fn destroy_cache(
     let cache = caller
         .require_cache(&state, &name, Permission::DestroyCache)
         .await?;
-    state.database.destroy_cache(cache.id).await?;
+    state
+        .database
+        .destroy_cache(&cache, state.config.soft_delete_caches)
+        .await?;
     state.read_cache.forget_cache(&cache.name, cache.id);
     Ok(Json(json!({})))
 }

@@ -1,10 +1,11 @@
 //! `PUT /_api/v1/upload-path`: the NAR is the body; its metadata is the
 //! `X-Attic-Nar-Info` header or a JSON preamble. Needs push.
 //!
-//! The body is always read and verified, even when the store already holds
-//! the NAR: attaching a stored NAR to a cache requires proof that the
-//! uploader has its content, so knowing a hash never grants another
-//! tenant's data.
+//! By default the body is always read and verified, even when the store
+//! already holds the NAR: attaching a stored NAR to a cache requires proof
+//! that the uploader has its content, so knowing a hash never grants
+//! another tenant's data. `require-proof-of-possession = false` (Attic's
+//! key) attaches a stored NAR on its hash alone, without reading the body.
 
 use std::sync::Arc;
 
@@ -29,9 +30,6 @@ use crate::serve::body_reader;
 use crate::state::AppState;
 use crate::uploads::{Uploads, new_object};
 
-/// Largest metadata preamble accepted.
-const MAX_PREAMBLE: usize = 1024 * 1024;
-
 /// Stores a path's NAR (or proves and reuses a stored one) and adds the
 /// path to the cache.
 pub async fn upload_path(
@@ -52,10 +50,11 @@ pub async fn upload_path(
                 .config
                 .max_nar_size
                 .saturating_mul(2)
-                .saturating_add(2 << 20);
+                .saturating_add(state.config.max_nar_info_size as u64)
+                .saturating_add(1 << 20);
             // nar_size is declared before the NAR: in the header, or in
-            // a preamble of at most a megabyte, which decodes within the
-            // expansion allowance. Reading checks the NAR against it.
+            // a preamble of at most max-nar-info-size, which decodes within
+            // the expansion allowance. Reading checks the NAR against it.
             Box::new(DecodedBody::new(
                 body,
                 compression,
@@ -65,7 +64,7 @@ pub async fn upload_path(
             ))
         }
     };
-    let info = read_nar_info(&headers, &mut body).await?;
+    let info = read_nar_info(&headers, &mut body, state.config.max_nar_info_size).await?;
     let cache = caller
         .require_cache(&state, &info.cache, Permission::Push)
         .await?;
@@ -88,7 +87,15 @@ pub async fn upload_path(
     };
     let uploads = Uploads::new(&state);
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
-        ingest::verify_only(body, declared).await?;
+        if state.config.require_proof_of_possession {
+            ingest::verify_only(body, declared).await?;
+        } else if existing.nar_size != info.nar_size {
+            // On the hash alone, what was declared must still be the NAR's.
+            return Err(ServerError::NarMismatch(format!(
+                "nar_size is {}, but the NAR with this nar_hash has {} bytes",
+                info.nar_size, existing.nar_size
+            )));
+        }
         let held = state
             .database
             .held_by_cache(existing.id, cache.id, None)
@@ -155,6 +162,7 @@ fn content_encoding(headers: &HeaderMap) -> ServerResult<Option<Compression>> {
 async fn read_nar_info<R: AsyncRead + Unpin>(
     headers: &HeaderMap,
     body: &mut R,
+    max_preamble: usize,
 ) -> ServerResult<UploadPathNarInfo> {
     let invalid = |e: serde_json::Error| ServerError::bad_request("InvalidNarInfo", e.to_string());
     if let Some(value) = headers.get(NAR_INFO_HEADER) {
@@ -175,9 +183,9 @@ async fn read_nar_info<R: AsyncRead + Unpin>(
         .ok_or_else(|| {
             ServerError::bad_request("InvalidNarInfo", "the preamble size is not a number")
         })?;
-    if size > MAX_PREAMBLE {
+    if size > max_preamble {
         return Err(ServerError::TooLarge(format!(
-            "the metadata preamble may be at most {MAX_PREAMBLE} bytes"
+            "the metadata preamble may be at most {max_preamble} bytes (max-nar-info-size)"
         )));
     }
     let mut preamble = vec![0; size];

@@ -9,6 +9,7 @@ pub mod gc_lease;
 pub mod nar;
 pub mod object;
 pub mod pack;
+pub mod reserved_cache_name;
 pub mod revoked_token;
 pub mod staged_nar;
 
@@ -40,6 +41,12 @@ pub enum StoredCompression {
     /// The bytes themselves.
     #[sea_orm(string_value = "none")]
     None,
+    /// One xz stream per chunk (chunks only).
+    #[sea_orm(string_value = "xz")]
+    Xz,
+    /// One brotli stream per chunk (chunks only).
+    #[sea_orm(string_value = "brotli")]
+    Brotli,
 }
 
 impl From<BlobState> for crate::pack::BlobState {
@@ -67,6 +74,8 @@ impl From<StoredCompression> for crate::pack::StoredCompression {
         match compression {
             StoredCompression::Zstd => Self::Zstd,
             StoredCompression::None => Self::None,
+            StoredCompression::Xz => Self::Xz,
+            StoredCompression::Brotli => Self::Brotli,
         }
     }
 }
@@ -76,6 +85,8 @@ impl From<crate::pack::StoredCompression> for StoredCompression {
         match compression {
             crate::pack::StoredCompression::Zstd => Self::Zstd,
             crate::pack::StoredCompression::None => Self::None,
+            crate::pack::StoredCompression::Xz => Self::Xz,
+            crate::pack::StoredCompression::Brotli => Self::Brotli,
         }
     }
 }
