@@ -9,6 +9,7 @@ pub mod gc_lease;
 pub mod nar;
 pub mod object;
 pub mod pack;
+pub mod revoked_subject;
 pub mod revoked_token;
 pub mod staged_nar;
 
