@@ -1,7 +1,7 @@
 //! Revoked tokens: by the revocation id of a biscuit block, and by subject.
 
 use sea_orm::sea_query::{Expr, OnConflict, Query, UnionType};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait};
 
 use super::entity::{revoked_subject, revoked_token};
 use super::{Database, DatabaseError, now};
@@ -15,6 +15,9 @@ impl Database {
         ids: &[String],
         subject: Option<&str>,
     ) -> Result<bool, DatabaseError> {
+        if ids.is_empty() && subject.is_none() {
+            return Ok(false);
+        }
         let mut query = Query::select()
             .expr(Expr::val(1))
             .from(revoked_token::Entity)
@@ -65,5 +68,53 @@ impl Database {
         .exec_without_returning(&self.conn)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revoked_ids_and_subjects_are_found_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = Database::for_tests(&dir).await;
+        let ids = vec!["aa".to_owned(), "bb".to_owned()];
+        assert!(
+            !database
+                .is_revoked(&ids, Some("alice"))
+                .await
+                .expect("query")
+        );
+        assert!(!database.is_revoked(&[], None).await.expect("query"));
+
+        database.revoke_subject("alice").await.expect("revoke");
+        database
+            .revoke_subject("alice")
+            .await
+            .expect("twice is fine");
+        assert!(
+            database
+                .is_revoked(&[], Some("alice"))
+                .await
+                .expect("query")
+        );
+        assert!(
+            database
+                .is_revoked(&ids, Some("alice"))
+                .await
+                .expect("query")
+        );
+        assert!(
+            !database
+                .is_revoked(&ids, Some("alicia"))
+                .await
+                .expect("query")
+        );
+        assert!(!database.is_revoked(&ids, None).await.expect("query"));
+
+        database.revoke(&["bb".to_owned()]).await.expect("revoke");
+        assert!(database.is_revoked(&ids, None).await.expect("query"));
+        assert!(database.is_revoked(&ids, Some("bob")).await.expect("query"));
     }
 }
