@@ -13,6 +13,7 @@ mod m20261202_000003_gc;
 mod m20261202_000004_add_nar_last_referenced;
 mod m20261206_000001_logs_in_storage;
 mod m20261206_000002_create_reserved_cache_name;
+mod m20261206_000003_create_revoked_subjects;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000004_add_nar_last_referenced::Migration),
             Box::new(m20261206_000001_logs_in_storage::Migration),
             Box::new(m20261206_000002_create_reserved_cache_name::Migration),
+            Box::new(m20261206_000003_create_revoked_subjects::Migration),
         ]
     }
 }

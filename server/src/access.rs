@@ -5,21 +5,30 @@
 //! caller without the right to a cache cannot tell a private cache from a
 //! missing one: both answer 401 to anonymous callers and 403 to tokens.
 //!
+//! Two kinds of token are accepted: our biscuit tokens, and Attic's JWTs
+//! when `[jwt.signing]` (or Attic's variables) gives a key; a token with
+//! dots is a JWT. Either is refused if its subject is revoked (`atticadm
+//! revoke-token --subject`, or `[jwt.blacklist]`).
+//!
 //! A bad token (malformed, expired, revoked, another server's) is 401
 //! wherever a token is needed, but on a public cache's pull routes it
 //! counts as no token: Nix sends the netrc entry of a host to every cache
 //! on it, so one stale entry must not break every public cache there.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use attic::cache::CacheName;
-use attic_token::{Permission, Refusal, Token, TokenError};
+use attic_token::jwt::{AtticJwt, JwtError, JwtVerifier, looks_like_jwt};
+use attic_token::{Permission, Refusal, RootPublicKey, Token, TokenError};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::config::TokenKeys;
 use crate::database::Cache;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
@@ -34,10 +43,32 @@ pub struct Caller {
 enum Credential {
     /// No `Authorization` header.
     Anonymous,
-    /// A verified, unrevoked token.
+    /// A verified, unrevoked biscuit token.
     Token(Box<Token>),
+    /// A verified, unrevoked Attic JWT.
+    Jwt(Box<AtticJwt>),
     /// Credentials that do not verify, and why.
     Invalid(&'static str),
+}
+
+/// What tokens are checked against, built once from the configuration.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    biscuit: Option<RootPublicKey>,
+    jwt: Option<JwtVerifier>,
+    /// `[jwt.blacklist] subjects`: refused without asking the database.
+    blacklist: HashSet<String>,
+}
+
+impl TokenVerifier {
+    /// The verifier for the keys a configuration resolves to.
+    pub fn new(keys: TokenKeys) -> Self {
+        Self {
+            biscuit: keys.biscuit_root_key().ok().map(|root| root.public()),
+            jwt: keys.jwt,
+            blacklist: keys.blacklist,
+        }
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -50,7 +81,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             });
         };
         let credential = match verify(header, state).await {
-            Ok(token) => Credential::Token(Box::new(token)),
+            Ok(credential) => credential,
             Err(ServerError::InvalidToken(reason)) => Credential::Invalid(reason),
             Err(e) => return Err(e),
         };
@@ -59,7 +90,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 }
 
 /// The verified, unrevoked token an `Authorization` header carries.
-async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerResult<Token> {
+async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerResult<Credential> {
     let header = header
         .to_str()
         .map_err(|_| ServerError::InvalidToken("the Authorization header is not text"))?;
@@ -67,25 +98,78 @@ async fn verify(header: &axum::http::HeaderValue, state: &AppState) -> ServerRes
     if text.is_empty() {
         return Err(ServerError::InvalidToken("it is empty"));
     }
-    // Size, signatures, block count and the shape of every block, then
-    // expiry, then revocation: nothing in a token is ever evaluated, so
-    // deciding a crafted one costs what deciding a normal one does.
-    let token = Token::parse(&text, &state.token_key).map_err(|e| match e {
-        TokenError::TooLarge => {
-            ServerError::InvalidToken("it is larger than any token this server accepts")
+    let tokens = &state.tokens;
+    let (credential, revocation_ids, subject) = if looks_like_jwt(&text) {
+        let verifier = tokens.jwt.as_ref().ok_or(ServerError::InvalidToken(
+            "it is a JWT, and this server has no [jwt.signing] key to verify JWTs with",
+        ))?;
+        let jwt = verifier
+            .verify(&text, SystemTime::now())
+            .map_err(|e| ServerError::InvalidToken(jwt_refusal(&e)))?;
+        let subject = jwt.subject().map(str::to_owned);
+        (Credential::Jwt(Box::new(jwt)), Vec::new(), subject)
+    } else {
+        let root = tokens.biscuit.as_ref().ok_or(ServerError::InvalidToken(
+            "this server accepts only JWTs: it has no token-root-key for biscuit tokens",
+        ))?;
+        // Size, signatures, block count and the shape of every block, then
+        // expiry, then revocation: nothing in a token is ever evaluated, so
+        // deciding a crafted one costs what deciding a normal one does.
+        let token = Token::parse(&text, root).map_err(|e| match e {
+            TokenError::TooLarge => {
+                ServerError::InvalidToken("it is larger than any token this server accepts")
+            }
+            TokenError::Unrecognised(_) => ServerError::InvalidToken(
+                "it holds conditions that neither this server nor atticadm attenuate-token writes",
+            ),
+            _ => ServerError::InvalidToken("it is malformed or not signed by this server"),
+        })?;
+        if token.check_expiry().is_err() {
+            return Err(ServerError::InvalidToken("it has expired"));
         }
-        TokenError::Unrecognised(_) => ServerError::InvalidToken(
-            "it holds conditions that neither this server nor atticadm attenuate-token writes",
-        ),
-        _ => ServerError::InvalidToken("it is malformed or not signed by this server"),
-    })?;
-    if token.check_expiry().is_err() {
-        return Err(ServerError::InvalidToken("it has expired"));
+        let ids = token.revocation_ids();
+        let subject = token.subject().map(str::to_owned);
+        (Credential::Token(Box::new(token)), ids, subject)
+    };
+    if subject
+        .as_ref()
+        .is_some_and(|s| tokens.blacklist.contains(s))
+    {
+        return Err(ServerError::InvalidToken("its subject has been revoked"));
     }
-    if state.database.is_revoked(&token.revocation_ids()).await? {
+    // One query for both lists, as there was one for revocation ids alone.
+    if state
+        .database
+        .is_revoked(&revocation_ids, subject.as_deref())
+        .await?
+    {
         return Err(ServerError::InvalidToken("it has been revoked"));
     }
-    Ok(token)
+    Ok(credential)
+}
+
+/// The reason a client is told for a refused JWT: which check failed,
+/// never what the key is.
+fn jwt_refusal(error: &JwtError) -> &'static str {
+    match error {
+        JwtError::TooLarge => "it is larger than any token this server accepts",
+        JwtError::NotThreeParts
+        | JwtError::NotBase64 { .. }
+        | JwtError::BadHeader(_)
+        | JwtError::NotJwtType => "it is not a well-formed JWT",
+        JwtError::CriticalHeader => {
+            "it requires JWT header extensions this server does not support"
+        }
+        JwtError::WrongAlgorithm { .. } => {
+            "it is signed with an algorithm this server does not accept"
+        }
+        JwtError::BadSignature => "it is malformed or not signed by this server",
+        JwtError::BadClaims(_) => "its claims are not Attic's",
+        JwtError::IssuedInFuture | JwtError::NotYetValid => "it is not valid yet",
+        JwtError::Expired => "it has expired",
+        JwtError::WrongIssuer => "its issuer is not the one this server accepts",
+        JwtError::WrongAudience => "its audience is not one this server accepts",
+    }
 }
 
 fn token_text(header: &str) -> ServerResult<String> {
@@ -114,6 +198,7 @@ impl Caller {
     pub fn subject(&self) -> Option<String> {
         match &self.credential {
             Credential::Token(token) => token.subject().map(str::to_owned),
+            Credential::Jwt(jwt) => jwt.subject().map(str::to_owned),
             Credential::Anonymous | Credential::Invalid(_) => None,
         }
     }
@@ -127,7 +212,7 @@ impl Caller {
     /// be done for anonymous callers, before the cache is even known.
     pub fn require_token(&self) -> ServerResult<()> {
         match &self.credential {
-            Credential::Token(_) => Ok(()),
+            Credential::Token(_) | Credential::Jwt(_) => Ok(()),
             Credential::Anonymous => Err(ServerError::Unauthenticated),
             Credential::Invalid(reason) => Err(ServerError::InvalidToken(reason)),
         }
@@ -135,12 +220,13 @@ impl Caller {
 
     /// Checks `permission` from the token alone.
     pub fn require(&self, cache: &CacheName, permission: Permission) -> ServerResult<()> {
-        let token = match &self.credential {
-            Credential::Token(token) => token,
+        let decision = match &self.credential {
+            Credential::Token(token) => token.authorize(cache, permission),
+            Credential::Jwt(jwt) => jwt.authorize(cache, permission, SystemTime::now()),
             Credential::Anonymous => return Err(ServerError::Unauthenticated),
             Credential::Invalid(reason) => return Err(ServerError::InvalidToken(reason)),
         };
-        match token.authorize(cache, permission) {
+        match decision {
             Ok(()) => Ok(()),
             Err(Refusal::Expired) => Err(ServerError::InvalidToken("it has expired")),
             Err(Refusal::Denied) => Err(ServerError::Forbidden { permission }),

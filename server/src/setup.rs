@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use attic::chunking::FastCdcChunker;
-use attic_token::{CacheNamePattern, Permission, RootKey, TokenSpec};
+use attic_token::{CacheNamePattern, Permission, TokenSpec};
 
 use crate::config::{
     CONFIG_BASE64_VARIABLE, DATABASE_URL_VARIABLE, ServerConfig, StorageConfig, describe_keys,
@@ -288,7 +288,7 @@ pub async fn open_storage(
 /// names, and says which is unreachable. A default SQLite database that
 /// does not exist yet is fine (the first start creates it).
 pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Vec<String>> {
-    let mut found = Vec::new();
+    let mut found = config.token_keys()?.describe();
     let default_db = data_dir.join("server.db");
     let missing_sqlite = match &config.database.url {
         None => Some(default_db).filter(|path| !path.exists()),
@@ -400,13 +400,13 @@ pub async fn build_state(
         open_storage(&config, data_dir).await?,
         metrics.storage.clone(),
     ));
-    let token_key = RootKey::parse(&config.token_root_key)?.public();
+    let tokens = crate::access::TokenVerifier::new(config.token_keys()?);
     let chunker = FastCdcChunker::new(config.chunking.params())?;
     let state = Arc::new(AppState {
         config,
         database,
         storage,
-        token_key,
+        tokens,
         chunker,
         access_log: AccessLog::default(),
         metrics,
@@ -439,7 +439,8 @@ fn spawn_database_heartbeat(state: Arc<AppState>) {
 
 /// A token with every permission on every cache, for the first start.
 pub fn root_token(config: &ServerConfig) -> Result<String> {
-    let root = RootKey::parse(&config.token_root_key)?;
+    let keys = config.token_keys()?;
+    let root = keys.biscuit_root_key()?;
     let spec = TokenSpec {
         subject: "root".into(),
         expires_at: None,
@@ -448,7 +449,7 @@ pub fn root_token(config: &ServerConfig) -> Result<String> {
             .map(|p| (CacheNamePattern::any(), *p))
             .collect(),
     };
-    Ok(spec.sign(&root)?.to_base64()?)
+    Ok(spec.sign(root)?.to_base64()?)
 }
 
 /// `--mode garbage-collector`: collects now and then every interval until

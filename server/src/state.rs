@@ -7,8 +7,8 @@ use std::time::Duration;
 use attic::cache::CacheName;
 use attic::chunking::FastCdcChunker;
 use attic::store_path::StorePathHash;
-use attic_token::RootPublicKey;
 
+use crate::access::TokenVerifier;
 use crate::config::ServerConfig;
 use crate::database::{Cache, CacheId, Database, NarId, NarRecord, ObjectId, now};
 use crate::metrics::Metrics;
@@ -108,8 +108,8 @@ pub struct AppState {
     pub database: Database,
     /// Blobs.
     pub storage: Arc<dyn StorageBackend>,
-    /// Verifies tokens.
-    pub token_key: RootPublicKey,
+    /// Verifies tokens: biscuit and Attic's JWTs.
+    pub tokens: TokenVerifier,
     /// Cuts uploads into chunks.
     pub chunker: FastCdcChunker,
     /// Reads not yet written to `last_accessed_at`.

@@ -9,12 +9,16 @@
 //! parent. Revocation is by the token's revocation identifiers, which the
 //! server keeps in its database.
 //!
+//! Beside them, [`jwt`] verifies the JWTs Attic's `atticadm make-token`
+//! mints, when the server is configured with Attic's signing key.
+//!
 //! Tokens are Datalog, but this crate never runs it: a token is read by the
 //! shapes of its blocks into grants and conditions ([`claims`]), and one
 //! that holds anything else is refused. Deciding any token, however it was
 //! crafted, costs about what deciding a normal one does.
 
 mod claims;
+pub mod jwt;
 mod pattern;
 mod permission;
 
@@ -74,6 +78,13 @@ impl RootKey {
     /// A fresh random key.
     pub fn generate() -> Self {
         Self(KeyPair::new())
+    }
+
+    /// The key whose ed25519 private bytes are `seed`.
+    pub(crate) fn from_seed(seed: [u8; 32]) -> Self {
+        let private = PrivateKey::from_bytes(&seed, biscuit_auth::Algorithm::Ed25519)
+            .expect("any 32 bytes are an ed25519 private key");
+        Self(KeyPair::from(&private))
     }
 
     /// Parses `ed25519-private/<hex>`, the form [`RootKey::to_config_string`] writes.

@@ -42,7 +42,7 @@ impl CacheNamePattern {
 /// name) at worst, where trying every split at every `*` is exponential in
 /// the number of stars (a 50-character pattern of `*a` pairs against a
 /// name of `a`s would take years).
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     // The position after the last `*`, and the name position it matched up to.
     let mut resume: Option<(usize, usize)> = None;

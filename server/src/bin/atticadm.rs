@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use attic_token::{
-    Attenuation, CacheNamePattern, Permission, RootKey, Token, TokenSpec, attenuate,
-};
+use attic_token::{Attenuation, CacheNamePattern, Permission, Token, TokenSpec, attenuate};
 use clap::{Parser, Subcommand};
 use server::setup::{self, OpenDatabase};
 
@@ -28,10 +26,16 @@ struct Options {
 enum Command {
     /// Print a new token granting permissions on cache-name patterns (`*` matches any run of characters).
     MakeToken(MakeToken),
-    /// Revoke a token, and every token attenuated from it.
+    /// Revoke a token, and every token attenuated from it; or, with
+    /// `--subject`, every token (biscuit or Attic JWT) with that subject.
     RevokeToken {
         /// The token.
-        token: String,
+        #[arg(required_unless_present = "subject", conflicts_with = "subject")]
+        token: Option<String>,
+        /// Revoke every token whose subject (`sub`) is this, past and
+        /// future, JWTs included, which cannot be revoked one by one.
+        #[arg(long)]
+        subject: Option<String>,
         /// Data directory of the embedded database [default: $XDG_DATA_HOME/attic].
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -136,7 +140,10 @@ async fn main() -> Result<()> {
     match options.command {
         Command::MakeToken(args) => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
-            let root = RootKey::parse(&loaded.config.token_root_key)?;
+            let keys = loaded.config.token_keys()?;
+            let root = keys
+                .biscuit_root_key()
+                .context("cannot make a biscuit token")?;
             let grants = args.grants();
             if grants.is_empty() {
                 anyhow::bail!(
@@ -148,21 +155,43 @@ async fn main() -> Result<()> {
                 expires_at: Some(SystemTime::now() + args.validity),
                 grants,
             };
-            println!("{}", spec.sign(&root)?.to_base64()?);
+            println!("{}", spec.sign(root)?.to_base64()?);
         }
-        Command::RevokeToken { token, data_dir } => {
+        Command::RevokeToken {
+            token,
+            subject,
+            data_dir,
+        } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
-            let root = RootKey::parse(&loaded.config.token_root_key)?;
-            let token = Token::parse(&token, &root.public())
-                .context("the token is not valid for this server")?;
+            // Parse the token before touching the database: a token of
+            // another server revokes nothing.
+            let token = match token {
+                Some(token) => {
+                    let keys = loaded.config.token_keys()?;
+                    let root = keys
+                        .biscuit_root_key()
+                        .context("cannot check a biscuit token")?;
+                    Some(
+                        Token::parse(&token, &root.public())
+                            .context("the token is not valid for this server (to revoke an Attic JWT, use --subject with its sub)")?,
+                    )
+                }
+                None => None,
+            };
             let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             let database =
                 setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
-            database.revoke(&[token.own_revocation_id()]).await?;
-            eprintln!(
-                "revoked {} (and every token attenuated from it)",
-                token.subject().unwrap_or_default()
-            );
+            if let Some(token) = token {
+                database.revoke(&[token.own_revocation_id()]).await?;
+                eprintln!(
+                    "revoked {} (and every token attenuated from it)",
+                    token.subject().unwrap_or_default()
+                );
+            }
+            if let Some(subject) = subject {
+                database.revoke_subject(&subject).await?;
+                eprintln!("revoked every token whose subject is {subject:?}");
+            }
         }
         Command::AttenuateToken {
             token,

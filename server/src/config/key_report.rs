@@ -121,6 +121,16 @@ fn meaning(key: &str, config: &ServerConfig) -> Option<String> {
             "Attic's spelling of `storage.credentials.secret-access-key`".to_owned()
         }
         "database.url" => "the database; checked below, shown without its password".to_owned(),
+        "jwt.signing.token-hs256-secret-base64"
+        | "jwt.signing.token-rs256-secret-base64"
+        | "jwt.signing.token-rs256-pubkey-base64" => {
+            "Attic's JWTs signed with this key are accepted beside biscuit tokens \
+             (see the token lines below)"
+                .to_owned()
+        }
+        "jwt.token-bound-issuer" => "a JWT must carry this `iss`".to_owned(),
+        "jwt.token-bound-audiences" => "a JWT's `aud` must hold one of these".to_owned(),
+        "jwt.blacklist.subjects" => "tokens of these subjects are refused".to_owned(),
         _ => return None,
     })
 }

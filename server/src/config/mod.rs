@@ -1,6 +1,7 @@
 //! `server.toml`: parsed strictly, validated before anything is opened.
 //!
-//! Every key is optional but `token-root-key`; the defaults are the embedded
+//! Every key is optional, but a token key is required: `token-root-key`, or
+//! Attic's `[jwt.signing]` (see [`jwt`]). The defaults are the embedded
 //! set-up (SQLite and local blobs under the data directory). An unknown key
 //! or a bad value is an error that names the key.
 //!
@@ -14,6 +15,7 @@ mod database;
 mod duration;
 mod gc;
 mod http;
+pub mod jwt;
 mod key_report;
 mod storage;
 mod tls;
@@ -32,6 +34,7 @@ pub use compression::{CompressionConfig, CompressionKind};
 pub use database::{DatabaseConfig, DatabaseKind};
 pub use gc::GcConfig;
 pub use http::{AddressRange, HttpConfig};
+pub use jwt::{JwtConfig, TokenKeys};
 pub use key_report::describe_keys;
 pub use storage::{S3Checksums, S3Credentials, S3StorageConfig, StorageConfig};
 pub use tls::TlsConfig;
@@ -136,8 +139,10 @@ pub struct ServerConfig {
     /// Host names the server answers to; empty allows any.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
-    /// The key that signs tokens: `ed25519-private/<hex>`.
-    pub token_root_key: String,
+    /// The key that signs biscuit tokens: `ed25519-private/<hex>`. Unset,
+    /// it is derived from the `[jwt.signing]` secret (see [`jwt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_root_key: Option<String>,
     /// Largest NAR accepted, in bytes. It is also all that bounds what a
     /// `nix copy` NAR may decode to (its narinfo, with `NarSize`, comes
     /// after it), so it is no larger than real store paths need.
@@ -167,6 +172,9 @@ pub struct ServerConfig {
     /// Serve HTTPS directly, for deployments without a proxy in front.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// Attic's JWTs, accepted beside biscuit tokens.
+    #[serde(default, skip_serializing_if = "JwtConfig::is_unset")]
+    pub jwt: JwtConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -216,6 +224,7 @@ impl ServerConfig {
         for (key, value) in table.iter_mut() {
             expand_variables(value, key, lookup)?;
         }
+        jwt::refuse_deprecated_keys(&table)?;
         let mut config = Self::deserialize(table).map_err(|e| parse_error(e.to_string()))?;
         if config.database.url.is_none() {
             config.database.url = lookup(DATABASE_URL_VARIABLE).filter(|url| !url.is_empty());
@@ -263,7 +272,7 @@ impl ServerConfig {
             require_proof_of_possession: default_require_proof_of_possession(),
             max_nar_info_size: default_max_nar_info_size(),
             allowed_hosts: Vec::new(),
-            token_root_key: RootKey::generate().to_config_string(),
+            token_root_key: Some(RootKey::generate().to_config_string()),
             max_nar_size: default_max_nar_size(),
             max_log_size: default_max_log_size(),
             database: DatabaseConfig::default(),
@@ -273,6 +282,7 @@ impl ServerConfig {
             http: HttpConfig::default(),
             garbage_collection: GcConfig::default(),
             tls: None,
+            jwt: JwtConfig::default(),
         }
     }
 
@@ -307,10 +317,7 @@ impl ServerConfig {
         // With several bad values, the first checked is the one reported:
         // the checks run in the order they always have, hence `[http]` in
         // two halves around `metrics-token`.
-        RootKey::parse(&self.token_root_key).map_err(|e| ConfigError::Invalid {
-            key: "token-root-key",
-            reason: e.to_string(),
-        })?;
+        self.token_keys()?;
         self.chunking.validate()?;
         self.http.validate_connection_caps()?;
         if self
@@ -363,6 +370,14 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+
+    /// The keys tokens are checked with: `token-root-key` and `[jwt]`, with
+    /// Attic's signing-key variables read from the environment.
+    pub fn token_keys(&self) -> Result<TokenKeys, ConfigError> {
+        self.jwt.resolve(self.token_root_key.as_deref(), &|name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// The database URL, defaulting to SQLite in `data_dir`.

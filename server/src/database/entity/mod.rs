@@ -10,6 +10,7 @@ pub mod nar;
 pub mod object;
 pub mod pack;
 pub mod reserved_cache_name;
+pub mod revoked_subject;
 pub mod revoked_token;
 pub mod staged_nar;
 
