@@ -312,7 +312,7 @@ pub(super) fn refuse_deprecated_keys(table: &toml::Table) -> Result<(), ConfigEr
     if table.contains_key("token-hs256-secret-base64") {
         return Err(ConfigError::Invalid {
             key: "token-hs256-secret-base64",
-            reason: "this key moved to the [jwt.signing] section (as in Attic since 2024): \
+            reason: "this key moved to the [jwt.signing] section: \
                      delete the top-level line and write, at the end of the file,\n\n\
                      [jwt.signing]\ntoken-hs256-secret-base64 = \"<the same value>\"\n"
                 .into(),
