@@ -14,7 +14,7 @@ use integration_tests::attic_store::{AtticStore, ChunkCompression as C, NarState
 use integration_tests::gc::{all_substitute, store_path};
 use integration_tests::nix;
 use integration_tests::server::TestServer;
-use integration_tests::upload::noise;
+use integration_tests::upload::{Api, nar_info_from_nix, noise};
 
 /// Base name of a full store path.
 fn base(path: &str) -> String {
@@ -286,6 +286,37 @@ async fn import_killed_midway_completes_when_run_again() {
 
     all_substitute(&server, "alpha", &s.alpha_key, &s.closure);
     s.attic.close().await;
+}
+
+/// Attic's client writes references (and the deriver) as base names in
+/// its upload preamble: `upload-path` takes them, stores full paths, and
+/// real Nix substitutes the closure with the signatures that makes.
+#[tokio::test]
+async fn upload_path_accepts_references_as_base_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000).paths;
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "attic-client", true).await;
+    for path in &closure {
+        let mut info = nar_info_from_nix("attic-client", path);
+        info.references = info.references.iter().map(|r| base(r)).collect();
+        info.deriver = info.deriver.as_deref().map(base);
+        api.upload_ok(token, &info, nix::dump(Path::new(path)))
+            .await;
+    }
+    let store = server.store().await;
+    let cache = store.cache("attic-client").await;
+    let stored = store.cache_paths(cache.id).await.expect("paths");
+    let top = stored
+        .iter()
+        .find(|p| p.info.store_path == closure[2])
+        .expect("top");
+    assert_eq!(top.info.references, nix::path_info(&closure[2]).references);
+    store.close().await;
+    let key = api.public_key(token, "attic-client").await;
+    all_substitute(&server, "attic-client", &key, &closure);
 }
 
 /// A config that is not Attic's is refused before anything is written.
