@@ -175,7 +175,7 @@ async fn imports_caches_paths_and_nars_and_reports_damage() {
         "damage makes the run fail: {report}"
     );
     assert!(
-        report.contains("caches: 2 imported; 1 soft-deleted"),
+        report.contains("caches: 2 imported, 0 refused; 1 soft-deleted"),
         "{report}"
     );
     assert!(report.contains("paths: 3 imported, 1 attached"), "{report}");
@@ -288,6 +288,69 @@ async fn import_killed_midway_completes_when_run_again() {
     s.attic.close().await;
 }
 
+/// A cache whose name is taken here by a cache with another key is
+/// refused whole (its paths would be signed by a key clients do not
+/// trust); a path whose row holds a reference that is no store path is
+/// refused alone. Both are reported; everything else is imported.
+#[tokio::test]
+async fn refuses_cache_with_another_key_and_path_with_bad_references() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = scenario(dir.path()).await;
+    let odd = store_path(&[("data", &noise(3_000, 74))]);
+    let nar = nix::dump(Path::new(&odd));
+    let (nar_id, _) = s
+        .attic
+        .add_nar(&nar, &[(0, C::Zstd)], NarState::Valid)
+        .await;
+    // `beta` is the second cache created, so its id is 2.
+    s.attic
+        .add_object(NewAtticObject {
+            cache_id: 2,
+            nar_id,
+            store_path: &odd,
+            references: vec!["not a store path".to_owned()],
+            deriver: None,
+            sigs: Vec::new(),
+            created_at: 1_700_001_000,
+            last_accessed_at: None,
+            created_by: None,
+        })
+        .await;
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "alpha", true).await;
+    let own_key = api.public_key(&server.root_token, "alpha").await;
+
+    let output = import(&server, &s.config, &[]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(report.contains("caches: 1 imported, 1 refused"), "{report}");
+    assert!(
+        report.contains(
+            "refused cache alpha: a cache named alpha exists here with another signing key"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("refused beta: {odd}: ")),
+        "{report}"
+    );
+    assert!(report.contains("references"), "{report}");
+    let store = server.store().await;
+    let alpha = store.cache("alpha").await;
+    assert_eq!(
+        alpha.signing_key.public_key().to_string(),
+        own_key,
+        "left as it was"
+    );
+    assert!(store.cache_paths(alpha.id).await.expect("paths").is_empty());
+    let beta = store.cache("beta").await;
+    let beta_paths = store.path_history(beta.id).await.expect("paths");
+    assert_eq!(beta_paths.len(), 1, "only middle: {beta_paths:?}");
+    store.close().await;
+    s.attic.close().await;
+}
+
 /// Attic's client writes references (and the deriver) as base names in
 /// its upload preamble: `upload-path` takes them, stores full paths, and
 /// real Nix substitutes the closure with the signatures that makes.
@@ -336,7 +399,8 @@ async fn refuses_config_without_storage_and_changes_nothing() {
 
 /// The import's speed on a larger store: the machine's shared libraries as
 /// store paths, chunked and zstd-compressed as Attic stores them. Prints
-/// MiB/s; a benchmark, so run on demand (`--run-ignored only`).
+/// MiB/s; a benchmark, so run on demand (`--run-ignored only`), best on
+/// the release profile.
 #[tokio::test]
 #[ignore = "benchmark: several hundred MiB"]
 async fn import_speed_on_shared_libraries() {
@@ -373,7 +437,15 @@ async fn import_speed_on_shared_libraries() {
     }
     let config = attic.write_config();
     let server = TestServer::start();
-    let output = import(&server, &config, &[]);
+    // `ATTIC_BENCH_JOBS` sets `--jobs` (default 2).
+    let jobs = std::env::var("ATTIC_BENCH_JOBS").unwrap_or_else(|_| "2".to_owned());
+    let output = server
+        .home()
+        .command("atticadm")
+        .args(["import-attic", "--jobs", &jobs, "--attic-config"])
+        .arg(&config)
+        .output()
+        .expect("run atticadm");
     let report = stdout(&output);
     assert!(output.status.success(), "{report}");
     eprintln!("{report}");

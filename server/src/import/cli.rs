@@ -47,8 +47,10 @@ pub async fn run(args: ImportAttic, config: ServerConfig) -> Result<bool> {
 /// Prints what a run did.
 fn print_report(report: &ImportReport) {
     println!(
-        "caches: {} imported; {} soft-deleted in Attic, not imported",
-        report.caches, report.deleted_caches
+        "caches: {} imported, {} refused; {} soft-deleted in Attic, not imported",
+        report.caches,
+        report.refused_caches.len(),
+        report.deleted_caches
     );
     println!(
         "paths: {} imported, {} attached to NARs held here already, {} held already (skipped), \
@@ -57,11 +59,7 @@ fn print_report(report: &ImportReport) {
         report.paths_attached,
         report.paths_skipped,
         report.paths_damaged(),
-        report
-            .refused
-            .iter()
-            .filter(|refusal| !refusal.what.starts_with("cache "))
-            .count()
+        report.refused_paths.len()
     );
     println!(
         "read {} of NARs in {:.1} s: {:.1} MiB/s",
@@ -81,7 +79,10 @@ fn print_report(report: &ImportReport) {
             println!("  not imported: {path}");
         }
     }
-    for refusal in &report.refused {
+    for refusal in &report.refused_caches {
+        println!("refused cache {}: {}", refusal.what, refusal.reason);
+    }
+    for refusal in &report.refused_paths {
         println!("refused {}: {}", refusal.what, refusal.reason);
     }
 }

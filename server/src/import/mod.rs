@@ -161,8 +161,11 @@ pub struct ImportReport {
     pub paths_skipped: u64,
     /// NARs that could not be imported, with their paths.
     pub damaged: Vec<DamagedNar>,
-    /// Caches and paths refused for what their rows hold.
-    pub refused: Vec<Refusal>,
+    /// Caches refused for what their rows hold, or for a cache of the
+    /// same name here with another key; none of their paths is imported.
+    pub refused_caches: Vec<Refusal>,
+    /// Paths refused for what their rows hold.
+    pub refused_paths: Vec<Refusal>,
     /// NARs stuck in `PendingUpload` in Attic's database.
     pub pending_nars: u64,
     /// NAR bytes read from Attic and stored.
@@ -189,7 +192,7 @@ impl ImportReport {
 
     /// Whether everything Attic serves was brought over.
     pub fn is_complete(&self) -> bool {
-        self.damaged.is_empty() && self.refused.is_empty()
+        self.damaged.is_empty() && self.refused_caches.is_empty() && self.refused_paths.is_empty()
     }
 }
 
@@ -273,8 +276,8 @@ impl Run<'_> {
                     self.report().caches += 1;
                     self.import_cache(&attic, &cache).await?;
                 }
-                Err(reason) => self.report().refused.push(Refusal {
-                    what: format!("cache {}", attic.name),
+                Err(reason) => self.report().refused_caches.push(Refusal {
+                    what: attic.name.clone(),
                     reason,
                 }),
             }
@@ -400,9 +403,10 @@ impl Run<'_> {
                 report.nar_bytes_read += nar_bytes;
             }
             Outcome::Attached => self.report().paths_attached += 1,
-            Outcome::Refused { reason } => {
-                self.report().refused.push(Refusal { what: path, reason })
-            }
+            Outcome::Refused { reason } => self
+                .report()
+                .refused_paths
+                .push(Refusal { what: path, reason }),
             Outcome::Damaged { reason } => {
                 let mut damaged = self
                     .damaged
