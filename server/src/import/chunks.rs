@@ -36,6 +36,12 @@ use crate::compressed::XZ_MEMORY_LIMIT;
 /// Chunk rows fetched per query.
 const CHUNK_PAGE: u64 = 512;
 
+/// Bytes read from a chunk file, and handed on decoded, at a time: a
+/// typical chunk in one or two pieces rather than sixteen (the default),
+/// so the per-piece work downstream (hashing, parsing, chunking) is paid
+/// rarely.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Chunk files opened ahead of the one being read: hides an S3 round
 /// trip per chunk, at the cost of a few open responses.
 const READ_AHEAD: usize = 8;
@@ -250,7 +256,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Unavailable<R> {
 /// The decoder for a chunk file. Errors of the file itself pass through
 /// as they are; the decoder's own (corrupt data, early end) are damage.
 fn decoder(raw: RawChunk, compression: ChunkCompression) -> RawChunk {
-    let source = BufReader::new(raw);
+    let source = BufReader::with_capacity(READ_BUFFER, raw);
     match compression {
         ChunkCompression::None => Box::new(source),
         ChunkCompression::Zstd => Box::new(ZstdDecoder::new(source)),
@@ -386,7 +392,10 @@ pub fn nar_reader(
                     }
                     Some(chunk) => chunk,
                 };
-                files.open_chunk(chunk).await.map(ReaderStream::new)
+                files
+                    .open_chunk(chunk)
+                    .await
+                    .map(|chunk| ReaderStream::with_capacity(chunk, READ_BUFFER))
             }
         })
         .try_buffered(READ_AHEAD)
