@@ -4,6 +4,7 @@
 //! Every helper fails loudly when a tool is missing, so a green run means
 //! the tests really ran against Nix and the real server.
 
+pub mod attic_store;
 pub mod backend;
 pub mod bombs;
 pub mod client;

@@ -4,7 +4,8 @@
 //! write metadata through [`database`] and blobs through [`storage`]. Uploads
 //! are verified and chunked by [`ingest`] into [`pack`]s; NARs are served by
 //! [`nar_stream`]; [`scrub`] checks every stored byte for `atticadm verify`.
-//! [`setup`] turns a configuration into a running server.
+//! [`setup`] turns a configuration into a running server; [`import`]
+//! brings an Attic server's caches over (`atticadm import-attic`).
 
 pub mod access;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod gc;
+pub mod import;
 pub mod ingest;
 mod key_path;
 pub mod linger;

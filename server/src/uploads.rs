@@ -5,6 +5,7 @@
 //! the path, and counting the upload.
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
+use attic::store_path::{StoreDir, StorePath, StorePathError};
 
 use crate::database::{Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo, StagedNar};
 use crate::error::{ServerError, ServerResult};
@@ -117,16 +118,18 @@ pub fn new_object(
     if store_path.hash() != &info.store_path_hash {
         return Err(bad("store_path_hash does not match store_path".into()));
     }
-    for reference in &info.references {
-        store_dir
-            .parse_path(reference)
-            .map_err(|e| bad(format!("references: {e}")))?;
-    }
-    if let Some(deriver) = &info.deriver {
-        store_dir
-            .parse_path(deriver)
-            .map_err(|e| bad(format!("deriver: {e}")))?;
-    }
+    let references = info
+        .references
+        .iter()
+        .map(|reference| full_path(store_dir, reference))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("references: {e}")))?;
+    let deriver = info
+        .deriver
+        .as_deref()
+        .map(|deriver| full_path(store_dir, deriver))
+        .transpose()
+        .map_err(|e| bad(format!("deriver: {e}")))?;
     let single_line = |field: &str, value: &str| {
         if value.is_empty() || value.chars().any(char::is_control) {
             Err(bad(format!(
@@ -150,12 +153,54 @@ pub fn new_object(
         info: PathInfo {
             store_path_hash: info.store_path_hash.clone(),
             store_path: info.store_path.clone(),
-            references: info.references.clone(),
+            references,
             system: info.system.clone(),
-            deriver: info.deriver.clone(),
+            deriver,
             sigs: info.sigs.clone(),
             ca: info.ca.clone(),
         },
         created_by,
+        timestamps: None,
     })
+}
+
+/// A store path as the full path our records hold, from either form an
+/// uploader may send: the full path, or the base name `<hash>-<name>`
+/// (Attic's client writes references that way in its upload preamble).
+fn full_path(store_dir: &StoreDir, path: &str) -> Result<String, StorePathError> {
+    if path.starts_with('/') {
+        store_dir.parse_path(path)?;
+        Ok(path.to_owned())
+    } else {
+        Ok(store_dir.display(&StorePath::from_base_name(path)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "0c6kzph7l0dcbfmjap64f0czdafn3b7x-hello-2.12";
+
+    #[test]
+    fn reference_as_base_name_becomes_full_path() {
+        let store_dir = StoreDir::default();
+        let full = full_path(&store_dir, BASE).expect("a base name");
+        assert_eq!(full, format!("/nix/store/{BASE}"));
+    }
+
+    #[test]
+    fn reference_as_full_path_is_kept() {
+        let store_dir = StoreDir::default();
+        let path = format!("/nix/store/{BASE}");
+        assert_eq!(full_path(&store_dir, &path).expect("a full path"), path);
+    }
+
+    #[test]
+    fn rejects_reference_outside_the_store_or_malformed() {
+        let store_dir = StoreDir::default();
+        assert!(full_path(&store_dir, &format!("/gnu/store/{BASE}")).is_err());
+        assert!(full_path(&store_dir, "not-a-store-path").is_err());
+        assert!(full_path(&store_dir, &format!("{BASE}/bin")).is_err());
+    }
 }

@@ -78,6 +78,13 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Bring an Attic server's caches (with their signing keys and
+    /// settings), paths (with their metadata and times) and NAR bytes into
+    /// this server, verifying every NAR against its hash. Only reads
+    /// Attic's database and storage, so Attic may keep serving; run it
+    /// again to resume or to catch up. Damaged NARs are skipped and
+    /// reported; exits non-zero if any path was not brought over.
+    ImportAttic(server::import::cli::ImportAttic),
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +217,12 @@ async fn main() -> Result<()> {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
             let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             collect_garbage(&loaded.config, &data_dir).await?;
+        }
+        Command::ImportAttic(args) => {
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
+            if !server::import::cli::run(args, loaded.config).await? {
+                std::process::exit(1);
+            }
         }
         Command::Verify { cache, data_dir } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;

@@ -20,6 +20,20 @@ pub struct NewObject {
     pub info: PathInfo,
     /// Subject of the token that uploaded it.
     pub created_by: Option<String>,
+    /// When the path was created and last read, for a path brought over
+    /// from another server (`atticadm import-attic`); `None` for a new
+    /// upload: created now, never read.
+    pub timestamps: Option<PathTimestamps>,
+}
+
+/// A path's creation and last-read times, in Unix seconds, kept when it
+/// moves from another server so that retention treats it as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathTimestamps {
+    /// When it was first pushed.
+    pub created_at: i64,
+    /// When it was last read, if ever.
+    pub last_accessed_at: Option<i64>,
 }
 
 /// Makes NAR `nar_id` the path `new` of its cache, replacing what the path
@@ -33,6 +47,10 @@ pub(super) async fn attach_object(
     let when = now();
     stamp_nar(txn, nar_id, when).await?;
     let info = new.info;
+    let (created_at, last_accessed_at) = match new.timestamps {
+        Some(times) => (times.created_at, times.last_accessed_at),
+        None => (when, None),
+    };
     let row = object::ActiveModel {
         cache_id: Set(new.cache_id.get()),
         nar_id: Set(nar_id.get()),
@@ -43,8 +61,8 @@ pub(super) async fn attach_object(
         deriver: Set(info.deriver),
         sigs: Set(Json(info.sigs).encode()),
         ca: Set(info.ca),
-        created_at: Set(when),
-        last_accessed_at: Set(None),
+        created_at: Set(created_at),
+        last_accessed_at: Set(last_accessed_at),
         created_by: Set(new.created_by),
         ..Default::default()
     };

@@ -20,6 +20,19 @@ use super::unheld::{chunk_is_unreferenced, nar_is_unheld, pack_holds_no_chunk};
 use super::{Database, DatabaseError};
 use crate::pack::{BlobState, PackId, StoredChecksum, StoredChunkId};
 
+/// A path's history: when it came, when it was last read, who pushed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathHistory {
+    /// The full store path.
+    pub store_path: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last read recorded, if any.
+    pub last_accessed_at: Option<i64>,
+    /// Subject of the token that pushed it.
+    pub created_by: Option<String>,
+}
+
 /// How many rows each table holds, whatever their state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RowCounts {
@@ -196,6 +209,25 @@ impl Database {
             .into_iter()
             .map(StoredPath::try_from)
             .collect()
+    }
+
+    /// When each of a cache's paths was created and last read, and by
+    /// whom it was pushed, by store path: to check that an import kept
+    /// what the old server knew.
+    pub async fn path_history(&self, cache_id: CacheId) -> Result<Vec<PathHistory>, DatabaseError> {
+        Ok(object::Entity::find()
+            .filter(object::Column::CacheId.eq(cache_id))
+            .order_by_asc(object::Column::StorePath)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(|row| PathHistory {
+                store_path: row.store_path,
+                created_at: row.created_at,
+                last_accessed_at: row.last_accessed_at,
+                created_by: row.created_by,
+            })
+            .collect())
     }
 
     /// A cache's build logs, by derivation, with how many of their bytes

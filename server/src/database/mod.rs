@@ -30,7 +30,7 @@ mod unheld;
 mod upload_rows;
 mod uploads;
 
-pub use attach::NewObject;
+pub use attach::{NewObject, PathTimestamps};
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
 pub use gc::{

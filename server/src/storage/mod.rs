@@ -24,6 +24,7 @@ pub use local::LocalStorage;
 pub use memory::MemoryStorage;
 pub use metered::{MeteredStorage, StorageCounters};
 pub use s3::S3Storage;
+pub(crate) use s3::client as s3_client;
 
 /// A stream of a blob's bytes.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;

@@ -52,43 +52,12 @@ impl S3Storage {
     /// A client for the configured bucket. Makes no request: a wrong
     /// bucket or credentials show on first use.
     pub async fn open(config: &S3StorageConfig) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()));
-        if let Some(credentials) = &config.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                credentials.access_key_id.clone(),
-                credentials.secret_access_key.clone(),
-                None,
-                None,
-                "atticd-config",
-            ));
-        }
-        let shared = loader.load().await;
-        let (request_checksums, response_checksums) = match config.checksum_mode() {
-            S3Checksums::WhenRequired => (
-                RequestChecksumCalculation::WhenRequired,
-                ResponseChecksumValidation::WhenRequired,
-            ),
-            S3Checksums::WhenSupported => (
-                RequestChecksumCalculation::WhenSupported,
-                ResponseChecksumValidation::WhenSupported,
-            ),
-        };
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(config.path_style())
-            .request_checksum_calculation(request_checksums)
-            .response_checksum_validation(response_checksums)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
-            .timeout_config(timeouts(config.connect_timeout, config.read_timeout));
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
         let prefix = match config.key_prefix() {
             "" => String::new(),
             prefix => format!("{prefix}/"),
         };
         Self {
-            client: Client::from_conf(builder.build()),
+            client: client(config).await,
             bucket: config.bucket.clone(),
             prefix,
             list_page_size: None,
@@ -108,6 +77,44 @@ impl S3Storage {
     fn object_key(&self, key: &StorageKey) -> String {
         format!("{}{}", self.prefix, key.as_str())
     }
+}
+
+/// An S3 client as `config` describes it (region, credentials, endpoint,
+/// path style, checksums, retries, timeouts). Makes no request. Shared by
+/// [`S3Storage`] and `atticadm import-attic`, which reads Attic's bucket.
+pub(crate) async fn client(config: &S3StorageConfig) -> Client {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone()));
+    if let Some(credentials) = &config.credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            credentials.access_key_id.clone(),
+            credentials.secret_access_key.clone(),
+            None,
+            None,
+            "atticd-config",
+        ));
+    }
+    let shared = loader.load().await;
+    let (request_checksums, response_checksums) = match config.checksum_mode() {
+        S3Checksums::WhenRequired => (
+            RequestChecksumCalculation::WhenRequired,
+            ResponseChecksumValidation::WhenRequired,
+        ),
+        S3Checksums::WhenSupported => (
+            RequestChecksumCalculation::WhenSupported,
+            ResponseChecksumValidation::WhenSupported,
+        ),
+    };
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(config.path_style())
+        .request_checksum_calculation(request_checksums)
+        .response_checksum_validation(response_checksums)
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+        .timeout_config(timeouts(config.connect_timeout, config.read_timeout));
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Client::from_conf(builder.build())
 }
 
 #[async_trait]
