@@ -43,9 +43,9 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// A fresh token root key, as `%token_root_key%`.
-fn token_root_key() -> String {
-    server::config::ServerConfig::generate().token_root_key
+/// A fresh HS256 secret, base64, as `%hs256_secret%`.
+fn hs256_secret() -> String {
+    base64::engine::general_purpose::STANDARD.encode(integration_tests::nix::nonce())
 }
 
 /// Attic's template with its placeholders filled for this run's backend:
@@ -61,7 +61,7 @@ fn attic_template(home: &Path, services: Option<&Services>) -> String {
     let text = template
         .replace("%database_url%", &database_url)
         .replace("%storage_path%", &home.join("blobs").display().to_string())
-        .replace("%token_root_key%", &token_root_key());
+        .replace("%hs256_secret%", &hs256_secret());
     match services {
         None => text,
         Some(services) => {
@@ -376,8 +376,8 @@ async fn the_config_and_database_url_come_from_attics_environment_variables() {
         ),
     };
     let config = format!(
-        "token-root-key = \"{}\"\nsoft-delete-caches = true\n{storage}",
-        token_root_key()
+        "soft-delete-caches = true\n{storage}[jwt.signing]\ntoken-hs256-secret-base64 = \"{}\"\n",
+        hs256_secret()
     );
     let encoded = base64::engine::general_purpose::STANDARD.encode(&config);
     // No config file in this home: the variables are all there is.
