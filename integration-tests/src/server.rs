@@ -299,15 +299,7 @@ impl TestServer {
     /// Starts `atticd --mode api-server` in `home`, whose config the
     /// test wrote: a replica, which prints no root token.
     pub fn start_replica(home: TestHome) -> Self {
-        let spawned = spawn(&home, "127.0.0.1:0", &["--mode", "api-server"]);
-        Self {
-            child: spawned.child,
-            url: spawned.url,
-            metrics_url: spawned.metrics_url.expect("a metrics listener"),
-            root_token: String::new(),
-            home,
-            services: None,
-        }
+        Self::start_on_written_config(home, &["--mode", "api-server"])
     }
 
     /// Starts `atticd` in `home` with `args` on a config the test wrote

@@ -266,6 +266,20 @@ pub fn nar_info_from_nix(cache: &str, path: &str) -> UploadPathNarInfo {
     }
 }
 
+/// The NAR of a directory holding one regular file, `data`, with
+/// `contents`: the smallest NAR whose size a test chooses.
+pub fn nar_of_file(contents: Vec<u8>) -> Vec<u8> {
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert(
+        b"data".to_vec(),
+        attic::nar::NarNode::Regular {
+            executable: false,
+            contents,
+        },
+    );
+    attic::nar::NarNode::Directory(entries).to_nar()
+}
+
 /// The hash part of a full store path.
 pub fn path_hash(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]

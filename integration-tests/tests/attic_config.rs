@@ -6,42 +6,21 @@
 //! brotli, `--mode garbage-collector-once`, and the environment variables
 //! `ATTIC_SERVER_CONFIG_BASE64` and `ATTIC_SERVER_DATABASE_URL`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use attic::api::v1::upload_path::NAR_INFO_PREAMBLE_SIZE_HEADER;
-use attic::nar::NarNode;
 use base64::Engine;
 use integration_tests::backend::{Backend, Services, fresh_postgres_database};
-use integration_tests::client::TestClient;
+use integration_tests::client::{TestClient, text};
 use integration_tests::gc::{NO_GRACE, store_path, substitutes};
 use integration_tests::server::{TestHome, TestServer};
-use integration_tests::upload::{Api, fake_store_path, nar_info_for, noise, path_hash};
+use integration_tests::upload::{
+    Api, fake_store_path, nar_info_for, nar_of_file, noise, path_hash,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use server::pack::StoredCompression;
-
-fn nar_of_file(contents: Vec<u8>) -> Vec<u8> {
-    let mut entries = BTreeMap::new();
-    entries.insert(
-        b"data".to_vec(),
-        NarNode::Regular {
-            executable: false,
-            contents,
-        },
-    );
-    NarNode::Directory(entries).to_nar()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A fresh HS256 secret, base64, as `%hs256_secret%`.
 fn hs256_secret() -> String {

@@ -10,22 +10,10 @@ use attic::nar::NarNode;
 use integration_tests::nix::nonce;
 use integration_tests::server::TestServer;
 use integration_tests::upload::{
-    Api, fake_store_path, nar_info_for, noise, path_hash, send_half_an_upload,
+    Api, fake_store_path, nar_info_for, nar_of_file, noise, path_hash, send_half_an_upload,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-
-fn nar_of_file(contents: Vec<u8>) -> Vec<u8> {
-    let mut entries = BTreeMap::new();
-    entries.insert(
-        b"data".to_vec(),
-        NarNode::Regular {
-            executable: false,
-            contents,
-        },
-    );
-    NarNode::Directory(entries).to_nar()
-}
 
 async fn setup() -> (TestServer, Api, String) {
     let server = TestServer::start();
