@@ -99,6 +99,14 @@ pub enum ServerError {
         "the server's storage is full, so nothing was stored; ask its administrator to free space"
     )]
     StorageFull(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An upload that waits for `100 Continue` was not asked for its body
+    /// in time (see [`crate::expect_continue`]): nothing was sent or changed.
+    #[error(
+        "the server could not take this upload within {}: its database is slow or unreachable; \
+         nothing was changed, try again shortly",
+        humantime::format_duration(*.0)
+    )]
+    NotReadyForBody(std::time::Duration),
     /// The database is out of connections, unreachable, or gave up a
     /// transaction to a conflicting one: nothing was changed, and the
     /// same request will likely succeed shortly.
@@ -167,6 +175,7 @@ impl ServerError {
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "DatabaseUnavailable")
             }
+            Self::NotReadyForBody(_) => (StatusCode::SERVICE_UNAVAILABLE, "NotReadyForBody"),
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             Self::Database(_)
             | Self::Storage(_)
@@ -222,7 +231,10 @@ impl IntoResponse for ServerError {
         // These 5xx say what to do and leak nothing.
         let says_why = matches!(
             self,
-            Self::StorageFull(_) | Self::StorageUnavailable(_) | Self::DatabaseUnavailable(_)
+            Self::StorageFull(_)
+                | Self::StorageUnavailable(_)
+                | Self::DatabaseUnavailable(_)
+                | Self::NotReadyForBody(_)
         );
         let message = if status.is_server_error() && !says_why {
             "the server failed to handle the request; the error is in its log".to_owned()

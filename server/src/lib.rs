@@ -14,6 +14,7 @@ pub mod compressed;
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod expect_continue;
 pub mod gc;
 pub mod import;
 pub mod ingest;

@@ -12,8 +12,10 @@ use attic::store_path::StorePathHash;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -25,27 +27,35 @@ use super::cache_name;
 use crate::access::Caller;
 use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath};
 use crate::error::{ServerError, ServerResult};
+use crate::expect_continue::refuse_before_the_body;
 use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
 use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 
-/// The binary cache routes.
+/// The binary cache routes. Every upload handler changes nothing before it
+/// reads its body, so one slow to get there is dropped and the upload
+/// refused while its client still waits to send
+/// ([`crate::expect_continue`]).
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route(
             "/{cache}/nix-cache-info",
-            get(nix_cache_info).put(nix_upload::put_cache_info),
+            get(nix_cache_info)
+                .put(nix_upload::put_cache_info.layer(from_fn(refuse_before_the_body))),
         )
-        .route("/{cache}/nar/{file}", get(get_nar).put(nix_upload::put_nar))
+        .route(
+            "/{cache}/nar/{file}",
+            get(get_nar).put(nix_upload::put_nar.layer(from_fn(refuse_before_the_body))),
+        )
         .route(
             "/{cache}/log/{drv}",
-            get(build_log::get_log).put(build_log::put_log),
+            get(build_log::get_log).put(build_log::put_log.layer(from_fn(refuse_before_the_body))),
         )
         .route(
             "/{cache}/{file}",
-            get(get_narinfo).put(nix_upload::put_narinfo),
+            get(get_narinfo).put(nix_upload::put_narinfo.layer(from_fn(refuse_before_the_body))),
         )
 }
 
