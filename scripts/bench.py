@@ -727,6 +727,45 @@ class Bench:
             self.row(f"ingest {s['step']}, new paths only ({s['new_nar_bytes'] / 1e6:.0f} MB NAR)",
                      s["mbps"], s["reference_mbps"], "MB/s")
 
+    # 6. Import from Attic
+    def import_attic(self):
+        log("workload 6: atticadm import-attic of v1 from an Attic store (vs nix copy --to file://)")
+        nar = sum(p["narSize"] for p in self.v1.values())
+        fixture_env = dict(os.environ, TMPDIR=str(self.work))
+        fixture_env.pop("ATTIC_TEST_BACKEND", None)
+        config = subprocess.run([str(Path(self.a.bin) / "attic-store"), *sorted(self.v1)],
+                                env=fixture_env, check=True, capture_output=True,
+                                text=True).stdout.strip()
+        # A server of its own, so that every imported byte is stored anew.
+        home = self.work / "import-home"
+        env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
+                   XDG_DATA_HOME=str(home / "data"), XDG_STATE_HOME=str(home / "state"),
+                   XDG_CACHE_HOME=str(home / "cache"))
+        home.mkdir()
+        out = home / "atticd.out"
+        with open(out, "w") as f, open(self.logs / "import-atticd.err", "w") as err:
+            atticd = subprocess.Popen([str(Path(self.a.bin) / "atticd"), "--listen", "127.0.0.1:0"],
+                                      stdout=f, stderr=err, env=env)
+        try:
+            for _ in range(100):
+                if "listening on" in out.read_text():
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the import's atticd did not start")
+            wall, cpu, _ = timed([str(Path(self.a.bin) / "atticadm"), "import-attic",
+                                  "--attic-config", config], self.logs / "import-attic.log", env=env)
+        finally:
+            atticd.terminate()
+            atticd.wait()
+        mbps = nar / wall / 1e6
+        ref_mbps = self.results["ingest"]["reference_mbps"]
+        self.results["import_attic"] = dict(
+            paths=len(self.v1), nar_bytes=nar, wall_s=wall, cpu_s=cpu, mbps=mbps,
+            mib_per_s=nar / wall / (1 << 20), reference_mbps=ref_mbps)
+        self.row(f"import from Attic, v1 ({nar / 1e6:.0f} MB NAR; goal 100 MiB/s = 105 MB/s)",
+                 mbps, ref_mbps, "MB/s")
+
     def other_work_cores(self, seconds):
         """Cores' worth of CPU time used over a short sample by everything on
         the machine but us (this process, its children, atticd, nginx)."""
@@ -747,7 +786,8 @@ class Bench:
         failed = []
         for name, workload in (("ingest", self.ingest), ("substitution", self.substitution),
                                ("narinfo", self.narinfo), ("NAR", self.nar),
-                               ("memory", self.memory), ("dedup", self.dedup)):
+                               ("memory", self.memory), ("dedup", self.dedup),
+                               ("import", self.import_attic)):
             try:
                 workload()
             except Exception as e:  # noqa: BLE001 - reported, and the run exits non-zero

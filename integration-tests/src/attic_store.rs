@@ -20,6 +20,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use tokio::io::AsyncReadExt;
 
 use crate::backend::{Backend, fresh_postgres_database};
+use crate::nix;
 use crate::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 /// How a chunk file is compressed, by Attic's name for it.
@@ -501,10 +502,55 @@ impl AtticStore {
         .await
     }
 
+    /// An object for `path` of the local Nix store, with Attic's
+    /// encodings: references and deriver as base names.
+    pub async fn add_path_object(&self, cache_id: i64, nar_id: i64, path: &str) -> i64 {
+        let info = nix::path_info(path);
+        self.add_object(NewAtticObject {
+            cache_id,
+            nar_id,
+            store_path: path,
+            references: info.references.iter().map(|r| base_name(r)).collect(),
+            deriver: info.deriver.as_deref().map(base_name),
+            sigs: Vec::new(),
+            created_at: 1_700_001_000,
+            last_accessed_at: Some(1_700_002_000),
+            created_by: Some("ci"),
+        })
+        .await
+    }
+
+    /// Adds `path` of the local Nix store to Attic cache `cache_id`, its
+    /// NAR cut as `pieces` say; returns the NAR's id and chunk files.
+    pub async fn add_path(
+        &self,
+        cache_id: i64,
+        path: &str,
+        pieces: &[(usize, ChunkCompression)],
+        state: NarState,
+    ) -> (i64, Vec<ChunkFile>) {
+        let nar = nix::dump(Path::new(path));
+        let (nar_id, files) = self.add_nar(&nar, pieces, state).await;
+        self.add_path_object(cache_id, nar_id, path).await;
+        (nar_id, files)
+    }
+
     /// Closes the fixture's own connections.
     pub async fn close(&self) {
         let _ = self.conn.close_by_ref().await;
     }
+
+    /// Closes the fixture and keeps its directory (database, chunks,
+    /// `server.toml`) past this process, for a benchmark to read; returns it.
+    pub async fn keep(self) -> PathBuf {
+        self.close().await;
+        self.dir.keep()
+    }
+}
+
+/// The base name of a full store path, as Attic's client sends references.
+pub fn base_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
 /// Attic's local layout: `<dir>/<c>/<cc>/<name>`.

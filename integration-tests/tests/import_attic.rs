@@ -10,50 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use integration_tests::attic_store::{AtticStore, ChunkCompression as C, NarState, NewAtticObject};
+use integration_tests::attic_store::{
+    AtticStore, ChunkCompression as C, NarState, NewAtticObject, base_name,
+};
 use integration_tests::gc::{all_substitute, store_path};
 use integration_tests::nix;
 use integration_tests::server::TestServer;
 use integration_tests::upload::{Api, nar_info_from_nix, noise};
-
-/// Base name of a full store path.
-fn base(path: &str) -> String {
-    path.strip_prefix("/nix/store/")
-        .expect("a store path")
-        .to_owned()
-}
-
-/// Adds `path` (its NAR cut as `pieces` say) to Attic cache `cache_id`,
-/// with Attic's encodings: references and deriver as base names.
-async fn add_path(
-    attic: &AtticStore,
-    cache_id: i64,
-    path: &str,
-    pieces: &[(usize, C)],
-    state: NarState,
-) -> (i64, Vec<integration_tests::attic_store::ChunkFile>) {
-    let nar = nix::dump(Path::new(path));
-    let (nar_id, files) = attic.add_nar(&nar, pieces, state).await;
-    add_object(attic, cache_id, nar_id, path).await;
-    (nar_id, files)
-}
-
-async fn add_object(attic: &AtticStore, cache_id: i64, nar_id: i64, path: &str) {
-    let info = nix::path_info(path);
-    attic
-        .add_object(NewAtticObject {
-            cache_id,
-            nar_id,
-            store_path: path,
-            references: info.references.iter().map(|r| base(r)).collect(),
-            deriver: info.deriver.as_deref().map(base),
-            sigs: Vec::new(),
-            created_at: 1_700_001_000,
-            last_accessed_at: Some(1_700_002_000),
-            created_by: Some("ci"),
-        })
-        .await;
-}
 
 /// An Attic store with two public caches and a soft-deleted one.
 struct Scenario {
@@ -89,44 +52,45 @@ async fn scenario(dir: &Path) -> Scenario {
     let closure = nix::build_closure(dir, 400_000).paths;
     let (leaf, middle, top) = (&closure[0], &closure[1], &closure[2]);
     // The leaf cut in four, one chunk per compression; the others whole.
-    add_path(
-        &attic,
-        alpha,
-        leaf,
-        &[
-            (100_000, C::None),
-            (100_000, C::Zstd),
-            (100_000, C::Xz),
-            (0, C::Brotli),
-        ],
-        NarState::Valid,
-    )
-    .await;
-    let (middle_nar, _) = add_path(&attic, alpha, middle, &[(0, C::Zstd)], NarState::Valid).await;
-    add_object(&attic, beta, middle_nar, middle).await;
-    add_path(&attic, alpha, top, &[(0, C::Xz)], NarState::Valid).await;
+    attic
+        .add_path(
+            alpha,
+            leaf,
+            &[
+                (100_000, C::None),
+                (100_000, C::Zstd),
+                (100_000, C::Xz),
+                (0, C::Brotli),
+            ],
+            NarState::Valid,
+        )
+        .await;
+    let (middle_nar, _) = attic
+        .add_path(alpha, middle, &[(0, C::Zstd)], NarState::Valid)
+        .await;
+    attic.add_path_object(beta, middle_nar, middle).await;
+    attic
+        .add_path(alpha, top, &[(0, C::Xz)], NarState::Valid)
+        .await;
 
     let damaged = store_path(&[("data", &noise(200_000, 71))]);
-    let (_, files) = add_path(
-        &attic,
-        alpha,
-        &damaged,
-        &[(70_000, C::Zstd), (70_000, C::None), (0, C::Zstd)],
-        NarState::Valid,
-    )
-    .await;
+    let (_, files) = attic
+        .add_path(
+            alpha,
+            &damaged,
+            &[(70_000, C::Zstd), (70_000, C::None), (0, C::Zstd)],
+            NarState::Valid,
+        )
+        .await;
     attic.corrupt_chunk(&files[0]);
     let pending = store_path(&[("data", &noise(5_000, 72))]);
-    add_path(
-        &attic,
-        alpha,
-        &pending,
-        &[(0, C::Zstd)],
-        NarState::PendingUpload,
-    )
-    .await;
+    attic
+        .add_path(alpha, &pending, &[(0, C::Zstd)], NarState::PendingUpload)
+        .await;
     let deleted = store_path(&[("data", &noise(5_000, 73))]);
-    add_path(&attic, gone, &deleted, &[(0, C::Brotli)], NarState::Valid).await;
+    attic
+        .add_path(gone, &deleted, &[(0, C::Brotli)], NarState::Valid)
+        .await;
 
     let config = attic.write_config();
     Scenario {
@@ -364,8 +328,8 @@ async fn upload_path_accepts_references_as_base_names() {
     api.create_cache(token, "attic-client", true).await;
     for path in &closure {
         let mut info = nar_info_from_nix("attic-client", path);
-        info.references = info.references.iter().map(|r| base(r)).collect();
-        info.deriver = info.deriver.as_deref().map(base);
+        info.references = info.references.iter().map(|r| base_name(r)).collect();
+        info.deriver = info.deriver.as_deref().map(base_name);
         api.upload_ok(token, &info, nix::dump(Path::new(path)))
             .await;
     }
@@ -432,7 +396,7 @@ async fn import_speed_on_shared_libraries() {
             .map(|_| (64 << 10, C::Zstd))
             .collect();
         let (nar_id, _) = attic.add_nar(&nar, &pieces, NarState::Valid).await;
-        add_object(&attic, cache, nar_id, &path).await;
+        attic.add_path_object(cache, nar_id, &path).await;
         total += nar.len();
     }
     let config = attic.write_config();
