@@ -14,5 +14,6 @@ pub mod hash;
 pub mod nar;
 pub mod narinfo;
 pub mod nix_base32;
+pub mod pin;
 pub mod signing;
 pub mod store_path;

@@ -209,7 +209,90 @@ impl Database {
             .filter(staged_nar::Column::CacheId.eq(cache_id))
             .exec(&txn)
             .await?;
+        // Its pins protect nothing any more.
+        super::pins::drop_pins(&txn, cache_id).await?;
         txn.commit().await?;
         Ok(())
+    }
+}
+
+/// What a cache holds, for the cache listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// How many paths.
+    pub paths: u64,
+    /// Stored bytes of their NARs (a NAR two caches hold counts in each).
+    pub stored_bytes: u64,
+    /// What its quota counts: those bytes, its build logs and its staged
+    /// `nix copy` uploads.
+    pub quota_used_bytes: u64,
+    /// When a path it holds was last pushed (Unix seconds).
+    pub last_push: Option<i64>,
+}
+
+impl Database {
+    /// What each of these caches holds. Only the caches asked about are
+    /// read, so a caller's listing costs nothing for caches it may not see.
+    pub async fn cache_stats(
+        &self,
+        cache_ids: &[CacheId],
+    ) -> Result<Vec<(CacheId, CacheStats)>, DatabaseError> {
+        use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+        use sea_orm::{FromQueryResult, JoinType, QuerySelect, RelationTrait};
+
+        use super::entity::{nar, object};
+        #[derive(FromQueryResult)]
+        struct Row {
+            cache_id: i64,
+            paths: i64,
+            bytes: Option<i64>,
+            last_push: Option<i64>,
+        }
+        let mut found = std::collections::HashMap::new();
+        for batch in cache_ids.chunks(super::BATCH) {
+            let rows = object::Entity::find()
+                .select_only()
+                .column(object::Column::CacheId)
+                .join(JoinType::InnerJoin, object::Relation::Nar.def())
+                .expr_as(
+                    Expr::col((object::Entity, object::Column::Id))
+                        .count()
+                        .cast_as(Alias::new("BIGINT")),
+                    "paths",
+                )
+                .expr_as(
+                    Expr::col((nar::Entity, nar::Column::FileSize))
+                        .sum()
+                        .cast_as(Alias::new("BIGINT")),
+                    "bytes",
+                )
+                .expr_as(
+                    Expr::col((object::Entity, object::Column::CreatedAt)).max(),
+                    "last_push",
+                )
+                .filter(object::Column::CacheId.is_in(batch.iter().copied()))
+                .group_by(object::Column::CacheId)
+                .into_model::<Row>()
+                .all(&self.conn)
+                .await?;
+            for row in rows {
+                found.insert(row.cache_id, row);
+            }
+        }
+        let mut stats = Vec::with_capacity(cache_ids.len());
+        for &id in cache_ids {
+            let row = found.remove(&id.get());
+            let count = |value: i64| u64::try_from(value).unwrap_or(0);
+            stats.push((
+                id,
+                CacheStats {
+                    paths: row.as_ref().map_or(0, |r| count(r.paths)),
+                    stored_bytes: row.as_ref().and_then(|r| r.bytes).map_or(0, count),
+                    quota_used_bytes: count(self.cache_usage(id).await?),
+                    last_push: row.and_then(|r| r.last_push),
+                },
+            ));
+        }
+        Ok(stats)
     }
 }

@@ -59,3 +59,8 @@ bind_as_number!(
     PackId,
     StoredChunkId
 );
+
+crate::row_id::row_id! {
+    /// A pin's row.
+    PinId
+}

@@ -22,6 +22,7 @@ mod json;
 mod logs;
 mod metrics;
 mod paths;
+mod pins;
 mod records;
 #[cfg(test)]
 mod testing;
@@ -37,7 +38,9 @@ pub use gc::{
     CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
     RemovedPaths,
 };
-pub use ids::{CacheId, LogId, NarId, ObjectId, StagedNarId};
+pub use caches::CacheStats;
+pub use ids::{CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
+pub use pins::{PinRecord, PinnedPath};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};

@@ -87,3 +87,23 @@ impl Database {
         Ok(())
     }
 }
+
+impl Database {
+    /// Removes a path from a cache at once, as its admin asked; whether the
+    /// cache held it. Its NAR stays for any other cache holding it, and is
+    /// otherwise the garbage collector's to reclaim (as after an eviction).
+    /// Paths of the cache that reference it keep their rows: their
+    /// closures are broken, which is what deleting it means.
+    pub async fn delete_path(
+        &self,
+        cache_id: CacheId,
+        store_path_hash: &StorePathHash,
+    ) -> Result<bool, DatabaseError> {
+        let result = object::Entity::delete_many()
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(object::Column::StorePathHash.eq(store_path_hash.as_str()))
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+}

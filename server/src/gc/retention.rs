@@ -84,7 +84,12 @@ impl Collector<'_> {
                     // which real store paths cannot form (only forged
                     // references do). Break it at its least recently read
                     // path rather than let the cache exceed its quota.
-                    let page = self.database.least_recent_objects(cache.id, 1).await?;
+                    // What is left may all be pinned: the cache then stays
+                    // over its quota, and refuses pushes until it fits.
+                    let page = self
+                        .database
+                        .least_recent_unpinned_objects(cache.id, 1)
+                        .await?;
                     let Some(object) = page.first() else { break };
                     tracing::warn!(
                         cache = %cache.name,

@@ -9,6 +9,8 @@ pub mod gc_lease;
 pub mod nar;
 pub mod object;
 pub mod pack;
+pub mod pin;
+pub mod pin_target;
 pub mod reserved_cache_name;
 pub mod revoked_subject;
 pub mod revoked_token;

@@ -9,6 +9,7 @@ use sea_orm::{
 
 use super::super::entity::{build_log, cache, nar, object, staged_nar};
 use super::super::ids::{CacheId, NarId, ObjectId};
+use super::super::pins::not_pinned;
 use super::super::{BATCH, Database, DatabaseError};
 use super::*;
 
@@ -35,7 +36,8 @@ impl Database {
     }
 
     /// A page of a cache's objects last used before `cutoff` that no other
-    /// path of the cache references, least recently used first.
+    /// path of the cache references and no pin protects, least recently
+    /// used first.
     pub async fn expired_roots(
         &self,
         cache_id: CacheId,
@@ -45,6 +47,7 @@ impl Database {
         Self::lru_page(cache_id, limit)
             .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
             .filter(referenced_by_no_other_path(self.backend(), cache_id))
+            .filter(not_pinned(self.backend(), cache_id))
             .into_model::<LruObject>()
             .all(&self.conn)
             .await
@@ -134,9 +137,26 @@ impl Database {
             .map_err(DatabaseError::from)
     }
 
+    /// A page of a cache's objects no pin protects, least recently read
+    /// first, whether other paths reference them or not: where a quota
+    /// breaks a reference cycle.
+    pub async fn least_recent_unpinned_objects(
+        &self,
+        cache_id: CacheId,
+        limit: u64,
+    ) -> Result<Vec<LruObject>, DatabaseError> {
+        Self::lru_page(cache_id, limit)
+            .filter(not_pinned(self.backend(), cache_id))
+            .into_model::<LruObject>()
+            .all(&self.conn)
+            .await
+            .map_err(DatabaseError::from)
+    }
+
     /// A page of the objects a quota may evict: those no other path of the
-    /// cache references (the roots of its reference graph), least recently
-    /// read first, each with the paths it references.
+    /// cache references (the roots of its reference graph) and no pin
+    /// protects, least recently read first, each with the paths it
+    /// references.
     pub async fn evictable_objects(
         &self,
         cache_id: CacheId,
@@ -146,6 +166,7 @@ impl Database {
             .column(object::Column::StorePath)
             .column(object::Column::References)
             .filter(referenced_by_no_other_path(self.backend(), cache_id))
+            .filter(not_pinned(self.backend(), cache_id))
             .into_model::<EvictableRow>()
             .all(&self.conn)
             .await?
@@ -154,8 +175,8 @@ impl Database {
             .collect()
     }
 
-    /// Of these store paths, those a cache holds, with what each
-    /// references.
+    /// Of these store paths, those a cache holds and no pin protects, with
+    /// what each references.
     pub async fn objects_at_paths(
         &self,
         cache_id: CacheId,
@@ -174,6 +195,7 @@ impl Database {
                 .column(object::Column::References)
                 .filter(object::Column::StorePathHash.is_in(hashes))
                 .filter(object::Column::StorePath.is_in(batch.iter().cloned()))
+                .filter(not_pinned(self.backend(), cache_id))
                 .into_model::<EvictableRow>()
                 .all(&self.conn)
                 .await?;
@@ -247,16 +269,21 @@ impl Database {
         let mut delete = object::Entity::delete_many()
             .filter(object::Column::CacheId.eq(cache_id))
             .filter(object::Column::Id.is_in(listed.iter().map(|o| o.id)));
+        // A path pinned since the listing stays, whatever the reason.
         delete = match why {
             Removal::Expired { cutoff } => delete
                 .filter(Expr::cust(OBJECT_LAST_USED).lt(cutoff))
-                .filter(referenced_by_no_other_path(self.backend(), cache_id)),
+                .filter(referenced_by_no_other_path(self.backend(), cache_id))
+                .filter(not_pinned(self.backend(), cache_id)),
             // Read or pushed again since the listing: its last use is then
             // later than any listed.
             Removal::Evicted => delete
                 .filter(Expr::cust(OBJECT_LAST_USED).lte(latest))
-                .filter(referenced_by_no_other_path(self.backend(), cache_id)),
-            Removal::EvictedFromCycle => delete.filter(Expr::cust(OBJECT_LAST_USED).lte(latest)),
+                .filter(referenced_by_no_other_path(self.backend(), cache_id))
+                .filter(not_pinned(self.backend(), cache_id)),
+            Removal::EvictedFromCycle => delete
+                .filter(Expr::cust(OBJECT_LAST_USED).lte(latest))
+                .filter(not_pinned(self.backend(), cache_id)),
             Removal::Destroyed => delete,
         };
         let gone = delete.exec(&self.conn).await?.rows_affected;
