@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use attic::api::ErrorResponse;
 use attic::api::v1::cache_config::{CacheConfig, CreateCacheRequest};
+use attic::api::v1::caches::ListCachesResponse;
 use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
+use attic::api::v1::pins::{ListPinsResponse, PinInfo, PinPathRequest};
 use attic::api::v1::upload_path::{
     NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
 };
 use attic::api::v1::whoami::WhoamiResponse;
 use attic::cache::CacheName;
+use attic::pin::PinName;
 use attic::store_path::StorePathHash;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -82,6 +85,14 @@ impl ApiError {
         }
     }
 
+    /// The server's stable name for its refusal (`NoSuchObject`, ...).
+    pub fn error_name(&self) -> Option<&str> {
+        match self {
+            ApiError::Refused { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -130,6 +141,20 @@ impl ApiClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ApiError> {
+        let body = self.send_for_body(request).await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadReply {
+            endpoint: self.endpoint.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends a request whose success has no body to read (204).
+    async fn send_expecting_no_content(&self, request: RequestBuilder) -> Result<(), ApiError> {
+        self.send_for_body(request).await.map(drop)
+    }
+
+    /// The body of a successful reply; a refusal as the server told it.
+    async fn send_for_body(&self, request: RequestBuilder) -> Result<Bytes, ApiError> {
         let response = request
             .send()
             .await
@@ -140,10 +165,7 @@ impl ApiClient {
             .await
             .map_err(|source| self.unreachable(source))?;
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| ApiError::BadReply {
-                endpoint: self.endpoint.clone(),
-                detail: e.to_string(),
-            });
+            return Ok(body);
         }
         let (error, message) = match serde_json::from_slice::<ErrorResponse>(&body) {
             Ok(e) => (e.error, e.message),
@@ -237,6 +259,55 @@ impl ApiClient {
         )
         .await
         .map(drop)
+    }
+
+    /// `GET caches`: the caches our token may see.
+    pub async fn list_caches(&self) -> Result<ListCachesResponse, ApiError> {
+        self.send(self.request(Method::GET, "caches")).await
+    }
+
+    /// `DELETE /{cache}/{hash}.narinfo`: removes a path from a cache; a
+    /// refusal named `NoSuchObject` means the cache does not hold it.
+    pub async fn delete_path(
+        &self,
+        cache: &CacheName,
+        hash: &StorePathHash,
+    ) -> Result<(), ApiError> {
+        let mut request = self
+            .http
+            .delete(format!("{}{cache}/{hash}.narinfo", self.endpoint));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        self.send_expecting_no_content(request).await
+    }
+
+    /// `GET pins/{cache}`.
+    pub async fn list_pins(&self, cache: &CacheName) -> Result<ListPinsResponse, ApiError> {
+        self.send(self.request(Method::GET, &format!("pins/{cache}")))
+            .await
+    }
+
+    /// `PUT pins/{cache}/{name}`.
+    pub async fn pin_path(
+        &self,
+        cache: &CacheName,
+        name: &PinName,
+        request: &PinPathRequest,
+    ) -> Result<PinInfo, ApiError> {
+        self.send(
+            self.request(Method::PUT, &format!("pins/{cache}/{name}"))
+                .json(request),
+        )
+        .await
+    }
+
+    /// `DELETE pins/{cache}/{name}`.
+    pub async fn remove_pin(&self, cache: &CacheName, name: &PinName) -> Result<(), ApiError> {
+        self.send_expecting_no_content(
+            self.request(Method::DELETE, &format!("pins/{cache}/{name}")),
+        )
+        .await
     }
 
     /// `POST get-missing-paths`.

@@ -233,6 +233,15 @@ impl Caller {
         }
     }
 
+    /// Whether the token grants anything at all on `cache`: what makes a
+    /// cache appear in the caller's cache listing. Decided from the token
+    /// alone, so it says nothing about whether the cache exists.
+    pub fn holds_any_permission(&self, cache: &CacheName) -> bool {
+        Permission::ALL
+            .iter()
+            .any(|&permission| self.require(cache, permission).is_ok())
+    }
+
     /// Checks `permission` and returns the live cache.
     pub async fn require_cache(
         &self,

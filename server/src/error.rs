@@ -38,6 +38,20 @@ pub enum ServerError {
     /// An unknown route.
     #[error("no such route")]
     NoSuchRoute,
+    /// The cache, which the caller may see, has no pin of that name.
+    #[error("this cache has no pin named {0:?}")]
+    NoSuchPin(String),
+    /// A push to a cache whose pinned closures alone take more than its
+    /// quota: evicting pinned paths is not allowed, so nothing more fits.
+    #[error(
+        "this cache's pins alone take {pinned} bytes, more than its quota of {quota} bytes, so          it takes no more pushes: remove a pin (attic pin remove) or raise the quota"
+    )]
+    PinsExceedQuota {
+        /// Stored bytes of the pinned closures.
+        pinned: u64,
+        /// The cache's quota.
+        quota: u64,
+    },
     /// Creating a cache whose name is taken.
     #[error("a cache named {0:?} already exists")]
     CacheExists(String),
@@ -155,6 +169,8 @@ impl ServerError {
             Self::NoSuchCache(_) => (StatusCode::NOT_FOUND, "NoSuchCache"),
             Self::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
             Self::NoSuchRoute => (StatusCode::NOT_FOUND, "NoSuchRoute"),
+            Self::NoSuchPin(_) => (StatusCode::NOT_FOUND, "NoSuchPin"),
+            Self::PinsExceedQuota { .. } => (StatusCode::INSUFFICIENT_STORAGE, "PinsExceedQuota"),
             Self::CacheExists(_) => (StatusCode::CONFLICT, "CacheAlreadyExists"),
             Self::CacheNameReserved(_) => (StatusCode::CONFLICT, "CacheNameReserved"),
             Self::BadRequest { error, .. } => (StatusCode::BAD_REQUEST, error),
@@ -232,6 +248,7 @@ impl IntoResponse for ServerError {
         let says_why = matches!(
             self,
             Self::StorageFull(_)
+                | Self::PinsExceedQuota { .. }
                 | Self::StorageUnavailable(_)
                 | Self::DatabaseUnavailable(_)
                 | Self::NotReadyForBody(_)

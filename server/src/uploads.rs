@@ -24,6 +24,21 @@ impl<'a> Uploads<'a> {
         Self { state }
     }
 
+    /// Refuses a push to `cache` when its pins alone take more than its
+    /// quota: the collector may not evict pinned paths, so the cache could
+    /// only grow past its quota. Checked before any of the body is read.
+    pub async fn check_pins_fit(&self, cache: &Cache) -> ServerResult<()> {
+        let Some(quota) = cache.quota else {
+            return Ok(());
+        };
+        let pinned = self.state.database.pinned_usage(cache.id).await?;
+        let pinned = u64::try_from(pinned).unwrap_or(0);
+        if pinned > quota {
+            return Err(ServerError::PinsExceedQuota { pinned, quota });
+        }
+        Ok(())
+    }
+
     /// Commits a NAR this upload stored as the path `object` of its cache.
     pub async fn commit_path(
         &self,

@@ -1,4 +1,4 @@
-//! `attic cache create|configure|info|destroy`.
+//! `attic cache create|configure|info|destroy|list|delete-path`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -24,6 +24,14 @@ pub enum CacheCommand {
         /// The cache: `server:cache` or a name on the default server.
         cache: CacheRef,
     },
+    /// List the caches your token may see, with their sizes.
+    List {
+        /// A server's login name; the default server if absent.
+        server: Option<String>,
+    },
+    /// Remove store paths from a cache at once (their narinfos answer 404
+    /// from then on); other caches holding them are not touched.
+    DeletePath(DeletePath),
     /// Destroy a cache and everything in it.
     Destroy {
         /// The cache: `server:cache` or a name on the default server.
@@ -51,6 +59,18 @@ pub struct Create {
     /// The Nix store directory of the cache's paths.
     #[arg(long, default_value = "/nix/store")]
     store_dir: String,
+}
+
+/// Arguments of `attic cache delete-path`.
+#[derive(Debug, Args)]
+pub struct DeletePath {
+    /// The cache: `server:cache` or a name on the default server.
+    cache: CacheRef,
+    /// Store paths (or links to them), or their 32-character hashes.
+    paths: Vec<String>,
+    /// Also read paths from stdin, one per line.
+    #[arg(long)]
+    stdin: bool,
 }
 
 /// Arguments of `attic cache configure`.
@@ -140,6 +160,11 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
             let api = client_for(&cache)?;
             print_config(&api.get_cache_config(&cache.cache).await?);
         }
+        CacheCommand::List { server } => {
+            let api = super::client_for_server(server.as_deref())?;
+            print_caches(&api.list_caches().await?.caches);
+        }
+        CacheCommand::DeletePath(args) => return delete_paths(args).await,
         CacheCommand::Destroy { cache, no_confirm } => {
             let api = client_for(&cache)?;
             if !no_confirm {
@@ -150,6 +175,113 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes each path, reporting those the cache did not hold; fails only
+/// on a real error (refused, unreachable, no such cache), after trying
+/// every path.
+async fn delete_paths(args: DeletePath) -> Result<ExitCode> {
+    let mut arguments = args.paths;
+    if args.stdin {
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            let line = line.trim();
+            if !line.is_empty() {
+                arguments.push(line.to_owned());
+            }
+        }
+    }
+    if arguments.is_empty() {
+        bail!("no paths to delete: give store paths or hashes as arguments, or --stdin");
+    }
+    let api = client_for(&args.cache)?;
+    let store_dir = crate::nix_store::local_store_dir()?;
+    let (mut not_found, mut failed) = (Vec::new(), 0);
+    for argument in &arguments {
+        let hash = match path_hash(&store_dir, argument) {
+            Ok(hash) => hash,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
+        match api.delete_path(&args.cache.cache, &hash).await {
+            Ok(()) => eprintln!("deleted {argument}"),
+            Err(e) if e.error_name() == Some("NoSuchObject") => not_found.push(argument.as_str()),
+            Err(e) => {
+                eprintln!("error: deleting {argument}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if !not_found.is_empty() {
+        eprintln!("not in {} (nothing to delete):", args.cache);
+        for argument in &not_found {
+            eprintln!("  {argument}");
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} paths could not be deleted", arguments.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hash of a store path argument: a bare hash, a store path, or a
+/// link to one.
+fn path_hash(
+    store_dir: &attic::store_path::StoreDir,
+    argument: &str,
+) -> Result<attic::store_path::StorePathHash> {
+    if let Ok(hash) = argument.parse() {
+        return Ok(hash);
+    }
+    let path = crate::nix_store::resolve_path_argument(store_dir, argument)?;
+    let path = store_dir
+        .parse_path(&path)
+        .map_err(|e| anyhow::anyhow!("{argument}: {e}"))?;
+    Ok(path.hash().clone())
+}
+
+/// The caches as a table, one line each.
+fn print_caches(caches: &[attic::api::v1::caches::CacheSummary]) {
+    let bytes = |b: u64| indicatif::HumanBytes(b).to_string();
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "PUBLIC".to_owned(),
+        "PATHS".to_owned(),
+        "STORED".to_owned(),
+        "QUOTA".to_owned(),
+        "QUOTA USED".to_owned(),
+        "LAST PUSH".to_owned(),
+    ]];
+    for cache in caches {
+        rows.push([
+            cache.name.to_string(),
+            if cache.is_public { "yes" } else { "no" }.to_owned(),
+            cache.paths.to_string(),
+            bytes(cache.stored_bytes),
+            cache.quota.map_or_else(|| "none".to_owned(), bytes),
+            bytes(cache.quota_used_bytes),
+            cache
+                .last_push
+                .map_or_else(|| "never".to_owned(), super::pin::format_time),
+        ]);
+    }
+    let mut widths = [0; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
 }
 
 fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {

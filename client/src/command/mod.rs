@@ -3,6 +3,7 @@
 mod cache;
 mod get_closure;
 mod login;
+mod pin;
 mod push;
 mod use_cache;
 mod watch_store;
@@ -31,6 +32,10 @@ enum Command {
     /// Create, configure, inspect or destroy caches.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Keep a store path's closure in a cache whatever retention and
+    /// quotas say: add, list or remove named pins.
+    #[command(subcommand)]
+    Pin(pin::PinCommand),
     /// Push new store paths as they appear, until interrupted.
     WatchStore(watch_store::WatchStore),
     /// Print the closure of a store path, one path per line.
@@ -44,6 +49,7 @@ pub async fn run(options: Options) -> Result<ExitCode> {
         Command::Use(args) => use_cache::run(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Cache(args) => cache::run(args).await,
+        Command::Pin(args) => pin::run(args).await,
         Command::WatchStore(args) => watch_store::run(args).await,
         Command::GetClosure(args) => get_closure::run(args).await,
     }
@@ -54,6 +60,30 @@ fn client_for(cache: &crate::cache_ref::CacheRef) -> Result<crate::api::ApiClien
     let config = crate::config::ClientConfig::load()?;
     let (_, server) = cache.resolve(&config)?;
     Ok(crate::api::ApiClient::new(server))
+}
+
+/// The client for a server argument: a login name, or the default server.
+fn client_for_server(server: Option<&str>) -> Result<crate::api::ApiClient> {
+    let config = crate::config::ClientConfig::load()?;
+    let entry = match server {
+        Some(name) => {
+            let entry = config.servers.get(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no server named {name:?}: run `attic login {name} URL TOKEN` first"
+                )
+            })?;
+            if let Some(error) = &entry.token_file_error {
+                anyhow::bail!("{error}");
+            }
+            entry
+        }
+        None => {
+            // Any cache name resolves the default server the same way.
+            let any: crate::cache_ref::CacheRef = "x".parse()?;
+            any.resolve(&config)?.1
+        }
+    };
+    Ok(crate::api::ApiClient::new(entry))
 }
 
 /// `--jobs`: a count of uploads at once, at least one.

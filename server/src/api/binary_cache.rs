@@ -19,7 +19,7 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, nix_upload};
+use super::{build_log, delete_path, nix_upload};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -55,7 +55,9 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route(
             "/{cache}/{file}",
-            get(get_narinfo).put(nix_upload::put_narinfo.layer(from_fn(refuse_before_the_body))),
+            get(get_narinfo)
+                .put(nix_upload::put_narinfo.layer(from_fn(refuse_before_the_body)))
+                .delete(delete_path::delete_path),
         )
 }
 

@@ -4,6 +4,7 @@
 
 pub mod binary_cache;
 pub mod build_log;
+pub mod delete_path;
 pub mod metrics;
 pub mod nix_upload;
 pub mod v1;

@@ -71,6 +71,7 @@ pub async fn put_nar(
     let cache = caller
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
+    Uploads::new(&state).check_pins_fit(&cache).await?;
     let (file_hash, compression) = parse_nar_file(&file)?;
     // Compressed NARs are rarely larger than plain ones; a bound well
     // above that keeps a body of junk from running on.
@@ -134,6 +135,7 @@ pub async fn put_narinfo(
     let cache = caller
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
+    Uploads::new(&state).check_pins_fit(&cache).await?;
     let body = read_body(request).await?;
     let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
     let text = std::str::from_utf8(&body).map_err(|_| bad("the narinfo is not text".into()))?;

@@ -32,17 +32,17 @@ mod upload_rows;
 mod uploads;
 
 pub use attach::{NewObject, PathTimestamps};
+pub use caches::CacheStats;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
 pub use gc::{
     CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
     RemovedPaths,
 };
-pub use caches::CacheStats;
 pub use ids::{CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
-pub use pins::{PinRecord, PinnedPath};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
+pub use pins::{PinRecord, PinnedPath};
 pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};
 pub use upload_rows::{NewChunk, UploadedChunk};
 pub use uploads::{Claim, HeldByCache, NewNar};

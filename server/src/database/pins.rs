@@ -397,7 +397,10 @@ mod tests {
             .await
             .expect("expired roots");
         assert_eq!(expired.iter().map(|o| o.id).collect::<Vec<_>>(), [four]);
-        let evictable = database.evictable_objects(cache, 10).await.expect("evictable");
+        let evictable = database
+            .evictable_objects(cache, 10)
+            .await
+            .expect("evictable");
         assert_eq!(
             evictable.iter().map(|o| o.object.id).collect::<Vec<_>>(),
             [four]
@@ -406,20 +409,39 @@ mod tests {
             .least_recent_unpinned_objects(cache, 10)
             .await
             .expect("unpinned");
-        assert_eq!(cycle_breakers.iter().map(|o| o.id).collect::<Vec<_>>(), [four]);
+        assert_eq!(
+            cycle_breakers.iter().map(|o| o.id).collect::<Vec<_>>(),
+            [four]
+        );
         assert_eq!(database.pinned_usage(cache).await.expect("usage"), 300);
         // Another cache's copy of the same path is not protected.
         let expired = database
             .expired_roots(other, i64::MAX, 10)
             .await
             .expect("expired roots");
-        assert_eq!(expired.iter().map(|o| o.id).collect::<Vec<_>>(), [other_root]);
+        assert_eq!(
+            expired.iter().map(|o| o.id).collect::<Vec<_>>(),
+            [other_root]
+        );
 
         // Unpinned, the closure may go again.
-        assert!(database.remove_pin(cache, &name("release")).await.expect("remove"));
-        assert!(!database.remove_pin(cache, &name("release")).await.expect("remove"));
+        assert!(
+            database
+                .remove_pin(cache, &name("release"))
+                .await
+                .expect("remove")
+        );
+        assert!(
+            !database
+                .remove_pin(cache, &name("release"))
+                .await
+                .expect("remove")
+        );
         assert_eq!(database.pinned_usage(cache).await.expect("usage"), 0);
-        let evictable = database.evictable_objects(cache, 10).await.expect("evictable");
+        let evictable = database
+            .evictable_objects(cache, 10)
+            .await
+            .expect("evictable");
         assert_eq!(evictable.len(), 2, "the roots 1 and 4");
     }
 
@@ -434,7 +456,10 @@ mod tests {
             .await
             .expect("pin")
             .expect("held");
-        database.destroy_cache(&cache, false).await.expect("destroy");
+        database
+            .destroy_cache(&cache, false)
+            .await
+            .expect("destroy");
         assert!(database.list_pins(cache.id).await.expect("list").is_empty());
     }
 
@@ -450,11 +475,26 @@ mod tests {
         assert!(database.delete_path(cache, &hash(1)).await.expect("delete"));
         assert!(!database.delete_path(cache, &hash(1)).await.expect("again"));
         assert_eq!(
-            database.find_missing_paths(cache, &[hash(1)]).await.expect("missing"),
+            database
+                .find_missing_paths(cache, &[hash(1)])
+                .await
+                .expect("missing"),
             [hash(1)]
         );
-        assert!(database.find_object(cache, &hash(1)).await.expect("find").is_none());
-        assert!(database.find_object(other, &hash(1)).await.expect("find").is_some());
+        assert!(
+            database
+                .find_object(cache, &hash(1))
+                .await
+                .expect("find")
+                .is_none()
+        );
+        assert!(
+            database
+                .find_object(other, &hash(1))
+                .await
+                .expect("find")
+                .is_some()
+        );
     }
 
     #[tokio::test]

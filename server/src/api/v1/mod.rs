@@ -1,7 +1,9 @@
 //! `/_api/v1/`: one module per route, mirroring `attic::api::v1`.
 
 pub mod cache_config;
+pub mod caches;
 pub mod get_missing_paths;
+pub mod pins;
 pub mod upload_path;
 pub mod whoami;
 
@@ -27,6 +29,12 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route("/upload-path", put(upload_path::upload_path))
         .route("/whoami", get(whoami::whoami))
+        .route("/caches", get(caches::list_caches))
+        .route("/pins/{cache}", get(pins::list_pins))
+        .route(
+            "/pins/{cache}/{name}",
+            put(pins::pin_path).delete(pins::remove_pin),
+        )
         .route(
             "/cache-config/{cache}",
             get(cache_config::get_cache_config)

@@ -69,6 +69,8 @@ pub async fn upload_path(
         .require_cache(&state, &info.cache, Permission::Push)
         .await?;
     let object = new_object(&info, &cache, caller.subject())?;
+    let uploads = Uploads::new(&state);
+    uploads.check_pins_fit(&cache).await?;
     if info.nar_size == 0 {
         return Err(ServerError::bad_request(
             "InvalidNarInfo",
@@ -85,7 +87,6 @@ pub async fn upload_path(
         nar_hash: info.nar_hash,
         nar_size: info.nar_size,
     };
-    let uploads = Uploads::new(&state);
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         if state.config.require_proof_of_possession {
             ingest::verify_only(body, declared).await?;
