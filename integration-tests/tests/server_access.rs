@@ -79,6 +79,27 @@ async fn every_route(
             "nar",
             api.request(Method::GET, &format!("/{cache}/nar/{hash}.nar"), token),
         ),
+        (
+            "GET pins",
+            api.request(Method::GET, &format!("/_api/v1/pins/{cache}"), token),
+        ),
+        (
+            "PUT pin",
+            api.request(Method::PUT, &format!("/_api/v1/pins/{cache}/probe"), token)
+                .json(&json!({"store_path": path})),
+        ),
+        (
+            "DELETE pin",
+            api.request(
+                Method::DELETE,
+                &format!("/_api/v1/pins/{cache}/probe"),
+                token,
+            ),
+        ),
+        (
+            "DELETE narinfo",
+            api.request(Method::DELETE, &format!("/{cache}/{hash}.narinfo"), token),
+        ),
     ];
     let mut statuses = Vec::new();
     for (name, request) in requests {
@@ -174,6 +195,7 @@ async fn private_caches_refuse_anonymous_reads_and_public_ones_allow_them() {
             "narinfo",
             "HEAD narinfo",
             "nar",
+            "GET pins",
         ]
         .contains(&route.as_str());
         let expected = if read {
