@@ -345,6 +345,11 @@ async fn real_nix_substitutes_a_pinned_release_after_gc_removed_everything_else(
     std::thread::sleep(Duration::from_millis(2100));
     assert!(server.terminate_within(Duration::from_secs(30)));
     let report = server.gc();
+    assert!(report.contains("2 expired"), "{report}");
+    assert!(
+        report.contains("kept past retention: 3 (pinned"),
+        "the release's three paths: {report}"
+    );
     server.restart();
     let api = Api::new(&server.url);
 

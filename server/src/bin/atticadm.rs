@@ -285,7 +285,7 @@ fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig)
     );
     if report.objects_kept_for_closures > 0 {
         println!(
-            "kept past retention: {} (paths kept reference them)",
+            "kept past retention: {} (pinned, or paths kept reference them)",
             report.objects_kept_for_closures
         );
     }

@@ -12,7 +12,8 @@ pub struct GcReport {
     pub objects_evicted: u64,
     /// Objects of destroyed caches.
     pub objects_of_destroyed_caches: u64,
-    /// Objects past retention kept because paths kept reference them.
+    /// Objects past retention kept because a pin protects them or paths
+    /// kept reference them.
     pub objects_kept_for_closures: u64,
     /// Stored bytes of the NARs of the objects removed.
     pub removed_nar_bytes: i64,
@@ -118,7 +119,7 @@ impl std::fmt::Display for GcReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} objects expired ({} more kept: paths kept reference them), \
+            "{} objects expired ({} more kept: pinned, or paths kept reference them), \
              {} evicted by quotas, {} of destroyed caches ({} bytes of NARs, {} of them \
              held elsewhere); {} logs removed; {} NARs, {} chunks; {} packs marked, \
              {} compacted, {} deleted; {} orphans swept; {} bytes freed",

@@ -55,7 +55,8 @@ impl Database {
     }
 
     /// How many of a cache's objects were last used before `cutoff`: after
-    /// expiry, those kept because paths kept reference them.
+    /// expiry, those kept because pins protect them or paths kept reference
+    /// them.
     pub async fn count_last_used_before(
         &self,
         cache_id: CacheId,
