@@ -219,12 +219,17 @@ async fn a_deleted_path_leaves_its_cache_alone_and_gc_reclaims_it_last() {
     all_substitute(&server, "b", &key, std::slice::from_ref(&path));
 
     // Deleted from b too, through the client (with a path b lacks among
-    // the arguments: reported, not an error), its bytes leave the disk.
+    // those given: reported, not an error), its bytes leave the disk.
     let client = TestClient::new();
     client.attic_ok(&["login", "local", &server.url, root]);
     let missing = store_path(&[("f", b"never pushed")]);
-    let output = client.attic(&["cache", "delete-path", "b", &path, path_hash(&missing)]);
-    assert!(output.status.success(), "{}", text(&output));
+    // One path as an argument, the other on stdin.
+    let output = nix::run_with_input(
+        client
+            .command("attic")
+            .args(["cache", "delete-path", "b", &path, "--stdin"]),
+        format!("{}\n", path_hash(&missing)).as_bytes(),
+    );
     assert!(text(&output).contains("not in b"), "{}", text(&output));
     assert!(
         text(&output).contains(path_hash(&missing)),
