@@ -390,6 +390,18 @@ async fn real_nix_substitutes_a_pinned_release_after_gc_removed_everything_else(
         body["message"].as_str().expect("message").contains("pins"),
         "{body}"
     );
+    // `nix copy` is refused the same way, before its NAR is read.
+    let nar_put = api
+        .request(
+            Method::PUT,
+            &format!("/prod/nar/{}.nar", "0".repeat(52)),
+            Some(root),
+        )
+        .body(nix::dump(std::path::Path::new(&extra)))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(nar_put.status(), StatusCode::INSUFFICIENT_STORAGE);
     // Without the pin, the next collection may take the release too.
     client.attic_ok(&["pin", "remove", "prod", "release"]);
     server.gc();
