@@ -3,6 +3,7 @@
 mod cache;
 mod get_closure;
 mod login;
+mod oidc;
 mod push;
 mod use_cache;
 mod watch_store;

@@ -63,7 +63,11 @@ pub struct OidcRuleConfig {
     pub environment: Option<String>,
     /// GitLab CI: `group/project` of the project (claim `project_path`;
     /// the key may be spelt either way).
-    #[serde(default, alias = "project_path", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "project_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub project_path: Option<String>,
     /// Any other string claim, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -230,7 +234,10 @@ impl OidcRuleConfig {
         }
         for (name, pattern) in &self.claims {
             if name.is_empty() || has_control(name) {
-                return Err(invalid(key("claims"), "a claim name must be non-empty text"));
+                return Err(invalid(
+                    key("claims"),
+                    "a claim name must be non-empty text",
+                ));
             }
             if matchers.iter().any(|(other, _)| other == name) {
                 return Err(invalid(
@@ -272,14 +279,19 @@ impl OidcRuleConfig {
                 Permission::ConfigureCacheRetention,
                 &self.configure_cache_retention,
             ),
-            ("destroy-cache", Permission::DestroyCache, &self.destroy_cache),
+            (
+                "destroy-cache",
+                Permission::DestroyCache,
+                &self.destroy_cache,
+            ),
         ] {
             for pattern in patterns {
-                let pattern: CacheNamePattern = pattern
-                    .parse()
-                    .map_err(|e: attic_token::BadCacheNamePattern| {
-                        invalid(key(name), e.to_string())
-                    })?;
+                let pattern: CacheNamePattern =
+                    pattern
+                        .parse()
+                        .map_err(|e: attic_token::BadCacheNamePattern| {
+                            invalid(key(name), e.to_string())
+                        })?;
                 grants.push((pattern, permission));
             }
         }
@@ -315,7 +327,7 @@ fn has_control(text: &str) -> bool {
 /// An issuer URL: `https://`, or `http://` on a loopback host only (a
 /// test's local issuer: keys fetched over plain HTTP from anywhere else
 /// could be swapped on the way); no query, fragment or credentials.
-fn check_issuer_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_issuer_url(url: &str) -> Result<(), String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("{url:?} is not a URL"))?;
@@ -434,7 +446,10 @@ mod tests {
             "gitlab.example.com",
         ] {
             let err = with(bad).expect_err(bad);
-            assert!(err.to_string().contains("oidc.issuers[0].issuer"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("oidc.issuers[0].issuer"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -80,7 +80,10 @@ fn refuses_a_token_whose_alg_is_not_its_keys() {
     let ec = IdTokenSigner::generate_es256("k");
     // Signed by the EC key under its kid, but the JWKS has the RSA key there.
     let err = verify(&ec.sign(&github_claims()), &keys(&[&rsa])).expect_err("mismatch");
-    assert!(matches!(err, IdTokenError::AlgorithmMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, IdTokenError::AlgorithmMismatch { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,7 +94,10 @@ fn refuses_bad_signatures_and_unknown_keys() {
     assert!(matches!(err, IdTokenError::BadSignature), "{err}");
     let other = IdTokenSigner::generate_rs256("other");
     let err = verify(&other.sign(&github_claims()), &keys(&[&rsa])).expect_err("unknown kid");
-    assert!(matches!(err, IdTokenError::UnknownKey(ref k) if k == "other"), "{err}");
+    assert!(
+        matches!(err, IdTokenError::UnknownKey(ref k) if k == "other"),
+        "{err}"
+    );
     // A payload swapped under a valid signature.
     let token = rsa.sign(&github_claims());
     let mut claims = github_claims();

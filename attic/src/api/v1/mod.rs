@@ -2,5 +2,6 @@
 
 pub mod cache_config;
 pub mod get_missing_paths;
+pub mod oidc_exchange;
 pub mod upload_path;
 pub mod whoami;
