@@ -7,9 +7,7 @@ use std::time::SystemTime;
 
 use attic::api::v1::oidc_exchange::{OidcExchangeRequest, OidcExchangeResponse};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 
 use crate::error::{ServerError, ServerResult};
@@ -23,12 +21,13 @@ pub const MAX_BODY: usize = 32 * 1024;
 /// decides; 400 for a body that is not `{"token": "..."}`.
 pub async fn exchange(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> ServerResult<Json<OidcExchangeResponse>> {
+    let bearer = request.headers().get(AUTHORIZATION).cloned();
+    let body = crate::api::read_body(request).await?;
     let id_token = if body.is_empty() {
-        headers
-            .get(AUTHORIZATION)
+        bearer
+            .as_ref()
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
