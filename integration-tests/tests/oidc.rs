@@ -349,6 +349,14 @@ async fn bad_id_tokens_are_refused_with_401_and_no_reason_given_to_the_client() 
             "{what}"
         );
     }
+    // The body is the credential, so it is bounded before it is read.
+    let response = api
+        .request(Method::POST, "/_api/v1/oidc/exchange", None)
+        .json(&json!({ "token": "a".repeat(40_000) }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // The good token still works: nothing above poisoned the key cache.
     exchange_ok(&api, &rsa.sign(&good())).await;
 }
