@@ -21,6 +21,14 @@ pub const KEYS_TTL: Duration = Duration::from_secs(10 * 60);
 /// Least time between two refetches caused by tokens naming unknown kids.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// After a failed fetch, how long exchanges fail at once rather than
+/// fetch again: an issuer that is down is not sent a request per exchange.
+pub const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long keys are still used, past [`KEYS_TTL`], when the issuer cannot
+/// be reached to refresh them: an issuer's short outage does not stop CI.
+pub const MAX_STALE: Duration = Duration::from_secs(60 * 60);
+
 /// Longest a discovery or JWKS request may take, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +79,9 @@ pub enum KeyFetchError {
         /// What was configured.
         expected: String,
     },
+    /// A fetch failed less than [`FAILED_FETCH_BACKOFF`] ago.
+    #[error("fetching the issuer's keys failed moments ago; not trying again yet")]
+    BackingOff,
     /// `jwks_uri` is not https (or http on loopback).
     #[error("the discovery document's jwks_uri is unusable: {0}")]
     BadJwksUri(String),
@@ -105,6 +116,17 @@ struct Held {
     keys: Arc<Vec<Jwk>>,
     fetched_at: Option<Instant>,
     unknown_kid_refetch_at: Option<Instant>,
+    failed_at: Option<Instant>,
+}
+
+impl Held {
+    /// The keys held, if one is `kid` and they are within [`MAX_STALE`].
+    fn usable_stale(&self, kid: &str, now: Instant) -> Option<Arc<Vec<Jwk>>> {
+        let recent = self
+            .fetched_at
+            .is_some_and(|at| now.duration_since(at) < MAX_STALE);
+        (recent && self.keys.iter().any(|key| key.kid() == Some(kid))).then(|| self.keys.clone())
+    }
 }
 
 impl IssuerKeys {
@@ -139,7 +161,25 @@ impl IssuerKeys {
             }
             held.unknown_kid_refetch_at = Some(now);
         }
-        let keys = Arc::new(self.fetch().await?);
+        if held
+            .failed_at
+            .is_some_and(|at| now.duration_since(at) < FAILED_FETCH_BACKOFF)
+        {
+            return held.usable_stale(kid, now).ok_or(KeyFetchError::BackingOff);
+        }
+        let keys = match self.fetch().await {
+            Ok(keys) => Arc::new(keys),
+            Err(e) => {
+                held.failed_at = Some(Instant::now());
+                if let Some(keys) = held.usable_stale(kid, now) {
+                    tracing::warn!(issuer = %self.issuer.issuer, error = %e,
+                        "could not refresh the OIDC issuer's keys; using those held");
+                    return Ok(keys);
+                }
+                return Err(e);
+            }
+        };
+        held.failed_at = None;
         tracing::info!(
             issuer = %self.issuer.issuer,
             kids = ?keys.iter().map(|k| k.kid().unwrap_or("-").to_owned()).collect::<Vec<_>>(),
@@ -203,4 +243,105 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("atticd/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use attic_token::oidc::mint::IdTokenSigner;
+    use axum::Json;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    struct Served {
+        url: String,
+        jwks: std::sync::Mutex<Value>,
+        fetches: AtomicUsize,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    async fn discovery(State(s): State<Arc<Served>>) -> Json<Value> {
+        Json(json!({"issuer": s.url, "jwks_uri": format!("{}/jwks", s.url)}))
+    }
+
+    async fn jwks(State(s): State<Arc<Served>>) -> Result<Json<Value>, StatusCode> {
+        s.fetches.fetch_add(1, Ordering::SeqCst);
+        if s.failing.load(Ordering::SeqCst) {
+            return Err(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        Ok(Json(s.jwks.lock().expect("lock").clone()))
+    }
+
+    async fn issuer(kids: &[&str]) -> (Arc<Served>, IssuerKeys) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|k| IdTokenSigner::generate_es256(k).jwk())
+            .collect();
+        let served = Arc::new(Served {
+            url: url.clone(),
+            jwks: std::sync::Mutex::new(json!({ "keys": keys })),
+            fetches: AtomicUsize::new(0),
+            failing: false.into(),
+        });
+        let app = axum::Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(served.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = crate::config::OidcIssuer {
+            issuer: url,
+            audience: "a".into(),
+            rules: Vec::new(),
+        };
+        (
+            served,
+            IssuerKeys::new(config, http_client().expect("client")),
+        )
+    }
+
+    #[tokio::test]
+    async fn keys_are_held_and_unknown_kids_refetch_at_most_once_per_interval() {
+        let (served, keys) = issuer(&["one"]).await;
+        keys.keys_for("one").await.expect("fetched");
+        keys.keys_for("one").await.expect("held");
+        assert_eq!(served.fetches.load(Ordering::SeqCst), 1);
+        for kid in ["x", "y", "z"] {
+            let held = keys.keys_for(kid).await.expect("the keys held");
+            assert!(held.iter().all(|k| k.kid() != Some(kid)));
+        }
+        assert_eq!(
+            served.fetches.load(Ordering::SeqCst),
+            2,
+            "one refetch for three unknown kids"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_issuer_is_not_asked_again_at_once_and_held_keys_carry_on() {
+        let (served, keys) = issuer(&["one"]).await;
+        served.failing.store(true, Ordering::SeqCst);
+        assert!(keys.keys_for("one").await.is_err());
+        assert!(matches!(
+            keys.keys_for("one").await,
+            Err(KeyFetchError::BackingOff)
+        ));
+        assert_eq!(served.fetches.load(Ordering::SeqCst), 1);
+        // With keys held, an unknown kid's failed refetch fails that
+        // exchange alone: the keys held still serve the kids they have.
+        let (served, keys) = issuer(&["one"]).await;
+        keys.keys_for("one").await.expect("fetched");
+        served.failing.store(true, Ordering::SeqCst);
+        assert!(keys.keys_for("two").await.is_err());
+        keys.keys_for("one").await.expect("held");
+        assert_eq!(served.fetches.load(Ordering::SeqCst), 2);
+    }
 }
