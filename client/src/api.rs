@@ -12,6 +12,7 @@ use attic::api::ErrorResponse;
 use attic::api::v1::cache_config::{CacheConfig, CreateCacheRequest};
 use attic::api::v1::caches::ListCachesResponse;
 use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
+use attic::api::v1::oidc_exchange::{OidcExchangeRequest, OidcExchangeResponse};
 use attic::api::v1::pins::{ListPinsResponse, PinInfo, PinPathRequest};
 use attic::api::v1::upload_path::{
     NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
@@ -194,6 +195,22 @@ impl ApiClient {
     pub async fn whoami(&self) -> Result<WhoamiResponse, ApiError> {
         self.send(self.request(Method::GET, "whoami").timeout(CHECK_TIMEOUT))
             .await
+    }
+
+    /// `POST oidc/exchange`: an ID token for a token of the server's,
+    /// sent without any token of ours.
+    pub async fn exchange_id_token(
+        &self,
+        id_token: &str,
+    ) -> Result<OidcExchangeResponse, ApiError> {
+        let request = self
+            .http
+            .post(format!("{}_api/v1/oidc/exchange", self.endpoint))
+            .json(&OidcExchangeRequest {
+                token: id_token.to_owned(),
+            })
+            .timeout(CHECK_TIMEOUT);
+        self.send(request).await
     }
 
     /// Whether the endpoint is itself a binary cache: its `nix-cache-info`

@@ -23,6 +23,23 @@ pub enum ServerError {
     /// Credentials that do not verify, have expired or were revoked.
     #[error("the token is invalid: {0}")]
     InvalidToken(&'static str),
+    /// An OIDC ID token that does not verify, of an issuer not configured,
+    /// or whose subject is revoked. The client is told no more than that;
+    /// the log has the reason.
+    #[error("the ID token was refused; the server's log says why")]
+    IdTokenRefused(#[source] Box<crate::oidc::OidcRefusal>),
+    /// A verified ID token that no rule of its issuer grants anything to.
+    #[error("no rule of this server grants anything to this ID token")]
+    NoMatchingOidcRule {
+        /// The subject it would have had, for the log.
+        subject: String,
+    },
+    /// The ID token's issuer's keys could not be fetched.
+    #[error("the ID token's issuer could not be reached for its keys; try again shortly")]
+    OidcIssuerUnavailable(#[source] crate::oidc::keys::KeyFetchError),
+    /// Signing a minted token failed.
+    #[error("minting a token failed")]
+    TokenMinting(#[source] attic_token::TokenError),
     /// A valid token that lacks the permission.
     #[error("the token does not grant {permission} on this cache")]
     Forbidden {
@@ -166,6 +183,11 @@ impl ServerError {
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "InvalidToken"),
             Self::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            Self::IdTokenRefused(_) => (StatusCode::UNAUTHORIZED, "InvalidIdToken"),
+            Self::NoMatchingOidcRule { .. } => (StatusCode::FORBIDDEN, "NoMatchingRule"),
+            Self::OidcIssuerUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "OidcIssuerUnavailable")
+            }
             Self::NoSuchCache(_) => (StatusCode::NOT_FOUND, "NoSuchCache"),
             Self::NoSuchObject => (StatusCode::NOT_FOUND, "NoSuchObject"),
             Self::NoSuchRoute => (StatusCode::NOT_FOUND, "NoSuchRoute"),
@@ -199,6 +221,7 @@ impl ServerError {
             | Self::Compression(_)
             | Self::TaskFailed(_)
             | Self::KeyGeneration(_)
+            | Self::TokenMinting(_)
             | Self::BadLogKey(_)
             | Self::MetricsEncoding(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
@@ -252,6 +275,7 @@ impl IntoResponse for ServerError {
                 | Self::StorageUnavailable(_)
                 | Self::DatabaseUnavailable(_)
                 | Self::NotReadyForBody(_)
+                | Self::OidcIssuerUnavailable(_)
         );
         let message = if status.is_server_error() && !says_why {
             "the server failed to handle the request; the error is in its log".to_owned()

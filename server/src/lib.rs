@@ -5,7 +5,8 @@
 //! are verified and chunked by [`ingest`] into [`pack`]s; NARs are served by
 //! [`nar_stream`]; [`scrub`] checks every stored byte for `atticadm verify`.
 //! [`setup`] turns a configuration into a running server; [`import`]
-//! brings an Attic server's caches over (`atticadm import-attic`).
+//! brings an Attic server's caches over (`atticadm import-attic`); [`oidc`]
+//! exchanges CI jobs' ID tokens for short-lived tokens.
 
 pub mod access;
 pub mod api;
@@ -23,6 +24,7 @@ mod key_path;
 pub mod linger;
 pub mod metrics;
 pub mod nar_stream;
+pub mod oidc;
 pub mod pack;
 pub mod recent;
 pub mod request_log;

@@ -402,6 +402,7 @@ pub async fn build_state(
     ));
     let tokens = crate::access::TokenVerifier::new(config.token_keys()?);
     let chunker = FastCdcChunker::new(config.chunking.params())?;
+    let oidc = crate::oidc::OidcExchanger::new(&config)?;
     let state = Arc::new(AppState {
         config,
         database,
@@ -411,6 +412,7 @@ pub async fn build_state(
         access_log: AccessLog::default(),
         metrics,
         read_cache: ReadCache::default(),
+        oidc,
     });
     spawn_access_log_flusher(state.clone(), crate::state::ACCESS_LOG_FLUSH_INTERVAL);
     if state.config.database.heartbeat {

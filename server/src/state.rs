@@ -118,6 +118,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Hot reads, held in memory.
     pub read_cache: ReadCache,
+    /// Exchanges CI jobs' ID tokens for ours (`[oidc]`).
+    pub oidc: crate::oidc::OidcExchanger,
 }
 
 /// Object reads, gathered in memory and written in batches so that serving a

@@ -11,6 +11,8 @@
 //!
 //! Beside them, [`jwt`] verifies the JWTs Attic's `atticadm make-token`
 //! mints, when the server is configured with Attic's signing key.
+//! [`oidc`] verifies the ID tokens CI systems issue, which the server
+//! exchanges for a short-lived token of ours.
 //!
 //! Tokens are Datalog, but this crate never runs it: a token is read by the
 //! shapes of its blocks into grants and conditions ([`claims`]), and one
@@ -19,6 +21,7 @@
 
 mod claims;
 pub mod jwt;
+pub mod oidc;
 mod pattern;
 mod permission;
 

@@ -1,4 +1,7 @@
-//! `attic login NAME URL [TOKEN] [--set-default] [--no-verify]`.
+//! `attic login NAME URL [TOKEN] [--set-default] [--no-verify]`, or with
+//! `--oidc` instead of a token: a CI job's ID token (see [`super::oidc`])
+//! exchanged at the server for a short-lived token, which is saved as a
+//! token given on the command line would be.
 //!
 //! The URL and token are checked against the server (`GET /_api/v1/whoami`)
 //! before anything is saved, and a failure says what is wrong in the
@@ -6,7 +9,9 @@
 //! plain-http server, something that is not atticd, a server that cannot be
 //! reached, or the server's own reason for refusing the token.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
 use attic::api::v1::whoami::WhoamiResponse;
@@ -25,6 +30,18 @@ pub struct Login {
     url: String,
     /// A token from `atticadm make-token` (omit for public caches).
     token: Option<String>,
+    /// Get the token by exchanging this CI job's OpenID Connect ID token
+    /// at the server (GitHub Actions, or a token from --oidc-token-file or
+    /// $ATTIC_OIDC_TOKEN).
+    #[arg(long, conflicts_with = "token")]
+    oidc: bool,
+    /// The audience to ask GitHub Actions for (the server's `audience`
+    /// setting for the issuer); defaults to URL as given.
+    #[arg(long, requires = "oidc", value_name = "AUD")]
+    oidc_audience: Option<String>,
+    /// Read the ID token from this file.
+    #[arg(long, requires = "oidc", value_name = "PATH")]
+    oidc_token_file: Option<PathBuf>,
     /// Make this the server bare cache names refer to.
     #[arg(long)]
     set_default: bool,
@@ -36,7 +53,12 @@ pub struct Login {
 
 pub async fn run(args: Login) -> Result<ExitCode> {
     let mut config = ClientConfig::load()?;
-    config.login(&args.name, &args.url, args.token, args.set_default)?;
+    let token = if args.oidc {
+        Some(exchange(&args).await?)
+    } else {
+        args.token.clone()
+    };
+    config.login(&args.name, &args.url, token, args.set_default)?;
     let server = config.servers[&args.name].clone();
     if args.no_verify {
         eprintln!("not checking {} (--no-verify)", server.endpoint);
@@ -62,6 +84,37 @@ pub async fn run(args: Login) -> Result<ExitCode> {
         if default { " (the default server)" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exchanges the job's ID token at the server for a token of its own.
+async fn exchange(args: &Login) -> Result<String> {
+    let audience = args.oidc_audience.as_deref().unwrap_or(&args.url);
+    let id_token = super::oidc::id_token(args.oidc_token_file.as_deref(), audience).await?;
+    let server = ServerEntry {
+        endpoint: format!("{}/", args.url.trim_end_matches('/')),
+        ..ServerEntry::default()
+    };
+    let endpoint = &server.endpoint;
+    match ApiClient::new(&server).exchange_id_token(&id_token).await {
+        Ok(reply) => {
+            let expires = humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + Duration::from_secs(reply.expires_at),
+            );
+            eprintln!(
+                "exchanged the ID token for a token of subject {} valid until {expires}",
+                reply.subject
+            );
+            Ok(reply.token)
+        }
+        Err(ApiError::Refused {
+            status, message, ..
+        }) if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => bail!(
+            "the server at {endpoint} refused the ID token ({status}): {message}; its log \
+             says why (audience asked for: {audience:?})"
+        ),
+        Err(ApiError::Unreachable { source, .. }) => Err(unreachable(&server, source).await),
+        Err(e) => bail!("cannot exchange the ID token: {e}"),
+    }
 }
 
 /// Asks the server whether it takes the token, turning each way this can

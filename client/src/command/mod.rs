@@ -3,6 +3,7 @@
 mod cache;
 mod get_closure;
 mod login;
+mod oidc;
 mod pin;
 mod push;
 mod use_cache;

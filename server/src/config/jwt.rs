@@ -156,6 +156,13 @@ impl TokenKeys {
         })
     }
 
+    /// The biscuit root key, owned: for what mints tokens beside
+    /// `atticadm` (the OIDC exchange).
+    pub fn into_biscuit_root_key(self) -> Result<RootKey, ConfigError> {
+        self.biscuit_root_key()?;
+        Ok(self.biscuit.expect("checked just above"))
+    }
+
     /// Where the biscuit root key comes from.
     pub fn biscuit_source(&self) -> BiscuitKeySource {
         self.biscuit_source

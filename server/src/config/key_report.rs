@@ -131,8 +131,51 @@ fn meaning(key: &str, config: &ServerConfig) -> Option<String> {
         "jwt.token-bound-issuer" => "a JWT must carry this `iss`".to_owned(),
         "jwt.token-bound-audiences" => "a JWT's `aud` must hold one of these".to_owned(),
         "jwt.blacklist.subjects" => "tokens of these subjects are refused".to_owned(),
+        "oidc.issuers" => describe_oidc_issuers(config),
         _ => return None,
     })
+}
+
+/// One clause per issuer: whose ID tokens `POST /_api/v1/oidc/exchange`
+/// takes, for which audience, and what each rule grants.
+fn describe_oidc_issuers(config: &ServerConfig) -> String {
+    let Ok(issuers) = config.oidc.resolve() else {
+        return String::new();
+    };
+    let described: Vec<String> = issuers
+        .iter()
+        .map(|issuer| {
+            let rules: Vec<String> = issuer
+                .rules
+                .iter()
+                .map(|rule| {
+                    let when: Vec<String> = rule
+                        .matchers
+                        .iter()
+                        .map(|(claim, pattern)| format!("{claim}={pattern}"))
+                        .collect();
+                    let grants: Vec<String> = rule
+                        .grants
+                        .iter()
+                        .map(|(pattern, permission)| format!("{permission} {}", pattern.as_str()))
+                        .collect();
+                    format!(
+                        "[{}] grants [{}] for {}",
+                        when.join(", "),
+                        grants.join(", "),
+                        humantime::format_duration(rule.validity)
+                    )
+                })
+                .collect();
+            format!(
+                "ID tokens of {} for audience {:?} are exchanged by the first matching rule of: {}",
+                issuer.issuer,
+                issuer.audience,
+                rules.join("; ")
+            )
+        })
+        .collect();
+    described.join(" | ")
 }
 
 #[cfg(test)]
@@ -162,5 +205,24 @@ mod tests {
         assert!(find("compression.type").contains("xz at level 2"));
         assert!(find("database.heartbeat").contains("every minute"));
         assert!(find("garbage-collection.default-retention-period").contains("for ever"));
+    }
+
+    #[test]
+    fn oidc_issuers_are_listed_with_their_rules() {
+        let text = format!(
+            "{}[[oidc.issuers]]\nissuer = \"https://gitlab.example.com\"\naudience = \"https://cache\"\n\
+             [[oidc.issuers.rules]]\nproject_path = \"acme/*\"\npush = [\"acme\"]\n",
+            key_line()
+        );
+        let config = parse(&text).expect("parses");
+        let lines = describe_keys(&text, &config);
+        let line = lines
+            .iter()
+            .find(|l| l.contains("`oidc.issuers`"))
+            .unwrap_or_else(|| panic!("oidc.issuers missing from {lines:#?}"));
+        assert!(line.contains("https://gitlab.example.com"), "{line}");
+        assert!(line.contains("project_path=acme/*"), "{line}");
+        assert!(line.contains("push acme"), "{line}");
+        assert!(line.contains("1h"), "{line}");
     }
 }

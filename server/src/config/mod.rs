@@ -17,6 +17,7 @@ mod gc;
 mod http;
 pub mod jwt;
 mod key_report;
+pub mod oidc;
 mod storage;
 mod tls;
 mod variables;
@@ -36,6 +37,7 @@ pub use gc::GcConfig;
 pub use http::{AddressRange, HttpConfig};
 pub use jwt::{JwtConfig, TokenKeys};
 pub use key_report::describe_keys;
+pub use oidc::{OidcConfig, OidcIssuer, OidcRule};
 pub use storage::{S3Checksums, S3Credentials, S3StorageConfig, StorageConfig};
 pub use tls::TlsConfig;
 use variables::expand_variables;
@@ -81,6 +83,15 @@ pub enum ConfigError {
     Invalid {
         /// The key, as written in the file.
         key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value that parses but cannot work, in an array of tables (e.g.
+    /// `oidc.issuers[0].rules[1].push`).
+    #[error("invalid value for `{key}`: {reason}")]
+    InvalidAt {
+        /// The key, as a dotted path with indices.
+        key: String,
         /// What is wrong.
         reason: String,
     },
@@ -175,6 +186,9 @@ pub struct ServerConfig {
     /// Attic's JWTs, accepted beside biscuit tokens.
     #[serde(default, skip_serializing_if = "JwtConfig::is_unset")]
     pub jwt: JwtConfig,
+    /// CI identity providers whose ID tokens are exchanged for ours.
+    #[serde(default, skip_serializing_if = "OidcConfig::is_unset")]
+    pub oidc: OidcConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -283,6 +297,7 @@ impl ServerConfig {
             garbage_collection: GcConfig::default(),
             tls: None,
             jwt: JwtConfig::default(),
+            oidc: OidcConfig::default(),
         }
     }
 
@@ -317,7 +332,15 @@ impl ServerConfig {
         // With several bad values, the first checked is the one reported:
         // the checks run in the order they always have, hence `[http]` in
         // two halves around `metrics-token`.
-        self.token_keys()?;
+        let token_keys = self.token_keys()?;
+        if !self.oidc.resolve()?.is_empty() && token_keys.biscuit_root_key().is_err() {
+            return Err(ConfigError::InvalidAt {
+                key: "oidc.issuers".to_owned(),
+                reason: "exchanging ID tokens mints biscuit tokens, which needs token-root-key \
+                         (the [jwt.signing] key is an RS256 public key, which cannot sign them)"
+                    .to_owned(),
+            });
+        }
         self.chunking.validate()?;
         self.http.validate_connection_caps()?;
         if self

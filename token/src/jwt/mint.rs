@@ -207,7 +207,7 @@ fn pkcs1_of_pkcs8(pkcs8: &[u8]) -> Option<&[u8]> {
 }
 
 /// One DER element: its tag, its content and what follows it.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

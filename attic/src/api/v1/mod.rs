@@ -3,6 +3,7 @@
 pub mod cache_config;
 pub mod caches;
 pub mod get_missing_paths;
+pub mod oidc_exchange;
 pub mod pins;
 pub mod upload_path;
 pub mod whoami;

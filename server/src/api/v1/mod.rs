@@ -3,6 +3,7 @@
 pub mod cache_config;
 pub mod caches;
 pub mod get_missing_paths;
+pub mod oidc_exchange;
 pub mod pins;
 pub mod upload_path;
 pub mod whoami;
@@ -26,6 +27,10 @@ pub fn router() -> Router<Arc<AppState>> {
         .route(
             "/get-missing-paths",
             post(get_missing_paths::get_missing_paths).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+        )
+        .route(
+            "/oidc/exchange",
+            post(oidc_exchange::exchange).layer(DefaultBodyLimit::max(oidc_exchange::MAX_BODY)),
         )
         .route("/upload-path", put(upload_path::upload_path))
         .route("/whoami", get(whoami::whoami))
