@@ -14,7 +14,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// A public cache `name` holding a freshly built closure, pushed by `attic`.
-fn public_cache_with_a_closure(client: &TestClient, name: &str) -> (TestClosure, tempfile::TempDir) {
+fn public_cache_with_a_closure(
+    client: &TestClient,
+    name: &str,
+) -> (TestClosure, tempfile::TempDir) {
     client.attic_ok(&["cache", "create", name, "--public"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let closure = nix::build_closure(dir.path(), 64 * 1024);
@@ -110,7 +113,11 @@ async fn nix_trusting_either_key_substitutes_during_the_overlap() {
     let config = api.cache_config(&token, "rotating").await;
     let new_key = string(&config, "public_key");
     assert_ne!(new_key, old_key);
-    assert_ne!(key_name(&new_key), key_name(&old_key), "Nix keeps one key per name");
+    assert_ne!(
+        key_name(&new_key),
+        key_name(&old_key),
+        "Nix keeps one key per name"
+    );
     assert_eq!(string(&config, "previous_public_key"), old_key);
     let until = config["previous_key_signs_until"]
         .as_i64()
@@ -124,7 +131,10 @@ async fn nix_trusting_either_key_substitutes_during_the_overlap() {
     // Every narinfo carries both signatures, each verifying.
     for path in &closure.paths {
         assert_eq!(
-            signers(&narinfo(&server, "rotating", path).await, &[&old_key, &new_key]),
+            signers(
+                &narinfo(&server, "rotating", path).await,
+                &[&old_key, &new_key]
+            ),
             sorted(vec![key_name(&old_key), key_name(&new_key)]),
         );
     }
@@ -136,7 +146,10 @@ async fn nix_trusting_either_key_substitutes_during_the_overlap() {
     // `attic cache info` shows both keys; `attic use` trusts both.
     let info = client.attic_ok(&["cache", "info", "rotating"]);
     assert!(info.contains(&new_key), "{info}");
-    assert!(info.contains(&format!("previous key:      {old_key}")), "{info}");
+    assert!(
+        info.contains(&format!("previous key:      {old_key}")),
+        "{info}"
+    );
     client.attic_ok(&["use", "rotating"]);
     let conf = std::fs::read_to_string(client.nix_conf()).expect("nix.conf");
     for key in [&old_key, &new_key] {
@@ -170,7 +183,10 @@ async fn nix_trusting_either_key_substitutes_during_the_overlap() {
     client.attic_ok(&["use", "rotating"]);
     let conf = std::fs::read_to_string(client.nix_conf()).expect("nix.conf");
     assert!(!conf.contains(&old_key), "{conf}");
-    assert!(conf.contains(&new_key) && conf.contains(&third_key), "{conf}");
+    assert!(
+        conf.contains(&new_key) && conf.contains(&third_key),
+        "{conf}"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +273,11 @@ async fn rotating_with_no_overlap_replaces_the_key_at_once_and_needs_configure_c
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     // Replacing and rotating at once is a contradiction.
     let both = api
-        .request(Method::PATCH, "/_api/v1/cache-config/rotating", Some(&token))
+        .request(
+            Method::PATCH,
+            "/_api/v1/cache-config/rotating",
+            Some(&token),
+        )
         .json(&json!({"keypair": "Generate", "rotate_keypair": {"overlap_seconds": 60}}))
         .send()
         .await
@@ -278,7 +298,10 @@ async fn rotating_with_no_overlap_replaces_the_key_at_once_and_needs_configure_c
     assert_ne!(new_key, old_key);
     assert!(config.get("previous_public_key").is_none(), "{config}");
     assert_eq!(
-        signers(&narinfo(&server, "rotating", closure.top()).await, &[&new_key]),
+        signers(
+            &narinfo(&server, "rotating", closure.top()).await,
+            &[&new_key]
+        ),
         vec![key_name(&new_key)],
     );
     assert!(!substitutes(&server, "rotating", &closure, &old_key));

@@ -33,11 +33,7 @@ pub async fn rotate_signing_key(
             .find_cache(name)
             .await?
             .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))?;
-        let new_key = generate_key(
-            &state.config,
-            name,
-            next_key_generation(&cache.signing_key),
-        )?;
+        let new_key = generate_key(&state.config, name, next_key_generation(&cache.signing_key))?;
         let signs_until = overlap_end(now(), overlap);
         let replaced = state
             .database
@@ -125,7 +121,10 @@ mod tests {
     #[test]
     fn an_overlap_ends_whole_seconds_after_the_rotation_and_zero_has_none() {
         assert_eq!(overlap_end(1000, Duration::ZERO), None);
-        assert_eq!(overlap_end(1000, Duration::from_secs(7 * 86400)), Some(1000 + 7 * 86400));
+        assert_eq!(
+            overlap_end(1000, Duration::from_secs(7 * 86400)),
+            Some(1000 + 7 * 86400)
+        );
         assert_eq!(overlap_end(1000, Duration::from_millis(1500)), Some(1002));
         assert_eq!(overlap_end(1000, Duration::MAX), Some(i64::MAX));
     }

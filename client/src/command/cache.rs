@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
-    CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig,
-    RetentionPeriodConfig,
+    CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
 use clap::{Args, Subcommand};
 
@@ -94,7 +93,12 @@ pub struct Configure {
     rotate_keypair: bool,
     /// How long the old key keeps signing after `--rotate-keypair` (`7d`,
     /// `12h`, `0` for not at all).
-    #[arg(long, value_name = "DURATION", requires = "rotate_keypair", default_value = "7d")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "rotate_keypair",
+        default_value = "7d"
+    )]
     overlap: String,
 }
 
@@ -200,7 +204,8 @@ fn parse_overlap(text: &str) -> Result<KeyRotation> {
 
 /// A Unix time as RFC 3339, in UTC.
 fn show_time(unix_seconds: i64) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
+    let time =
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
@@ -319,7 +324,10 @@ mod tests {
 
     #[test]
     fn overlaps_parse_as_durations_and_zero_means_none() {
-        assert_eq!(parse_overlap("7d").expect("days").overlap_seconds, 7 * 86400);
+        assert_eq!(
+            parse_overlap("7d").expect("days").overlap_seconds,
+            7 * 86400
+        );
         assert_eq!(parse_overlap("1s").expect("seconds").overlap_seconds, 1);
         assert_eq!(parse_overlap("0").expect("zero").overlap_seconds, 0);
         assert_eq!(parse_overlap("1500ms").expect("millis").overlap_seconds, 2);

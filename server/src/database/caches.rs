@@ -353,7 +353,10 @@ mod tests {
         assert!(given.previous_key.is_none());
 
         // A destroyed cache's key is not replaced.
-        database.destroy_cache(&given, false).await.expect("destroy");
+        database
+            .destroy_cache(&given, false)
+            .await
+            .expect("destroy");
         assert!(
             !database
                 .replace_signing_key(&given, &fifth_key, Some(9000))

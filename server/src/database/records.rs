@@ -62,7 +62,10 @@ impl Cache {
     /// then the previous one during a rotation's overlap.
     pub fn signing_keys(&self, now: i64) -> Vec<&SigningKey> {
         std::iter::once(&self.signing_key)
-            .chain(self.overlapping_key(now).map(|previous| &previous.signing_key))
+            .chain(
+                self.overlapping_key(now)
+                    .map(|previous| &previous.signing_key),
+            )
             .collect()
     }
 
@@ -298,7 +301,10 @@ mod tests {
         }
     }
 
-    fn cache_row(previous_keypair: Option<String>, previous_key_until: Option<i64>) -> cache::Model {
+    fn cache_row(
+        previous_keypair: Option<String>,
+        previous_key_until: Option<i64>,
+    ) -> cache::Model {
         cache::Model {
             id: 5,
             name: "demo".into(),
@@ -325,8 +331,8 @@ mod tests {
     #[test]
     fn the_previous_key_signs_beside_the_current_one_until_its_overlap_ends() {
         let old = SigningKey::generate("demo-1").expect("randomness");
-        let cache = Cache::try_from(cache_row(Some(old.to_nix_secret()), Some(1000)))
-            .expect("a valid row");
+        let cache =
+            Cache::try_from(cache_row(Some(old.to_nix_secret()), Some(1000))).expect("a valid row");
         assert_eq!(names(cache.signing_keys(999)), ["demo-2", "demo-1"]);
         assert_eq!(cache.signatures_valid_until(999), Some(1000));
         // From the stored end on, the old key signs nothing, and what is
@@ -354,7 +360,11 @@ mod tests {
         ] {
             assert!(matches!(
                 Cache::try_from(row),
-                Err(DatabaseError::CorruptRow { table: "cache", id: 5, .. })
+                Err(DatabaseError::CorruptRow {
+                    table: "cache",
+                    id: 5,
+                    ..
+                })
             ));
         }
     }

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use super::super::{JsonBody, cache_name, endpoint, with_trailing_slash};
 use crate::access::Caller;
 use crate::database::{CacheChanges, DatabaseError, NewCache, now};
-use crate::key_rotation::{generate_key, next_key_generation, rotate_signing_key};
 use crate::error::{ServerError, ServerResult};
+use crate::key_rotation::{generate_key, next_key_generation, rotate_signing_key};
 use crate::state::AppState;
 
 /// A cache's settings, without its secret key.
