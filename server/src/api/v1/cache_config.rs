@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attic::cache::CacheName;
-
 use attic::api::v1::cache_config::{
     CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
+use attic::cache::CacheName;
 use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
 use attic_token::Permission;
