@@ -311,3 +311,63 @@ pub fn write_cache_info(dir: &Path) -> PathBuf {
 pub fn add(dir: &Path) -> String {
     stdout_of(command("nix-store").arg("--add").arg(dir))
 }
+
+/// A Nix store of its own under a temporary root (a chroot store: paths
+/// keep their `/nix/store/…` names but live under the root), so one test
+/// can substitute the same path several times, each time from nothing,
+/// without touching the machine's store.
+pub struct FreshStore {
+    root: tempfile::TempDir,
+}
+
+impl FreshStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            root: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Tries to substitute `path` (and its closure) into this store from
+    /// `substituter`, trusting only `public_key` (one key or several,
+    /// space-separated), as `nix-store -r PATH --option substituters URL
+    /// --option trusted-public-keys KEY` does.
+    pub fn substitute(&self, path: &str, substituter: &str, public_key: &str) -> Output {
+        run_unchecked(
+            command("nix-store")
+                .arg("--store")
+                .arg(self.root.path())
+                .args([
+                    "--realise",
+                    path,
+                    "--option",
+                    "substituters",
+                    substituter,
+                    "--option",
+                    "trusted-public-keys",
+                    public_key,
+                    "--option",
+                    "require-sigs",
+                    "true",
+                ]),
+        )
+    }
+
+    /// Whether `path` is valid in this store.
+    pub fn is_valid(&self, path: &str) -> bool {
+        run_unchecked(
+            command("nix-store")
+                .arg("--store")
+                .arg(self.root.path())
+                .args(["--check-validity", path]),
+        )
+        .status
+        .success()
+    }
+}
+
+impl Default for FreshStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}

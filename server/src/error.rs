@@ -122,6 +122,9 @@ pub enum ServerError {
     /// `http.max-connections-per-address` requests in flight already.
     #[error("too many requests in flight from your address; try again when some have finished")]
     TooManyRequests,
+    /// A key rotation kept losing to other key changes on the same cache.
+    #[error("the cache's key kept changing while rotating it; look at the cache and try again")]
+    KeyChangedMeanwhile,
     /// A chunk an upload reuses stopped being stored while it ran.
     #[error("a chunk this upload reuses was just found damaged or reclaimed; retry the upload")]
     RetryUpload,
@@ -207,6 +210,7 @@ impl ServerError {
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
             Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
+            Self::KeyChangedMeanwhile => (StatusCode::CONFLICT, "KeyChangedMeanwhile"),
             Self::Unhealthy => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),

@@ -21,6 +21,7 @@ pub mod gc;
 pub mod import;
 pub mod ingest;
 mod key_path;
+pub mod key_rotation;
 pub mod linger;
 pub mod metrics;
 pub mod nar_stream;

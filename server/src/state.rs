@@ -40,10 +40,23 @@ pub const CHUNK_LIST_HELD_MAX: usize = 256;
 pub struct SignedNarinfo {
     /// The narinfo text.
     pub text: bytes::Bytes,
+    /// Unix second from which `text` carries a signature its cache's keys
+    /// no longer make (a key rotation's overlap ended); `None` while the
+    /// keys stay as they are. A rotation itself drops what is held.
+    pub signed_until: Option<i64>,
     /// The object's row, for the access log.
     pub object_id: ObjectId,
     /// The NAR's row, for a NAR request that follows.
     pub nar: Arc<NarRecord>,
+}
+
+impl SignedNarinfo {
+    /// Whether the text may still be served at `now` (Unix seconds): not
+    /// once the overlap it was signed in has ended, though the memo would
+    /// hold it a little longer.
+    pub fn is_signed_for(&self, now: i64) -> bool {
+        self.signed_until.is_none_or(|until| now < until)
+    }
 }
 
 /// What the read path keeps in memory so that a hot narinfo costs no
@@ -177,4 +190,34 @@ pub fn spawn_access_log_flusher(state: Arc<AppState>, period: Duration) {
             state.access_log.flush(&state.database).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(signed_until: Option<i64>) -> SignedNarinfo {
+        SignedNarinfo {
+            text: bytes::Bytes::from_static(b"StorePath: x\n"),
+            signed_until,
+            object_id: ObjectId::new(1),
+            nar: Arc::new(NarRecord {
+                id: NarId::new(1),
+                nar_hash: attic::hash::Sha256Hash::digest(b""),
+                nar_size: 0,
+                compression: crate::pack::StoredCompression::Zstd,
+                file_size: 0,
+                state: crate::pack::BlobState::Valid,
+                pack_id: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_narinfo_signed_during_an_overlap_is_not_served_after_it() {
+        let during = held(Some(1000));
+        assert!(during.is_signed_for(999));
+        assert!(!during.is_signed_for(1000));
+        assert!(held(None).is_signed_for(i64::MAX));
+    }
 }

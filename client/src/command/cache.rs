@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
-    CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
+    CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
 use clap::{Args, Subcommand};
 
@@ -103,9 +103,23 @@ pub struct Configure {
     /// for no limit.
     #[arg(long)]
     quota: Option<String>,
-    /// Replace the signing key; clients must trust the new public key.
-    #[arg(long)]
+    /// Replace the signing key at once; clients must trust the new public
+    /// key before they can pull again.
+    #[arg(long, conflicts_with = "rotate_keypair")]
     regenerate_keypair: bool,
+    /// Replace the signing key without an outage: the old key keeps signing
+    /// beside the new one for the `--overlap`, while clients move over.
+    #[arg(long)]
+    rotate_keypair: bool,
+    /// How long the old key keeps signing after `--rotate-keypair` (`7d`,
+    /// `12h`, `0` for not at all).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "rotate_keypair",
+        default_value = "7d"
+    )]
+    overlap: String,
 }
 
 pub async fn run(command: CacheCommand) -> Result<ExitCode> {
@@ -132,6 +146,10 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
             let api = client_for(&args.cache)?;
             let patch = CacheConfig {
                 keypair: args.regenerate_keypair.then_some(KeypairConfig::Generate),
+                rotate_keypair: args
+                    .rotate_keypair
+                    .then(|| parse_overlap(&args.overlap))
+                    .transpose()?,
                 is_public: (args.public || args.private).then_some(args.public),
                 priority: args.priority,
                 upstream_cache_key_names: (!args.upstream_cache_key_names.is_empty())
@@ -150,9 +168,15 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
             }
             api.configure_cache(&args.cache.cache, &patch).await?;
             eprintln!("configured {}", args.cache);
-            if args.regenerate_keypair {
+            if args.regenerate_keypair || args.rotate_keypair {
                 let config = api.get_cache_config(&args.cache.cache).await?;
-                eprintln!("the cache has a new key; clients must trust it:");
+                match (&config.previous_public_key, config.previous_key_signs_until) {
+                    (Some(previous), Some(until)) => eprintln!(
+                        "the cache has a new key; the old one, {previous}, signs beside it until                          {}: clients must trust the new key before then (`attic use` trusts both)",
+                        show_time(until)
+                    ),
+                    _ => eprintln!("the cache has a new key; clients must trust it:"),
+                }
                 print_config(&config);
             }
         }
@@ -297,6 +321,26 @@ fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {
     ))
 }
 
+fn parse_overlap(text: &str) -> Result<KeyRotation> {
+    let duration: Duration = humantime::parse_duration(text).map_err(|e| {
+        anyhow::anyhow!("--overlap {text:?}: {e} (use e.g. 7d, 12h, or 0 for none)")
+    })?;
+    // A part of a second still overlaps: round up, never down to none.
+    let seconds = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    Ok(KeyRotation {
+        overlap_seconds: seconds,
+    })
+}
+
+/// A Unix time as RFC 3339, in UTC.
+fn show_time(unix_seconds: i64) -> String {
+    let time =
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 fn parse_quota(text: &str) -> Result<QuotaConfig> {
     if text == "none" {
         return Ok(QuotaConfig::Unlimited);
@@ -353,6 +397,14 @@ fn confirm_destroy(cache: &CacheRef) -> Result<()> {
 fn print_config(config: &CacheConfig) {
     let show = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
     println!("public key:        {}", show(config.public_key.clone()));
+    if let (Some(previous), Some(until)) =
+        (&config.previous_public_key, config.previous_key_signs_until)
+    {
+        println!(
+            "previous key:      {previous} (also signs until {})",
+            show_time(until)
+        );
+    }
     println!(
         "substituter:       {}",
         show(config.substituter_endpoint.clone())
@@ -400,7 +452,20 @@ fn print_config(config: &CacheConfig) {
 
 #[cfg(test)]
 mod tests {
-    use super::{RetentionPeriodConfig, parse_retention, parse_size};
+    use super::{RetentionPeriodConfig, parse_overlap, parse_retention, parse_size, show_time};
+
+    #[test]
+    fn overlaps_parse_as_durations_and_zero_means_none() {
+        assert_eq!(
+            parse_overlap("7d").expect("days").overlap_seconds,
+            7 * 86400
+        );
+        assert_eq!(parse_overlap("1s").expect("seconds").overlap_seconds, 1);
+        assert_eq!(parse_overlap("0").expect("zero").overlap_seconds, 0);
+        assert_eq!(parse_overlap("1500ms").expect("millis").overlap_seconds, 2);
+        assert!(parse_overlap("a while").is_err());
+        assert_eq!(show_time(0), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn retention_periods_parse_as_attic_writes_them() {

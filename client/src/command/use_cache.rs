@@ -2,8 +2,9 @@
 //! substituter with its public key, and a pull-only token to a netrc file
 //! when the cache is private. Running it again changes nothing.
 //!
-//! After a key rotation it replaces the cache's older keys rather than
-//! trusting both. Nix's netrc holds one password per host, so the token
+//! During a key rotation's overlap it trusts both the cache's current and
+//! previous key (the server signs with both then); afterwards, run again,
+//! it drops the previous one, and any older key of the cache. Nix's netrc holds one password per host, so the token
 //! written there is the login token narrowed (offline) to pulling from the
 //! caches used on that server, all of them, so using a second cache never
 //! locks Nix out of the first and the file never holds push or admin rights.
@@ -48,6 +49,12 @@ pub async fn run(args: Use) -> Result<ExitCode> {
     let key = cache
         .public_key
         .context("the server did not say the cache's public key")?;
+    // During an overlap the previous key still signs: trust it too, so a
+    // narinfo Nix fetched before the rotation (and keeps in its own cache)
+    // still verifies.
+    let keys: Vec<String> = std::iter::once(key)
+        .chain(cache.previous_public_key)
+        .collect();
     let private = cache.is_public == Some(false);
     let host = host_of(&substituter)?;
 
@@ -55,10 +62,11 @@ pub async fn run(args: Use) -> Result<ExitCode> {
     let nix_conf = nix_dir.join("nix.conf");
     let existing = read_or_empty(&nix_conf)?;
     let netrc = existing_netrc_file(&existing).unwrap_or_else(|| nix_dir.join("netrc"));
-    let mut lines = vec![
-        format!("extra-substituters = {substituter}"),
-        format!("extra-trusted-public-keys = {key}"),
-    ];
+    let mut lines = vec![format!("extra-substituters = {substituter}")];
+    lines.extend(
+        keys.iter()
+            .map(|key| format!("extra-trusted-public-keys = {key}")),
+    );
     let mut used = server.used_caches.clone();
     used.insert(args.cache.cache.clone());
     let netrc_token = match (&server.token, private) {
@@ -81,7 +89,7 @@ pub async fn run(args: Use) -> Result<ExitCode> {
         (_, false) => None,
     };
 
-    let (without_stale, stale) = remove_stale_keys(&existing, &key);
+    let (without_stale, stale) = remove_stale_keys(&existing, &keys);
     if args.print {
         println!("# add to {}:", nix_conf.display());
         for line in &lines {
@@ -287,25 +295,28 @@ fn key_family(name: &str) -> &str {
     }
 }
 
-/// Whether trusting `old` (a `name:base64` key) next to `current` is
-/// stale: an older generation of the same cache's key, or a different key
-/// under the same name (which Nix could not tell apart anyway).
-fn is_stale_key(old: &str, current: &str) -> bool {
-    let (Some((old_name, _)), Some((current_name, _))) =
-        (old.split_once(':'), current.split_once(':'))
-    else {
+/// Whether trusting `old` (a `name:base64` key) next to the cache's
+/// `current` keys is stale: an older generation of the same cache's key,
+/// or a different key under the same name (which Nix could not tell apart
+/// anyway), and none of the keys the cache signs with now.
+fn is_stale_key(old: &str, current: &[String]) -> bool {
+    let Some((old_name, _)) = old.split_once(':') else {
         return false;
     };
-    old != current && key_family(old_name) == key_family(current_name)
+    !current.iter().any(|key| key == old)
+        && current.iter().any(|key| {
+            key.split_once(':')
+                .is_some_and(|(name, _)| key_family(old_name) == key_family(name))
+        })
 }
 
 /// `nix_conf` without the cache's stale keys in its `trusted-public-keys`
-/// and `extra-trusted-public-keys` lines, and the keys removed. The old key
-/// is dropped rather than kept beside the new one: the server signs every
-/// narinfo with the cache's current key when it serves it, so nothing from
+/// and `extra-trusted-public-keys` lines, and the keys removed. A key the
+/// cache no longer signs with is dropped rather than kept: the server signs
+/// every narinfo with its current keys when it serves it, so nothing from
 /// this cache still needs the old one, and a key is often rotated because
 /// it leaked.
-fn remove_stale_keys(nix_conf: &str, current: &str) -> (String, Vec<String>) {
+fn remove_stale_keys(nix_conf: &str, current: &[String]) -> (String, Vec<String>) {
     let mut out = String::with_capacity(nix_conf.len());
     let mut removed = Vec::new();
     for line in nix_conf.split_inclusive('\n') {
@@ -414,13 +425,17 @@ mod tests {
 
     const CURRENT: &str = "demo-2:bmV3";
 
+    fn current() -> Vec<String> {
+        vec![CURRENT.to_owned()]
+    }
+
     #[test]
     fn a_rotated_key_replaces_older_generations_of_the_same_cache() {
         let conf = "substituters =\n\
             extra-trusted-public-keys = demo-1:b2xk\n\
             extra-trusted-public-keys = other-1:b3Ro\n\
             trusted-public-keys = cache.nixos.org-1:eA== demo:b2xkZXI=\n";
-        let (kept, removed) = remove_stale_keys(conf, CURRENT);
+        let (kept, removed) = remove_stale_keys(conf, &current());
         assert_eq!(removed, vec!["demo-1:b2xk", "demo:b2xkZXI="]);
         assert_eq!(
             kept,
@@ -431,28 +446,42 @@ mod tests {
         let lines = vec![format!("extra-trusted-public-keys = {CURRENT}")];
         let updated = add_missing_lines(&kept, &lines);
         assert_eq!(
-            remove_stale_keys(&updated, CURRENT),
+            remove_stale_keys(&updated, &current()),
             (updated.clone(), vec![])
         );
     }
 
     #[test]
     fn a_different_key_under_the_same_name_is_stale_and_other_caches_are_not() {
-        assert!(is_stale_key("demo-2:b2xk", CURRENT));
-        assert!(!is_stale_key(CURRENT, CURRENT));
-        assert!(is_stale_key("host-demo-1:x", "host-demo-7:y"));
+        assert!(is_stale_key("demo-2:b2xk", &current()));
+        assert!(!is_stale_key(CURRENT, &current()));
+        assert!(is_stale_key("host-demo-1:x", &["host-demo-7:y".to_owned()]));
         // `demo-1` is another cache, whose keys are `demo-1-N`.
-        assert!(!is_stale_key("demo-1-1:x", CURRENT));
-        assert!(!is_stale_key("demox-1:x", CURRENT));
-        assert!(!is_stale_key("host-demo-1:x", CURRENT));
-        assert!(!is_stale_key("not a key", CURRENT));
+        assert!(!is_stale_key("demo-1-1:x", &current()));
+        assert!(!is_stale_key("demox-1:x", &current()));
+        assert!(!is_stale_key("host-demo-1:x", &current()));
+        assert!(!is_stale_key("not a key", &current()));
+    }
+
+    #[test]
+    fn during_an_overlap_both_keys_stay_and_older_generations_go() {
+        let overlapping = vec![CURRENT.to_owned(), "demo-1:b2xk".to_owned()];
+        let conf = "extra-trusted-public-keys = demo-1:b2xk\n\
+            extra-trusted-public-keys = demo-0:b2xkZXI=\n";
+        let (kept, removed) = remove_stale_keys(conf, &overlapping);
+        assert_eq!(removed, vec!["demo-0:b2xkZXI="]);
+        assert_eq!(kept, "extra-trusted-public-keys = demo-1:b2xk\n");
+        // After the overlap, the server names one key: the previous goes.
+        let (kept, removed) = remove_stale_keys(&kept, &current());
+        assert_eq!(removed, vec!["demo-1:b2xk"]);
+        assert_eq!(kept, "");
     }
 
     #[test]
     fn an_emptied_trusted_public_keys_stays_to_keep_defaults_off() {
-        let (kept, _) = remove_stale_keys("trusted-public-keys = demo-1:x\n", CURRENT);
+        let (kept, _) = remove_stale_keys("trusted-public-keys = demo-1:x\n", &current());
         assert_eq!(kept, "trusted-public-keys =\n");
-        let (kept, _) = remove_stale_keys("extra-trusted-public-keys = demo-1:x\n", CURRENT);
+        let (kept, _) = remove_stale_keys("extra-trusted-public-keys = demo-1:x\n", &current());
         assert_eq!(kept, "");
     }
 

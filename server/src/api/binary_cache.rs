@@ -1,6 +1,7 @@
 //! The Nix binary cache protocol, what `nix` reads as a substituter:
 //! `/{cache}/nix-cache-info`, `/{cache}/{hash}.narinfo` (signed on the fly
-//! with the cache's key) and `/{cache}/nar/{hash}.nar[.zst]`.
+//! with the cache's key, and during a key rotation's overlap with its
+//! previous key too) and `/{cache}/nar/{hash}.nar[.zst]`.
 //!
 //! NAR URLs name the store path hash, not the NAR hash, and resolve only
 //! through the cache's own objects: one cache's URLs never reach another's data.
@@ -25,7 +26,7 @@ use futures::StreamExt;
 
 use super::cache_name;
 use crate::access::Caller;
-use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath};
+use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath, now};
 use crate::error::{ServerError, ServerResult};
 use crate::expect_continue::refuse_before_the_body;
 use crate::metrics::Metrics;
@@ -99,10 +100,12 @@ async fn get_narinfo(
     let cache = caller.pullable_cache(&state, &cache_name(&name)?).await;
     // A name that is no store path hash is a miss, once the cache is allowed.
     let hash: Option<StorePathHash> = hash.parse().ok();
+    let now = now();
     let held = match (&cache, &hash) {
         (Ok(cache), Some(hash)) => state.read_cache.narinfos.get(&(cache.id, hash.clone())),
         _ => None,
-    };
+    }
+    .filter(|held| held.is_signed_for(now));
     if let Some(held) = held {
         Metrics::count(&state.metrics.narinfo_requests, "hit");
         state.access_log.record(held.object_id);
@@ -121,11 +124,12 @@ async fn get_narinfo(
     Metrics::count(&state.metrics.narinfo_requests, outcome);
     let (cache, object, nar) = found?;
     state.access_log.record(object.id);
-    let text = Bytes::from(build_narinfo(&cache, &object, &nar)?.to_string());
+    let text = Bytes::from(build_narinfo(&cache, &object, &nar, now)?.to_string());
     state.read_cache.narinfos.insert(
         (cache.id, object.info.store_path_hash.clone()),
         SignedNarinfo {
             text: text.clone(),
+            signed_until: cache.signatures_valid_until(now),
             object_id: object.id,
             nar: Arc::new(nar),
         },
@@ -152,8 +156,15 @@ fn narinfo_response(text: Bytes) -> Response {
     ([(CONTENT_TYPE, "text/x-nix-narinfo")], Body::from(text)).into_response()
 }
 
-/// The narinfo of a path, signed with the cache's key.
-fn build_narinfo(cache: &Cache, object: &StoredPath, nar: &NarRecord) -> ServerResult<NarInfo> {
+/// The narinfo of a path, signed with the cache's keys as they sign at
+/// `now` (Unix seconds): during a rotation's overlap, the current and the
+/// previous key.
+fn build_narinfo(
+    cache: &Cache,
+    object: &StoredPath,
+    nar: &NarRecord,
+    now: i64,
+) -> ServerResult<NarInfo> {
     // The row decoded, but its paths must also be paths of the cache's
     // store: a row that fails this was not written by this server.
     let corrupt = |what: &str| {
@@ -197,7 +208,15 @@ fn build_narinfo(cache: &Cache, object: &StoredPath, nar: &NarRecord) -> ServerR
         ca: info.ca.clone(),
         extra_fields: Vec::new(),
     };
-    narinfo.sign(&cache.signing_key);
+    // A signature by the cache's previous key that came with the upload
+    // goes too: after its overlap, that key signs nothing here.
+    if let Some(previous) = &cache.previous_key {
+        let prefix = format!("{}:", previous.signing_key.name());
+        narinfo.sigs.retain(|sig| !sig.starts_with(&prefix));
+    }
+    for key in cache.signing_keys(now) {
+        narinfo.sign(key);
+    }
     Ok(narinfo)
 }
 

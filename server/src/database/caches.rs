@@ -4,7 +4,7 @@
 use attic::cache::CacheName;
 use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::{Set, Unchanged},
@@ -145,7 +145,11 @@ impl Database {
             ..Default::default()
         };
         if let Some(key) = changes.signing_key {
+            // A key set outright replaces every key at once: the one
+            // before it stops signing now, as before rotations existed.
             row.keypair = Set(key.to_nix_secret());
+            row.previous_keypair = Set(None);
+            row.previous_key_until = Set(None);
         }
         if let Some(is_public) = changes.is_public {
             row.is_public = Set(is_public);
@@ -169,6 +173,39 @@ impl Database {
             row.update(&self.conn).await?;
         }
         Ok(())
+    }
+
+    /// Makes `new_key` the cache's signing key if its key is still the one
+    /// `cache` holds, keeping that key as the previous one until
+    /// `previous_signs_until` (Unix seconds; `None` drops it at once, as
+    /// does a time already past). A previous key from an earlier rotation
+    /// is forgotten: only the key replaced now overlaps.
+    ///
+    /// One conditional `UPDATE`, so two replicas rotating at once cannot
+    /// both keep the same key as previous: the loser changes nothing and
+    /// gets `false`, and should look at the cache again (it may also be
+    /// gone).
+    pub async fn replace_signing_key(
+        &self,
+        cache: &Cache,
+        new_key: &SigningKey,
+        previous_signs_until: Option<i64>,
+    ) -> Result<bool, DatabaseError> {
+        let current = cache.signing_key.to_nix_secret();
+        let previous = previous_signs_until.map(|_| current.clone());
+        let updated = cache::Entity::update_many()
+            .col_expr(cache::Column::Keypair, Expr::value(new_key.to_nix_secret()))
+            .col_expr(cache::Column::PreviousKeypair, Expr::value(previous))
+            .col_expr(
+                cache::Column::PreviousKeyUntil,
+                Expr::value(previous_signs_until),
+            )
+            .filter(cache::Column::Id.eq(cache.id))
+            .filter(cache::Column::Keypair.eq(current))
+            .filter(cache::Column::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        Ok(updated.rows_affected == 1)
     }
 
     /// Destroys a cache: it and its paths vanish at once; GC reclaims the
@@ -294,5 +331,120 @@ impl Database {
             ));
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replacing_a_key_keeps_the_one_before_and_only_that_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = Database::for_tests(&dir).await;
+        let first = database.seed_cache("rotating").await;
+        let second_key = SigningKey::generate("rotating-2").expect("randomness");
+        assert!(
+            database
+                .replace_signing_key(&first, &second_key, Some(2000))
+                .await
+                .expect("replace")
+        );
+        let second = database
+            .find_cache(&first.name)
+            .await
+            .expect("find")
+            .expect("live");
+        assert_eq!(second.signing_key.name(), "rotating-2");
+        let previous = second.previous_key.as_ref().expect("a previous key");
+        assert_eq!(
+            previous.signing_key.public_key(),
+            first.signing_key.public_key()
+        );
+        assert_eq!(previous.signs_until, 2000);
+
+        // A change based on the key as it was before loses, changing nothing.
+        let lost = SigningKey::generate("rotating-2").expect("randomness");
+        assert!(
+            !database
+                .replace_signing_key(&first, &lost, Some(3000))
+                .await
+                .expect("replace")
+        );
+
+        // A second rotation during the overlap: the current key becomes the
+        // previous one; the first is forgotten.
+        let third_key = SigningKey::generate("rotating-3").expect("randomness");
+        assert!(
+            database
+                .replace_signing_key(&second, &third_key, Some(4000))
+                .await
+                .expect("replace")
+        );
+        let third = database
+            .find_cache(&first.name)
+            .await
+            .expect("find")
+            .expect("live");
+        assert_eq!(third.signing_key.name(), "rotating-3");
+        let previous = third.previous_key.as_ref().expect("a previous key");
+        assert_eq!(previous.signing_key.name(), "rotating-2");
+        assert_eq!(previous.signs_until, 4000);
+
+        // No overlap drops the previous key, and so does a key set outright.
+        let fourth_key = SigningKey::generate("rotating-4").expect("randomness");
+        assert!(
+            database
+                .replace_signing_key(&third, &fourth_key, None)
+                .await
+                .expect("replace")
+        );
+        let fourth = database
+            .find_cache(&first.name)
+            .await
+            .expect("find")
+            .expect("live");
+        assert!(fourth.previous_key.is_none());
+        let fifth_key = SigningKey::generate("rotating-5").expect("randomness");
+        assert!(
+            database
+                .replace_signing_key(&fourth, &fifth_key, Some(9000))
+                .await
+                .expect("replace")
+        );
+        let fifth = database
+            .find_cache(&first.name)
+            .await
+            .expect("find")
+            .expect("live");
+        database
+            .configure_cache(
+                &fifth,
+                CacheChanges {
+                    signing_key: Some(SigningKey::generate("given").expect("randomness")),
+                    ..CacheChanges::default()
+                },
+            )
+            .await
+            .expect("configure");
+        let given = database
+            .find_cache(&first.name)
+            .await
+            .expect("find")
+            .expect("live");
+        assert_eq!(given.signing_key.name(), "given");
+        assert!(given.previous_key.is_none());
+
+        // A destroyed cache's key is not replaced.
+        database
+            .destroy_cache(&given, false)
+            .await
+            .expect("destroy");
+        assert!(
+            !database
+                .replace_signing_key(&given, &fifth_key, Some(9000))
+                .await
+                .expect("replace")
+        );
     }
 }

@@ -34,6 +34,49 @@ pub struct Cache {
     pub retention_period: Option<i64>,
     /// Stored bytes allowed before GC evicts; `None` for no limit.
     pub quota: Option<u64>,
+    /// The key it signed with before its last rotation, while (and after)
+    /// it was to keep signing; see [`Cache::signing_keys`].
+    pub previous_key: Option<PreviousKey>,
+}
+
+/// A cache's key from before its last rotation, and when it stops signing.
+#[derive(Debug, Clone)]
+pub struct PreviousKey {
+    /// The key. Never leaves the server.
+    pub signing_key: SigningKey,
+    /// Unix second from which it signs nothing.
+    pub signs_until: i64,
+}
+
+impl Cache {
+    /// The previous key, if it still signs at `now` (Unix seconds): the
+    /// overlap of a rotation ends at its `signs_until`, decided here at
+    /// signing time so that no job has to end it.
+    pub fn overlapping_key(&self, now: i64) -> Option<&PreviousKey> {
+        self.previous_key
+            .as_ref()
+            .filter(|previous| now < previous.signs_until)
+    }
+
+    /// The keys a narinfo served at `now` is signed with: the current key,
+    /// then the previous one during a rotation's overlap.
+    pub fn signing_keys(&self, now: i64) -> Vec<&SigningKey> {
+        std::iter::once(&self.signing_key)
+            .chain(
+                self.overlapping_key(now)
+                    .map(|previous| &previous.signing_key),
+            )
+            .collect()
+    }
+
+    /// Until when (Unix seconds) a narinfo signed at `now` carries the
+    /// right signatures: the end of the overlap if one is running, as a
+    /// narinfo signed during it carries a signature the old key may no
+    /// longer make after it; otherwise for as long as the keys stay.
+    pub fn signatures_valid_until(&self, now: i64) -> Option<i64> {
+        self.overlapping_key(now)
+            .map(|previous| previous.signs_until)
+    }
 }
 
 /// A path as one cache holds it.
@@ -146,6 +189,20 @@ impl TryFrom<cache::Model> for Cache {
                 .map(|q| size(q, "quota"))
                 .transpose()
                 .map_err(&bad)?,
+            previous_key: match (row.previous_keypair, row.previous_key_until) {
+                (Some(keypair), Some(signs_until)) => Some(PreviousKey {
+                    signing_key: keypair
+                        .parse()
+                        .map_err(|e| bad(format!("previous_keypair: {e}")))?,
+                    signs_until,
+                }),
+                (None, None) => None,
+                _ => {
+                    return Err(bad(
+                        "previous_keypair and previous_key_until must be set together".to_owned(),
+                    ));
+                }
+            },
         })
     }
 }
@@ -241,6 +298,74 @@ mod tests {
             created_at: 0,
             last_accessed_at: None,
             created_by: None,
+        }
+    }
+
+    fn cache_row(
+        previous_keypair: Option<String>,
+        previous_key_until: Option<i64>,
+    ) -> cache::Model {
+        cache::Model {
+            id: 5,
+            name: "demo".into(),
+            keypair: SigningKey::generate("demo-2")
+                .expect("randomness")
+                .to_nix_secret(),
+            is_public: false,
+            store_dir: "/nix/store".into(),
+            priority: 41,
+            upstream_cache_key_names: "[]".into(),
+            retention_period: None,
+            created_at: 0,
+            deleted_at: None,
+            quota: None,
+            previous_keypair,
+            previous_key_until,
+        }
+    }
+
+    fn names(keys: Vec<&SigningKey>) -> Vec<&str> {
+        keys.into_iter().map(SigningKey::name).collect()
+    }
+
+    #[test]
+    fn the_previous_key_signs_beside_the_current_one_until_its_overlap_ends() {
+        let old = SigningKey::generate("demo-1").expect("randomness");
+        let cache =
+            Cache::try_from(cache_row(Some(old.to_nix_secret()), Some(1000))).expect("a valid row");
+        assert_eq!(names(cache.signing_keys(999)), ["demo-2", "demo-1"]);
+        assert_eq!(cache.signatures_valid_until(999), Some(1000));
+        // From the stored end on, the old key signs nothing, and what is
+        // signed then stays right for as long as the keys stay.
+        assert_eq!(names(cache.signing_keys(1000)), ["demo-2"]);
+        assert_eq!(cache.signatures_valid_until(1000), None);
+        assert!(cache.overlapping_key(1000).is_none());
+        assert_eq!(names(cache.signing_keys(5000)), ["demo-2"]);
+    }
+
+    #[test]
+    fn a_cache_never_rotated_signs_with_its_key_alone() {
+        let cache = Cache::try_from(cache_row(None, None)).expect("a valid row");
+        assert_eq!(names(cache.signing_keys(0)), ["demo-2"]);
+        assert_eq!(cache.signatures_valid_until(0), None);
+    }
+
+    #[test]
+    fn a_previous_key_without_its_end_is_a_corrupt_row() {
+        let old = SigningKey::generate("demo-1").expect("randomness");
+        for row in [
+            cache_row(Some(old.to_nix_secret()), None),
+            cache_row(None, Some(1000)),
+            cache_row(Some("not a key".into()), Some(1000)),
+        ] {
+            assert!(matches!(
+                Cache::try_from(row),
+                Err(DatabaseError::CorruptRow {
+                    table: "cache",
+                    id: 5,
+                    ..
+                })
+            ));
         }
     }
 

@@ -12,6 +12,15 @@ pub enum KeypairConfig {
     Keypair(String),
 }
 
+/// A PATCH asking for a new, server-generated key while the current one
+/// keeps signing beside it for `overlap_seconds` (0: stops at once). A
+/// field Attic does not have: its clients never send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotation {
+    /// How long the replaced key keeps signing, in seconds.
+    pub overlap_seconds: u64,
+}
+
 /// How long a cache keeps paths nobody reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RetentionPeriodConfig {
@@ -49,9 +58,12 @@ pub struct CreateCacheRequest {
 /// leaves a setting as it is. The secret key is never sent back.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheConfig {
-    /// A new signing key (PATCH only).
+    /// A new signing key (PATCH only), replacing every key at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keypair: Option<KeypairConfig>,
+    /// Rotate to a generated key with an overlap (PATCH only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_keypair: Option<KeyRotation>,
     /// The URL to use as a Nix substituter (read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substituter_endpoint: Option<String>,
@@ -61,6 +73,15 @@ pub struct CacheConfig {
     /// The public key for Nix's `trusted-public-keys` (read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// During a rotation's overlap, the key the cache signed with before,
+    /// which signs every narinfo too until `previous_key_signs_until`
+    /// (read-only; absent outside an overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_public_key: Option<String>,
+    /// Unix seconds from which `previous_public_key` signs nothing
+    /// (read-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_signs_until: Option<i64>,
     /// Whether anyone may pull without a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_public: Option<bool>,
@@ -114,6 +135,15 @@ mod tests {
         assert_eq!(
             patch.retention_period,
             Some(RetentionPeriodConfig::Period(3600))
+        );
+        let rotate: CacheConfig =
+            serde_json::from_str(r#"{"rotate_keypair":{"overlap_seconds":604800}}"#)
+                .expect("parses");
+        assert_eq!(
+            rotate.rotate_keypair,
+            Some(KeyRotation {
+                overlap_seconds: 604800
+            })
         );
         let global: CacheConfig =
             serde_json::from_str(r#"{"retention_period":"Global"}"#).expect("parses");

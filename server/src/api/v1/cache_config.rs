@@ -1,13 +1,16 @@
 //! `/_api/v1/cache-config/{cache}`: GET (needs pull, or a public cache),
 //! POST to create (create_cache), PATCH to configure (configure_cache;
-//! configure_cache_retention for the retention period alone), DELETE to
+//! configure_cache_retention for the retention period alone; a key
+//! rotation, `rotate_keypair`, is [`crate::key_rotation`]'s), DELETE to
 //! destroy (destroy_cache).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use attic::api::v1::cache_config::{
     CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
+use attic::cache::CacheName;
 use attic::signing::SigningKey;
 use attic::store_path::StoreDir;
 use attic_token::Permission;
@@ -18,8 +21,9 @@ use serde_json::{Value, json};
 
 use super::super::{JsonBody, cache_name, endpoint, with_trailing_slash};
 use crate::access::Caller;
-use crate::database::{CacheChanges, DatabaseError, NewCache};
+use crate::database::{CacheChanges, DatabaseError, NewCache, now};
 use crate::error::{ServerError, ServerResult};
+use crate::key_rotation::{generate_key, next_key_generation, rotate_signing_key};
 use crate::state::AppState;
 
 /// A cache's settings, without its secret key.
@@ -39,6 +43,7 @@ pub async fn get_cache_config(
             .await
             .map_err(|_| denied)?,
     };
+    let overlapping = cache.overlapping_key(now());
     let base = endpoint(&state, &headers);
     let substituter_base = match &state.config.substituter_endpoint {
         Some(substituter) => with_trailing_slash(substituter),
@@ -46,9 +51,13 @@ pub async fn get_cache_config(
     };
     Ok(Json(CacheConfig {
         keypair: None,
+        rotate_keypair: None,
         substituter_endpoint: Some(format!("{substituter_base}{}", cache.name)),
         api_endpoint: Some(base),
         public_key: Some(cache.signing_key.public_key().to_string()),
+        previous_public_key: overlapping
+            .map(|previous| previous.signing_key.public_key().to_string()),
+        previous_key_signs_until: overlapping.map(|previous| previous.signs_until),
         is_public: Some(cache.is_public),
         store_dir: Some(cache.store_dir.as_str().to_owned()),
         priority: Some(cache.priority),
@@ -81,7 +90,7 @@ pub async fn create_cache(
     let name = cache_name(&name)?;
     caller.require(&name, Permission::CreateCache)?;
     let request: CreateCacheRequest = JsonBody::read(request).await?;
-    let signing_key = make_key(&request.keypair, &state, name.as_str(), 1)?;
+    let signing_key = make_key(&request.keypair, &state, &name, 1)?;
     let store_dir = store_dir(&request.store_dir)?;
     check_key_names(&request.upstream_cache_key_names)?;
     let created = state
@@ -129,10 +138,18 @@ pub async fn configure_cache(
         || patch.public_key.is_some()
         || patch.upload_encodings.is_some()
         || patch.used_bytes.is_some()
+        || patch.previous_public_key.is_some()
+        || patch.previous_key_signs_until.is_some()
     {
         return Err(ServerError::bad_request(
             "ReadOnlyField",
-            "substituter_endpoint, api_endpoint, public_key, upload_encodings and used_bytes cannot be set; send keypair to change the key",
+            "substituter_endpoint, api_endpoint, public_key, previous_public_key, previous_key_signs_until, upload_encodings and used_bytes cannot be set; send keypair or rotate_keypair to change the key",
+        ));
+    }
+    if patch.keypair.is_some() && patch.rotate_keypair.is_some() {
+        return Err(ServerError::bad_request(
+            "ConflictingKeyChanges",
+            "send keypair (replace the key at once) or rotate_keypair (with an overlap), not both",
         ));
     }
     // Retention and quota both decide how long data is kept.
@@ -162,7 +179,7 @@ pub async fn configure_cache(
             .as_ref()
             .map(|k| {
                 let generation = next_key_generation(&cache.signing_key);
-                make_key(k, &state, name.as_str(), generation)
+                make_key(k, &state, &name, generation)
             })
             .transpose()?,
         is_public: patch.is_public,
@@ -180,12 +197,17 @@ pub async fn configure_cache(
     };
     state.database.configure_cache(&cache, changes).await?;
     state.read_cache.forget_cache(&cache.name, cache.id);
+    if let Some(rotation) = patch.rotate_keypair {
+        let overlap = Duration::from_secs(rotation.overlap_seconds);
+        rotate_signing_key(&state, &name, overlap).await?;
+    }
     Ok(Json(json!({})))
 }
 
 /// Settings a PATCH may carry (and the read-only ones it may not).
-const PATCHABLE: [&str; 7] = [
+const PATCHABLE: [&str; 8] = [
     "keypair",
+    "rotate_keypair",
     "is_public",
     "store_dir",
     "priority",
@@ -218,6 +240,8 @@ fn is_read_only(key: &str) -> bool {
         "substituter_endpoint",
         "api_endpoint",
         "public_key",
+        "previous_public_key",
+        "previous_key_signs_until",
         "upload_encodings",
         "used_bytes",
     ]
@@ -247,55 +271,21 @@ fn store_dir(dir: &str) -> ServerResult<StoreDir> {
     StoreDir::new(dir).map_err(|e| ServerError::bad_request("InvalidStoreDir", e.to_string()))
 }
 
-/// A key as asked: given, or generated and named
-/// `[<api-endpoint host>-]<cache>-<generation>`. The host comes from the
-/// configured endpoint only, never from a request header; the generation
-/// counts rotations, so Nix can trust an old and a new key side by side.
+/// A key as asked: given, or generated (see [`generate_key`]).
 fn make_key(
     config: &KeypairConfig,
     state: &AppState,
-    cache: &str,
+    cache: &CacheName,
     generation: u32,
 ) -> ServerResult<SigningKey> {
     match config {
-        KeypairConfig::Generate => {
-            let host: Option<String> = state.config.api_endpoint.as_ref().map(|endpoint| {
-                endpoint
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .collect()
-            });
-            let name = match host {
-                Some(host) => format!("{host}-{cache}-{generation}"),
-                None => format!("{cache}-{generation}"),
-            };
-            SigningKey::generate(&name).map_err(ServerError::KeyGeneration)
-        }
+        KeypairConfig::Generate => generate_key(&state.config, cache, generation),
         KeypairConfig::Keypair(secret) => {
             secret.parse().map_err(|e: attic::signing::SigningError| {
                 ServerError::bad_request("InvalidKeypair", e.to_string())
             })
         }
     }
-}
-
-/// The generation of the key that replaces `current`: one more than the
-/// number its name ends with (`…-1` → 2), or 2 for a name without one.
-fn next_key_generation(current: &SigningKey) -> u32 {
-    current
-        .name()
-        .rsplit_once('-')
-        .and_then(|(_, n)| n.parse::<u32>().ok())
-        .map_or(2, |n| n.saturating_add(1))
 }
 
 fn check_key_names(names: &[String]) -> ServerResult<()> {

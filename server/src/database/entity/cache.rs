@@ -30,6 +30,12 @@ pub struct Model {
     /// Largest size of its paths' NARs (stored bytes) before GC evicts the
     /// least recently read; `None` for no limit.
     pub quota: Option<i64>,
+    /// The key it signed with before its last rotation, Nix secret-key
+    /// form; it signs too until `previous_key_until`. Never leaves the
+    /// server.
+    pub previous_keypair: Option<String>,
+    /// Unix second from which `previous_keypair` signs nothing.
+    pub previous_key_until: Option<i64>,
 }
 
 /// No navigable relations: queries join explicitly.
