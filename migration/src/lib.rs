@@ -14,6 +14,7 @@ mod m20261202_000004_add_nar_last_referenced;
 mod m20261206_000001_logs_in_storage;
 mod m20261206_000002_create_reserved_cache_name;
 mod m20261206_000003_create_revoked_subjects;
+mod m20261207_000002_create_audit_log;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_logs_in_storage::Migration),
             Box::new(m20261206_000002_create_reserved_cache_name::Migration),
             Box::new(m20261206_000003_create_revoked_subjects::Migration),
+            Box::new(m20261207_000002_create_audit_log::Migration),
         ]
     }
 }

@@ -7,7 +7,10 @@
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
 
-use crate::database::{Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo, StagedNar};
+use crate::database::{
+    Actor, AuditAction, AuditEvent, Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo,
+    StagedNar,
+};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::StoredNar;
 use crate::metrics::Metrics;
@@ -104,7 +107,8 @@ impl<'a> Uploads<'a> {
 /// Checks a path's metadata as an uploader sent it and makes it the path
 /// to attach to `cache`. Every string that ends up in a narinfo line is
 /// checked for line breaks, so a client can never inject fields into what
-/// other clients read.
+/// other clients read. Attaching it records a `push` by `created_by` in
+/// the audit log, in the transaction that attaches it.
 pub fn new_object(
     info: &UploadPathNarInfo,
     cache: &Cache,
@@ -159,6 +163,11 @@ pub fn new_object(
             sigs: info.sigs.clone(),
             ca: info.ca.clone(),
         },
+        audit: Some(
+            AuditEvent::new(AuditAction::Push, Actor::Token(created_by.clone()))
+                .on_cache(cache)
+                .on_path(info.store_path.clone()),
+        ),
         created_by,
         timestamps: None,
     })

@@ -300,6 +300,13 @@ fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig)
         "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}; logs removed: {}",
         report.nars, report.chunks, report.staged_expired, report.logs_removed
     );
+    if report.audit_events_trimmed > 0 {
+        println!(
+            "audit events past audit-retention-period ({}): {} removed",
+            humantime::format_duration(gc.audit_retention_period),
+            report.audit_events_trimmed
+        );
+    }
     println!(
         "packs: {} marked for deletion, {} compacted, {} deleted; orphans swept: {}",
         report.packs_marked, report.packs_compacted, report.packs_deleted, report.orphans_swept

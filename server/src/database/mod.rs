@@ -12,6 +12,7 @@
 //! for the lock instead of failing.
 
 mod attach;
+mod audit;
 mod caches;
 mod chunks;
 mod entity;
@@ -31,13 +32,14 @@ mod upload_rows;
 mod uploads;
 
 pub use attach::{NewObject, PathTimestamps};
+pub use audit::{Actor, AuditAction, AuditEvent, AuditQuery, AuditRecord, AuditScope};
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
 pub use gc::{
     CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
     RemovedPaths,
 };
-pub use ids::{CacheId, LogId, NarId, ObjectId, StagedNarId};
+pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, StagedNarId};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};

@@ -1,6 +1,7 @@
 //! `/_api/v1/`: one module per route, mirroring `attic::api::v1`.
 
 pub mod cache_config;
+pub mod cache_log;
 pub mod get_missing_paths;
 pub mod upload_path;
 pub mod whoami;
@@ -27,6 +28,7 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route("/upload-path", put(upload_path::upload_path))
         .route("/whoami", get(whoami::whoami))
+        .route("/cache-log/{cache}", get(cache_log::cache_log))
         .route(
             "/cache-config/{cache}",
             get(cache_config::get_cache_config)

@@ -65,6 +65,7 @@ async fn counts_rows_and_finds_no_orphans_in_a_store_of_held_uploads() {
         cache_id: cache,
         info: path_info(1),
         created_by: None,
+        audit: None,
         timestamps: None,
     });
     database
@@ -173,6 +174,7 @@ async fn lists_chunks_with_their_uses_and_nars_and_packs_as_records() {
         cache_id: cache,
         info: path_info(1),
         created_by: None,
+        audit: None,
         timestamps: None,
     });
     let new = upload(&[b"one", b"two", b"one"]);
