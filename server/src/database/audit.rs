@@ -29,6 +29,8 @@ pub enum AuditAction {
     ConfigureCache,
     /// A cache was destroyed.
     DestroyCache,
+    /// `atticadm` issued a token (made or attenuated one).
+    IssueToken,
     /// A token (and what was attenuated from it) was revoked.
     RevokeToken,
     /// Every token of a subject was revoked.
@@ -44,12 +46,13 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::Push,
         Self::Import,
         Self::CreateCache,
         Self::ConfigureCache,
         Self::DestroyCache,
+        Self::IssueToken,
         Self::RevokeToken,
         Self::RevokeSubject,
         Self::DeletePath,
@@ -66,6 +69,7 @@ impl AuditAction {
             Self::CreateCache => "create-cache",
             Self::ConfigureCache => "configure-cache",
             Self::DestroyCache => "destroy-cache",
+            Self::IssueToken => "issue-token",
             Self::RevokeToken => "revoke-token",
             Self::RevokeSubject => "revoke-subject",
             Self::DeletePath => "delete-path",

@@ -2,6 +2,8 @@
 //! log, oldest first, one page at a time; and how an entry is printed for
 //! people, shared by `attic cache log` and `atticadm audit`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 
 /// Most entries one page holds, and what a request without `limit` gets.
@@ -37,7 +39,7 @@ pub struct AuditEntry {
     /// When, as RFC 3339 (UTC).
     pub time: String,
     /// What happened: `push`, `import`, `create-cache`, `configure-cache`,
-    /// `destroy-cache`, `revoke-token`, `revoke-subject`, `delete-path`,
+    /// `destroy-cache`, `issue-token`, `revoke-token`, `revoke-subject`, `delete-path`,
     /// `pin`, `unpin`, `rotate-key`.
     pub action: String,
     /// Who acted: `token` (a request bearing a token) or `atticadm` (the
@@ -105,8 +107,38 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// A `--since` as people write it, in Unix seconds: a duration back from
+/// `now` (`2h`, `7d`, `1month`) or a time in RFC 3339 (`2026-12-01T00:00:00Z`).
+pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, String> {
+    let when = match humantime::parse_duration(text) {
+        Ok(ago) => now.checked_sub(ago).unwrap_or(UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!("{text:?} is neither a duration (`2h`, `7d`) nor an RFC 3339 time (`2026-12-01T00:00:00Z`)")
+        })?,
+    };
+    Ok(when
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+}
+
+/// Unix seconds as RFC 3339 (UTC), as [`AuditEntry::time`] shows them.
+pub fn format_time(unix_seconds: i64) -> String {
+    let time = UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn since_is_a_duration_back_or_a_time() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(10_000);
+        assert_eq!(parse_since("1h", now), Ok(10_000 - 3600));
+        assert_eq!(parse_since("1970-01-01T00:01:40Z", now), Ok(100));
+        assert_eq!(parse_since("1d", now), Ok(0));
+        assert!(parse_since("yesterday-ish", now).is_err());
+        assert_eq!(format_time(100), "1970-01-01T00:01:40Z");
+    }
+
     use super::*;
 
     fn entry(store_path: &str, subject: &str) -> AuditEntry {

@@ -4,9 +4,7 @@
 //! a missing one.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
-
-use attic::api::v1::cache_log::{AuditEntry, CacheLogPage, CacheLogQuery, MAX_PAGE};
+use attic::api::v1::cache_log::{AuditEntry, CacheLogPage, CacheLogQuery, MAX_PAGE, format_time};
 use attic_token::Permission;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -56,11 +54,10 @@ pub fn entry(record: &AuditRecord) -> AuditEntry {
         Actor::Token(subject) => ("token", subject.clone()),
         Actor::Atticadm => ("atticadm", None),
     };
-    let time = UNIX_EPOCH + Duration::from_secs(u64::try_from(record.at).unwrap_or(0));
     AuditEntry {
         id: record.id.get(),
         at: record.at,
-        time: humantime::format_rfc3339_seconds(time).to_string(),
+        time: format_time(record.at),
         action: record.action.as_str().to_owned(),
         actor: actor.to_owned(),
         subject,
