@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use attic::api::ErrorResponse;
 use attic::api::v1::cache_config::{CacheConfig, CreateCacheRequest};
+use attic::api::v1::cache_log::{CacheLogPage, CacheLogQuery};
 use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
 use attic::api::v1::upload_path::{
     NAR_INFO_HEADER, NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo, UploadPathResult,
@@ -237,6 +238,28 @@ impl ApiClient {
         )
         .await
         .map(drop)
+    }
+
+    /// `GET cache-log/{cache}`: one page of the cache's audit log.
+    pub async fn cache_log(
+        &self,
+        cache: &CacheName,
+        query: &CacheLogQuery,
+    ) -> Result<CacheLogPage, ApiError> {
+        // Numbers only, so no encoding is needed.
+        let params: Vec<String> = [
+            ("since", query.since),
+            ("after", query.after),
+            ("limit", query.limit.and_then(|l| i64::try_from(l).ok())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+        .collect();
+        let mut path = format!("cache-log/{cache}");
+        if !params.is_empty() {
+            path = format!("{path}?{}", params.join("&"));
+        }
+        self.send(self.request(Method::GET, &path)).await
     }
 
     /// `POST get-missing-paths`.

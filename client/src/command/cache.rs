@@ -1,4 +1,4 @@
-//! `attic cache create|configure|info|destroy`.
+//! `attic cache create|configure|info|destroy|log`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
     CacheConfig, CreateCacheRequest, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
+use attic::api::v1::cache_log::{CacheLogQuery, TABLE_HEADING, parse_since};
 use clap::{Args, Subcommand};
 
 use super::client_for;
@@ -23,6 +24,20 @@ pub enum CacheCommand {
     Info {
         /// The cache: `server:cache` or a name on the default server.
         cache: CacheRef,
+    },
+    /// Show the cache's audit log, oldest first: who pushed which path,
+    /// created, configured or destroyed the cache, and when. Needs
+    /// configure_cache on the cache.
+    Log {
+        /// The cache: `server:cache` or a name on the default server.
+        cache: CacheRef,
+        /// Only events since then: a duration back from now (`2h`, `7d`)
+        /// or an RFC 3339 time (`2026-12-01T00:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Destroy a cache and everything in it.
     Destroy {
@@ -140,6 +155,14 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
             let api = client_for(&cache)?;
             print_config(&api.get_cache_config(&cache.cache).await?);
         }
+        CacheCommand::Log { cache, since, json } => {
+            let since = since
+                .map(|text| parse_since(&text, std::time::SystemTime::now()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let api = client_for(&cache)?;
+            print_log(&api, &cache, since, json).await?;
+        }
         CacheCommand::Destroy { cache, no_confirm } => {
             let api = client_for(&cache)?;
             if !no_confirm {
@@ -150,6 +173,44 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a cache's log a page at a time as it arrives, oldest first.
+async fn print_log(
+    api: &crate::api::ApiClient,
+    cache: &CacheRef,
+    since: Option<i64>,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{TABLE_HEADING}")?;
+    }
+    let mut after = None;
+    loop {
+        let page = api
+            .cache_log(
+                &cache.cache,
+                &CacheLogQuery {
+                    since,
+                    after,
+                    limit: None,
+                },
+            )
+            .await?;
+        for entry in &page.events {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(entry)?)?;
+            } else {
+                writeln!(out, "{}", entry.table_row())?;
+            }
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {
