@@ -106,7 +106,12 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(IssuedToken::TokenId).string().not_null())
+                    .col(
+                        ColumnDef::new(IssuedToken::TokenId)
+                            .string()
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(IssuedToken::ParentTokenId).string().null())
                     .col(ColumnDef::new(IssuedToken::Subject).text().null())
                     .col(ColumnDef::new(IssuedToken::RevocationIds).text().not_null())
@@ -114,20 +119,17 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(IssuedToken::Caches).text().null())
                     .col(ColumnDef::new(IssuedToken::Permissions).text().null())
                     .col(ColumnDef::new(IssuedToken::ExpiresAt).big_integer().null())
-                    .col(ColumnDef::new(IssuedToken::IssuedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(IssuedToken::IssuedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("idx_issued_token_token_id")
-                    .table(IssuedToken::Table)
-                    .col(IssuedToken::TokenId)
-                    .unique()
-                    .to_owned(),
-            )
-            .await?;
+        // The unique constraint is part of the table, not an index made
+        // after it: a pooled SQLite connection that read the schema
+        // between the two statements would refuse `ON CONFLICT (token_id)`.
         manager
             .create_index(
                 Index::create()

@@ -261,7 +261,9 @@ impl Caller {
     ) -> ServerResult<Cache> {
         match self.require(name, permission) {
             Err(ServerError::Forbidden { .. })
-                if !Permission::ALL.iter().any(|p| self.require(name, *p).is_ok()) =>
+                if !Permission::ALL
+                    .iter()
+                    .any(|p| self.require(name, *p).is_ok()) =>
             {
                 Err(ServerError::NoSuchCache(name.to_string()))
             }

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use attic_token::{Attenuation, CacheNamePattern, Permission, Token, TokenSpec, attenuate};
 use attic::api::v1::cache_log::{MAX_PAGE, TABLE_HEADING, format_time, parse_since, printable};
+use attic_token::{Attenuation, CacheNamePattern, Permission, Token, TokenSpec, attenuate};
 use clap::{Parser, Subcommand};
 use server::database::{
-    Actor, AuditAction, AuditEvent, AuditQuery, AuditScope, Database, IssuedToken,
-    RegisteredToken, Revoked, TokenGrant,
+    Actor, AuditAction, AuditEvent, AuditQuery, AuditScope, Database, IssuedToken, RegisteredToken,
+    Revoked, TokenGrant,
 };
 use server::setup::{self, OpenDatabase};
 
@@ -223,9 +223,17 @@ async fn main() -> Result<()> {
                 .collect();
             // Registered before it is printed: no token leaves this command
             // without its record.
-            register(&database, &token, None, grants, None, None, Some(expires_at))
-                .await
-                .context("recording the token in the registry")?;
+            register(
+                &database,
+                &token,
+                None,
+                grants,
+                None,
+                None,
+                Some(expires_at),
+            )
+            .await
+            .context("recording the token in the registry")?;
             println!("{}", token.to_base64()?);
         }
         Command::ListTokens {
@@ -293,8 +301,8 @@ async fn main() -> Result<()> {
                     Some(subject) => format!("token {id} of subject {subject}"),
                     None => format!("token {id}"),
                 };
-                let audit = AuditEvent::new(AuditAction::RevokeToken, Actor::Atticadm)
-                    .with_detail(detail);
+                let audit =
+                    AuditEvent::new(AuditAction::RevokeToken, Actor::Atticadm).with_detail(detail);
                 database.revoke(&[id], audit).await?;
                 eprintln!(
                     "revoked {} (and every token attenuated from it)",
@@ -408,8 +416,8 @@ async fn register_attenuated(
     let root = keys
         .biscuit_root_key()
         .context("this server has no token-root-key")?;
-    let token = Token::parse(narrowed, &root.public())
-        .context("the token is not one of this server's")?;
+    let token =
+        Token::parse(narrowed, &root.public()).context("the token is not one of this server's")?;
     let ids = token.revocation_ids();
     let parent = ids.len().checked_sub(2).map(|i| ids[i].clone());
     let data_dir = setup::data_dir(data_dir, &loaded.config)?;
@@ -448,7 +456,12 @@ fn print_tokens(tokens: &[RegisteredToken], json: bool) -> Result<()> {
     for registered in tokens {
         let token = &registered.token;
         let state = match registered.revoked {
-            None if token.expires_at.is_some_and(|at| at < server::database::now()) => "expired",
+            None if token
+                .expires_at
+                .is_some_and(|at| at < server::database::now()) =>
+            {
+                "expired"
+            }
             None => "valid",
             Some(Revoked::Token) => "revoked",
             Some(Revoked::Subject) => "revoked-subject",

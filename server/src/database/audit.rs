@@ -389,12 +389,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let database = Database::for_tests(&dir).await;
         let a = database.seed_cache("a").await;
-        insert_audit(database.connection(), push(&a, "/nix/store/old", "x"), 1_000)
-            .await
-            .expect("record");
-        insert_audit(database.connection(), push(&a, "/nix/store/new", "x"), 2_000)
-            .await
-            .expect("record");
+        insert_audit(
+            database.connection(),
+            push(&a, "/nix/store/old", "x"),
+            1_000,
+        )
+        .await
+        .expect("record");
+        insert_audit(
+            database.connection(),
+            push(&a, "/nix/store/new", "x"),
+            2_000,
+        )
+        .await
+        .expect("record");
         assert_eq!(database.trim_audit(1_500).await.expect("trim"), 1);
         let left = database.read_audit(&everything()).await.expect("read");
         assert_eq!(left.len(), 1);

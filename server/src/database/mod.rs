@@ -42,8 +42,8 @@ pub use gc::{
 pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, StagedNarId};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
-pub use tokens::{IssuedToken, RegisteredToken, Revoked, TokenGrant};
 pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};
+pub use tokens::{IssuedToken, RegisteredToken, Revoked, TokenGrant};
 pub use upload_rows::{NewChunk, UploadedChunk};
 pub use uploads::{Claim, HeldByCache, NewNar};
 

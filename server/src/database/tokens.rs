@@ -265,7 +265,11 @@ impl Database {
         Ok(tokens
             .into_iter()
             .map(|token| {
-                let revoked = if token.revocation_ids.iter().any(|id| revoked_ids.contains(id)) {
+                let revoked = if token
+                    .revocation_ids
+                    .iter()
+                    .any(|id| revoked_ids.contains(id))
+                {
                     Some(Revoked::Token)
                 } else if token
                     .subject
@@ -336,18 +340,33 @@ mod tests {
         let all = database.list_tokens(None).await.expect("list");
         assert_eq!(all.len(), 3);
         assert!(all.iter().all(|t| t.revoked.is_none()));
-        assert_eq!(all[1].token.caches.as_deref(), Some(&["team-a".to_owned()][..]));
+        assert_eq!(
+            all[1].token.caches.as_deref(),
+            Some(&["team-a".to_owned()][..])
+        );
 
         // Revoking the parent revokes what was attenuated from it.
-        database.revoke(&["p".to_owned()], audit()).await.expect("revoke");
+        database
+            .revoke(&["p".to_owned()], audit())
+            .await
+            .expect("revoke");
         let alice = database.list_tokens(Some("alice")).await.expect("list");
         assert_eq!(alice.len(), 2);
         assert!(alice.iter().all(|t| t.revoked == Some(Revoked::Token)));
 
-        database.revoke_subject("bob", audit()).await.expect("revoke");
+        database
+            .revoke_subject("bob", audit())
+            .await
+            .expect("revoke");
         let bob = database.list_tokens(Some("bob")).await.expect("list");
         assert_eq!(bob[0].revoked, Some(Revoked::Subject));
-        assert!(database.list_tokens(Some("carol")).await.expect("list").is_empty());
+        assert!(
+            database
+                .list_tokens(Some("carol"))
+                .await
+                .expect("list")
+                .is_empty()
+        );
     }
 
     #[tokio::test]

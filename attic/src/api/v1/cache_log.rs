@@ -56,7 +56,8 @@ pub struct AuditEntry {
 }
 
 /// The heading of the table [`AuditEntry::table_row`] writes lines of.
-pub const TABLE_HEADING: &str = "TIME                  ACTION           WHO                  CACHE            PATH / DETAIL";
+pub const TABLE_HEADING: &str =
+    "TIME                  ACTION           WHO                  CACHE            PATH / DETAIL";
 
 impl AuditEntry {
     /// The entry as one line of a table for people. Everything a client
@@ -123,7 +124,8 @@ pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, String> {
 
 /// Unix seconds as RFC 3339 (UTC), as [`AuditEntry::time`] shows them.
 pub fn format_time(unix_seconds: i64) -> String {
-    let time = UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
+    let time =
+        UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
     humantime::format_rfc3339_seconds(time).to_string()
 }
 

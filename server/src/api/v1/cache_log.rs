@@ -3,12 +3,12 @@
 //! A token granting nothing on the cache is told it does not exist, as for
 //! a missing one.
 
-use std::sync::Arc;
 use attic::api::v1::cache_log::{AuditEntry, CacheLogPage, CacheLogQuery, MAX_PAGE, format_time};
 use attic_token::Permission;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use std::sync::Arc;
 
 use super::super::cache_name;
 use crate::access::Caller;
