@@ -35,7 +35,7 @@ impl<'a> Uploads<'a> {
     ) -> ServerResult<NarRecord> {
         let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
         let nar = self
-            .commit(stored, Claim::Object(object), "uploaded")
+            .commit(stored, Claim::Object(Box::new(object)), "uploaded")
             .await?;
         self.state.read_cache.forget_path(cache_id, &hash);
         Ok(nar)

@@ -14,11 +14,18 @@ pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok
 fn format(value: Duration) -> String {
     const DAY: u64 = 24 * 3600;
     let secs = value.as_secs();
-    if secs >= DAY && secs % DAY == 0 && value.subsec_nanos() == 0 {
+    if secs >= DAY && secs.is_multiple_of(DAY) && value.subsec_nanos() == 0 {
         format!("{}d", secs / DAY)
     } else {
         humantime::format_duration(value).to_string()
     }
+}
+
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -33,11 +40,4 @@ mod tests {
         assert_eq!(format(Duration::from_secs(12 * 3600)), "12h");
         assert_eq!(format(Duration::ZERO), "0s");
     }
-}
-
-pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
-    })
 }
