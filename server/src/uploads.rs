@@ -1,8 +1,10 @@
 //! The one way in: every upload route (`upload-path`, `nix copy`'s NAR and
 //! narinfo, and later import and pull-through) ends here once its bytes are
 //! verified. Each step after that happens in this one place: the commit,
-//! attaching the path to its cache, dropping what the read cache holds of
-//! the path, and counting the upload.
+//! attaching the path to its cache with its audit record (a `push`, built
+//! by [`new_object`], or an `import`; written in the transaction that
+//! attaches the path, one row per path), dropping what the read cache
+//! holds of the path, and counting the upload.
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
