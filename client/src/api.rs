@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use attic::api::ErrorResponse;
 use attic::api::v1::cache_config::{CacheConfig, CreateCacheRequest};
+use attic::api::v1::cache_log::{CacheLogPage, CacheLogQuery};
 use attic::api::v1::caches::ListCachesResponse;
 use attic::api::v1::get_missing_paths::{GetMissingPathsRequest, GetMissingPathsResponse};
 use attic::api::v1::oidc_exchange::{OidcExchangeRequest, OidcExchangeResponse};
@@ -325,6 +326,28 @@ impl ApiClient {
             self.request(Method::DELETE, &format!("pins/{cache}/{name}")),
         )
         .await
+    }
+
+    /// `GET cache-log/{cache}`: one page of the cache's audit log.
+    pub async fn cache_log(
+        &self,
+        cache: &CacheName,
+        query: &CacheLogQuery,
+    ) -> Result<CacheLogPage, ApiError> {
+        // Numbers only, so no encoding is needed.
+        let params: Vec<String> = [
+            ("since", query.since),
+            ("after", query.after),
+            ("limit", query.limit.and_then(|l| i64::try_from(l).ok())),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+        .collect();
+        let mut path = format!("cache-log/{cache}");
+        if !params.is_empty() {
+            path = format!("{path}?{}", params.join("&"));
+        }
+        self.send(self.request(Method::GET, &path)).await
     }
 
     /// `POST get-missing-paths`.

@@ -197,6 +197,24 @@ async fn imports_caches_paths_and_nars_and_reports_damage() {
     );
     store.close().await;
 
+    // The audit log says the operator created the cache and brought each
+    // path over, and who pushed it to Attic.
+    let audit = server.atticadm(&["audit", "--cache", "alpha", "--json"]);
+    assert!(audit.status.success());
+    let events: Vec<serde_json::Value> = stdout(&audit)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(events[0]["action"], "create-cache", "{events:#?}");
+    let mut imported: Vec<&str> = events
+        .iter()
+        .filter(|e| e["action"] == "import" && e["actor"] == "atticadm")
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.contains("ci")))
+        .filter_map(|e| e["store_path"].as_str())
+        .collect();
+    imported.sort_unstable();
+    assert_eq!(imported, expected);
+
     let counts = server.row_counts().await;
     let again = import(&server, &s.config, &[]);
     let report = stdout(&again);

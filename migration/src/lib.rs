@@ -15,6 +15,7 @@ mod m20261206_000001_logs_in_storage;
 mod m20261206_000002_create_reserved_cache_name;
 mod m20261206_000003_create_revoked_subjects;
 mod m20261207_000001_create_pins;
+mod m20261207_000002_create_audit_log;
 mod m20261207_000003_add_cache_previous_key;
 
 /// Every migration, oldest first.
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_create_reserved_cache_name::Migration),
             Box::new(m20261206_000003_create_revoked_subjects::Migration),
             Box::new(m20261207_000001_create_pins::Migration),
+            Box::new(m20261207_000002_create_audit_log::Migration),
             Box::new(m20261207_000003_add_cache_previous_key::Migration),
         ]
     }

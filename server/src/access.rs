@@ -257,6 +257,34 @@ impl Caller {
             .ok_or_else(|| ServerError::NoSuchCache(name.to_string()))
     }
 
+    /// Checks `permission` and returns the live cache, for a cache's admin
+    /// routes: a token that grants nothing at all on the cache is told it
+    /// does not exist (404, as for a missing cache), so a tenant cannot
+    /// learn another's cache names; one with some right there but not
+    /// this one gets 403.
+    pub async fn require_cache_undiscoverable(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+        permission: Permission,
+    ) -> ServerResult<Cache> {
+        match self.require(name, permission) {
+            Err(ServerError::Forbidden { .. })
+                if !Permission::ALL
+                    .iter()
+                    .any(|p| self.require(name, *p).is_ok()) =>
+            {
+                Err(ServerError::NoSuchCache(name.to_string()))
+            }
+            Err(refused) => Err(refused),
+            Ok(()) => state
+                .database
+                .find_cache(name)
+                .await?
+                .ok_or_else(|| ServerError::NoSuchCache(name.to_string())),
+        }
+    }
+
     /// The cache if the caller may pull from it: with a token that grants
     /// pull, or from a public cache by anyone, whatever token they send.
     pub async fn pullable_cache(&self, state: &AppState, name: &CacheName) -> ServerResult<Cache> {

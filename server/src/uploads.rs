@@ -1,13 +1,18 @@
 //! The one way in: every upload route (`upload-path`, `nix copy`'s NAR and
 //! narinfo, and later import and pull-through) ends here once its bytes are
 //! verified. Each step after that happens in this one place: the commit,
-//! attaching the path to its cache, dropping what the read cache holds of
-//! the path, and counting the upload.
+//! attaching the path to its cache with its audit record (a `push`, built
+//! by [`new_object`], or an `import`; written in the transaction that
+//! attaches the path, one row per path), dropping what the read cache
+//! holds of the path, and counting the upload.
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
 
-use crate::database::{Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo, StagedNar};
+use crate::database::{
+    Actor, AuditAction, AuditEvent, Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo,
+    StagedNar,
+};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::StoredNar;
 use crate::metrics::Metrics;
@@ -47,7 +52,7 @@ impl<'a> Uploads<'a> {
     ) -> ServerResult<NarRecord> {
         let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
         let nar = self
-            .commit(stored, Claim::Object(object), "uploaded")
+            .commit(stored, Claim::Object(Box::new(object)), "uploaded")
             .await?;
         self.state.read_cache.forget_path(cache_id, &hash);
         Ok(nar)
@@ -119,7 +124,8 @@ impl<'a> Uploads<'a> {
 /// Checks a path's metadata as an uploader sent it and makes it the path
 /// to attach to `cache`. Every string that ends up in a narinfo line is
 /// checked for line breaks, so a client can never inject fields into what
-/// other clients read.
+/// other clients read. Attaching it records a `push` by `created_by` in
+/// the audit log, in the transaction that attaches it.
 pub fn new_object(
     info: &UploadPathNarInfo,
     cache: &Cache,
@@ -174,6 +180,11 @@ pub fn new_object(
             sigs: info.sigs.clone(),
             ca: info.ca.clone(),
         },
+        audit: Some(
+            AuditEvent::new(AuditAction::Push, Actor::Token(created_by.clone()))
+                .on_cache(cache)
+                .on_path(info.store_path.clone()),
+        ),
         created_by,
         timestamps: None,
     })

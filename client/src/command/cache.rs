@@ -1,4 +1,4 @@
-//! `attic cache create|configure|info|destroy|list|delete-path`.
+//! `attic cache create|configure|info|destroy|list|delete-path|log`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
     CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
 };
+use attic::api::v1::cache_log::{CacheLogQuery, TABLE_HEADING, parse_since};
 use clap::{Args, Subcommand};
 
 use super::client_for;
@@ -32,6 +33,20 @@ pub enum CacheCommand {
     /// Remove store paths from a cache at once (their narinfos answer 404
     /// from then on); other caches holding them are not touched.
     DeletePath(DeletePath),
+    /// Show the cache's audit log, oldest first: who pushed which path,
+    /// created, configured or destroyed the cache, and when. Needs
+    /// configure_cache on the cache.
+    Log {
+        /// The cache: `server:cache` or a name on the default server.
+        cache: CacheRef,
+        /// Only events since then: a duration back from now (`2h`, `7d`)
+        /// or an RFC 3339 time (`2026-12-01T00:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Destroy a cache and everything in it.
     Destroy {
         /// The cache: `server:cache` or a name on the default server.
@@ -189,6 +204,14 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
             print_caches(&api.list_caches().await?.caches);
         }
         CacheCommand::DeletePath(args) => return delete_paths(args).await,
+        CacheCommand::Log { cache, since, json } => {
+            let since = since
+                .map(|text| parse_since(&text, std::time::SystemTime::now()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let api = client_for(&cache)?;
+            print_log(&api, &cache, since, json).await?;
+        }
         CacheCommand::Destroy { cache, no_confirm } => {
             let api = client_for(&cache)?;
             if !no_confirm {
@@ -306,6 +329,44 @@ fn print_caches(caches: &[attic::api::v1::caches::CacheSummary]) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+/// Prints a cache's log a page at a time as it arrives, oldest first.
+async fn print_log(
+    api: &crate::api::ApiClient,
+    cache: &CacheRef,
+    since: Option<i64>,
+    json: bool,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{TABLE_HEADING}")?;
+    }
+    let mut after = None;
+    loop {
+        let page = api
+            .cache_log(
+                &cache.cache,
+                &CacheLogQuery {
+                    since,
+                    after,
+                    limit: None,
+                },
+            )
+            .await?;
+        for entry in &page.events {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(entry)?)?;
+            } else {
+                writeln!(out, "{}", entry.table_row())?;
+            }
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 fn parse_retention(text: &str) -> Result<RetentionPeriodConfig> {

@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use super::cache_name;
 use crate::access::Caller;
 use crate::cache_admin::CacheAdmin;
+use crate::database::Actor;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 
@@ -30,6 +31,8 @@ pub async fn delete_path(
         .require_cache(&state, &cache_name(&name)?, Permission::Delete)
         .await?;
     let hash: StorePathHash = hash.parse().map_err(|_| ServerError::NoSuchObject)?;
-    CacheAdmin::new(&state).delete_path(&cache, &hash).await?;
+    CacheAdmin::new(&state, Actor::Token(caller.subject()))
+        .delete_path(&cache, &hash)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

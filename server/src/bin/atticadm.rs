@@ -5,8 +5,13 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use attic::api::v1::cache_log::{MAX_PAGE, TABLE_HEADING, format_time, parse_since, printable};
 use attic_token::{Attenuation, CacheNamePattern, Permission, Token, TokenSpec, attenuate};
 use clap::{Parser, Subcommand};
+use server::database::{
+    Actor, AuditAction, AuditEvent, AuditQuery, AuditScope, Database, IssuedToken, RegisteredToken,
+    Revoked, TokenGrant,
+};
 use server::setup::{self, OpenDatabase};
 
 /// Administer an atticd server.
@@ -40,8 +45,43 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// List the tokens make-token and attenuate-token issued (never the
+    /// tokens themselves): subject, id, grants, expiry, and whether each is
+    /// revoked, by id (its own or a token's it was attenuated from) or by
+    /// subject. Tokens issued before the registry existed are not listed.
+    ListTokens {
+        /// Only tokens of this subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Data directory of the embedded database [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show the audit log, oldest first: every push, import, cache
+    /// creation, configuration and destruction, token issued and revoked,
+    /// with its time, token subject, cache and path.
+    Audit {
+        /// Only events of caches of this name (past ones included).
+        #[arg(long)]
+        cache: Option<String>,
+        /// Only events since then: a duration back from now (`2h`, `7d`)
+        /// or an RFC 3339 time (`2026-12-01T00:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Data directory of the embedded database [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Narrow a token offline: fewer caches, fewer permissions, an earlier expiry.
-    /// Needs no key; anyone holding a token can do this.
+    /// Needs no key; anyone holding a token can do this. Where the server's
+    /// config is at hand, the new token is also entered in the registry
+    /// (`list-tokens`).
     AttenuateToken {
         /// The token to narrow.
         token: String,
@@ -54,6 +94,9 @@ enum Command {
         /// Expire after this long at the latest (e.g. `1h`, `7d`).
         #[arg(long, value_parser = humantime::parse_duration)]
         validity: Option<Duration>,
+        /// Data directory of the embedded database [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Read every stored pack back and check each chunk against its
     /// checksum; mark what is damaged, so its paths read as missing and the
@@ -116,6 +159,10 @@ struct MakeToken {
     /// Caches it may destroy.
     #[arg(long, value_name = "PATTERN")]
     destroy_cache: Vec<CacheNamePattern>,
+    /// Data directory of the embedded database, where the token is
+    /// registered [default: $XDG_DATA_HOME/attic].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 impl MakeToken {
@@ -157,12 +204,72 @@ async fn main() -> Result<()> {
                     "the token would grant nothing: give at least one of --pull, --push, --delete, --create-cache, --configure-cache, --configure-cache-retention, --destroy-cache"
                 );
             }
+            let data_dir = setup::data_dir(args.data_dir.clone(), &loaded.config)?;
+            let database =
+                setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
+            let expires_at = SystemTime::now() + args.validity;
             let spec = TokenSpec {
                 subject: args.sub,
-                expires_at: Some(SystemTime::now() + args.validity),
-                grants,
+                expires_at: Some(expires_at),
+                grants: grants.clone(),
             };
-            println!("{}", spec.sign(root)?.to_base64()?);
+            let token = spec.sign(root)?;
+            let grants = grants
+                .iter()
+                .map(|(pattern, permission)| TokenGrant {
+                    pattern: pattern.as_str().to_owned(),
+                    permission: permission.as_str().to_owned(),
+                })
+                .collect();
+            // Registered before it is printed: no token leaves this command
+            // without its record.
+            register(
+                &database,
+                &token,
+                None,
+                grants,
+                None,
+                None,
+                Some(expires_at),
+            )
+            .await
+            .context("recording the token in the registry")?;
+            println!("{}", token.to_base64()?);
+        }
+        Command::ListTokens {
+            subject,
+            json,
+            data_dir,
+        } => {
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
+            let database =
+                setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
+            let tokens = database.list_tokens(subject.as_deref()).await?;
+            print_tokens(&tokens, json)?;
+        }
+        Command::Audit {
+            cache,
+            since,
+            json,
+            data_dir,
+        } => {
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
+            let scope = match cache {
+                Some(name) => AuditScope::CacheName(
+                    name.parse()
+                        .with_context(|| format!("{name:?} is not a cache name"))?,
+                ),
+                None => AuditScope::All,
+            };
+            let since = since
+                .map(|text| parse_since(&text, SystemTime::now()))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
+            let database =
+                setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
+            print_audit(&database, scope, since, json).await?;
         }
         Command::RevokeToken {
             token,
@@ -189,14 +296,23 @@ async fn main() -> Result<()> {
             let database =
                 setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
             if let Some(token) = token {
-                database.revoke(&[token.own_revocation_id()]).await?;
+                let id = token.own_revocation_id();
+                let detail = match token.subject() {
+                    Some(subject) => format!("token {id} of subject {subject}"),
+                    None => format!("token {id}"),
+                };
+                let audit =
+                    AuditEvent::new(AuditAction::RevokeToken, Actor::Atticadm).with_detail(detail);
+                database.revoke(&[id], audit).await?;
                 eprintln!(
                     "revoked {} (and every token attenuated from it)",
                     token.subject().unwrap_or_default()
                 );
             }
             if let Some(subject) = subject {
-                database.revoke_subject(&subject).await?;
+                let audit = AuditEvent::new(AuditAction::RevokeSubject, Actor::Atticadm)
+                    .with_detail(format!("subject {subject}"));
+                database.revoke_subject(&subject, audit).await?;
                 eprintln!("revoked every token whose subject is {subject:?}");
             }
         }
@@ -205,13 +321,22 @@ async fn main() -> Result<()> {
             caches,
             permissions,
             validity,
+            data_dir,
         } => {
             let attenuation = Attenuation {
                 caches: (!caches.is_empty()).then_some(caches),
                 permissions: (!permissions.is_empty()).then_some(permissions),
                 expires_at: validity.map(|v| SystemTime::now() + v),
             };
-            println!("{}", attenuate(&token, &attenuation)?);
+            let narrowed = attenuate(&token, &attenuation)?;
+            println!("{narrowed}");
+            // Attenuating needs no server; recording it does.
+            if let Err(e) =
+                register_attenuated(options.config.as_deref(), data_dir, &narrowed, &attenuation)
+                    .await
+            {
+                eprintln!("note: the new token is not in the token registry: {e:#}");
+            }
         }
         Command::Gc { data_dir } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
@@ -230,6 +355,201 @@ async fn main() -> Result<()> {
             if !verify(&loaded.config, &data_dir, cache.as_deref()).await? {
                 std::process::exit(1);
             }
+        }
+    }
+    Ok(())
+}
+
+/// Enters a token `atticadm` issued in the registry, with an
+/// `issue-token` audit event.
+async fn register(
+    database: &Database,
+    token: &Token,
+    parent_token_id: Option<String>,
+    grants: Vec<TokenGrant>,
+    caches: Option<Vec<String>>,
+    permissions: Option<Vec<String>>,
+    expires_at: Option<SystemTime>,
+) -> Result<()> {
+    let token_id = token.own_revocation_id();
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    };
+    let mut detail = format!("token {token_id}");
+    if let Some(subject) = token.subject() {
+        detail.push_str(&format!(" of subject {subject}"));
+    }
+    if let Some(parent) = &parent_token_id {
+        detail.push_str(&format!(", attenuated from {parent}"));
+    }
+    let audit = AuditEvent::new(AuditAction::IssueToken, Actor::Atticadm).with_detail(detail);
+    database
+        .register_token(
+            IssuedToken {
+                token_id,
+                parent_token_id,
+                subject: token.subject().map(str::to_owned),
+                revocation_ids: token.revocation_ids(),
+                grants,
+                caches,
+                permissions,
+                expires_at: expires_at.map(unix),
+                issued_at: unix(SystemTime::now()),
+            },
+            audit,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Registers a token `attenuate-token` made, if this machine has the
+/// server's config, key and database.
+async fn register_attenuated(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+    narrowed: &str,
+    attenuation: &Attenuation,
+) -> Result<()> {
+    let loaded = setup::load_existing_config(config)?;
+    let keys = loaded.config.token_keys()?;
+    let root = keys
+        .biscuit_root_key()
+        .context("this server has no token-root-key")?;
+    let token =
+        Token::parse(narrowed, &root.public()).context("the token is not one of this server's")?;
+    let ids = token.revocation_ids();
+    let parent = ids.len().checked_sub(2).map(|i| ids[i].clone());
+    let data_dir = setup::data_dir(data_dir, &loaded.config)?;
+    let database = setup::open_database(&loaded.config, &data_dir, OpenDatabase::Existing).await?;
+    register(
+        &database,
+        &token,
+        parent,
+        Vec::new(),
+        attenuation
+            .caches
+            .as_ref()
+            .map(|c| c.iter().map(|p| p.as_str().to_owned()).collect()),
+        attenuation
+            .permissions
+            .as_ref()
+            .map(|p| p.iter().map(|p| p.as_str().to_owned()).collect()),
+        attenuation.expires_at,
+    )
+    .await
+}
+
+/// Prints the registry: a table, or one JSON object per line. An
+/// attenuated token shows what it narrows (`caches=`, `permissions=`) and
+/// the token it came from, whose grants bound it.
+fn print_tokens(tokens: &[RegisteredToken], json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<21} {:<21} {:<16} {:<17} {:<16} GRANTS",
+            "ISSUED", "EXPIRES", "SUBJECT", "ID", "STATE"
+        )?;
+    }
+    for registered in tokens {
+        let token = &registered.token;
+        let state = match registered.revoked {
+            None if token
+                .expires_at
+                .is_some_and(|at| at < server::database::now()) =>
+            {
+                "expired"
+            }
+            None => "valid",
+            Some(Revoked::Token) => "revoked",
+            Some(Revoked::Subject) => "revoked-subject",
+        };
+        if json {
+            let line = serde_json::json!({
+                "subject": token.subject,
+                "token_id": token.token_id,
+                "parent_token_id": token.parent_token_id,
+                "grants": token.grants,
+                "caches": token.caches,
+                "permissions": token.permissions,
+                "expires_at": token.expires_at,
+                "issued_at": token.issued_at,
+                "state": state,
+                "revoked": registered.revoked.is_some(),
+            });
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        let mut grants: Vec<String> = token
+            .grants
+            .iter()
+            .map(|g| format!("{}:{}", g.permission, g.pattern))
+            .collect();
+        if let Some(parent) = &token.parent_token_id {
+            grants.push(format!("from={}", short_id(parent)));
+        }
+        if let Some(caches) = &token.caches {
+            grants.push(format!("caches={}", caches.join(",")));
+        }
+        if let Some(permissions) = &token.permissions {
+            grants.push(format!("permissions={}", permissions.join(",")));
+        }
+        writeln!(
+            out,
+            "{:<21} {:<21} {:<16} {:<17} {:<16} {}",
+            format_time(token.issued_at),
+            token.expires_at.map_or("never".to_owned(), format_time),
+            printable(token.subject.as_deref().unwrap_or("-")),
+            short_id(&token.token_id),
+            state,
+            printable(&grants.join(" "))
+        )?;
+    }
+    Ok(())
+}
+
+/// The first 16 hex digits of a token id: enough to tell tokens apart in a
+/// table (`--json` shows the whole id).
+fn short_id(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
+/// Prints the audit log a page at a time, so a huge log is never held in
+/// memory whole.
+async fn print_audit(
+    database: &Database,
+    scope: AuditScope,
+    since: Option<i64>,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{TABLE_HEADING}")?;
+    }
+    let mut after = None;
+    loop {
+        let page = database
+            .read_audit(&AuditQuery {
+                scope: scope.clone(),
+                since,
+                after,
+                limit: MAX_PAGE,
+            })
+            .await?;
+        for record in &page {
+            let entry = server::api::v1::cache_log::entry(record);
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+            } else {
+                writeln!(out, "{}", entry.table_row())?;
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as u64 == MAX_PAGE => after = Some(last.id),
+            _ => break,
         }
     }
     Ok(())
@@ -300,6 +620,13 @@ fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig)
         "NARs: {}; chunks: {}; unclaimed nix-copy uploads: {}; logs removed: {}",
         report.nars, report.chunks, report.staged_expired, report.logs_removed
     );
+    if report.audit_events_trimmed > 0 {
+        println!(
+            "audit events past audit-retention-period ({}): {} removed",
+            humantime::format_duration(gc.audit_retention_period),
+            report.audit_events_trimmed
+        );
+    }
     println!(
         "packs: {} marked for deletion, {} compacted, {} deleted; orphans swept: {}",
         report.packs_marked, report.packs_compacted, report.packs_deleted, report.orphans_swept

@@ -35,6 +35,10 @@ pub struct GcConfig {
     /// zstd level chunks are recompressed at when compacted (1 to 19).
     #[serde(default = "default_compaction_level")]
     pub compaction_level: i32,
+    /// How long audit log events are kept; each collection deletes older
+    /// ones. `0s` keeps them for ever.
+    #[serde(default = "default_audit_retention_period", with = "duration")]
+    pub audit_retention_period: Duration,
 }
 
 impl Default for GcConfig {
@@ -45,6 +49,7 @@ impl Default for GcConfig {
             grace_period: default_grace_period(),
             compact_below: default_compact_below(),
             compaction_level: default_compaction_level(),
+            audit_retention_period: default_audit_retention_period(),
         }
     }
 }
@@ -64,6 +69,9 @@ fn default_compact_below() -> f64 {
 }
 fn default_compaction_level() -> i32 {
     15
+}
+fn default_audit_retention_period() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
 }
 
 impl GcConfig {

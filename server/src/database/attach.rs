@@ -5,6 +5,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
+use super::audit::{AuditEvent, insert_audit};
 use super::entity::{BlobState, nar, object, staged_nar};
 use super::ids::{CacheId, NarId};
 use super::json::Json;
@@ -24,6 +25,9 @@ pub struct NewObject {
     /// from another server (`atticadm import-attic`); `None` for a new
     /// upload: created now, never read.
     pub timestamps: Option<PathTimestamps>,
+    /// What the audit log records of this attachment (a push, an import),
+    /// in the same transaction; `None` records nothing (tests).
+    pub audit: Option<AuditEvent>,
 }
 
 /// A path's creation and last-read times, in Unix seconds, kept when it
@@ -46,6 +50,9 @@ pub(super) async fn attach_object(
 ) -> Result<(), DatabaseError> {
     let when = now();
     stamp_nar(txn, nar_id, when).await?;
+    if let Some(event) = new.audit {
+        insert_audit(txn, event, when).await?;
+    }
     let info = new.info;
     let (created_at, last_accessed_at) = match new.timestamps {
         Some(times) => (times.created_at, times.last_accessed_at),

@@ -29,6 +29,11 @@ crate::row_id::row_id! {
     LogId
 }
 
+crate::row_id::row_id! {
+    /// An audit event's row: later events have larger ids.
+    AuditId
+}
+
 /// Lets ids stand in queries, and be read from results, where their
 /// column's number would.
 macro_rules! bind_as_number {
@@ -56,6 +61,7 @@ bind_as_number!(
     ObjectId,
     StagedNarId,
     LogId,
+    AuditId,
     PackId,
     StoredChunkId
 );

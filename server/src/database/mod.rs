@@ -12,6 +12,7 @@
 //! for the lock instead of failing.
 
 mod attach;
+mod audit;
 mod caches;
 mod chunks;
 mod entity;
@@ -32,6 +33,7 @@ mod upload_rows;
 mod uploads;
 
 pub use attach::{NewObject, PathTimestamps};
+pub use audit::{Actor, AuditAction, AuditEvent, AuditQuery, AuditRecord, AuditScope};
 pub use caches::CacheStats;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
@@ -39,11 +41,12 @@ pub use gc::{
     CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
     RemovedPaths,
 };
-pub use ids::{CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
+pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use pins::{PinRecord, PinnedPath};
 pub use records::{Cache, NarRecord, PackRecord, PathInfo, StagedNar, StoredPath};
+pub use tokens::{IssuedToken, RegisteredToken, Revoked, TokenGrant};
 pub use upload_rows::{NewChunk, UploadedChunk};
 pub use uploads::{Claim, HeldByCache, NewNar};
 

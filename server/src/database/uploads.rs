@@ -236,7 +236,7 @@ impl Database {
         heal_nars(&txn, &new_rows).await?;
         let nar = NarRecord::try_from(nar_row)?;
         match claim {
-            Claim::Object(new) => attach_object(&txn, nar.id, new).await?,
+            Claim::Object(new) => attach_object(&txn, nar.id, *new).await?,
             Claim::Staged { cache_id, file } => {
                 stage_nar(&txn, cache_id, file, nar.id, when).await?;
             }
@@ -295,7 +295,7 @@ impl Database {
 #[derive(Debug)]
 pub enum Claim {
     /// A path of a cache (`upload-path`).
-    Object(NewObject),
+    Object(Box<NewObject>),
     /// Staged in a cache under the file name Nix uploaded it as, until a
     /// narinfo claims it (`nix copy`).
     Staged {

@@ -318,6 +318,10 @@ impl<'a> Collector<'a> {
         self.destroyed_caches().await?;
         crash_point("destroyed");
         self.report.staged_expired = self.database.expire_staged(grace_cutoff).await?;
+        if !self.config.audit_retention_period.is_zero() {
+            let cutoff = start - secs(self.config.audit_retention_period);
+            self.report.audit_events_trimmed = self.database.trim_audit(cutoff).await?;
+        }
         self.progress.stage("deleting unheld NARs");
         self.nars().await?;
         crash_point("nars");

@@ -27,6 +27,8 @@ pub struct GcReport {
     pub logs_removed: u64,
     /// `nix copy` uploads never claimed.
     pub staged_expired: u64,
+    /// Audit events older than `audit-retention-period`, deleted.
+    pub audit_events_trimmed: u64,
     /// NARs deleted.
     pub nars: u64,
     /// Chunks deleted.
@@ -53,7 +55,7 @@ pub struct GcReport {
 
 impl GcReport {
     /// Each count with its name, for logs and metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 12] {
+    pub fn counts(&self) -> [(&'static str, u64); 13] {
         [
             ("objects_expired", self.objects_expired),
             ("objects_evicted", self.objects_evicted),
@@ -64,6 +66,7 @@ impl GcReport {
             ("caches_forgotten", self.caches_forgotten),
             ("logs_removed", self.logs_removed),
             ("staged_expired", self.staged_expired),
+            ("audit_events_trimmed", self.audit_events_trimmed),
             ("nars", self.nars),
             ("chunks", self.chunks),
             ("packs_marked", self.packs_marked),

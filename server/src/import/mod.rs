@@ -45,7 +45,10 @@ use futures::{StreamExt, TryStreamExt};
 
 use self::chunks::{ChunkFiles, nar_reader};
 use self::source::{AtticCache, AtticObject, AtticSource, NarState};
-use crate::database::{Cache, CacheChanges, DatabaseError, NewCache, NewObject, PathTimestamps};
+use crate::database::{
+    Actor, AuditAction, AuditEvent, Cache, CacheChanges, DatabaseError, NewCache, NewObject,
+    PathTimestamps,
+};
 use crate::error::ServerError;
 use crate::ingest::{self, Declared, Expect};
 use crate::state::AppState;
@@ -297,7 +300,16 @@ impl Run<'_> {
         let existing = match database.find_cache(&settings.name).await? {
             Some(existing) => existing,
             None => match database.create_cache(settings.new_cache()).await {
-                Ok(created) => created,
+                Ok(created) => {
+                    database
+                        .record_audit(
+                            AuditEvent::new(AuditAction::CreateCache, Actor::Atticadm)
+                                .on_cache(&created)
+                                .with_detail("imported from Attic"),
+                        )
+                        .await?;
+                    created
+                }
                 // Created meanwhile (another run): checked below like any.
                 Err(DatabaseError::CacheExists) => {
                     match database.find_cache(&settings.name).await? {
@@ -591,6 +603,17 @@ fn path_to_import(cache: &Cache, object: &AtticObject) -> Result<(NewObject, Dec
         nar_size,
     };
     let mut new = new_object(&info, cache, object.created_by.clone()).map_err(|e| e.to_string())?;
+    // The import is the operator's act; who pushed the path to Attic is
+    // worth keeping beside it.
+    new.audit = Some(
+        AuditEvent::new(AuditAction::Import, Actor::Atticadm)
+            .on_cache(cache)
+            .on_path(new.info.store_path.clone())
+            .with_detail(match &object.created_by {
+                Some(subject) => format!("from Attic, pushed there by {subject}"),
+                None => "from Attic".to_owned(),
+            }),
+    );
     new.timestamps = Some(PathTimestamps {
         created_at: object.created_at.unwrap_or_else(crate::database::now),
         last_accessed_at: object.last_accessed_at,

@@ -6,6 +6,7 @@
 
 pub mod keys;
 
+use crate::database::{Actor, AuditAction, AuditEvent};
 use std::time::{Duration, SystemTime};
 
 use attic_token::oidc::{IdTokenError, UnverifiedIdToken};
@@ -133,6 +134,17 @@ pub async fn exchange(state: &AppState, id_token: &str) -> ServerResult<Exchange
         expires_in = %humantime::format_duration(rule.validity),
         "exchanged an OIDC ID token"
     );
+    state
+        .database
+        .record_audit(
+            AuditEvent::new(AuditAction::IssueToken, Actor::Token(Some(subject.clone())))
+                .with_detail(format!(
+                    "exchanged an ID token of {} (rule {index}) for a token valid {}",
+                    config.issuer,
+                    humantime::format_duration(rule.validity)
+                )),
+        )
+        .await?;
     Ok(ExchangedToken {
         token: minted,
         subject,

@@ -1,6 +1,7 @@
 //! Version 1 of the API, under `/_api/v1/`: one module per route.
 
 pub mod cache_config;
+pub mod cache_log;
 pub mod caches;
 pub mod get_missing_paths;
 pub mod oidc_exchange;

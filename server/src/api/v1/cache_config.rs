@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::super::{JsonBody, cache_name, endpoint, with_trailing_slash};
 use crate::access::Caller;
-use crate::database::{CacheChanges, DatabaseError, NewCache, now};
+use crate::database::{Actor, AuditAction, AuditEvent, CacheChanges, DatabaseError, NewCache, now};
 use crate::error::{ServerError, ServerResult};
 use crate::key_rotation::{generate_key, next_key_generation, rotate_signing_key};
 use crate::state::AppState;
@@ -105,7 +105,18 @@ pub async fn create_cache(
         })
         .await;
     match created {
-        Ok(_) => Ok(Json(json!({}))),
+        Ok(cache) => {
+            let visibility = if cache.is_public { "public" } else { "private" };
+            state
+                .database
+                .record_audit(
+                    AuditEvent::new(AuditAction::CreateCache, Actor::Token(caller.subject()))
+                        .on_cache(&cache)
+                        .with_detail(visibility),
+                )
+                .await?;
+            Ok(Json(json!({})))
+        }
         Err(DatabaseError::CacheExists) => Err(ServerError::CacheExists(name.to_string())),
         Err(DatabaseError::CacheNameReserved) => {
             Err(ServerError::CacheNameReserved(name.to_string()))
@@ -173,6 +184,7 @@ pub async fn configure_cache(
     if let Some(names) = &patch.upstream_cache_key_names {
         check_key_names(names)?;
     }
+    let changed = changed_settings(&patch);
     let changes = CacheChanges {
         signing_key: patch
             .keypair
@@ -199,9 +211,68 @@ pub async fn configure_cache(
     state.read_cache.forget_cache(&cache.name, cache.id);
     if let Some(rotation) = patch.rotate_keypair {
         let overlap = Duration::from_secs(rotation.overlap_seconds);
-        rotate_signing_key(&state, &name, overlap).await?;
+        let rotated = rotate_signing_key(&state, &name, overlap).await?;
+        state
+            .database
+            .record_audit(
+                AuditEvent::new(AuditAction::RotateKey, Actor::Token(caller.subject()))
+                    .on_cache(&rotated)
+                    .with_detail(format!(
+                        "new key {}, the previous one signing for {}",
+                        rotated.signing_key.name(),
+                        humantime::format_duration(overlap)
+                    )),
+            )
+            .await?;
     }
+    state
+        .database
+        .record_audit(
+            AuditEvent::new(AuditAction::ConfigureCache, Actor::Token(caller.subject()))
+                .on_cache(&cache)
+                .with_detail(changed),
+        )
+        .await?;
     Ok(Json(json!({})))
+}
+
+/// The settings a patch changes, for the audit log: `is_public=true,
+/// keypair`. Never a key's secret: only that it changed.
+fn changed_settings(patch: &CacheConfig) -> String {
+    let mut changed = Vec::new();
+    if patch.keypair.is_some() {
+        changed.push("keypair".to_owned());
+    }
+    let mut value = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            changed.push(format!("{name}={value}"));
+        }
+    };
+    value("is_public", patch.is_public.map(|v| v.to_string()));
+    value("store_dir", patch.store_dir.clone());
+    value("priority", patch.priority.map(|v| v.to_string()));
+    value(
+        "upstream_cache_key_names",
+        patch
+            .upstream_cache_key_names
+            .as_ref()
+            .map(|names| names.join(",")),
+    );
+    value(
+        "retention_period",
+        patch.retention_period.as_ref().map(|r| match r {
+            RetentionPeriodConfig::Global => "global".to_owned(),
+            RetentionPeriodConfig::Period(seconds) => format!("{seconds}s"),
+        }),
+    );
+    value(
+        "quota",
+        patch.quota.as_ref().map(|q| match q {
+            QuotaConfig::Unlimited => "unlimited".to_owned(),
+            QuotaConfig::Bytes(bytes) => bytes.to_string(),
+        }),
+    );
+    changed.join(", ")
 }
 
 /// Settings a PATCH may carry (and the read-only ones it may not).
@@ -263,6 +334,13 @@ pub async fn destroy_cache(
         .destroy_cache(&cache, state.config.soft_delete_caches)
         .await?;
     state.read_cache.forget_cache(&cache.name, cache.id);
+    state
+        .database
+        .record_audit(
+            AuditEvent::new(AuditAction::DestroyCache, Actor::Token(caller.subject()))
+                .on_cache(&cache),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 

@@ -1,6 +1,7 @@
 //! `/_api/v1/`: one module per route, mirroring `attic::api::v1`.
 
 pub mod cache_config;
+pub mod cache_log;
 pub mod caches;
 pub mod get_missing_paths;
 pub mod oidc_exchange;
@@ -40,6 +41,7 @@ pub fn router() -> Router<Arc<AppState>> {
             "/pins/{cache}/{name}",
             put(pins::pin_path).delete(pins::remove_pin),
         )
+        .route("/cache-log/{cache}", get(cache_log::cache_log))
         .route(
             "/cache-config/{cache}",
             get(cache_config::get_cache_config)

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use super::super::{JsonBody, cache_name};
 use crate::access::Caller;
 use crate::cache_admin::CacheAdmin;
+use crate::database::Actor;
 use crate::database::PinRecord;
 use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
@@ -56,7 +57,7 @@ pub async fn pin_path(
         .store_dir
         .parse_path(&request.store_path)
         .map_err(|e| ServerError::bad_request("InvalidStorePath", e.to_string()))?;
-    let pinned = CacheAdmin::new(&state)
+    let pinned = CacheAdmin::new(&state, Actor::Token(caller.subject()))
         .pin_path(&cache, &pin, path.hash(), keep)
         .await?;
     Ok(Json(pin_info(pinned)))
@@ -72,7 +73,9 @@ pub async fn remove_pin(
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
     let pin = pin_name(&pin)?;
-    CacheAdmin::new(&state).remove_pin(&cache, &pin).await?;
+    CacheAdmin::new(&state, Actor::Token(caller.subject()))
+        .remove_pin(&cache, &pin)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,11 +1,13 @@
 //! sea-orm entities, one per table; the schema itself is in the `migration`
 //! crate. Nothing outside `database` sees them: it hands out records.
 
+pub mod audit_event;
 pub mod build_log;
 pub mod cache;
 pub mod chunk;
 pub mod chunkref;
 pub mod gc_lease;
+pub mod issued_token;
 pub mod nar;
 pub mod object;
 pub mod pack;

@@ -61,12 +61,13 @@ async fn counts_rows_and_finds_no_orphans_in_a_store_of_held_uploads() {
         RowCounts::default()
     );
     let cache = database.seed_cache("c").await.id;
-    let object = Claim::Object(NewObject {
+    let object = Claim::Object(Box::new(NewObject {
         cache_id: cache,
         info: path_info(1),
         created_by: None,
+        audit: None,
         timestamps: None,
-    });
+    }));
     database
         .commit_upload(upload(&[b"one", b"two", b"one"]), object)
         .await
@@ -169,12 +170,13 @@ async fn lists_chunks_with_their_uses_and_nars_and_packs_as_records() {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = Database::for_tests(&dir).await;
     let cache = database.seed_cache("c").await.id;
-    let object = Claim::Object(NewObject {
+    let object = Claim::Object(Box::new(NewObject {
         cache_id: cache,
         info: path_info(1),
         created_by: None,
+        audit: None,
         timestamps: None,
-    });
+    }));
     let new = upload(&[b"one", b"two", b"one"]);
     let nar_hash = new.nar_hash;
     let nar = database.commit_upload(new, object).await.expect("commit");
