@@ -384,3 +384,77 @@ async fn issued_tokens_are_listed_revocations_audited_and_the_log_trimmed() {
     );
     assert_eq!(atticadm_ok(&server, &["audit", "--json"]), "");
 }
+
+/// Pinning, unpinning, deleting a path and rotating the key are in the
+/// cache's log too, each with who did it and on what.
+#[tokio::test]
+async fn pins_deletions_and_key_rotations_are_recorded() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = token(
+        &server,
+        "release-bot",
+        &[
+            "--pull",
+            "rel",
+            "--push",
+            "rel",
+            "--delete",
+            "rel",
+            "--create-cache",
+            "rel",
+            "--configure-cache",
+            "rel",
+        ],
+    );
+    let client = TestClient::new();
+    client.attic_ok(&["login", "local", &server.url, &admin]);
+    client.attic_ok(&["cache", "create", "rel"]);
+    let built = nix::build_closure(dir.path(), 1024);
+    let mut push = vec!["push", "rel"];
+    push.extend(built.paths.iter().map(String::as_str));
+    client.attic_ok(&push);
+    let top = built.paths.last().expect("a path").clone();
+    let leaf = built.paths[0].clone();
+    client.attic_ok(&["pin", "add", "rel", "v1", &top]);
+    client.attic_ok(&["pin", "remove", "rel", "v1"]);
+    client.attic_ok(&["cache", "delete-path", "rel", &leaf]);
+    client.attic_ok(&[
+        "cache",
+        "configure",
+        "rel",
+        "--rotate-keypair",
+        "--overlap",
+        "1h",
+    ]);
+
+    let events = json_lines(&client.attic_ok(&["cache", "log", "rel", "--json"]));
+    let one = |action: &str| -> &Value {
+        let found = of(&events, action);
+        assert_eq!(found.len(), 1, "{action}: {events:#?}");
+        assert_eq!(found[0]["subject"], "release-bot", "{action}");
+        assert_eq!(found[0]["cache"], "rel", "{action}");
+        found[0]
+    };
+    let pinned = one("pin");
+    assert_eq!(pinned["store_path"], top.as_str());
+    assert!(pinned["detail"].as_str().is_some_and(|d| d.contains("v1")));
+    assert!(
+        one("unpin")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("v1"))
+    );
+    let leaf_hash = integration_tests::upload::path_hash(&leaf);
+    assert!(
+        one("delete-path")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(leaf_hash)),
+        "{events:#?}"
+    );
+    assert!(
+        one("rotate-key")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("rel-2")),
+        "{events:#?}"
+    );
+}
