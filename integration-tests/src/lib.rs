@@ -7,6 +7,7 @@
 pub mod attic_store;
 pub mod backend;
 pub mod bombs;
+pub mod browser;
 pub mod client;
 pub mod gc;
 pub mod hostile;

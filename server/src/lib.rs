@@ -22,6 +22,7 @@ pub mod import;
 pub mod ingest;
 mod key_path;
 pub mod key_rotation;
+pub mod landing_page;
 pub mod linger;
 pub mod metrics;
 pub mod nar_stream;

@@ -1,10 +1,11 @@
 //! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
-//! `/_api/v1/...`, `/_health` and `/metrics` (on the operators' listener,
-//! [`probe_router`]). The whole route table is [`router`].
+//! `/_api/v1/...`, a browser's pages at `/` and `/{cache}`, `/_health` and
+//! `/metrics` (on the operators' listener, [`probe_router`]). The whole route table is [`router`].
 
 pub mod binary_cache;
 pub mod build_log;
 pub mod delete_path;
+pub mod landing;
 pub mod metrics;
 pub mod nix_upload;
 pub mod v1;
@@ -39,6 +40,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     routes
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
+        .merge(landing::router())
         .route_layer(middleware::from_fn(crate::request_log::tag_route))
         .fallback(|| async { ServerError::NoSuchRoute })
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
@@ -121,6 +123,20 @@ pub fn endpoint(state: &AppState, headers: &axum::http::HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     format!("http://{host}/")
+}
+
+/// The URL Nix substitutes from `cache`: under `substituter-endpoint`
+/// when set, else under the API's base URL.
+pub fn substituter_url(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    cache: &CacheName,
+) -> String {
+    let base = match &state.config.substituter_endpoint {
+        Some(substituter) => with_trailing_slash(substituter),
+        None => endpoint(state, headers),
+    };
+    format!("{base}{cache}")
 }
 
 /// A base URL ending in `/`, so that a name appended to it is a path segment.

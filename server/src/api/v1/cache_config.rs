@@ -19,7 +19,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::super::{JsonBody, cache_name, endpoint, with_trailing_slash};
+use super::super::{JsonBody, cache_name, endpoint, substituter_url};
 use crate::access::Caller;
 use crate::database::{Actor, AuditAction, AuditEvent, CacheChanges, DatabaseError, NewCache, now};
 use crate::error::{ServerError, ServerResult};
@@ -44,16 +44,11 @@ pub async fn get_cache_config(
             .map_err(|_| denied)?,
     };
     let overlapping = cache.overlapping_key(now());
-    let base = endpoint(&state, &headers);
-    let substituter_base = match &state.config.substituter_endpoint {
-        Some(substituter) => with_trailing_slash(substituter),
-        None => base.clone(),
-    };
     Ok(Json(CacheConfig {
         keypair: None,
         rotate_keypair: None,
-        substituter_endpoint: Some(format!("{substituter_base}{}", cache.name)),
-        api_endpoint: Some(base),
+        substituter_endpoint: Some(substituter_url(&state, &headers, &cache.name)),
+        api_endpoint: Some(endpoint(&state, &headers)),
         public_key: Some(cache.signing_key.public_key().to_string()),
         previous_public_key: overlapping
             .map(|previous| previous.signing_key.public_key().to_string()),
