@@ -55,9 +55,9 @@ pub fn escape(text: &str) -> String {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;\
 padding:0 1rem;color:#1d1d1f;line-height:1.5}h1{font-size:1.6rem}h2{font-size:1.15rem;\
 margin-top:1.6rem}pre,code{font-family:ui-monospace,monospace;background:#f2f2f4;\
-border-radius:4px}pre{padding:.7rem;overflow-x:auto}code{padding:0 .2rem}\
+border-radius:4px}pre{padding:.7rem;white-space:pre-wrap;word-break:break-all}code{padding:0 .2rem}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dt{color:#666}\
-dd{margin:0}.tag{font-size:.8rem;padding:.1rem .4rem;border-radius:4px;background:#e6eefc}";
+dd{margin:0;min-width:0}dd code{word-break:break-all}.tag{font-size:.8rem;padding:.1rem .4rem;border-radius:4px;background:#e6eefc}";
 
 /// A whole document around `body`, which must already be escaped.
 fn document(title: &str, body: &str) -> String {
@@ -103,7 +103,7 @@ extra-trusted-public-keys = {}</pre>\n",
         let label = if i == 0 {
             "Public key"
         } else {
-            "Previous public key (still signing during a key rotation)"
+            "Previous public key"
         };
         let _ = writeln!(body, "<dt>{label}</dt><dd><code>{key}</code></dd>");
     }
@@ -114,7 +114,14 @@ extra-trusted-public-keys = {}</pre>\n",
         page.paths,
         escape(&last_push(page.last_push)),
     );
-    body.push_str("</dl>\n<p><a href=\"./\">All public caches</a></p>\n");
+    body.push_str("</dl>\n");
+    if keys.len() > 1 {
+        body.push_str(
+            "<p>The cache is rotating its key: until the rotation's overlap ends, it signs \
+with the previous key too, so Nix trusting either one substitutes from it.</p>\n",
+        );
+    }
+    body.push_str("<p><a href=\"./\">All public caches</a></p>\n");
     document(&format!("{} — Nix binary cache", page.name), &body)
 }
 
@@ -206,6 +213,7 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Previous public key"), "{html}");
+        assert!(html.contains("rotating its key"), "{html}");
         assert!(html.contains("<dd>1.5 MiB</dd>"), "{html}");
         assert!(html.contains("<dd>42</dd>"), "{html}");
         assert!(html.contains("2023-11-14T22:13:20Z"), "{html}");
@@ -221,6 +229,7 @@ mod tests {
             ..page()
         });
         assert!(!html.contains("Previous public key"), "{html}");
+        assert!(!html.contains("rotating its key"), "{html}");
         assert!(html.contains("<dd>never</dd>"), "{html}");
         assert!(html.contains("attic login"), "{html}");
     }

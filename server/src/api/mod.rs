@@ -1,6 +1,7 @@
 //! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
 //! `/_api/v1/...`, a browser's pages at `/` and `/{cache}`, `/_health` and
-//! `/metrics` (on the operators' listener, [`probe_router`]). The whole route table is [`router`].
+//! `/metrics` (on the operators' listener, [`probe_router`]). The whole
+//! route table is [`router`].
 
 pub mod binary_cache;
 pub mod build_log;
