@@ -120,3 +120,20 @@ async fn callers_that_are_not_browsers_get_no_page() {
         assert_eq!(body["error"], "NoSuchRoute", "{path}");
     }
 }
+
+/// Behind a CDN, the page gives the substituter URL clients must use, the
+/// one `attic use` writes, not the address the browser reached.
+#[tokio::test]
+async fn the_page_gives_the_configured_substituter_endpoint() {
+    let server =
+        TestServer::start_with_config("substituter-endpoint = \"https://nix.example.com\"\n");
+    let api = Api::new(&server.url);
+    api.create_cache(&server.root_token, "team-pub", true).await;
+    let (status, page) = get_html(&api, None, "/team-pub").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("extra-substituters = https://nix.example.com/team-pub\n"),
+        "{page}"
+    );
+    assert!(!page.contains(&server.url), "{page}");
+}
