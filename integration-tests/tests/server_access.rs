@@ -162,6 +162,85 @@ async fn a_token_for_cache_a_is_forbidden_on_cache_b_for_every_route() {
     assert_eq!(narinfo.status(), StatusCode::OK);
 }
 
+/// The routes that show many things at once, the cache list and a cache's
+/// audit log, show a tenant nothing of another: a token for `a` lists `a`
+/// alone, and `b`'s log answers it exactly as a missing cache's does.
+#[tokio::test]
+async fn the_cache_list_and_the_cache_log_show_nothing_of_another_tenant() {
+    let (server, api, _) = server_with_cache_b().await;
+    api.create_cache(&server.root_token, "a", false).await;
+    let all_on_a: Vec<&str> = [
+        "--pull",
+        "--push",
+        "--delete",
+        "--configure-cache",
+        "--configure-cache-retention",
+    ]
+    .iter()
+    .flat_map(|flag| [*flag, "a"])
+    .collect();
+    let token_a = server.make_token(&all_on_a);
+    let get = |path: String, token: Option<String>| {
+        let api = api.clone();
+        async move {
+            let response = api
+                .request(Method::GET, &path, token.as_deref())
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            (status, response.text().await.expect("body"))
+        }
+    };
+
+    let (status, body) = get("/_api/v1/caches".into(), Some(token_a.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("json");
+    let names: Vec<&str> = listed["caches"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["a"], "{body}");
+
+    let (b_status, b_body) = get("/_api/v1/cache-log/b".into(), Some(token_a.clone())).await;
+    let (missing_status, missing_body) = get(
+        "/_api/v1/cache-log/nonexistent".into(),
+        Some(token_a.clone()),
+    )
+    .await;
+    assert!(b_status.is_client_error(), "{b_status}: {b_body}");
+    // The same reply but for the name the caller gave.
+    let unnamed = |body: &str, name: &str| {
+        let mut reply: Value = serde_json::from_str(body).expect("json");
+        let message = reply["message"].as_str().expect("a message");
+        reply["message"] = message.replace(&format!("\"{name}\""), "NAME").into();
+        reply
+    };
+    assert_eq!(
+        (b_status, unnamed(&b_body, "b")),
+        (missing_status, unnamed(&missing_body, "nonexistent")),
+        "b's log answers a token for a as a missing cache's does"
+    );
+    let (status, body) = get("/_api/v1/cache-log/a".into(), Some(token_a.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let log: Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        log["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|e| e["cache"] == "a"),
+        "{body}"
+    );
+
+    for path in ["/_api/v1/caches", "/_api/v1/cache-log/b"] {
+        let (status, body) = get(path.into(), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "anonymous {path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn private_caches_refuse_anonymous_reads_and_public_ones_allow_them() {
     let (server, api, hash) = server_with_cache_b().await;
