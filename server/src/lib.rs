@@ -12,6 +12,7 @@ pub mod access;
 pub mod api;
 pub mod build_log;
 pub mod cache_admin;
+pub mod cache_stats;
 pub mod compressed;
 pub mod config;
 pub mod database;

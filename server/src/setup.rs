@@ -412,6 +412,7 @@ pub async fn build_state(
         access_log: AccessLog::default(),
         metrics,
         read_cache: ReadCache::default(),
+        cache_stats: crate::cache_stats::CacheStatsMemo::default(),
         oidc,
     });
     spawn_access_log_flusher(state.clone(), crate::state::ACCESS_LOG_FLUSH_INTERVAL);

@@ -133,6 +133,8 @@ pub struct AppState {
     pub read_cache: ReadCache,
     /// Exchanges CI jobs' ID tokens for ours (`[oidc]`).
     pub oidc: crate::oidc::OidcExchanger,
+    /// What each cache holds, as the landing page shows it.
+    pub cache_stats: crate::cache_stats::CacheStatsMemo,
 }
 
 /// Object reads, gathered in memory and written in batches so that serving a

@@ -80,10 +80,9 @@ async fn cache_page(
         ) => return Ok(not_found()),
         Err(e) => return Err(e),
     };
-    let stats = (state.database.cache_stats(&[cache.id]).await?)
-        .pop()
-        .map(|(_, stats)| stats)
-        .unwrap_or_default();
+    // Anyone may ask for a public cache's page: its figures are read at
+    // most once per `STATS_TTL`, not once per request.
+    let stats = state.cache_stats.get(&state.database, cache.id).await?;
     let public_keys = cache
         .signing_keys(now())
         .iter()
