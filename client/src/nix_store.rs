@@ -114,12 +114,35 @@ pub async fn closure(path: &str, include_outputs: bool) -> Result<Vec<String>> {
 /// Paths passed to one `nix path-info` call.
 const PATHS_PER_CALL: usize = 1000;
 
-/// One `nix path-info --json` call.
+/// `nix path-info --json` of `paths`. Nix 2.8 reads a `.drv` path given
+/// alone as its outputs (and fails while they are being built), so
+/// derivations are asked about in a call of their own with
+/// `--derivation`, which for any other path would ask for its deriver.
 async fn query_path_info(paths: &[String], closure: bool) -> Result<Vec<RawPathInfo>> {
+    let (derivations, others): (Vec<String>, Vec<String>) =
+        paths.iter().cloned().partition(|p| p.ends_with(".drv"));
+    let mut infos = Vec::new();
+    for (group, as_derivations) in [(others, false), (derivations, true)] {
+        if !group.is_empty() {
+            infos.extend(query_path_info_call(&group, closure, as_derivations).await?);
+        }
+    }
+    Ok(infos)
+}
+
+/// One `nix path-info --json` call.
+async fn query_path_info_call(
+    paths: &[String],
+    closure: bool,
+    as_derivations: bool,
+) -> Result<Vec<RawPathInfo>> {
     let mut cmd = nix();
     cmd.args(["path-info", "--json"]);
     if closure {
         cmd.arg("--recursive");
+    }
+    if as_derivations {
+        cmd.arg("--derivation");
     }
     cmd.arg("--").args(paths);
     let output = cmd
