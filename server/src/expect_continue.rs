@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::HeaderMap;
 use axum::http::header::EXPECT;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,12 +39,16 @@ pub async fn refuse_before_the_body(request: Request, next: Next) -> Response {
     refuse_unless_read_within(CONTINUE_WINDOW, request, next).await
 }
 
-async fn refuse_unless_read_within(window: Duration, request: Request, next: Next) -> Response {
-    let waits_to_send = request
-        .headers()
+/// Whether the client asked `Expect: 100-continue`: it sends no body until
+/// told to, which hyper does when the body is first read.
+pub fn waits_to_send(headers: &HeaderMap) -> bool {
+    headers
         .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !waits_to_send {
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+async fn refuse_unless_read_within(window: Duration, request: Request, next: Next) -> Response {
+    if !waits_to_send(request.headers()) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();

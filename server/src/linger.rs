@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::header::{CONNECTION, EXPECT};
+use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -32,6 +32,7 @@ use futures::StreamExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::oneshot;
 
+use crate::expect_continue::waits_to_send;
 use crate::state::AppState;
 
 /// Unread body bytes read and dropped at most before answering.
@@ -51,10 +52,7 @@ pub async fn read_rest_of_body(
     // A client that asked `Expect: 100-continue` sends nothing until told
     // to, and hyper tells it as soon as the body is read: reading a body
     // nobody began to read would only ask for bytes to drop.
-    let waits_to_send = parts
-        .headers
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let waits_to_send = waits_to_send(&parts.headers);
     let (back, mut returned) = oneshot::channel();
     let body = Body::new(Returning {
         inner: Some(body),
