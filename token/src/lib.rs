@@ -236,6 +236,28 @@ pub fn attenuate(token: &str, attenuation: &Attenuation) -> Result<String, Token
     Ok(narrowed)
 }
 
+/// When a token says it stops working, read without verifying it: a client
+/// holds no root key, yet should tell its user that their token is about to
+/// expire. Nothing read this way may decide access. Reads this crate's
+/// tokens (the earliest expiry of any block, attenuations included) and
+/// Attic's JWTs (`exp`). `None` for a token that sets no expiry or cannot
+/// be read.
+pub fn unverified_expiry(token: &str) -> Option<SystemTime> {
+    let token = token.trim();
+    let seconds = if jwt::looks_like_jwt(token) {
+        jwt::unverified_expiry(token)?
+    } else {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let bytes = UnverifiedBiscuit::from_base64(token)
+            .and_then(|t| t.to_vec())
+            .ok()?;
+        Claims::read_serialised(&bytes).ok()?.expires_at()?
+    };
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
 fn date(t: SystemTime) -> Term {
     Term::Date(claims::seconds(t))
 }

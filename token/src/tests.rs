@@ -410,3 +410,45 @@ fn permissions_parse_with_either_separator() {
     );
     assert!("admin".parse::<Permission>().is_err());
 }
+
+#[test]
+fn a_client_reads_the_earliest_expiry_without_the_root_key() {
+    let root = RootKey::generate();
+    let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let mut with_expiry = spec(&[("*", Permission::Pull)]);
+    with_expiry.expires_at = Some(expiry);
+    let text = with_expiry
+        .sign(&root)
+        .expect("sign")
+        .to_base64()
+        .expect("b64");
+    assert_eq!(unverified_expiry(&text), Some(expiry));
+    // An attenuation to an earlier expiry wins; to a later one does not.
+    let earlier = expiry - Duration::from_secs(3600);
+    let narrowed = attenuate(
+        &text,
+        &Attenuation {
+            expires_at: Some(earlier),
+            ..Attenuation::default()
+        },
+    )
+    .expect("attenuate");
+    assert_eq!(unverified_expiry(&narrowed), Some(earlier));
+    let later = attenuate(
+        &text,
+        &Attenuation {
+            expires_at: Some(expiry + Duration::from_secs(3600)),
+            ..Attenuation::default()
+        },
+    )
+    .expect("attenuate");
+    assert_eq!(unverified_expiry(&later), Some(expiry));
+    // No expiry, or not a token: nothing to say.
+    let forever = spec(&[("*", Permission::Pull)])
+        .sign(&root)
+        .expect("sign")
+        .to_base64()
+        .expect("b64");
+    assert_eq!(unverified_expiry(&forever), None);
+    assert_eq!(unverified_expiry("garbage"), None);
+}

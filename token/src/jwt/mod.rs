@@ -217,6 +217,26 @@ fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, JwtError> {
         .map_err(|source| JwtError::NotBase64 { part, source })
 }
 
+/// The `exp` a JWT's payload states, read without verifying anything:
+/// see [`crate::unverified_expiry`]. `None` for a token without one or
+/// whose payload cannot be read.
+pub(crate) fn unverified_expiry(token: &str) -> Option<u64> {
+    /// Only `exp`: a payload that would fail [`claims::Payload`] for
+    /// another reason still says when it expires.
+    #[derive(serde::Deserialize)]
+    struct Expiry {
+        #[serde(default)]
+        exp: Option<u64>,
+    }
+    let token = token.trim();
+    if token.len() > MAX_JWT_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = decode("payload", payload).ok()?;
+    serde_json::from_slice::<Expiry>(&json).ok()?.exp
+}
+
 /// Whether `token` has a JWT's shape (dot-separated parts) rather than a
 /// biscuit token's (base64url, which has no dots): which verifier to use.
 pub fn looks_like_jwt(token: &str) -> bool {
