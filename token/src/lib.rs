@@ -236,16 +236,24 @@ pub fn attenuate(token: &str, attenuation: &Attenuation) -> Result<String, Token
     Ok(narrowed)
 }
 
-/// When a token says it stops working, read without verifying it: a client
-/// holds no root key, yet should tell its user that their token is about to
-/// expire. Nothing read this way may decide access. Reads this crate's
-/// tokens (the earliest expiry of any block, attenuations included) and
-/// Attic's JWTs (`exp`). `None` for a token that sets no expiry or cannot
-/// be read.
-pub fn unverified_expiry(token: &str) -> Option<SystemTime> {
+/// What a token says of itself, read without verifying it: a client holds
+/// no root key, yet should tell its user that their token is about to
+/// expire. Nothing read this way may decide access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// When it stops working: the earliest expiry of any block,
+    /// attenuations included (a JWT's `exp`); `None` for never.
+    pub expires_at: Option<SystemTime>,
+    /// Whom it names (a JWT's `sub`).
+    pub subject: Option<String>,
+}
+
+/// Reads this crate's tokens and Attic's JWTs without verifying them; see
+/// [`UnverifiedClaims`]. `None` for a token that cannot be read.
+pub fn read_unverified(token: &str) -> Option<UnverifiedClaims> {
     let token = token.trim();
-    let seconds = if jwt::looks_like_jwt(token) {
-        jwt::unverified_expiry(token)?
+    let (expires_at, subject) = if jwt::looks_like_jwt(token) {
+        jwt::read_unverified(token)?
     } else {
         if token.len() > MAX_TOKEN_LEN {
             return None;
@@ -253,9 +261,14 @@ pub fn unverified_expiry(token: &str) -> Option<SystemTime> {
         let bytes = UnverifiedBiscuit::from_base64(token)
             .and_then(|t| t.to_vec())
             .ok()?;
-        Claims::read_serialised(&bytes).ok()?.expires_at()?
+        let claims = Claims::read_serialised(&bytes).ok()?;
+        (claims.expires_at(), claims.subject)
     };
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+    Some(UnverifiedClaims {
+        expires_at: expires_at
+            .map(|seconds| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds)),
+        subject,
+    })
 }
 
 fn date(t: SystemTime) -> Term {

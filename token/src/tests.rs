@@ -422,7 +422,9 @@ fn a_client_reads_the_earliest_expiry_without_the_root_key() {
         .expect("sign")
         .to_base64()
         .expect("b64");
-    assert_eq!(unverified_expiry(&text), Some(expiry));
+    let stated = read_unverified(&text).expect("readable");
+    assert_eq!(stated.expires_at, Some(expiry));
+    assert_eq!(stated.subject.as_deref(), Some("ci"));
     // An attenuation to an earlier expiry wins; to a later one does not.
     let earlier = expiry - Duration::from_secs(3600);
     let narrowed = attenuate(
@@ -433,7 +435,10 @@ fn a_client_reads_the_earliest_expiry_without_the_root_key() {
         },
     )
     .expect("attenuate");
-    assert_eq!(unverified_expiry(&narrowed), Some(earlier));
+    assert_eq!(
+        read_unverified(&narrowed).and_then(|c| c.expires_at),
+        Some(earlier)
+    );
     let later = attenuate(
         &text,
         &Attenuation {
@@ -442,13 +447,16 @@ fn a_client_reads_the_earliest_expiry_without_the_root_key() {
         },
     )
     .expect("attenuate");
-    assert_eq!(unverified_expiry(&later), Some(expiry));
+    assert_eq!(
+        read_unverified(&later).and_then(|c| c.expires_at),
+        Some(expiry)
+    );
     // No expiry, or not a token: nothing to say.
     let forever = spec(&[("*", Permission::Pull)])
         .sign(&root)
         .expect("sign")
         .to_base64()
         .expect("b64");
-    assert_eq!(unverified_expiry(&forever), None);
-    assert_eq!(unverified_expiry("garbage"), None);
+    assert_eq!(read_unverified(&forever).and_then(|c| c.expires_at), None);
+    assert_eq!(read_unverified("garbage"), None);
 }

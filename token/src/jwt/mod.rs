@@ -217,16 +217,18 @@ fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, JwtError> {
         .map_err(|source| JwtError::NotBase64 { part, source })
 }
 
-/// The `exp` a JWT's payload states, read without verifying anything:
-/// see [`crate::unverified_expiry`]. `None` for a token without one or
-/// whose payload cannot be read.
-pub(crate) fn unverified_expiry(token: &str) -> Option<u64> {
-    /// Only `exp`: a payload that would fail [`claims::Payload`] for
+/// The `exp` and `sub` a JWT's payload states, read without verifying
+/// anything: see [`crate::read_unverified`]. `None` for a token whose
+/// payload cannot be read.
+pub(crate) fn read_unverified(token: &str) -> Option<(Option<u64>, Option<String>)> {
+    /// Only these: a payload that would fail [`claims::Payload`] for
     /// another reason still says when it expires.
     #[derive(serde::Deserialize)]
-    struct Expiry {
+    struct Stated {
         #[serde(default)]
         exp: Option<u64>,
+        #[serde(default)]
+        sub: Option<String>,
     }
     let token = token.trim();
     if token.len() > MAX_JWT_LEN {
@@ -234,7 +236,8 @@ pub(crate) fn unverified_expiry(token: &str) -> Option<u64> {
     }
     let payload = token.split('.').nth(1)?;
     let json = decode("payload", payload).ok()?;
-    serde_json::from_slice::<Expiry>(&json).ok()?.exp
+    let stated: Stated = serde_json::from_slice(&json).ok()?;
+    Some((stated.exp, stated.sub))
 }
 
 /// Whether `token` has a JWT's shape (dot-separated parts) rather than a
