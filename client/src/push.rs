@@ -193,7 +193,8 @@ where
     unreachable!("the loop returns")
 }
 
-/// [`with_retries`] for an API call, reporting retries on stderr.
+/// [`with_retries`] for an API call, reporting retries on stderr unless
+/// quiet.
 pub async fn retry_transient<T, F, Fut>(
     options: &PushOptions,
     what: &str,
@@ -204,6 +205,9 @@ where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     let report = |e: &ApiError, delay: Duration, attempt: u32| {
+        if options.output == OutputMode::Quiet {
+            return;
+        }
         eprintln!(
             "warning: {what} failed: {e}; retrying in {:.0}s (attempt {attempt} of {})",
             delay.as_secs_f32(),
