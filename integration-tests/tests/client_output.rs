@@ -301,3 +301,18 @@ fn warns_once_when_the_token_expires_within_a_week_and_says_when_it_has_expired(
     assert!(out.status.success(), "{}", text(&out));
     assert!(out.stderr.is_empty(), "{}", text(&out));
 }
+
+#[test]
+fn watch_store_json_gives_the_same_records() {
+    let (_server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1000);
+    client.attic_ok(&["watch-store", "demo", "--enqueue", closure.top()]);
+    let out = client.attic(&["watch-store", "demo", "--once", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (paths, summary) = records(&out);
+    for path in &closure.paths {
+        assert_eq!(record_of(&paths, path)["outcome"], "pushed", "{paths:?}");
+    }
+    assert_eq!(summary["pushed"], 3, "{summary}");
+}
