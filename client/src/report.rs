@@ -149,38 +149,43 @@ impl SummaryReport {
         serde_json::to_string(&Record::Summary(self)).expect("a summary serialises")
     }
 
-    /// The summary for people, one line. Quantities hold no-break spaces
-    /// (U+00A0) where [`wrap`] must not break; [`wrap`] turns them back into
-    /// spaces.
+    /// The summary for people, one line. Quantities, and counts with the
+    /// word after them, hold no-break spaces (U+00A0) where [`wrap`] must
+    /// not break; [`wrap`] turns them back into spaces.
     pub fn human(&self) -> String {
+        const GLUE: char = '\u{a0}';
         let elapsed = duration(Duration::from_secs_f64(self.seconds));
+        let paths = |n| count(n, "path", "paths").replace(' ', "\u{a0}");
         let mut clauses = Vec::new();
         if self.pushed == 0 && self.failed == 0 {
             let mut line = format!(
-                "nothing to push: {} already in the cache",
-                count(self.already_present, "path", "paths")
+                "nothing to push: {}{GLUE}already in the cache",
+                paths(self.already_present)
             );
             if self.skipped_upstream > 0 {
-                line.push_str(&format!(", {} signed upstream", self.skipped_upstream));
+                line.push_str(&format!(", {}{GLUE}signed upstream", self.skipped_upstream));
             }
             line.push_str(&format!(" (checked in {elapsed})"));
             return line;
         }
         clauses.push(format!(
             "pushed {} ({}, {} of it deduplicated, {} sent) in {elapsed}",
-            count(self.pushed, "path", "paths"),
+            paths(self.pushed),
             bytes(self.nar_bytes),
             bytes(self.deduplicated_bytes),
             bytes(self.bytes_sent),
         ));
         if self.already_present > 0 {
-            clauses.push(format!("{} already in the cache", self.already_present));
+            clauses.push(format!(
+                "{}{GLUE}already in the cache",
+                self.already_present
+            ));
         }
         if self.skipped_upstream > 0 {
-            clauses.push(format!("{} signed upstream", self.skipped_upstream));
+            clauses.push(format!("{}{GLUE}signed upstream", self.skipped_upstream));
         }
         if self.failed > 0 {
-            clauses.push(format!("{} failed", self.failed));
+            clauses.push(format!("{}{GLUE}failed", self.failed));
         }
         clauses.join("; ")
     }
@@ -269,17 +274,14 @@ mod tests {
             pushed: 1,
             ..SummaryReport::default()
         };
-        assert!(
-            one.human().starts_with("pushed 1 path ("),
-            "{}",
-            one.human()
-        );
+        let one = one.human().replace('\u{a0}', " ");
+        assert!(one.starts_with("pushed 1 path ("), "{one}");
         let none = SummaryReport {
             already_present: 1,
             ..SummaryReport::default()
         };
         assert_eq!(
-            none.human(),
+            none.human().replace('\u{a0}', " "),
             "nothing to push: 1 path already in the cache (checked in 0.0s)"
         );
     }
@@ -314,9 +316,9 @@ mod tests {
             let lines = wrap(&text, width);
             for line in &lines {
                 assert!(line.chars().count() < width, "{width}: {line:?}");
-                // No line starts with a unit cut from its number.
-                for unit in ["MiB", "KiB", "05s", "02m"] {
-                    assert!(!line.starts_with(unit), "{width}: {lines:?}");
+                // No line starts with a unit or a noun cut from its number.
+                for word in ["MiB", "KiB", "02m", "paths", "already", "signed", "failed"] {
+                    assert!(!line.starts_with(word), "{width}: {lines:?}");
                 }
             }
             assert_eq!(lines.join(" "), text.replace('\u{a0}', " "));
@@ -324,7 +326,16 @@ mod tests {
         // At 80 columns: quantities whole on each line.
         let at_80 = wrap(&text, 80);
         assert!(at_80.len() >= 2, "{at_80:?}");
-        for quantity in ["1023.00 MiB", "1000.00 KiB", "512.00 MiB", "1h 02m"] {
+        for quantity in [
+            "232 paths",
+            "1023.00 MiB",
+            "1000.00 KiB",
+            "512.00 MiB",
+            "1h 02m",
+            "1000 already",
+            "12 signed",
+            "3 failed",
+        ] {
             assert!(at_80.iter().any(|l| l.contains(quantity)), "{at_80:?}");
         }
         // Without a terminal, one line.
