@@ -115,12 +115,13 @@ impl Progress {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Prints a notice for people: above the bars, or plainly; on stderr
-    /// beside JSON; not at all when quiet.
+    /// Prints a notice for people: above the bars (wrapped at spaces to
+    /// the terminal's width), or plainly; on stderr beside JSON; not at all
+    /// when quiet.
     pub fn println(&self, line: &str) {
         match &self.display {
             Display::Bars(bars) => {
-                let _ = bars.multi.println(line);
+                let _ = bars.multi.println(wrap(line, terminal_width()).join("\n"));
             }
             Display::Lines => println!("{line}"),
             Display::Json => eprintln!("{line}"),
