@@ -13,3 +13,5 @@ pub mod nix_store;
 pub mod progress;
 pub mod push;
 pub mod queue;
+pub mod report;
+pub mod token_expiry;

@@ -1,5 +1,7 @@
 //! Progress for long work: indicatif bars on a terminal, plain lines in CI
-//! logs (or wherever stdout is not a terminal).
+//! logs (or wherever stdout is not a terminal), JSON lines for scripts, or
+//! nothing (see [`OutputMode`]). A line per path once it is done; what the
+//! lines say is in [`crate::report`].
 //!
 //! Bytes count as they leave for the server, not when a path finishes, so
 //! the overall line moves while a large path is in flight. Each bar is laid
@@ -16,6 +18,8 @@ use indicatif::{
     HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
 };
 
+use crate::report::{OutputMode, PathReport, SummaryReport, wrap};
+
 /// Widest `{bytes}` or `{total_bytes}`: `1023.99 MiB`.
 const BYTES_WIDTH: usize = 11;
 /// Widest `{binary_bytes_per_sec}`: `1023.99 MiB/s`.
@@ -27,9 +31,22 @@ const VERIFYING: &str = "sent, server verifying";
 /// plain line per event.
 #[derive(Clone)]
 pub struct Progress {
-    bars: Option<Bars>,
+    display: Display,
     /// Bytes sent so far, over all paths (less those of attempts retried).
     sent: Arc<AtomicU64>,
+}
+
+/// Where reports go.
+#[derive(Clone)]
+enum Display {
+    /// Bars on a terminal; lines printed above them.
+    Bars(Bars),
+    /// Plain lines on stdout.
+    Lines,
+    /// JSON lines on stdout, notices on stderr.
+    Json,
+    /// Nothing.
+    Quiet,
 }
 
 #[derive(Clone)]
@@ -39,20 +56,28 @@ struct Bars {
 }
 
 impl Progress {
-    /// Bars when stdout is a terminal, plain lines otherwise; `total_bytes`
-    /// is what the push will send.
-    pub fn for_stdout(total_paths: u64, total_bytes: u64) -> Self {
-        if std::io::stdout().is_terminal() {
-            Self::bars(total_paths, total_bytes)
-        } else {
-            Self::plain()
+    /// For people, bars when stdout is a terminal and plain lines
+    /// otherwise; or JSON lines, or nothing. `total_bytes` is what the push
+    /// will send.
+    pub fn for_stdout(mode: OutputMode, total_paths: u64, total_bytes: u64) -> Self {
+        let display = match mode {
+            OutputMode::Human if std::io::stdout().is_terminal() => {
+                return Self::bars(total_paths, total_bytes);
+            }
+            OutputMode::Human => Display::Lines,
+            OutputMode::Json => Display::Json,
+            OutputMode::Quiet => Display::Quiet,
+        };
+        Self {
+            display,
+            sent: Arc::default(),
         }
     }
 
     /// Plain lines.
     pub fn plain() -> Self {
         Self {
-            bars: None,
+            display: Display::Lines,
             sent: Arc::default(),
         }
     }
@@ -61,10 +86,11 @@ impl Progress {
         let sent: Arc<AtomicU64> = Arc::default();
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
         let sent_so_far = sent.clone();
-        let style = ProgressStyle::with_template(
-            "{prefix:.bold} {pos}/{len} paths, {sent} of {msg} sent [{elapsed}]",
-        )
-        .expect("static template")
+        let noun = if total_paths == 1 { "path" } else { "paths" };
+        let style = ProgressStyle::with_template(&format!(
+            "{{prefix:.bold}} {{pos}}/{{len}} {noun}, {{sent}} of {{msg}} sent [{{elapsed}}]"
+        ))
+        .expect("the template is well-formed")
         .with_key(
             "sent",
             move |_: &ProgressState, out: &mut dyn std::fmt::Write| {
@@ -79,7 +105,7 @@ impl Progress {
         let overall = multi.add(overall);
         overall.enable_steady_tick(Duration::from_millis(200));
         Self {
-            bars: Some(Bars { multi, overall }),
+            display: Display::Bars(Bars { multi, overall }),
             sent,
         }
     }
@@ -89,20 +115,53 @@ impl Progress {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Prints a line above the bars (or plainly).
+    /// Prints a notice for people: above the bars (wrapped at spaces to
+    /// the terminal's width), or plainly; on stderr beside JSON; not at all
+    /// when quiet.
     pub fn println(&self, line: &str) {
-        match &self.bars {
-            Some(bars) => {
+        match &self.display {
+            Display::Bars(bars) => {
+                let _ = bars.multi.println(wrap(line, terminal_width()).join("\n"));
+            }
+            Display::Lines => println!("{line}"),
+            Display::Json => eprintln!("{line}"),
+            Display::Quiet => {}
+        }
+    }
+
+    /// Reports a path that was not uploaded (already present, signed
+    /// upstream): a record in JSON, nothing for people, who get the count.
+    pub fn record(&self, report: &PathReport) {
+        if let Display::Json = self.display {
+            println!("{}", report.to_json_line());
+        }
+    }
+
+    /// Reports a path's outcome: a line that fits the terminal (naming
+    /// the path by `label`), a line with the full path in a log, or a JSON
+    /// record.
+    pub fn path_done(&self, label: &str, report: &PathReport) {
+        match &self.display {
+            Display::Bars(bars) => {
+                let line = report.terminal_line(label, terminal_width());
                 let _ = bars.multi.println(line);
             }
-            None => println!("{line}"),
+            Display::Lines => println!("{}", report.human_line(&report.path)),
+            Display::Json => println!("{}", report.to_json_line()),
+            Display::Quiet => {}
+        }
+    }
+
+    fn drawn_bars(&self) -> Option<&Bars> {
+        match &self.display {
+            Display::Bars(bars) => Some(bars),
+            Display::Lines | Display::Json | Display::Quiet => None,
         }
     }
 
     /// Starts reporting one path of `size` NAR bytes.
     pub fn start_path(&self, path: &StorePath, size: u64) -> PathProgress {
-        let name = path.to_string();
-        let bar = self.bars.as_ref().map(|bars| {
+        let bar = self.drawn_bars().map(|bars| {
             let bar = bars
                 .multi
                 .insert_before(&bars.overall, ProgressBar::new(size));
@@ -111,11 +170,8 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        if bar.is_none() {
-            println!("pushing {name} ({})", HumanBytes(size));
-        }
         PathProgress {
-            name,
+            label: label(path),
             bar,
             sent: self.sent.clone(),
             sent_here: Arc::default(),
@@ -125,17 +181,36 @@ impl Progress {
 
     /// Counts a finished path.
     pub fn finish_path(&self) {
-        if let Some(bars) = &self.bars {
+        if let Some(bars) = self.drawn_bars() {
             bars.overall.inc(1);
         }
     }
 
     /// Removes the bars before the summary is printed.
     pub fn finish(&self) {
-        if let Some(bars) = &self.bars {
+        if let Some(bars) = self.drawn_bars() {
             bars.overall.finish_and_clear();
             let _ = bars.multi.clear();
         }
+    }
+}
+
+/// Prints a push's summary: wrapped to a terminal's width, on one line in a
+/// log, as a JSON line, or not at all.
+pub fn print_summary(mode: OutputMode, summary: &SummaryReport) {
+    match mode {
+        OutputMode::Human => {
+            let width = if std::io::stdout().is_terminal() {
+                terminal_width()
+            } else {
+                usize::MAX
+            };
+            for line in wrap(&summary.human(), width) {
+                println!("{line}");
+            }
+        }
+        OutputMode::Json => println!("{}", summary.to_json_line()),
+        OutputMode::Quiet => {}
     }
 }
 
@@ -219,7 +294,8 @@ fn verifying_style(width: usize) -> ProgressStyle {
 
 /// Progress of one path.
 pub struct PathProgress {
-    name: String,
+    /// The path's label on a terminal (see [`label`]).
+    label: String,
     bar: Option<ProgressBar>,
     sent: Arc<AtomicU64>,
     /// Bytes of this path counted in `sent`, taken back on a retry.
@@ -247,20 +323,18 @@ impl PathProgress {
         }
     }
 
-    /// Ends the path's bar with an outcome line.
-    pub fn done(self, progress: &Progress, outcome: &str, bytes: u64) {
-        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
-        let line = format!(
-            "{outcome} {} ({} in {:.1}s, {}/s)",
-            self.name,
-            HumanBytes(bytes),
-            seconds,
-            HumanBytes((bytes as f64 / seconds) as u64)
-        );
+    /// Time since the path's first attempt began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the path's bar with its outcome: a line that fits the
+    /// terminal, a line with the full path in a log, or a JSON record.
+    pub fn done(self, progress: &Progress, report: &PathReport) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
-        progress.println(&line);
+        progress.path_done(&self.label, report);
     }
 }
 

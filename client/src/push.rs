@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use attic::api::v1::upload_path::{UploadPathNarInfo, UploadPathResult, UploadPathResultKind};
@@ -21,7 +21,8 @@ use thiserror::Error;
 
 use crate::api::{ApiClient, ApiError};
 use crate::nix_store::{self, PathInfo};
-use crate::progress::{PathProgress, Progress};
+use crate::progress::{PathProgress, Progress, label};
+use crate::report::{Outcome, OutputMode, PathReport, SummaryReport, count};
 
 /// Hashes per get-missing-paths request, well under the server's limit.
 const HASHES_PER_QUERY: usize = 10_000;
@@ -39,6 +40,8 @@ pub struct PushOptions {
     pub retries: u32,
     /// Delay before the first retry; doubles each time.
     pub retry_delay: Duration,
+    /// How to report: for people, as JSON lines, or errors only.
+    pub output: OutputMode,
 }
 
 impl Default for PushOptions {
@@ -49,6 +52,7 @@ impl Default for PushOptions {
             ignore_upstream_cache_filter: false,
             retries: 3,
             retry_delay: Duration::from_secs(1),
+            output: OutputMode::default(),
         }
     }
 }
@@ -72,28 +76,23 @@ pub struct PushSummary {
     /// Bytes sent for the pushed paths' NARs: fewer than `pushed_bytes`
     /// when the server takes them compressed.
     pub wire_bytes: u64,
+    /// The whole push, from reading the paths to the last reply.
+    pub elapsed: Duration,
 }
 
 impl PushSummary {
-    /// One line for the end of a push.
-    pub fn line(&self) -> String {
-        if self.pushed == 0 && self.failed.is_empty() {
-            return format!(
-                "nothing to push: {} paths already in the cache, {} skipped as signed upstream",
-                self.already_present, self.skipped_upstream
-            );
+    /// The totals, as reported to the user.
+    pub fn report(&self) -> SummaryReport {
+        SummaryReport {
+            pushed: self.pushed,
+            already_present: self.already_present,
+            skipped_upstream: self.skipped_upstream,
+            failed: self.failed.len(),
+            nar_bytes: self.pushed_bytes,
+            deduplicated_bytes: self.deduplicated_bytes,
+            bytes_sent: self.wire_bytes,
+            seconds: self.elapsed.as_secs_f64(),
         }
-        format!(
-            "pushed {} paths ({} of NARs, {} of it deduplicated; {} sent); {} already in the \
-             cache; {} skipped as signed upstream; {} failed",
-            self.pushed,
-            HumanBytes(self.pushed_bytes),
-            HumanBytes(self.deduplicated_bytes),
-            HumanBytes(self.wire_bytes),
-            self.already_present,
-            self.skipped_upstream,
-            self.failed.len()
-        )
     }
 }
 
@@ -126,9 +125,9 @@ pub struct PushPlan {
     /// Paths to upload, dependencies first.
     pub to_push: Vec<PathInfo>,
     /// Paths the cache already holds.
-    pub already_present: usize,
+    pub already_present: Vec<PathInfo>,
     /// Paths skipped because an upstream cache signed them.
-    pub skipped_upstream: usize,
+    pub skipped_upstream: Vec<PathInfo>,
 }
 
 /// Splits paths (dependencies first) into layers: each path's references
@@ -194,7 +193,8 @@ where
     unreachable!("the loop returns")
 }
 
-/// [`with_retries`] for an API call, reporting retries on stderr.
+/// [`with_retries`] for an API call, reporting retries on stderr unless
+/// quiet.
 pub async fn retry_transient<T, F, Fut>(
     options: &PushOptions,
     what: &str,
@@ -205,6 +205,9 @@ where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     let report = |e: &ApiError, delay: Duration, attempt: u32| {
+        if options.output == OutputMode::Quiet {
+            return;
+        }
         eprintln!(
             "warning: {what} failed: {e}; retrying in {:.0}s (attempt {attempt} of {})",
             delay.as_secs_f32(),
@@ -262,8 +265,11 @@ impl Pusher {
 
     /// Pushes `paths` (full store paths) and, by default, their closures.
     pub async fn push(&self, paths: &[String], options: &PushOptions) -> Result<PushSummary> {
+        let started = Instant::now();
         let plan = self.plan(paths, options).await?;
-        Ok(self.upload_all(plan, options).await)
+        let mut summary = self.upload_all(plan, options).await;
+        summary.elapsed = started.elapsed();
+        Ok(summary)
     }
 
     /// Decides what to upload: the closure, less what upstream signed,
@@ -286,34 +292,49 @@ impl Pusher {
             .with_context(|| format!("cannot ask cache {} which paths it lacks", self.cache))?;
             missing.extend(answer);
         }
-        let total = candidates.len();
-        let to_push: Vec<PathInfo> = candidates
+        let (to_push, already_present): (Vec<PathInfo>, Vec<PathInfo>) = candidates
             .into_iter()
-            .filter(|info| missing.contains(info.store_path.hash()))
-            .collect();
+            .partition(|info| missing.contains(info.store_path.hash()));
         Ok(PushPlan {
-            already_present: total - to_push.len(),
-            skipped_upstream: upstream.len(),
             to_push,
+            already_present,
+            skipped_upstream: upstream,
         })
     }
 
     /// Uploads a plan's paths, `options.jobs` at a time.
     pub async fn upload_all(&self, plan: PushPlan, options: &PushOptions) -> PushSummary {
+        let started = Instant::now();
         let total_bytes: u64 = plan.to_push.iter().map(|i| i.nar_size).sum();
-        let progress = Progress::for_stdout(plan.to_push.len() as u64, total_bytes);
+        let progress = Progress::for_stdout(options.output, plan.to_push.len() as u64, total_bytes);
         progress.println(&format!(
-            "{} paths to push to {} ({}); {} already there; {} signed upstream",
-            plan.to_push.len(),
+            "{} to push to {} ({}); {} already there; {} signed upstream",
+            count(plan.to_push.len(), "path", "paths"),
             self.cache,
             HumanBytes(total_bytes),
-            plan.already_present,
-            plan.skipped_upstream
+            plan.already_present.len(),
+            plan.skipped_upstream.len()
         ));
+        for (infos, outcome) in [
+            (&plan.already_present, Outcome::AlreadyPresent),
+            (&plan.skipped_upstream, Outcome::SkippedUpstream),
+        ] {
+            for info in infos {
+                progress.record(&PathReport {
+                    path: info.path.clone(),
+                    outcome,
+                    nar_size: info.nar_size,
+                    bytes_sent: 0,
+                    deduplicated_bytes: 0,
+                    seconds: 0.0,
+                    error: None,
+                });
+            }
+        }
         let wire_before = self.wire_bytes.load(Ordering::Relaxed);
         let mut summary = PushSummary {
-            already_present: plan.already_present,
-            skipped_upstream: plan.skipped_upstream,
+            already_present: plan.already_present.len(),
+            skipped_upstream: plan.skipped_upstream.len(),
             ..PushSummary::default()
         };
         // A path is uploaded only after the paths it refers to, so that a
@@ -332,12 +353,21 @@ impl Pusher {
                     .find(|r| failed.contains(*r))
                     .cloned()
                     .unwrap_or_default();
-                progress.println(&format!(
-                    "skipped {}: its reference {reference} failed",
-                    info.store_path
-                ));
+                let error = PushError::ReferenceFailed(reference);
+                progress.path_done(
+                    &label(&info.store_path),
+                    &PathReport {
+                        path: info.path.clone(),
+                        outcome: Outcome::Failed,
+                        nar_size: info.nar_size,
+                        bytes_sent: 0,
+                        deduplicated_bytes: 0,
+                        seconds: 0.0,
+                        error: Some(error.to_string()),
+                    },
+                );
                 failed.insert(info.path.clone());
-                results.push((info, Err(PushError::ReferenceFailed(reference))));
+                results.push((info, Err(error)));
             }
             let layer_results: Vec<(PathInfo, Result<UploadPathResult, PushError>)> =
                 futures::stream::iter(ready)
@@ -370,6 +400,7 @@ impl Pusher {
             }
         }
         summary.wire_bytes = self.wire_bytes.load(Ordering::Relaxed) - wire_before;
+        summary.elapsed = started.elapsed();
         summary
     }
 
@@ -384,18 +415,28 @@ impl Pusher {
         let result = self
             .upload_with_retries(info, &bar, options, progress)
             .await;
+        let mut report = PathReport {
+            path: info.path.clone(),
+            outcome: Outcome::Pushed,
+            nar_size: info.nar_size,
+            bytes_sent: 0,
+            deduplicated_bytes: 0,
+            seconds: bar.elapsed().as_secs_f64(),
+            error: None,
+        };
         match &result {
-            Ok(reply) => {
-                let outcome = match reply.kind {
-                    UploadPathResultKind::Uploaded => "pushed",
-                    UploadPathResultKind::Deduplicated => "pushed (deduplicated)",
-                };
-                bar.done(progress, outcome, info.nar_size);
+            Ok((reply, sent)) => {
+                report.bytes_sent = *sent;
+                report.deduplicated_bytes = deduplicated_bytes(reply, info.nar_size);
             }
-            Err(e) => bar.done(progress, &format!("FAILED ({e})"), 0),
+            Err(e) => {
+                report.outcome = Outcome::Failed;
+                report.error = Some(e.to_string());
+            }
         }
+        bar.done(progress, &report);
         progress.finish_path();
-        result
+        result.map(|(reply, _)| reply)
     }
 
     async fn upload_with_retries(
@@ -404,7 +445,7 @@ impl Pusher {
         bar: &PathProgress,
         options: &PushOptions,
         progress: &Progress,
-    ) -> Result<UploadPathResult, PushError> {
+    ) -> Result<(UploadPathResult, u64), PushError> {
         let report = |e: &PushError, delay: Duration, attempt: u32| {
             progress.println(&format!(
                 "retrying {} in {}s (attempt {attempt} of {}): {e}",
@@ -420,11 +461,12 @@ impl Pusher {
         .await
     }
 
+    /// One attempt; the reply and the bytes sent for it.
     async fn upload_once(
         &self,
         info: &PathInfo,
         bar: &PathProgress,
-    ) -> Result<UploadPathResult, PushError> {
+    ) -> Result<(UploadPathResult, u64), PushError> {
         let upload_info = UploadPathNarInfo {
             cache: self.cache.clone(),
             store_path_hash: info.store_path.hash().clone(),
@@ -471,9 +513,9 @@ impl Pusher {
             return Err(PushError::Read(e));
         }
         let reply = reply?;
-        self.wire_bytes
-            .fetch_add(sent.load(Ordering::Relaxed), Ordering::Relaxed);
-        Ok(reply)
+        let sent = sent.load(Ordering::Relaxed);
+        self.wire_bytes.fetch_add(sent, Ordering::Relaxed);
+        Ok((reply, sent))
     }
 
     fn signed_upstream(&self, info: &PathInfo) -> bool {
@@ -538,12 +580,13 @@ mod tests {
             deduplicated_bytes: 20 * 1024 * 1024,
             already_present: 1,
             wire_bytes: 12 * 1024 * 1024,
+            elapsed: Duration::from_millis(2300),
             ..PushSummary::default()
         };
         assert_eq!(
-            summary.line(),
-            "pushed 2 paths (40.00 MiB of NARs, 20.00 MiB of it deduplicated; 12.00 MiB sent); 1 \
-             already in the cache; 0 skipped as signed upstream; 0 failed"
+            summary.report().human().replace('\u{a0}', " "),
+            "pushed 2 paths (40.00 MiB, 20.00 MiB of it deduplicated, 12.00 MiB sent) in 2.3s; \
+             1 already in the cache"
         );
     }
 

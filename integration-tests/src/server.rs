@@ -468,9 +468,11 @@ impl TestServer {
         String::from_utf8(output.stdout).expect("utf-8")
     }
 
-    /// `atticadm make-token --sub test --validity 1d` with more arguments.
+    /// `atticadm make-token --sub test --validity 30d` with more arguments.
     pub fn make_token(&self, args: &[&str]) -> String {
-        let mut all = vec!["make-token", "--sub", "test", "--validity", "1d"];
+        // Not within a week of expiring, when `attic` would warn on every
+        // command.
+        let mut all = vec!["make-token", "--sub", "test", "--validity", "30d"];
         all.extend_from_slice(args);
         let output = self.atticadm(&all);
         assert!(

@@ -58,15 +58,13 @@ async fn a_half_present_closure_uploads_only_the_rest() {
     let closure = nix::build_closure(dir.path(), 1000);
     let leaf = &closure.paths[0];
     let out = client.attic_ok(&["push", "demo", "--no-closure", leaf]);
-    assert!(out.contains("pushed 1 paths"), "{out}");
+    assert!(out.contains("pushed 1 path ("), "{out}");
     let out = client.attic_ok(&["push", "demo", closure.top()]);
     assert!(out.contains("2 paths to push to demo"), "{out}");
     assert!(out.contains("1 already there"), "{out}");
     assert!(out.contains("pushed 2 paths"), "{out}");
-    assert!(
-        !out.contains(&format!("pushing {}", &leaf["/nix/store/".len()..])),
-        "{out}"
-    );
+    // Nothing is said of the path the cache held: no line names it.
+    assert!(!out.contains(leaf.as_str()), "{out}");
 }
 
 #[test]
@@ -290,15 +288,44 @@ async fn progress_bars_on_a_terminal_and_plain_lines_in_logs() {
         );
     }
 
+    // Each finished path's line (up to its rate, as indicatif pads it)
+    // and the summary fit the 80 columns too, the path named by its label.
+    let segments: Vec<&str> = screen.split(['\n', '\r']).collect();
+    let fits = |start: &str, end: Option<&str>| {
+        let line = segments
+            .iter()
+            .find_map(|s| s.find(start).map(|at| s[at..].trim_end()))
+            .unwrap_or_else(|| panic!("no line {start:?}: {screen}"));
+        let line = match end.and_then(|end| line.find(end).map(|i| i + end.len())) {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        assert!(
+            line.chars().count() < 80,
+            "wider than the terminal: {line:?}"
+        );
+    };
+    for path in &closure.paths {
+        let base = &path["/nix/store/".len()..];
+        fits(
+            &format!("pushed {} ({}): ", &base[33..], &base[..8]),
+            Some("/s"),
+        );
+    }
+    fits("pushed 3 paths (", None);
+
     // Not a terminal: plain lines only.
     let out = client.attic_ok(&["push", "log", closure.top()]);
     assert!(!out.contains('\u{1b}'), "control sequences in a log: {out}");
-    assert!(out.contains("pushing "), "{out}");
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("pushed ") && l.contains("iB/s")),
-        "{out}"
-    );
+    // One line per path, once it is done, naming it in full.
+    for path in &closure.paths {
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains(path.as_str())).collect();
+        assert_eq!(lines.len(), 1, "{path}: {out}");
+        assert!(
+            lines[0].starts_with(&format!("pushed {path}: ")) && lines[0].ends_with("iB/s"),
+            "{out}"
+        );
+    }
     assert!(out.contains("pushed 3 paths"), "{out}");
 }
 
@@ -327,7 +354,7 @@ fn paths_signed_by_an_upstream_key_are_skipped_unless_asked() {
         "--ignore-upstream-cache-filter",
         closure.top(),
     ]);
-    assert!(out.contains("pushed 1 paths"), "{out}");
+    assert!(out.contains("pushed 1 path ("), "{out}");
 }
 
 /// A token that may push but not pull (what CI often gets) pushes a

@@ -195,7 +195,7 @@ async fn damage_is_never_served_and_heals(how: Harm) {
         .client
         .attic_ok(&["push", "main", pushed.closure.top()]);
     assert!(
-        out.contains("pushed 1 paths") && out.contains("2 already in the cache"),
+        out.contains("pushed 1 path (") && out.contains("2 already in the cache"),
         "{how:?}: {out}"
     );
     assert_eq!(pushed.narinfo_status("main").await, StatusCode::OK);

@@ -74,7 +74,13 @@ impl Claims {
             block: 0,
             reason: "it does not serialise",
         })?;
-        let token = schema::Biscuit::decode(bytes.as_slice()).map_err(|_| UnrecognisedBlock {
+        Self::read_serialised(&bytes)
+    }
+
+    /// Reads every block of a serialised token, whether or not its
+    /// signatures were verified: the caller decides what to trust.
+    pub(crate) fn read_serialised(bytes: &[u8]) -> Result<Self, UnrecognisedBlock> {
+        let token = schema::Biscuit::decode(bytes).map_err(|_| UnrecognisedBlock {
             block: 0,
             reason: "it does not decode",
         })?;
@@ -136,6 +142,17 @@ impl Claims {
         } else {
             Err(Refusal::Denied)
         }
+    }
+
+    /// The earliest expiry any block sets, if one does.
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        self.conditions
+            .iter()
+            .filter_map(|condition| match condition {
+                Condition::NotAfter(t) => Some(*t),
+                _ => None,
+            })
+            .min()
     }
 
     /// Whether any block's expiry has passed at `now`.

@@ -236,6 +236,41 @@ pub fn attenuate(token: &str, attenuation: &Attenuation) -> Result<String, Token
     Ok(narrowed)
 }
 
+/// What a token says of itself, read without verifying it: a client holds
+/// no root key, yet should tell its user that their token is about to
+/// expire. Nothing read this way may decide access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedClaims {
+    /// When it stops working: the earliest expiry of any block,
+    /// attenuations included (a JWT's `exp`); `None` for never.
+    pub expires_at: Option<SystemTime>,
+    /// Whom it names (a JWT's `sub`).
+    pub subject: Option<String>,
+}
+
+/// Reads this crate's tokens and Attic's JWTs without verifying them; see
+/// [`UnverifiedClaims`]. `None` for a token that cannot be read.
+pub fn read_unverified(token: &str) -> Option<UnverifiedClaims> {
+    let token = token.trim();
+    let (expires_at, subject) = if jwt::looks_like_jwt(token) {
+        jwt::read_unverified(token)?
+    } else {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let bytes = UnverifiedBiscuit::from_base64(token)
+            .and_then(|t| t.to_vec())
+            .ok()?;
+        let claims = Claims::read_serialised(&bytes).ok()?;
+        (claims.expires_at(), claims.subject)
+    };
+    Some(UnverifiedClaims {
+        expires_at: expires_at
+            .map(|seconds| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds)),
+        subject,
+    })
+}
+
 fn date(t: SystemTime) -> Term {
     Term::Date(claims::seconds(t))
 }

@@ -410,3 +410,53 @@ fn permissions_parse_with_either_separator() {
     );
     assert!("admin".parse::<Permission>().is_err());
 }
+
+#[test]
+fn a_client_reads_the_earliest_expiry_without_the_root_key() {
+    let root = RootKey::generate();
+    let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let mut with_expiry = spec(&[("*", Permission::Pull)]);
+    with_expiry.expires_at = Some(expiry);
+    let text = with_expiry
+        .sign(&root)
+        .expect("sign")
+        .to_base64()
+        .expect("b64");
+    let stated = read_unverified(&text).expect("readable");
+    assert_eq!(stated.expires_at, Some(expiry));
+    assert_eq!(stated.subject.as_deref(), Some("ci"));
+    // An attenuation to an earlier expiry wins; to a later one does not.
+    let earlier = expiry - Duration::from_secs(3600);
+    let narrowed = attenuate(
+        &text,
+        &Attenuation {
+            expires_at: Some(earlier),
+            ..Attenuation::default()
+        },
+    )
+    .expect("attenuate");
+    assert_eq!(
+        read_unverified(&narrowed).and_then(|c| c.expires_at),
+        Some(earlier)
+    );
+    let later = attenuate(
+        &text,
+        &Attenuation {
+            expires_at: Some(expiry + Duration::from_secs(3600)),
+            ..Attenuation::default()
+        },
+    )
+    .expect("attenuate");
+    assert_eq!(
+        read_unverified(&later).and_then(|c| c.expires_at),
+        Some(expiry)
+    );
+    // No expiry, or not a token: nothing to say.
+    let forever = spec(&[("*", Permission::Pull)])
+        .sign(&root)
+        .expect("sign")
+        .to_base64()
+        .expect("b64");
+    assert_eq!(read_unverified(&forever).and_then(|c| c.expires_at), None);
+    assert_eq!(read_unverified("garbage"), None);
+}

@@ -60,6 +60,7 @@ pub async fn run(args: Login) -> Result<ExitCode> {
     };
     config.login(&args.name, &args.url, token, args.set_default)?;
     let server = config.servers[&args.name].clone();
+    crate::token_expiry::warn_once(&args.name, &server.endpoint, server.token.as_deref());
     if args.no_verify {
         eprintln!("not checking {} (--no-verify)", server.endpoint);
     } else {

@@ -59,14 +59,15 @@ pub async fn run(options: Options) -> Result<ExitCode> {
 /// The client for a cache argument, from the user's config.
 fn client_for(cache: &crate::cache_ref::CacheRef) -> Result<crate::api::ApiClient> {
     let config = crate::config::ClientConfig::load()?;
-    let (_, server) = cache.resolve(&config)?;
+    let (name, server) = cache.resolve(&config)?;
+    crate::token_expiry::warn_once(name, &server.endpoint, server.token.as_deref());
     Ok(crate::api::ApiClient::new(server))
 }
 
 /// The client for a server argument: a login name, or the default server.
 fn client_for_server(server: Option<&str>) -> Result<crate::api::ApiClient> {
     let config = crate::config::ClientConfig::load()?;
-    let entry = match server {
+    let (name, entry) = match server {
         Some(name) => {
             let entry = config.servers.get(name).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -76,14 +77,15 @@ fn client_for_server(server: Option<&str>) -> Result<crate::api::ApiClient> {
             if let Some(error) = &entry.token_file_error {
                 anyhow::bail!("{error}");
             }
-            entry
+            (name, entry)
         }
         None => {
             // Any cache name resolves the default server the same way.
             let any: crate::cache_ref::CacheRef = "x".parse()?;
-            any.resolve(&config)?.1
+            any.resolve(&config)?
         }
     };
+    crate::token_expiry::warn_once(name, &entry.endpoint, entry.token.as_deref());
     Ok(crate::api::ApiClient::new(entry))
 }
 

@@ -1,4 +1,6 @@
 //! `attic push CACHE PATH...`.
+//!
+//! Its exit code says how the push went, for scripts: see [`exit_code`].
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -9,7 +11,14 @@ use clap::Args;
 use super::client_for;
 use crate::cache_ref::CacheRef;
 use crate::nix_store::resolve_path_argument;
-use crate::push::{PushOptions, Pusher};
+use crate::progress::print_summary;
+use crate::push::{PushOptions, PushSummary, Pusher};
+use crate::report::OutputMode;
+
+/// Exit code when some paths failed and others were pushed.
+pub const EXIT_SOME_FAILED: u8 = 3;
+/// Exit code when every path that needed pushing failed.
+pub const EXIT_ALL_FAILED: u8 = 4;
 
 /// Arguments of `attic push`.
 #[derive(Debug, Args)]
@@ -38,6 +47,13 @@ pub struct Push {
     /// path's description ahead of its NAR.
     #[arg(long, hide = true)]
     force_preamble: bool,
+    /// Print one JSON object per line on stdout: one per path, then a
+    /// summary.
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
+    /// Print nothing but errors (on stderr).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 pub async fn run(args: Push) -> Result<ExitCode> {
@@ -59,6 +75,7 @@ pub async fn run(args: Push) -> Result<ExitCode> {
         closure: !args.no_closure,
         ignore_upstream_cache_filter: args.ignore_upstream_cache_filter,
         retries: args.retries,
+        output: output_mode(args.json, args.quiet),
         ..PushOptions::default()
     };
     let api = client_for(&args.cache)?;
@@ -68,13 +85,62 @@ pub async fn run(args: Push) -> Result<ExitCode> {
         .map(|a| resolve_path_argument(pusher.store_dir(), a))
         .collect::<Result<Vec<_>>>()?;
     let summary = pusher.push(&paths, &options).await?;
-    println!("{}", summary.line());
-    if summary.failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for (path, reason) in &summary.failed {
-            eprintln!("error: {path} was not pushed: {reason}");
-        }
-        Ok(ExitCode::FAILURE)
+    print_summary(options.output, &summary.report());
+    for (path, reason) in &summary.failed {
+        eprintln!("error: {path} was not pushed: {reason}");
+    }
+    Ok(ExitCode::from(exit_code(&summary)))
+}
+
+/// How the output flags choose the output.
+pub(super) fn output_mode(json: bool, quiet: bool) -> OutputMode {
+    match (json, quiet) {
+        (true, _) => OutputMode::Json,
+        (false, true) => OutputMode::Quiet,
+        (false, false) => OutputMode::Human,
+    }
+}
+
+/// 0 when every path is in the cache now; [`EXIT_SOME_FAILED`] when some
+/// paths failed and others were pushed; [`EXIT_ALL_FAILED`] when every path
+/// that needed pushing failed. An error before any upload (no such cache,
+/// a refused token, a path not in the store) is 1, and a bad command line
+/// 2, as for every command.
+pub fn exit_code(summary: &PushSummary) -> u8 {
+    match (summary.failed.len(), summary.pushed) {
+        (0, _) => 0,
+        (_, 0) => EXIT_ALL_FAILED,
+        _ => EXIT_SOME_FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_tell_none_some_and_all_failed_apart() {
+        let failure = || ("/nix/store/x-a".to_owned(), "refused".to_owned());
+        let none = PushSummary {
+            pushed: 2,
+            already_present: 1,
+            ..PushSummary::default()
+        };
+        assert_eq!(exit_code(&none), 0);
+        assert_eq!(exit_code(&PushSummary::default()), 0);
+        let some = PushSummary {
+            pushed: 1,
+            failed: vec![failure()],
+            ..PushSummary::default()
+        };
+        assert_eq!(exit_code(&some), EXIT_SOME_FAILED);
+        // Paths already present do not make a push whose uploads all
+        // failed a partial success.
+        let all = PushSummary {
+            already_present: 5,
+            failed: vec![failure(), failure()],
+            ..PushSummary::default()
+        };
+        assert_eq!(exit_code(&all), EXIT_ALL_FAILED);
     }
 }

@@ -38,6 +38,7 @@ pub async fn run(args: Use) -> Result<ExitCode> {
     let (server_name, server) = args.cache.resolve(&config)?;
     let server_name = server_name.to_owned();
     let server = server.clone();
+    crate::token_expiry::warn_once(&server_name, &server.endpoint, server.token.as_deref());
     let api = ApiClient::new(&server);
     let cache = api
         .get_cache_config(&args.cache.cache)

@@ -56,6 +56,10 @@ pub struct WatchStore {
     /// path's description ahead of its NAR.
     #[arg(long, hide = true)]
     force_preamble: bool,
+    /// Print one JSON object per line on stdout: one per path, then a
+    /// summary per round of pushes.
+    #[arg(long)]
+    json: bool,
     /// The queue database [default: $XDG_STATE_HOME/attic/watch-store-queue.db].
     #[arg(long)]
     queue: Option<PathBuf>,
@@ -87,6 +91,7 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
         jobs: args.jobs,
         closure: !args.no_closure,
         ignore_upstream_cache_filter: args.ignore_upstream_cache_filter,
+        output: super::push::output_mode(args.json, false),
         ..PushOptions::default()
     };
     // Watch and queue before contacting the server, so nothing built in
@@ -241,7 +246,7 @@ async fn push_batch(
     }
     match pusher.push(&valid, options).await {
         Ok(summary) => {
-            println!("{}", summary.line());
+            crate::progress::print_summary(options.output, &summary.report());
             let failed: std::collections::HashSet<&str> =
                 summary.failed.iter().map(|(p, _)| p.as_str()).collect();
             for (path, reason) in &summary.failed {

@@ -217,6 +217,29 @@ fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, JwtError> {
         .map_err(|source| JwtError::NotBase64 { part, source })
 }
 
+/// The `exp` and `sub` a JWT's payload states, read without verifying
+/// anything: see [`crate::read_unverified`]. `None` for a token whose
+/// payload cannot be read.
+pub(crate) fn read_unverified(token: &str) -> Option<(Option<u64>, Option<String>)> {
+    /// Only these: a payload that would fail [`claims::Payload`] for
+    /// another reason still says when it expires.
+    #[derive(serde::Deserialize)]
+    struct Stated {
+        #[serde(default)]
+        exp: Option<u64>,
+        #[serde(default)]
+        sub: Option<String>,
+    }
+    let token = token.trim();
+    if token.len() > MAX_JWT_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let json = decode("payload", payload).ok()?;
+    let stated: Stated = serde_json::from_slice(&json).ok()?;
+    Some((stated.exp, stated.sub))
+}
+
 /// Whether `token` has a JWT's shape (dot-separated parts) rather than a
 /// biscuit token's (base64url, which has no dots): which verifier to use.
 pub fn looks_like_jwt(token: &str) -> bool {

@@ -539,3 +539,15 @@ fn bad_configured_keys_say_why() {
         Err(JwtKeyError::RsaKeyRejected(_))
     ));
 }
+
+#[test]
+fn a_client_reads_a_jwts_expiry_without_the_key() {
+    let token = hs256().sign(&claims(&[(Permission::Pull, "team-*")]).to_json());
+    let stated = crate::read_unverified(&token).expect("readable");
+    assert_eq!(stated.subject.as_deref(), Some("alice"));
+    let exp = stated.expires_at.expect("an Attic JWT has an exp");
+    let in_an_hour = now() + Duration::from_secs(3600);
+    let slack = Duration::from_secs(60);
+    assert!(exp <= in_an_hour + slack && exp + slack >= in_an_hour);
+    assert_eq!(crate::read_unverified("a.!!!.c"), None);
+}
