@@ -1,0 +1,304 @@
+//! Realisations of content-addressed derivations: `nix copy` of a CA
+//! derivation's output uploads its realisation, and a fresh store builds
+//! the derivation by substituting it from us, with real Nix 2.8; the
+//! realisation routes' rules (a path the cache holds, signed by the cache,
+//! gone with its path), in both generations of the protocol.
+
+use std::path::Path;
+
+use attic::realisation::{DrvOutputId, Realisation};
+use attic::signing::PublicKey;
+use integration_tests::nix;
+use integration_tests::server::TestServer;
+use integration_tests::upload::{Api, fake_store_path, nar_info_for, nar_of_file};
+use reqwest::{Method, StatusCode};
+
+/// Nix settings for content-addressed derivations (added to the tests' own).
+const CA_FEATURES: [&str; 3] = [
+    "--option",
+    "experimental-features",
+    "nix-command ca-derivations",
+];
+
+fn host(server: &TestServer) -> &str {
+    server
+        .url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .expect("host")
+}
+
+/// Writes a floating content-addressed derivation unique to this run.
+fn write_ca_derivation(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("ca.nix");
+    let nonce = nix::nonce();
+    std::fs::write(
+        &file,
+        format!(
+            r#"derivation {{
+  name = "ca-realised";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo {nonce} > $out" ];
+  __contentAddressed = true;
+  outputHashMode = "recursive";
+  outputHashAlgo = "sha256";
+}}"#
+        ),
+    )
+    .expect("write ca.nix");
+    file
+}
+
+/// `nix-build` of `file` into `store` (the machine's when `None`),
+/// substituting from `substituter` only, trusting `key`.
+fn build(
+    store: Option<&nix::FreshStore>,
+    file: &Path,
+    substituter: &str,
+    key: &str,
+    netrc: &Path,
+) -> std::process::Output {
+    let mut cmd = match store {
+        Some(store) => store.command("nix-build"),
+        None => nix::command("nix-build"),
+    };
+    nix::run_unchecked(
+        cmd.arg(file)
+            .arg("--no-out-link")
+            .args(CA_FEATURES)
+            .args(["--option", "substituters", substituter])
+            .args(["--option", "trusted-public-keys", key])
+            .args(["--option", "require-sigs", "true"])
+            .args(["--option", "netrc-file"])
+            .arg(netrc),
+    )
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The realisation file of `drv_hash_id` in `cache`, and what it says.
+async fn fetch_realisation(
+    api: &Api,
+    token: &str,
+    cache: &str,
+    id: &str,
+) -> (StatusCode, Option<Realisation>) {
+    let response = api
+        .request(
+            Method::GET,
+            &format!("/{cache}/realisations/{id}.doi"),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request");
+    let status = response.status();
+    let body = response.bytes().await.expect("body");
+    let parsed = (status == StatusCode::OK).then(|| {
+        let id = DrvOutputId::parse_drv_hash(id).expect("id");
+        Realisation::parse_upload(id, &body).expect("a realisation Nix can read")
+    });
+    (status, parsed)
+}
+
+/// A CA derivation built here, `nix copy`'d to the cache: its realisation
+/// is there, signed by the cache's key, and a fresh store builds the
+/// derivation by substituting its output from us instead of building it.
+/// Deleted from the cache, the path takes its realisation with it, and a
+/// fresh store builds the derivation itself.
+#[tokio::test]
+async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let admin = &server.root_token;
+    api.create_cache(admin, "ca", false).await;
+    let key = api.public_key(admin, "ca").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pusher = server.make_token(&["--pull", "ca", "--push", "ca", "--delete", "ca"]);
+    let netrc = nix::write_netrc(dir.path(), host(&server), &pusher);
+    let cache_url = format!("{}/ca", server.url);
+    let file = write_ca_derivation(dir.path());
+
+    // Build it here (nothing to substitute from yet), then copy it up.
+    let built = build(None, &file, "", &key, &netrc);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let out_path = String::from_utf8(built.stdout).expect("utf-8").trim().to_owned();
+    let copy = nix::run_unchecked(
+        nix::command("nix")
+            .args(["copy", "--to", &cache_url])
+            .args(CA_FEATURES)
+            .args(["--option", "netrc-file"])
+            .arg(&netrc)
+            .arg("-f")
+            .arg(&file),
+    );
+    assert!(copy.status.success(), "{}", stderr(&copy));
+
+    // Nix 2.8 wrote the realisation under its derivation hash; we serve it
+    // pointing at the path and signed by the cache's key.
+    let drv_hash_id = realisation_id_of(&file);
+    let (status, realisation) = fetch_realisation(&api, admin, "ca", &drv_hash_id).await;
+    assert_eq!(status, StatusCode::OK);
+    let realisation = realisation.expect("a realisation");
+    assert_eq!(
+        format!("/nix/store/{}", realisation.out_path.base_name()),
+        out_path
+    );
+    let public: PublicKey = key.parse().expect("the cache's public key");
+    let fingerprint = realisation.fingerprint();
+    assert!(
+        realisation
+            .signatures
+            .iter()
+            .any(|sig| public.verify(fingerprint.as_bytes(), sig).is_ok()),
+        "signed by the cache's key: {:?}",
+        realisation.signatures
+    );
+
+    // A fresh store learns the output from our realisation and
+    // substitutes it: nothing is built.
+    let fresh = nix::FreshStore::new();
+    let substituted = build(Some(&fresh), &file, &cache_url, &key, &netrc);
+    let log = stderr(&substituted);
+    assert!(substituted.status.success(), "{log}");
+    assert_eq!(String::from_utf8_lossy(&substituted.stdout).trim(), out_path);
+    assert!(
+        log.contains(&format!("copying path '{out_path}' from '{cache_url}'")),
+        "{log}"
+    );
+    assert!(!log.contains("building '"), "built instead: {log}");
+
+    // A content-addressed path needs no signature: Nix 2.8 takes it, and
+    // the realisation (it checks no realisation signature), even trusting
+    // another key. The cache's signature is for clients that check.
+    let (_, other_key) = nix::generate_key("not-the-cache-1");
+    let fresh = nix::FreshStore::new();
+    let unsigned = build(Some(&fresh), &file, &cache_url, &other_key, &netrc);
+    assert!(unsigned.status.success(), "{}", stderr(&unsigned));
+    assert!(!stderr(&unsigned).contains("building '"));
+
+    // The path leaves the cache, and its realisation with it: a fresh
+    // store then has nothing to substitute and builds.
+    let hash = &out_path["/nix/store/".len()..][..32];
+    let deleted = api
+        .request(Method::DELETE, &format!("/ca/{hash}.narinfo"), Some(&pusher))
+        .send()
+        .await
+        .expect("request");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (status, _) = fetch_realisation(&api, admin, "ca", &drv_hash_id).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let fresh = nix::FreshStore::new();
+    let rebuilt = build(Some(&fresh), &file, &cache_url, &key, &netrc);
+    assert!(rebuilt.status.success(), "{}", stderr(&rebuilt));
+    assert!(stderr(&rebuilt).contains("building '"), "{}", stderr(&rebuilt));
+}
+
+/// The id Nix 2.8 gives the derivation's `out`, read from what `nix copy`
+/// writes to a local binary cache, so the test does not compute hashes
+/// modulo itself.
+fn realisation_id_of(file: &Path) -> String {
+    let local = tempfile::tempdir().expect("tempdir");
+    nix::run(
+        nix::command("nix")
+            .arg("copy")
+            .arg("--to")
+            .arg(format!("file://{}", local.path().display()))
+            .args(CA_FEATURES)
+            .arg("-f")
+            .arg(file),
+    );
+    let entry = std::fs::read_dir(local.path().join("realisations"))
+        .expect("nix copy wrote realisations")
+        .next()
+        .expect("one realisation")
+        .expect("entry");
+    let name = entry.file_name().into_string().expect("utf-8");
+    name.strip_suffix(".doi").expect(".doi").to_owned()
+}
+
+/// Uploading a realisation takes a path the cache holds (else 400 and
+/// nothing stored); one of the build trace (Nix ≥ 2.35) is served as the
+/// value alone, signed over Nix's key-and-value fingerprint.
+#[tokio::test]
+async fn a_realisation_needs_its_path_in_the_cache() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let admin = &server.root_token;
+    api.create_cache(admin, "rs", false).await;
+    let key: PublicKey = api
+        .public_key(admin, "rs")
+        .await
+        .parse()
+        .expect("public key");
+    let path = fake_store_path("realised");
+    let base = path.rsplit('/').next().expect("base name").to_owned();
+    let drv = "00000000000000000000000000000000-realised.drv";
+    let url = format!("/rs/build-trace-v2/{drv}/out.doi");
+    let body = format!(r#"{{"outPath":"{base}","signatures":[]}}"#);
+    let put = |body: String| {
+        let api = api.clone();
+        let url = url.clone();
+        async move {
+            let response = api
+                .request(Method::PUT, &url, Some(admin))
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            (response.status(), response.text().await.expect("body"))
+        }
+    };
+
+    let (status, text) = put(body.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("RealisationPathMissing"), "{text}");
+    assert_eq!(api.status(Some(admin), &url).await, StatusCode::NOT_FOUND);
+
+    let nar = nar_of_file(b"realised".to_vec());
+    api.upload_ok(admin, &nar_info_for("rs", &path, &nar), nar).await;
+    let (status, text) = put(body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    let (status, served) = api.get_text(&url).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a private cache: {served}");
+    let served = api
+        .request(Method::GET, &url, Some(admin))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let id = DrvOutputId::parse_drv_path(drv, "out").expect("id");
+    let realisation = Realisation::parse_upload(id, served.as_bytes()).expect("a value");
+    assert_eq!(realisation.out_path.base_name(), base);
+    assert!(served.contains(r#""keyName":"#), "{served}");
+    let fingerprint = realisation.fingerprint();
+    assert!(
+        realisation
+            .signatures
+            .iter()
+            .any(|sig| key.verify(fingerprint.as_bytes(), sig).is_ok()),
+        "{served}"
+    );
+
+    // Malformed: not JSON, a path that is no store path, an id that is none.
+    for (url, body) in [
+        (url.clone(), "not json".to_owned()),
+        (url.clone(), r#"{"outPath":"../../etc/passwd"}"#.to_owned()),
+        ("/rs/realisations/sha256:nothex!out.doi".to_owned(), "{}".to_owned()),
+        (format!("/rs/build-trace-v2/{base}/out.doi"), "{}".to_owned()),
+    ] {
+        let response = api
+            .request(Method::PUT, &url, Some(admin))
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "PUT {url}");
+    }
+}
