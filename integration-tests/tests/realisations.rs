@@ -303,3 +303,46 @@ async fn a_realisation_needs_its_path_in_the_cache() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "PUT {url}");
     }
 }
+
+/// A quota eviction takes the path's realisation with it, in that cache
+/// alone: another cache holding the same path keeps its own.
+#[tokio::test]
+async fn an_evicted_path_takes_its_realisation_along_in_its_cache_only() {
+    use integration_tests::gc::{NO_GRACE, store_path};
+    use integration_tests::upload::noise;
+
+    let server = TestServer::start_with_config(NO_GRACE);
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    let path = store_path(&[("f", &noise(100_000, 151))]);
+    let base = path.rsplit('/').next().expect("base name").to_owned();
+    let id = format!("sha256:{}!out", "cd".repeat(32));
+    let body = format!(
+        r#"{{"dependentRealisations":{{}},"id":"{id}","outPath":"{base}","signatures":[]}}"#
+    );
+    for cache in ["small", "big"] {
+        api.create_cache(token, cache, true).await;
+        api.push_path(token, cache, &path).await;
+        let response = api
+            .request(
+                Method::PUT,
+                &format!("/{cache}/realisations/{id}.doi"),
+                Some(token),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    api.configure(token, "small", serde_json::json!({"quota": {"Bytes": 1}}))
+        .await;
+    let report = server.gc();
+    assert!(report.contains("1 evicted"), "{report}");
+
+    let (small, _) = fetch_realisation(&api, token, "small", &id).await;
+    assert_eq!(small, StatusCode::NOT_FOUND);
+    let (big, realisation) = fetch_realisation(&api, token, "big", &id).await;
+    assert_eq!(big, StatusCode::OK);
+    assert_eq!(realisation.expect("kept").out_path.base_name(), base);
+}
