@@ -367,12 +367,15 @@ mod tests {
     #[test]
     fn build_trace_fingerprint_and_value_are_nix_2_35s() {
         let id = DrvOutputId::parse_drv_path(DRV, "out").expect("id");
-        let body = format!(r#"{{"outPath":"{OUT}","signatures":[{{"keyName":"a-1","sig":"AA=="}}]}}"#);
+        let body =
+            format!(r#"{{"outPath":"{OUT}","signatures":[{{"keyName":"a-1","sig":"AA=="}}]}}"#);
         let realisation = Realisation::parse_upload(id, body.as_bytes()).expect("body");
         assert_eq!(realisation.signatures, vec!["a-1:AA==".to_owned()]);
         assert_eq!(
             realisation.fingerprint(),
-            format!(r#"{{"key":{{"drvPath":"{DRV}","outputName":"out"}},"value":{{"outPath":"{OUT}"}}}}"#)
+            format!(
+                r#"{{"key":{{"drvPath":"{DRV}","outputName":"out"}},"value":{{"outPath":"{OUT}"}}}}"#
+            )
         );
         assert_eq!(realisation.to_doi(), body);
     }

@@ -188,7 +188,11 @@ async fn the_real_post_build_hook_queues_what_nix_built() {
             .command("nix-build")
             .arg(&file)
             .arg("--no-out-link")
-            .args(["--option", "experimental-features", "nix-command ca-derivations"])
+            .args([
+                "--option",
+                "experimental-features",
+                "nix-command ca-derivations",
+            ])
             .arg("--option")
             .arg("post-build-hook")
             .arg(&hook)
@@ -198,7 +202,12 @@ async fn the_real_post_build_hook_queues_what_nix_built() {
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(log.contains("running post-build-hook"), "{log}");
         assert!(log.contains("queued 1 paths for demo"), "{log}");
-        built.push(String::from_utf8(out.stdout).expect("utf-8").trim().to_owned());
+        built.push(
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned(),
+        );
     }
     // What Nix 2.8 handed the hook: no OUT_PATHS at all.
     let seen = std::fs::read_to_string(&seen).expect("the hook ran");

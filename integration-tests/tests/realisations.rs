@@ -126,7 +126,10 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     // Build it here (nothing to substitute from yet), then copy it up.
     let built = build(None, &file, "", &key, &netrc);
     assert!(built.status.success(), "{}", stderr(&built));
-    let out_path = String::from_utf8(built.stdout).expect("utf-8").trim().to_owned();
+    let out_path = String::from_utf8(built.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
     let copy = nix::run_unchecked(
         nix::command("nix")
             .args(["copy", "--to", &cache_url])
@@ -165,7 +168,10 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     let substituted = build(Some(&fresh), &file, &cache_url, &key, &netrc);
     let log = stderr(&substituted);
     assert!(substituted.status.success(), "{log}");
-    assert_eq!(String::from_utf8_lossy(&substituted.stdout).trim(), out_path);
+    assert_eq!(
+        String::from_utf8_lossy(&substituted.stdout).trim(),
+        out_path
+    );
     assert!(
         log.contains(&format!("copying path '{out_path}' from '{cache_url}'")),
         "{log}"
@@ -186,7 +192,11 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     // fails there: a chroot store has no /bin/sh).
     let hash = &out_path["/nix/store/".len()..][..32];
     let deleted = api
-        .request(Method::DELETE, &format!("/ca/{hash}.narinfo"), Some(&pusher))
+        .request(
+            Method::DELETE,
+            &format!("/ca/{hash}.narinfo"),
+            Some(&pusher),
+        )
         .send()
         .await
         .expect("request");
@@ -261,11 +271,16 @@ async fn a_realisation_needs_its_path_in_the_cache() {
     assert_eq!(api.status(Some(admin), &url).await, StatusCode::NOT_FOUND);
 
     let nar = nar_of_file(b"realised".to_vec());
-    api.upload_ok(admin, &nar_info_for("rs", &path, &nar), nar).await;
+    api.upload_ok(admin, &nar_info_for("rs", &path, &nar), nar)
+        .await;
     let (status, text) = put(body).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
     let (status, served) = api.get_text(&url).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a private cache: {served}");
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a private cache: {served}"
+    );
     let served = api
         .request(Method::GET, &url, Some(admin))
         .send()
@@ -291,8 +306,14 @@ async fn a_realisation_needs_its_path_in_the_cache() {
     for (url, body) in [
         (url.clone(), "not json".to_owned()),
         (url.clone(), r#"{"outPath":"../../etc/passwd"}"#.to_owned()),
-        ("/rs/realisations/sha256:nothex!out.doi".to_owned(), "{}".to_owned()),
-        (format!("/rs/build-trace-v2/{base}/out.doi"), "{}".to_owned()),
+        (
+            "/rs/realisations/sha256:nothex!out.doi".to_owned(),
+            "{}".to_owned(),
+        ),
+        (
+            format!("/rs/build-trace-v2/{base}/out.doi"),
+            "{}".to_owned(),
+        ),
     ] {
         let response = api
             .request(Method::PUT, &url, Some(admin))
@@ -345,4 +366,58 @@ async fn an_evicted_path_takes_its_realisation_along_in_its_cache_only() {
     let (big, realisation) = fetch_realisation(&api, token, "big", &id).await;
     assert_eq!(big, StatusCode::OK);
     assert_eq!(realisation.expect("kept").out_path.base_name(), base);
+}
+
+/// During a key rotation's overlap a realisation is signed by the old and
+/// the new key, as narinfos are, so Nix trusting either accepts it.
+#[tokio::test]
+async fn during_a_rotation_a_realisation_is_signed_by_both_keys() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "rot", false).await;
+    let path = fake_store_path("rotated");
+    let nar = nar_of_file(b"rotated".to_vec());
+    api.upload_ok(token, &nar_info_for("rot", &path, &nar), nar)
+        .await;
+    let base = path.rsplit('/').next().expect("base name");
+    let id = format!("sha256:{}!out", "ef".repeat(32));
+    let response = api
+        .request(
+            Method::PUT,
+            &format!("/rot/realisations/{id}.doi"),
+            Some(token),
+        )
+        .body(format!(
+            r#"{{"dependentRealisations":{{}},"id":"{id}","outPath":"{base}","signatures":[]}}"#
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let old_key: PublicKey = api.public_key(token, "rot").await.parse().expect("key");
+    api.configure(
+        token,
+        "rot",
+        serde_json::json!({"rotate_keypair": {"overlap_seconds": 3600}}),
+    )
+    .await;
+    let new_key: PublicKey = api.public_key(token, "rot").await.parse().expect("key");
+    assert_ne!(old_key.name(), new_key.name());
+
+    let (status, realisation) = fetch_realisation(&api, token, "rot", &id).await;
+    assert_eq!(status, StatusCode::OK);
+    let realisation = realisation.expect("a realisation");
+    let fingerprint = realisation.fingerprint();
+    for key in [&old_key, &new_key] {
+        assert!(
+            realisation
+                .signatures
+                .iter()
+                .any(|sig| key.verify(fingerprint.as_bytes(), sig).is_ok()),
+            "not signed by {}: {:?}",
+            key.name(),
+            realisation.signatures
+        );
+    }
 }

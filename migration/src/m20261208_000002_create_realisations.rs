@@ -48,16 +48,28 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Realisation::CacheId).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Realisation::CacheId)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Realisation::DrvOutput).text().not_null())
-                    .col(ColumnDef::new(Realisation::ObjectId).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Realisation::ObjectId)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Realisation::Signatures).text().not_null())
                     .col(
                         ColumnDef::new(Realisation::DependentRealisations)
                             .text()
                             .not_null(),
                     )
-                    .col(ColumnDef::new(Realisation::CreatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(Realisation::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .from(Realisation::Table, Realisation::CacheId)

@@ -34,7 +34,12 @@ const MAX_REALISATION_BODY: usize = 256 * 1024;
 
 /// The realisation routes of both generations of the protocol.
 pub fn router() -> Router<Arc<AppState>> {
-    let put_limit = || (from_fn(refuse_before_the_body), DefaultBodyLimit::max(MAX_REALISATION_BODY));
+    let put_limit = || {
+        (
+            from_fn(refuse_before_the_body),
+            DefaultBodyLimit::max(MAX_REALISATION_BODY),
+        )
+    };
     Router::new()
         .route(
             "/{cache}/realisations/{file}",
@@ -125,7 +130,9 @@ async fn serve(
 fn sign(cache: &Cache, realisation: &mut Realisation, now: i64) {
     if let Some(previous) = &cache.previous_key {
         let prefix = format!("{}:", previous.signing_key.name());
-        realisation.signatures.retain(|sig| !sig.starts_with(&prefix));
+        realisation
+            .signatures
+            .retain(|sig| !sig.starts_with(&prefix));
     }
     for key in cache.signing_keys(now) {
         realisation.sign(key);
@@ -147,7 +154,11 @@ async fn store(
     let id = id.map_err(bad)?;
     let body = read_body(request).await?;
     let realisation = Realisation::parse_upload(id, &body).map_err(bad)?;
-    if !state.database.put_realisation(cache.id, &realisation).await? {
+    if !state
+        .database
+        .put_realisation(cache.id, &realisation)
+        .await?
+    {
         return Err(ServerError::bad_request(
             "RealisationPathMissing",
             format!(

@@ -58,17 +58,14 @@ impl Database {
         };
         let inserted = realisation::Entity::insert(row)
             .on_conflict(
-                OnConflict::columns([
-                    realisation::Column::CacheId,
-                    realisation::Column::DrvOutput,
-                ])
-                .update_columns([
-                    realisation::Column::ObjectId,
-                    realisation::Column::Signatures,
-                    realisation::Column::DependentRealisations,
-                    realisation::Column::CreatedAt,
-                ])
-                .to_owned(),
+                OnConflict::columns([realisation::Column::CacheId, realisation::Column::DrvOutput])
+                    .update_columns([
+                        realisation::Column::ObjectId,
+                        realisation::Column::Signatures,
+                        realisation::Column::DependentRealisations,
+                        realisation::Column::CreatedAt,
+                    ])
+                    .to_owned(),
             )
             .exec_without_returning(&txn)
             .await;
