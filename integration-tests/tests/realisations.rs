@@ -29,21 +29,24 @@ fn host(server: &TestServer) -> &str {
         .expect("host")
 }
 
-/// Writes a floating content-addressed derivation unique to this run.
+/// Writes a floating content-addressed derivation unique to this run,
+/// `ca-top`, built from another, `ca-dependency`: Nix 2.8 records the
+/// dependency's realisation in the top one's `dependentRealisations`.
 fn write_ca_derivation(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("ca.nix");
     let nonce = nix::nonce();
+    let ca =
+        r#"__contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";"#;
     std::fs::write(
         &file,
         format!(
-            r#"derivation {{
-  name = "ca-realised";
-  system = builtins.currentSystem;
-  builder = "/bin/sh";
-  args = [ "-c" "echo {nonce} > $out" ];
-  __contentAddressed = true;
-  outputHashMode = "recursive";
-  outputHashAlgo = "sha256";
+            r#"let dependency = derivation {{
+  name = "ca-dependency"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo {nonce} > $out" ]; {ca}
+}};
+in derivation {{
+  name = "ca-top"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo ${{dependency}} > $out" ]; {ca}
 }}"#
         ),
     )
@@ -105,9 +108,10 @@ async fn fetch_realisation(
     (status, parsed)
 }
 
-/// A CA derivation built here, `nix copy`'d to the cache: its realisation
-/// is there, signed by the cache's key, and a fresh store builds the
-/// derivation by substituting its output from us instead of building it.
+/// A CA derivation (and the CA derivation it is built from) built here,
+/// `nix copy`'d to the cache: its realisation is there, with its
+/// dependency's, signed by the cache's key, and a fresh store builds the
+/// derivation by substituting both outputs from us instead of building.
 /// Deleted from the cache, the path takes its realisation with it, and a
 /// fresh store builds the derivation itself.
 #[tokio::test]
@@ -143,13 +147,18 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
 
     // Nix 2.8 wrote the realisation under its derivation hash; we serve it
     // pointing at the path and signed by the cache's key.
-    let drv_hash_id = realisation_id_of(&file);
+    let drv_hash_id = realisation_id_of(&file, &out_path);
     let (status, realisation) = fetch_realisation(&api, admin, "ca", &drv_hash_id).await;
     assert_eq!(status, StatusCode::OK);
     let realisation = realisation.expect("a realisation");
     assert_eq!(
         format!("/nix/store/{}", realisation.out_path.base_name()),
         out_path
+    );
+    assert_eq!(
+        realisation.dependent_realisations.len(),
+        1,
+        "the dependency's realisation, as Nix sent it"
     );
     let public: PublicKey = key.parse().expect("the cache's public key");
     let fingerprint = realisation.fingerprint();
@@ -176,6 +185,7 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
         log.contains(&format!("copying path '{out_path}' from '{cache_url}'")),
         "{log}"
     );
+    assert!(log.contains("-ca-dependency' from"), "{log}");
     assert!(!log.contains("building '"), "built instead: {log}");
 
     // A content-addressed path needs no signature: Nix 2.8 takes it, and
@@ -188,8 +198,9 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     assert!(!stderr(&unsigned).contains("building '"));
 
     // The path leaves the cache, and its realisation with it: a fresh
-    // store then has nothing to substitute and sets out to build (which
-    // fails there: a chroot store has no /bin/sh).
+    // store then substitutes the dependency alone and sets out to build
+    // the top derivation (which fails there: a chroot store has no
+    // /bin/sh).
     let hash = &out_path["/nix/store/".len()..][..32];
     let deleted = api
         .request(
@@ -206,13 +217,16 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     let fresh = nix::FreshStore::new();
     let rebuilt = stderr(&build(Some(&fresh), &file, &cache_url, &key, &netrc));
     assert!(rebuilt.contains("building '"), "{rebuilt}");
-    assert!(!rebuilt.contains("copying path"), "{rebuilt}");
+    assert!(
+        !rebuilt.contains(&format!("copying path '{out_path}'")),
+        "{rebuilt}"
+    );
 }
 
-/// The id Nix 2.8 gives the derivation's `out`, read from what `nix copy`
-/// writes to a local binary cache, so the test does not compute hashes
-/// modulo itself.
-fn realisation_id_of(file: &Path) -> String {
+/// The id Nix 2.8 gives the output that is `out_path`, read from what
+/// `nix copy` writes to a local binary cache, so the test does not compute
+/// hashes modulo itself.
+fn realisation_id_of(file: &Path, out_path: &str) -> String {
     let local = tempfile::tempdir().expect("tempdir");
     nix::run(
         nix::command("nix")
@@ -223,13 +237,16 @@ fn realisation_id_of(file: &Path) -> String {
             .arg("-f")
             .arg(file),
     );
-    let entry = std::fs::read_dir(local.path().join("realisations"))
-        .expect("nix copy wrote realisations")
-        .next()
-        .expect("one realisation")
-        .expect("entry");
-    let name = entry.file_name().into_string().expect("utf-8");
-    name.strip_suffix(".doi").expect(".doi").to_owned()
+    let base = out_path.rsplit('/').next().expect("base name");
+    for entry in std::fs::read_dir(local.path().join("realisations")).expect("realisations") {
+        let entry = entry.expect("entry");
+        let body = std::fs::read_to_string(entry.path()).expect("read");
+        if body.contains(&format!(r#""outPath":"{base}""#)) {
+            let name = entry.file_name().into_string().expect("utf-8");
+            return name.strip_suffix(".doi").expect(".doi").to_owned();
+        }
+    }
+    panic!("nix copy wrote no realisation of {out_path}");
 }
 
 /// Uploading a realisation takes a path the cache holds (else 400 and
