@@ -125,15 +125,9 @@ async fn serve(
 }
 
 /// Signs as narinfos are signed: the current key and, during a rotation's
-/// overlap, the previous one; an uploaded signature by the previous key's
-/// name goes, since after the overlap that key signs nothing here.
+/// overlap, the previous one.
 fn sign(cache: &Cache, realisation: &mut Realisation, now: i64) {
-    if let Some(previous) = &cache.previous_key {
-        let prefix = format!("{}:", previous.signing_key.name());
-        realisation
-            .signatures
-            .retain(|sig| !sig.starts_with(&prefix));
-    }
+    cache.drop_previous_key_signatures(&mut realisation.signatures);
     for key in cache.signing_keys(now) {
         realisation.sign(key);
     }

@@ -6,11 +6,10 @@
 //!
 //! One file per thing callers do: caches, paths, uploads (commit, stage,
 //! claim) and the rows they write, chunks and damage, tokens, logs,
-//! realisations, the
-//! garbage collector's queries, and statement metrics. The sea-orm
-//! entities are private to this module. Writes that must be atomic run in
-//! one transaction, begun `IMMEDIATE` on SQLite so concurrent writers wait
-//! for the lock instead of failing.
+//! realisations, the garbage collector's queries, and statement metrics.
+//! The sea-orm entities are private to this module. Writes that must be
+//! atomic run in one transaction, begun `IMMEDIATE` on SQLite so concurrent
+//! writers wait for the lock instead of failing.
 
 mod attach;
 mod audit;
