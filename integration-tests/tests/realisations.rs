@@ -83,6 +83,12 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Whether one of the realisation's signatures verifies under `key`.
+fn is_signed_by(realisation: &Realisation, key: &PublicKey) -> bool {
+    let fingerprint = realisation.fingerprint();
+    (realisation.signatures.iter()).any(|sig| key.verify(fingerprint.as_bytes(), sig).is_ok())
+}
+
 /// The realisation file of `drv_hash_id` in `cache`, and what it says.
 async fn fetch_realisation(
     api: &Api,
@@ -161,12 +167,8 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
         "the dependency's realisation, as Nix sent it"
     );
     let public: PublicKey = key.parse().expect("the cache's public key");
-    let fingerprint = realisation.fingerprint();
     assert!(
-        realisation
-            .signatures
-            .iter()
-            .any(|sig| public.verify(fingerprint.as_bytes(), sig).is_ok()),
+        is_signed_by(&realisation, &public),
         "signed by the cache's key: {:?}",
         realisation.signatures
     );
@@ -310,14 +312,7 @@ async fn a_realisation_needs_its_path_in_the_cache() {
     let realisation = Realisation::parse_upload(id, served.as_bytes()).expect("a value");
     assert_eq!(realisation.out_path.base_name(), base);
     assert!(served.contains(r#""keyName":"#), "{served}");
-    let fingerprint = realisation.fingerprint();
-    assert!(
-        realisation
-            .signatures
-            .iter()
-            .any(|sig| key.verify(fingerprint.as_bytes(), sig).is_ok()),
-        "{served}"
-    );
+    assert!(is_signed_by(&realisation, &key), "{served}");
 
     // Malformed: not JSON, a path that is no store path, an id that is none.
     for (url, body) in [
@@ -425,13 +420,9 @@ async fn during_a_rotation_a_realisation_is_signed_by_both_keys() {
     let (status, realisation) = fetch_realisation(&api, token, "rot", &id).await;
     assert_eq!(status, StatusCode::OK);
     let realisation = realisation.expect("a realisation");
-    let fingerprint = realisation.fingerprint();
     for key in [&old_key, &new_key] {
         assert!(
-            realisation
-                .signatures
-                .iter()
-                .any(|sig| key.verify(fingerprint.as_bytes(), sig).is_ok()),
+            is_signed_by(&realisation, key),
             "not signed by {}: {:?}",
             key.name(),
             realisation.signatures
