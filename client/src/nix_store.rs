@@ -239,6 +239,51 @@ pub fn sort_dependencies_first(infos: Vec<PathInfo>) -> Vec<PathInfo> {
     order
 }
 
+/// The outputs of derivation `drv` that are valid store paths: what a
+/// post-build hook should push when Nix gave it `DRV_PATH` but an empty
+/// `OUT_PATHS` (Nix 2.8 does so for every build, NixOS/nix#6446).
+///
+/// `nix-store --query --outputs` names an input-addressed derivation's
+/// outputs; Nix 2.8 refuses it for a floating content-addressed one, whose
+/// outputs are known only once built, so those are asked of
+/// `nix-store --realise` with building and substituting switched off: it
+/// prints the outputs Nix already holds, and fails rather than make any.
+pub async fn derivation_outputs(drv: &str) -> Result<Vec<String>> {
+    let queried = Command::new("nix-store")
+        .args(["--query", "--outputs", drv])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .context("cannot run nix-store --query --outputs")?;
+    let listed = if queried.status.success() {
+        queried.stdout
+    } else {
+        let realised = Command::new("nix-store")
+            .args(["--realise", drv])
+            .args(["--option", "max-jobs", "0"])
+            .args(["--option", "substitute", "false"])
+            .args(["--option", "extra-experimental-features", "ca-derivations"])
+            .output()
+            .await
+            .context("cannot run nix-store --realise")?;
+        if !realised.status.success() {
+            bail!(
+                "Nix names no built output of {drv}: {}",
+                String::from_utf8_lossy(&realised.stderr).trim()
+            );
+        }
+        realised.stdout
+    };
+    let mut outputs = Vec::new();
+    for line in String::from_utf8_lossy(&listed).lines() {
+        let path = line.trim();
+        if !path.is_empty() && is_valid(path).await {
+            outputs.push(path.to_owned());
+        }
+    }
+    Ok(outputs)
+}
+
 /// Whether Nix holds `path` as a valid store path.
 pub async fn is_valid(path: &str) -> bool {
     Command::new("nix-store")

@@ -353,6 +353,13 @@ impl FreshStore {
         )
     }
 
+    /// `program` (`nix-build`, `nix-store`, …) working on this store.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = command(program);
+        cmd.arg("--store").arg(self.root.path());
+        cmd
+    }
+
     /// Whether `path` is valid in this store.
     pub fn is_valid(&self, path: &str) -> bool {
         run_unchecked(

@@ -144,3 +144,77 @@ async fn watch_store_pushes_paths_as_nix_builds_them() {
         said.join("\n")
     );
 }
+
+/// Nix's own post-build hook running `attic watch-store --enqueue` as the
+/// book shows: Nix 2.8 hands it an empty `OUT_PATHS` (NixOS/nix#6446),
+/// for an input-addressed and a content-addressed derivation alike, and
+/// the hook still queues what was built, from `DRV_PATH`; draining the
+/// queue pushes it.
+#[tokio::test]
+async fn the_real_post_build_hook_queues_what_nix_built() {
+    let (_server, client, _token) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seen = dir.path().join("out-paths-seen");
+    let hook = dir.path().join("attic-hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"[$OUT_PATHS]\" >> '{}'\nexec '{}' watch-store demo --enqueue\n",
+            seen.display(),
+            integration_tests::server::binary("attic").display()
+        ),
+    )
+    .expect("write hook");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let content_addressed =
+        r#"__contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";"#;
+    let mut built = Vec::new();
+    for (name, extra) in [("hook-ia", ""), ("hook-ca", content_addressed)] {
+        let file = dir.path().join(format!("{name}.nix"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"derivation {{ name = "{name}"; system = builtins.currentSystem;
+                  builder = "/bin/sh"; args = [ "-c" "echo {} > $out" ]; {extra} }}"#,
+                nix::nonce()
+            ),
+        )
+        .expect("write derivation");
+        let out = client
+            .command("nix-build")
+            .arg(&file)
+            .arg("--no-out-link")
+            .args([
+                "--option",
+                "experimental-features",
+                "nix-command ca-derivations",
+            ])
+            .arg("--option")
+            .arg("post-build-hook")
+            .arg(&hook)
+            .output()
+            .expect("run nix-build");
+        assert!(out.status.success(), "{}", text(&out));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("running post-build-hook"), "{log}");
+        assert!(log.contains("queued 1 paths for demo"), "{log}");
+        built.push(
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned(),
+        );
+    }
+    // What Nix 2.8 handed the hook: no OUT_PATHS at all.
+    let seen = std::fs::read_to_string(&seen).expect("the hook ran");
+    assert_eq!(seen, "[]\n[]\n");
+
+    let out = client.attic_ok(&["watch-store", "demo", "--once"]);
+    for path in &built {
+        let name = &path["/nix/store/".len()..];
+        assert!(out.contains(&format!("pushed {name} (")), "{out}");
+    }
+}

@@ -15,6 +15,19 @@ fn small_nar(text: &str) -> Vec<u8> {
     .to_nar()
 }
 
+/// The id of the realisation `server_with_cache_b` stores, as Nix 2.8
+/// names it, and the derivation of the build trace entry it stores.
+fn realisation_id() -> String {
+    format!("sha256:{}!out", "ab".repeat(32))
+}
+const TRACE_DRV: &str = "00000000000000000000000000000000-probe.drv";
+
+/// A realisation body, as Nix 2.8 uploads it, of output `id` as `path`.
+fn realisation_body(id: &str, path: &str) -> String {
+    let base = path.rsplit('/').next().expect("a base name");
+    format!(r#"{{"dependentRealisations":{{}},"id":"{id}","outPath":"{base}","signatures":[]}}"#)
+}
+
 /// Calls every route on `cache` with `token`, returning each status.
 async fn every_route(
     api: &Api,
@@ -26,6 +39,8 @@ async fn every_route(
     let path = fake_store_path("probe");
     let info = nar_info_for(cache, &path, &nar);
     let config = format!("/_api/v1/cache-config/{cache}");
+    let realisation = format!("/{cache}/realisations/{}.doi", realisation_id());
+    let trace = format!("/{cache}/build-trace-v2/{TRACE_DRV}/out.doi");
     let requests = vec![
         ("GET cache-config", api.request(Method::GET, &config, token)),
         (
@@ -80,6 +95,21 @@ async fn every_route(
             api.request(Method::GET, &format!("/{cache}/nar/{hash}.nar"), token),
         ),
         (
+            "GET realisation",
+            api.request(Method::GET, &realisation, token),
+        ),
+        (
+            "PUT realisation",
+            api.request(Method::PUT, &realisation, token)
+                .body(realisation_body(&realisation_id(), &path)),
+        ),
+        ("GET build-trace", api.request(Method::GET, &trace, token)),
+        (
+            "PUT build-trace",
+            api.request(Method::PUT, &trace, token)
+                .body(r#"{"outPath":"00000000000000000000000000000000-probe","signatures":[]}"#),
+        ),
+        (
             "GET pins",
             api.request(Method::GET, &format!("/_api/v1/pins/{cache}"), token),
         ),
@@ -118,6 +148,26 @@ async fn server_with_cache_b() -> (TestServer, Api, String) {
     let path = fake_store_path("in-b");
     api.upload_ok(&server.root_token, &nar_info_for("b", &path, &nar), nar)
         .await;
+    let base = path.rsplit('/').next().expect("a base name");
+    let puts = [
+        (
+            format!("/b/realisations/{}.doi", realisation_id()),
+            realisation_body(&realisation_id(), &path),
+        ),
+        (
+            format!("/b/build-trace-v2/{TRACE_DRV}/out.doi"),
+            format!(r#"{{"outPath":"{base}","signatures":[]}}"#),
+        ),
+    ];
+    for (url, body) in puts {
+        let response = api
+            .request(Method::PUT, &url, Some(&server.root_token))
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "PUT {url}");
+    }
     let hash = path_hash(&path).to_owned();
     (server, api, hash)
 }
@@ -274,6 +324,8 @@ async fn private_caches_refuse_anonymous_reads_and_public_ones_allow_them() {
             "narinfo",
             "HEAD narinfo",
             "nar",
+            "GET realisation",
+            "GET build-trace",
             "GET pins",
         ]
         .contains(&route.as_str());

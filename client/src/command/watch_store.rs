@@ -35,7 +35,8 @@ pub struct WatchStore {
     /// The cache: `server:cache` or a name on the default server.
     cache: CacheRef,
     /// Only add paths to the queue and exit: the given paths, or those in
-    /// `$OUT_PATHS` (as a Nix post-build-hook receives them).
+    /// `$OUT_PATHS` (as a Nix post-build-hook receives them), or when that
+    /// is empty the built outputs of `$DRV_PATH`.
     #[arg(long)]
     enqueue: bool,
     /// Paths to enqueue, with `--enqueue`.
@@ -76,11 +77,7 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
     if args.enqueue {
         let mut paths = args.paths.clone();
         if paths.is_empty() {
-            paths = std::env::var("OUT_PATHS")
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
+            paths = hook_paths().await;
         }
         queue.enqueue(&key, &paths).await?;
         eprintln!("queued {} paths for {}", paths.len(), args.cache);
@@ -171,6 +168,32 @@ pub async fn run(args: WatchStore) -> Result<ExitCode> {
             }
             () = queued.notified(), if pushed_all => {}
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What a post-build hook was handed: `$OUT_PATHS`, or when Nix left it
+/// empty (Nix 2.8 always does, NixOS/nix#6446) the built outputs of
+/// `$DRV_PATH`. A failure to ask Nix is a warning, never a failed hook:
+/// Nix stops building when its hook fails.
+async fn hook_paths() -> Vec<String> {
+    let out_paths: Vec<String> = std::env::var("OUT_PATHS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !out_paths.is_empty() {
+        return out_paths;
+    }
+    let drv = std::env::var("DRV_PATH").unwrap_or_default();
+    if drv.is_empty() {
+        return Vec::new();
+    }
+    match nix_store::derivation_outputs(&drv).await {
+        Ok(outputs) => outputs,
+        Err(e) => {
+            eprintln!("warning: OUT_PATHS is empty and {e:#}; nothing queued");
+            Vec::new()
         }
     }
 }

@@ -208,12 +208,7 @@ fn build_narinfo(
         ca: info.ca.clone(),
         extra_fields: Vec::new(),
     };
-    // A signature by the cache's previous key that came with the upload
-    // goes too: after its overlap, that key signs nothing here.
-    if let Some(previous) = &cache.previous_key {
-        let prefix = format!("{}:", previous.signing_key.name());
-        narinfo.sigs.retain(|sig| !sig.starts_with(&prefix));
-    }
+    cache.drop_previous_key_signatures(&mut narinfo.sigs);
     for key in cache.signing_keys(now) {
         narinfo.sign(key);
     }

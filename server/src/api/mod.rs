@@ -1,4 +1,5 @@
-//! HTTP routes: the Nix binary cache protocol at `/{cache}/...`, the API at
+//! HTTP routes: the Nix binary cache protocol at `/{cache}/...` (with
+//! content-addressed derivations' realisations), the API at
 //! `/_api/v1/...`, a browser's pages at `/` and `/{cache}`, `/_health` and
 //! `/metrics` (on the operators' listener, [`probe_router`]). The whole
 //! route table is [`router`].
@@ -9,6 +10,7 @@ pub mod delete_path;
 pub mod landing;
 pub mod metrics;
 pub mod nix_upload;
+pub mod realisations;
 pub mod v1;
 
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     routes
         .nest("/_api/v1", v1::router())
         .merge(binary_cache::router())
+        .merge(realisations::router())
         .merge(landing::router())
         .route_layer(middleware::from_fn(crate::request_log::tag_route))
         .fallback(|| async { ServerError::NoSuchRoute })

@@ -5,11 +5,11 @@
 //! [`DatabaseError::CorruptRow`], never a panic or a string passed on.
 //!
 //! One file per thing callers do: caches, paths, uploads (commit, stage,
-//! claim) and the rows they write, chunks and damage, tokens, logs, the
-//! garbage collector's queries, and statement metrics. The sea-orm
-//! entities are private to this module. Writes that must be atomic run in
-//! one transaction, begun `IMMEDIATE` on SQLite so concurrent writers wait
-//! for the lock instead of failing.
+//! claim) and the rows they write, chunks and damage, tokens, logs,
+//! realisations, the garbage collector's queries, and statement metrics.
+//! The sea-orm entities are private to this module. Writes that must be
+//! atomic run in one transaction, begun `IMMEDIATE` on SQLite so concurrent
+//! writers wait for the lock instead of failing.
 
 mod attach;
 mod audit;
@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod paths;
 mod pins;
+mod realisations;
 mod records;
 #[cfg(test)]
 mod testing;

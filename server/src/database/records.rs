@@ -69,6 +69,17 @@ impl Cache {
             .collect()
     }
 
+    /// Drops from `signatures` (as an uploader sent them) any by a key
+    /// of the previous key's name: after the overlap that key signs
+    /// nothing here, so no signature of its name may be served. Signatures
+    /// by the current key's name are replaced when the server signs.
+    pub fn drop_previous_key_signatures(&self, signatures: &mut Vec<String>) {
+        if let Some(previous) = &self.previous_key {
+            let prefix = format!("{}:", previous.signing_key.name());
+            signatures.retain(|sig| !sig.starts_with(&prefix));
+        }
+    }
+
     /// Until when (Unix seconds) a narinfo signed at `now` carries the
     /// right signatures: the end of the overlap if one is running, as a
     /// narinfo signed during it carries a signature the old key may no

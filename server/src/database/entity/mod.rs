@@ -13,6 +13,7 @@ pub mod object;
 pub mod pack;
 pub mod pin;
 pub mod pin_target;
+pub mod realisation;
 pub mod reserved_cache_name;
 pub mod revoked_subject;
 pub mod revoked_token;
