@@ -20,7 +20,7 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, delete_path, nix_upload};
+use super::{build_log, delete_path, nix_upload, uploaded_nar};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -138,7 +138,7 @@ async fn get_narinfo(
 }
 
 /// A NAR's chunks, from memory when recently read.
-async fn nar_chunks(state: &AppState, nar_id: NarId) -> ServerResult<Vec<StoredChunk>> {
+pub(super) async fn nar_chunks(state: &AppState, nar_id: NarId) -> ServerResult<Vec<StoredChunk>> {
     if let Some(held) = state.read_cache.chunk_lists.get(&nar_id) {
         return Ok(held.as_ref().clone());
     }
@@ -246,6 +246,10 @@ async fn get_nar(
     caller: Caller,
     Path((name, file)): Path<(String, String)>,
 ) -> ServerResult<Response> {
+    if uploaded_nar::is_nix_upload_name(&file) {
+        let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
+        return uploaded_nar::serve(state, cache, &file).await;
+    }
     let (hash, encoding) = if let Some(hash) = file.strip_suffix(".nar.zst") {
         (hash, NarEncoding::Zstd)
     } else if let Some(hash) = file.strip_suffix(".nar") {

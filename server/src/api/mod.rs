@@ -11,6 +11,7 @@ pub mod landing;
 pub mod metrics;
 pub mod nix_upload;
 pub mod realisations;
+pub mod uploaded_nar;
 pub mod v1;
 
 use std::sync::Arc;

@@ -101,7 +101,7 @@ pub async fn put_nar(
 }
 
 /// `<52 nix32 characters>.nar` and a known compression's extension.
-fn parse_nar_file(file: &str) -> ServerResult<(Sha256Hash, Compression)> {
+pub(super) fn parse_nar_file(file: &str) -> ServerResult<(Sha256Hash, Compression)> {
     let bad = || {
         ServerError::bad_request(
             "InvalidNarFile",

@@ -71,6 +71,8 @@ pub(super) async fn attach_object(
         created_at: Set(created_at),
         last_accessed_at: Set(last_accessed_at),
         created_by: Set(new.created_by),
+        // Set by the claim of a NAR `nix copy` uploaded, after this.
+        nix_upload_file: Set(None),
         ..Default::default()
     };
     object::Entity::insert(row)
@@ -87,6 +89,7 @@ pub(super) async fn attach_object(
                     object::Column::CreatedAt,
                     object::Column::LastAccessedAt,
                     object::Column::CreatedBy,
+                    object::Column::NixUploadFile,
                 ])
                 .to_owned(),
         )

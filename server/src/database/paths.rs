@@ -61,6 +61,26 @@ impl Database {
         }
     }
 
+    /// The path of a cache whose NAR `nix copy` uploaded under `file`
+    /// (`<file hash>.nar.xz`), with its NAR, if the NAR may be served.
+    pub async fn find_by_nix_upload_file(
+        &self,
+        cache_id: CacheId,
+        file: &str,
+    ) -> Result<Option<(StoredPath, NarRecord)>, DatabaseError> {
+        let found = object::Entity::find()
+            .find_also_related(nar::Entity)
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(object::Column::NixUploadFile.eq(file))
+            .filter(nar::Column::State.eq(BlobState::Valid))
+            .one(&self.conn)
+            .await?;
+        match found {
+            Some((object, Some(nar))) => Ok(Some((object.try_into()?, nar.try_into()?))),
+            _ => Ok(None),
+        }
+    }
+
     /// Adds an existing NAR to a cache after the uploader proved it holds it.
     /// `ChunkGone` if the NAR was reclaimed (or found damaged) while the
     /// upload proving possession of it ran.

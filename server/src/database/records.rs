@@ -162,6 +162,8 @@ pub struct StagedNar {
     pub id: StagedNarId,
     /// The NAR.
     pub nar_id: NarId,
+    /// The file name Nix uploaded it as.
+    pub file: String,
 }
 
 /// Turns a reason into the corrupt-row error of row `id` of `table`: every
@@ -286,6 +288,7 @@ impl From<staged_nar::Model> for StagedNar {
         Self {
             id: StagedNarId::new(row.id),
             nar_id: NarId::new(row.nar_id),
+            file: row.file,
         }
     }
 }
@@ -309,6 +312,7 @@ mod tests {
             created_at: 0,
             last_accessed_at: None,
             created_by: None,
+            nix_upload_file: None,
         }
     }
 

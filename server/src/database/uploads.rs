@@ -285,7 +285,17 @@ impl Database {
         if removed.rows_affected == 0 {
             return Err(DatabaseError::ChunkGone);
         }
+        let (cache_id, hash) = (new.cache_id, new.info.store_path_hash.clone());
         attach_object(&txn, staged.nar_id, new).await?;
+        object::Entity::update_many()
+            .col_expr(
+                object::Column::NixUploadFile,
+                Expr::value(staged.file.clone()),
+            )
+            .filter(object::Column::CacheId.eq(cache_id))
+            .filter(object::Column::StorePathHash.eq(hash.as_str()))
+            .exec(&txn)
+            .await?;
         txn.commit().await?;
         Ok(())
     }

@@ -33,6 +33,9 @@ pub struct Model {
     pub last_accessed_at: Option<i64>,
     /// Subject of the token that uploaded it.
     pub created_by: Option<String>,
+    /// The file name Nix uploaded its NAR as, for a path `nix copy`
+    /// created (`<file hash>.nar.xz`).
+    pub nix_upload_file: Option<String>,
 }
 
 /// An object points at its NAR.
