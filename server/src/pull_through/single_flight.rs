@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+/// The outcome of a run, awaited by everyone who asked for it.
+type Running<T> = Shared<BoxFuture<'static, Option<T>>>;
+
 /// Work in flight, by key.
 pub struct SingleFlight<K, T: Clone> {
-    in_flight: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, Option<T>>>>>>,
+    in_flight: Arc<Mutex<HashMap<K, Running<T>>>>,
 }
 
 impl<K, T: Clone> std::fmt::Debug for SingleFlight<K, T> {
@@ -73,7 +76,7 @@ where
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Shared<BoxFuture<'static, Option<T>>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Running<T>>> {
         self.in_flight
             .lock()
             .expect("the single-flight lock is never poisoned")
