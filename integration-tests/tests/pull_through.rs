@@ -222,6 +222,58 @@ async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
 }
 
 #[tokio::test]
+async fn an_upstream_cannot_name_another_tenants_nar_into_a_cache_without_its_content() {
+    // Another tenant holds the path; an upstream the mirror's admin
+    // controls signs its narinfo (hash and size are public) but cannot
+    // send the content.
+    let path = noise_path(100 * 1024);
+    let upstream = FileUpstream::with(&[&path], "none");
+    let nar_file = upstream.nar_file(&path);
+    let original = std::fs::read(&nar_file).expect("read the NAR");
+    let mut tampered = original.clone();
+    let near_end = tampered.len() - 200;
+    tampered[near_end] ^= 0x01;
+    std::fs::write(&nar_file, &tampered).expect("tamper with the NAR");
+    // FileHash is not signed: without it, only the signed NarHash is left
+    // to catch the content.
+    let narinfo_file = upstream
+        .cache_dir()
+        .join(format!("{}.narinfo", path_hash(&path)));
+    let text = std::fs::read_to_string(&narinfo_file).expect("read the narinfo");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("FileHash:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&narinfo_file, text).expect("rewrite the narinfo");
+    let (server, api, admin) = server_with_cache(false).await;
+    api.create_cache(&admin, "victim", false).await;
+    api.push_path(&admin, "victim", &path).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let stored = server.row_counts().await;
+
+    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
+    assert_eq!(
+        api.status(Some(&admin), &narinfo).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream.nar_requests(), 1, "the content was asked for");
+    assert_eq!(
+        server.row_counts().await.paths,
+        1,
+        "the victim's path alone"
+    );
+
+    // With the real content, the stored NAR is attached, not stored again.
+    std::fs::write(&nar_file, &original).expect("restore the NAR");
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
+    let after = server.row_counts().await;
+    assert_eq!(after.paths, 2);
+    assert_eq!((after.nars, after.chunks), (stored.nars, stored.chunks));
+}
+
+#[tokio::test]
 async fn a_path_signed_by_another_key_is_a_miss_remembered_briefly() {
     let path = noise_path(4 * 1024);
     let upstream = FileUpstream::with(&[&path], "none");
