@@ -71,9 +71,32 @@ impl FileUpstream {
     }
 }
 
+/// What `/metrics` on the test servers' public listener takes.
+const METRICS_TOKEN: &str = "pull-through-metrics-token";
+
+/// The `attic_pull_through_total` line of `outcome`, as `/metrics` has it.
+async fn pull_through_count(api: &Api, outcome: &str) -> String {
+    let metrics = api
+        .request(reqwest::Method::GET, "/metrics", Some(METRICS_TOKEN))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("attic_pull_through_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("0")
+        .to_owned()
+}
+
 /// A server with a token that may do everything, and a cache `mirror`.
 async fn server_with_cache(public: bool) -> (TestServer, Api, String) {
-    let server = TestServer::start_with_config("[pull-through]\ntimeout = \"2s\"\n");
+    let server = TestServer::start_with_config(&format!(
+        "metrics-token = \"{METRICS_TOKEN}\"\n[pull-through]\ntimeout = \"2s\"\n"
+    ));
     let api = Api::new(&server.url);
     let admin = server.make_token(&[
         "--pull",
@@ -192,6 +215,8 @@ async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
         1,
         "the NAR was fetched, then refused"
     );
+    assert_eq!(pull_through_count(&api, "failed").await, "1");
+    assert_eq!(pull_through_count(&api, "pulled").await, "0");
     let after = server.row_counts().await;
     assert_eq!(after.paths, before.paths);
     assert_eq!(after.nars, before.nars);
@@ -349,6 +374,7 @@ async fn concurrent_requests_for_one_path_cause_one_upstream_fetch() {
     }
     assert_eq!(upstream.narinfo_requests(&path), 1);
     assert_eq!(upstream.nar_requests(), 1);
+    assert_eq!(pull_through_count(&api, "pulled").await, "1");
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ use crate::config::ConfigError;
 use crate::database::{Actor, AuditAction, AuditEvent, Cache, CacheId};
 use crate::error::ServerError;
 use crate::ingest::{self, Declared, Expect};
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::uploads::{Uploads, new_object};
 
@@ -100,19 +101,27 @@ pub async fn pull(
     let work = {
         let (state, cache, hash) = (Arc::clone(state), cache.clone(), hash.clone());
         async move {
+            let mut outcome = "not_found";
             for upstream in &upstreams {
                 match pull_from(&state, &cache, upstream, &hash, subject.clone()).await {
-                    Ok(()) => return true,
+                    Ok(()) => {
+                        Metrics::count(&state.metrics.pull_through, "pulled");
+                        return true;
+                    }
                     Err(PullError::Upstream(UpstreamError::NotFound)) => {}
-                    Err(e) => tracing::warn!(
+                    Err(e) => {
+                        outcome = "failed";
+                        tracing::warn!(
                         cache = %cache.name,
                         path = %hash.as_str(),
                         upstream = upstream.url(),
                         reason = %error_chain(&e),
                         "pull-through: not taking the path from this upstream"
-                    ),
+                        );
+                    }
                 }
             }
+            Metrics::count(&state.metrics.pull_through, outcome);
             state.pull_through.misses.record(cache.id, &hash);
             false
         }
