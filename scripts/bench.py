@@ -621,6 +621,49 @@ class Bench:
         self.row(f"substitution v1, wall (best of {self.cfg['substitutions']})", ours, ref, "s",
                  target=1.2, better="lower", fmt="{:.2f}")
 
+    def substitute_once(self, source, label):
+        """Wall seconds of real Nix substituting v1 from `source` into an
+        empty store."""
+        top = self.corpus["v1"]
+        root = Path(self.a.scratch) / f"subst-{label}"
+        env = dict(os.environ, XDG_CACHE_HOME=str(self.work / f"nix-cache-{label}"))
+        wall, _, _ = timed(["nix", "copy", "--no-check-sigs", "--from", source,
+                            "--to", f"local?root={root}", top],
+                           self.logs / f"substitute-{label}.log", env=env)
+        got = sum(1 for e in os.listdir(root / "nix/store") if not e.startswith("."))
+        if got < len(self.v1):
+            raise RuntimeError(f"substitution from {label} copied {got} of {len(self.v1)} paths")
+        shutil.rmtree(root)
+        shutil.rmtree(self.work / f"nix-cache-{label}", ignore_errors=True)
+        return wall
+
+    # 2b. Pull-through
+    def pull_through(self):
+        log("workload 2b: pull-through (first and second client through atticd vs nginx)")
+        top = self.corpus["v1"]
+        # The file:// cache of workload 1, signed by a key of its own: the
+        # upstream a cache pulls through from.
+        key = self.work / "upstream.key"
+        key.write_text(run(["nix", "key", "generate-secret", "--key-name", "bench-upstream-1"]))
+        public = run(["nix", "key", "convert-secret-to-public"], input=key.read_text()).strip()
+        run(["nix", "store", "sign", "--store", f"file://{self.filecache}", "--key-file",
+             str(key), "--recursive", top])
+        nginx = f"http://{self.nginx[0]}:{self.nginx[1]}"
+        run([self.attic, "cache", "create", "--public", "pulled"])
+        run([self.attic, "cache", "configure", "pulled", "--upstream", nginx,
+             "--upstream-key", public])
+        through = f"http://{self.atticd[0]}:{self.atticd[1]}/pulled"
+        first = self.substitute_once(through, "pull-through-first")
+        second = self.substitute_once(through, "pull-through-second")
+        direct = self.substitute_once(nginx, "pull-through-nginx")
+        self.results["pull_through"] = dict(first_s=first, second_s=second, nginx_s=direct)
+        # The store holds v1's NARs already (workload 1): the first client
+        # waits for each NAR to be fetched and verified, not re-stored.
+        self.row("pull-through v1, first client (NARs fetched, verified)", first, direct, "s",
+                 target=1.2, better="lower", fmt="{:.2f}")
+        self.row("pull-through v1, second client", second, direct, "s",
+                 target=1.2, better="lower", fmt="{:.2f}")
+
     # 3. narinfo
     def narinfo(self):
         log("workload 3: narinfo requests (wrk, atticd vs nginx)")
@@ -785,7 +828,7 @@ class Bench:
         machine0, ours0 = machine_cpu_seconds(), our_cpu_seconds(self.atticd_pid, self.a.nginx_pid)
         failed = []
         for name, workload in (("ingest", self.ingest), ("substitution", self.substitution),
-                               ("narinfo", self.narinfo), ("NAR", self.nar),
+                               ("pull-through", self.pull_through), ("narinfo", self.narinfo), ("NAR", self.nar),
                                ("memory", self.memory), ("dedup", self.dedup),
                                ("import", self.import_attic)):
             try:
@@ -829,7 +872,7 @@ class Bench:
                            enumerate(zip(row, widths))) for row in [header] + table]
         lines.insert(1, "  ".join("-" * w for w in widths))
         refs = ("reference: nix copy --to file://?compression=zstd (ingest, stored), "
-                "nginx serving that file:// cache (substitution, narinfo, NAR)")
+                "nginx serving that file:// cache (substitution, pull-through, narinfo, NAR)")
         text = "\n".join(lines) + "\n" + refs + "\n"
         if self.busy_before > 0.25:
             text += (f"warning: {self.busy_before:.2f} cores were busy with other work just "

@@ -12,6 +12,7 @@ pub mod client;
 pub mod gc;
 pub mod hostile;
 pub mod inspect;
+pub mod nginx;
 pub mod nix;
 pub mod s3;
 pub mod server;

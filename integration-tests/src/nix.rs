@@ -360,6 +360,11 @@ impl FreshStore {
         cmd
     }
 
+    /// The store's root: its paths live under `<root>/nix/store`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
     /// Whether `path` is valid in this store.
     pub fn is_valid(&self, path: &str) -> bool {
         run_unchecked(
@@ -377,4 +382,18 @@ impl Default for FreshStore {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Writes `path`'s closure into a binary cache directory as `nix copy --to
+/// 'file://DIR?compression=C&secret-key=K'` does, signed with `secret_key`
+/// (from [`generate_key`]).
+pub fn copy_to_file_cache(dir: &Path, compression: &str, secret_key: &str, path: &str) {
+    let key_file = dir.with_extension("secret-key");
+    std::fs::write(&key_file, secret_key).expect("write the secret key");
+    let url = format!(
+        "file://{}?compression={compression}&secret-key={}",
+        dir.display(),
+        key_file.display()
+    );
+    run(command("nix").args(["copy", "--to", &url, path]));
 }

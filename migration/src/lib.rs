@@ -18,6 +18,7 @@ mod m20261207_000001_create_pins;
 mod m20261207_000002_create_audit_log;
 mod m20261207_000003_add_cache_previous_key;
 mod m20261208_000002_create_realisations;
+mod m20261208_000003_add_cache_upstreams;
 mod m20261208_000004_add_object_nix_upload_file;
 
 /// Every migration, oldest first.
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_create_audit_log::Migration),
             Box::new(m20261207_000003_add_cache_previous_key::Migration),
             Box::new(m20261208_000002_create_realisations::Migration),
+            Box::new(m20261208_000003_add_cache_upstreams::Migration),
             Box::new(m20261208_000004_add_object_nix_upload_file::Migration),
         ]
     }

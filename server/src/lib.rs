@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod nar_stream;
 pub mod oidc;
 pub mod pack;
+pub mod pull_through;
 pub mod recent;
 pub mod request_log;
 mod row_id;

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub gc_freed_bytes: Counter,
     /// NAR requests answered with a redirect to a presigned storage URL.
     pub nar_redirects: Counter,
+    /// Paths asked of upstream caches on a miss, by `pulled`, `not_found`
+    /// (no upstream had it) or `failed` (one failed or sent what did not
+    /// verify, and none gave it).
+    pub pull_through: Family<Outcome, Counter>,
     /// Storage requests and failures, by operation.
     pub storage: StorageCounters,
     /// Database statements, failures and time, by operation.
@@ -137,6 +141,12 @@ impl Default for Metrics {
             "NAR requests answered with a redirect to a presigned storage URL",
             nar_redirects.clone(),
         );
+        let pull_through = Family::<Outcome, Counter>::default();
+        registry.register(
+            "pull_through",
+            "Paths asked of upstream caches on a miss, by outcome",
+            pull_through.clone(),
+        );
         let storage = StorageCounters::default();
         registry.register(
             "storage_requests",
@@ -172,6 +182,7 @@ impl Default for Metrics {
             connections_refused,
             connections_refused_per_address,
             nar_redirects,
+            pull_through,
             storage,
             registry,
             uploads,

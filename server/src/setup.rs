@@ -403,6 +403,7 @@ pub async fn build_state(
     let tokens = crate::access::TokenVerifier::new(config.token_keys()?);
     let chunker = FastCdcChunker::new(config.chunking.params())?;
     let oidc = crate::oidc::OidcExchanger::new(&config)?;
+    let pull_through = crate::pull_through::PullThrough::new(&config.pull_through)?;
     let state = Arc::new(AppState {
         config,
         database,
@@ -414,6 +415,7 @@ pub async fn build_state(
         read_cache: ReadCache::default(),
         cache_stats: crate::cache_stats::CacheStatsMemo::default(),
         oidc,
+        pull_through,
     });
     spawn_access_log_flusher(state.clone(), crate::state::ACCESS_LOG_FLUSH_INTERVAL);
     if state.config.database.heartbeat {

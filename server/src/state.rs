@@ -135,6 +135,8 @@ pub struct AppState {
     pub oidc: crate::oidc::OidcExchanger,
     /// What each cache holds, as the landing page shows it.
     pub cache_stats: crate::cache_stats::CacheStatsMemo,
+    /// Upstreams asked on a narinfo miss, and what is in flight.
+    pub pull_through: crate::pull_through::PullThrough,
 }
 
 /// Object reads, gathered in memory and written in batches so that serving a

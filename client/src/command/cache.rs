@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use attic::api::v1::cache_config::{
-    CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig, RetentionPeriodConfig,
+    CacheConfig, CreateCacheRequest, KeyRotation, KeypairConfig, QuotaConfig,
+    RetentionPeriodConfig, UpstreamCacheConfig,
 };
 use attic::api::v1::cache_log::{CacheLogQuery, TABLE_HEADING, parse_since};
 use clap::{Args, Subcommand};
@@ -105,6 +106,18 @@ pub struct Configure {
     /// Upstream key whose paths need not be pushed (repeatable; replaces the list).
     #[arg(long = "upstream-cache-key-name")]
     upstream_cache_key_names: Vec<String>,
+    /// Pull paths the cache misses through from this binary cache
+    /// (repeatable, asked in the order given; each needs its
+    /// `--upstream-key`; replaces the list).
+    #[arg(long = "upstream", value_name = "URL")]
+    upstreams: Vec<String>,
+    /// The public key (`name:base64`) the `--upstream` of the same
+    /// position signs with: only paths it signed are taken.
+    #[arg(long = "upstream-key", value_name = "KEY")]
+    upstream_keys: Vec<String>,
+    /// Pull through from no upstream any more.
+    #[arg(long, conflicts_with_all = ["upstreams", "upstream_keys"])]
+    clear_upstreams: bool,
     /// Keep unread paths this long (`30d`, `6months`, `2 years`), or
     /// `global` for the server's default.
     #[arg(long, value_name = "PERIOD")]
@@ -174,6 +187,7 @@ pub async fn run(command: CacheCommand) -> Result<ExitCode> {
                     (false, period) => period.as_deref().map(parse_retention).transpose()?,
                 },
                 quota: args.quota.as_deref().map(parse_quota).transpose()?,
+                upstreams: upstreams(&args.upstreams, &args.upstream_keys, args.clear_upstreams)?,
                 ..CacheConfig::default()
             };
             if patch == CacheConfig::default() {
@@ -455,6 +469,37 @@ fn confirm_destroy(cache: &CacheRef) -> Result<()> {
     Ok(())
 }
 
+/// `--upstream` and `--upstream-key`, paired in order: the whole new list,
+/// `[]` for `--clear-upstreams`, or `None` to leave it.
+fn upstreams(
+    urls: &[String],
+    keys: &[String],
+    clear: bool,
+) -> Result<Option<Vec<UpstreamCacheConfig>>> {
+    if clear {
+        return Ok(Some(Vec::new()));
+    }
+    if urls.len() != keys.len() {
+        bail!(
+            "give one --upstream-key per --upstream, in the same order ({} URLs, {} keys)",
+            urls.len(),
+            keys.len()
+        );
+    }
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        urls.iter()
+            .zip(keys)
+            .map(|(url, key)| UpstreamCacheConfig {
+                url: url.clone(),
+                public_key: key.clone(),
+            })
+            .collect(),
+    ))
+}
+
 fn print_config(config: &CacheConfig) {
     let show = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
     println!("public key:        {}", show(config.public_key.clone()));
@@ -488,6 +533,15 @@ fn print_config(config: &CacheConfig) {
                 .map(|n| n.join(", "))
         )
     );
+    match config.upstreams.as_deref() {
+        None | Some([]) => println!("pulls through:     -"),
+        Some(list) => {
+            for (i, upstream) in list.iter().enumerate() {
+                let label = if i == 0 { "pulls through:" } else { "" };
+                println!("{label:<19}{} ({})", upstream.url, upstream.public_key);
+            }
+        }
+    }
     println!(
         "retention period:  {}",
         match config.retention_period {

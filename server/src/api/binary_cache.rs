@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
+use crate::pull_through;
 use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 
 /// The binary cache routes. Every upload handler changes nothing before it
@@ -112,7 +113,7 @@ async fn get_narinfo(
         return Ok(narinfo_response(held.text));
     }
     let found = match (cache, &hash) {
-        (Ok(cache), Some(hash)) => find_object(&state, cache, hash).await,
+        (Ok(cache), Some(hash)) => find_or_pull(&state, cache, hash, &caller).await,
         (Ok(_), None) => Err(ServerError::NoSuchObject),
         (Err(e), _) => Err(e),
     };
@@ -135,6 +136,24 @@ async fn get_narinfo(
         },
     );
     Ok(narinfo_response(text))
+}
+
+/// The path behind `hash` in `cache`, or, on a miss, from the cache's
+/// upstreams if one has it ([`pull_through`]).
+async fn find_or_pull(
+    state: &Arc<AppState>,
+    cache: Cache,
+    hash: &StorePathHash,
+    caller: &Caller,
+) -> ServerResult<(Cache, StoredPath, NarRecord)> {
+    match find_object(state, cache.clone(), hash).await {
+        Err(ServerError::NoSuchObject)
+            if pull_through::pull(state, &cache, hash, caller.subject()).await =>
+        {
+            find_object(state, cache, hash).await
+        }
+        found => found,
+    }
 }
 
 /// A NAR's chunks, from memory when recently read.

@@ -12,7 +12,7 @@
 mod chunking;
 mod compression;
 mod database;
-mod duration;
+pub(crate) mod duration;
 mod gc;
 mod http;
 pub mod jwt;
@@ -41,6 +41,8 @@ pub use oidc::{OidcConfig, OidcIssuer, OidcRule};
 pub use storage::{S3Checksums, S3Credentials, S3StorageConfig, StorageConfig};
 pub use tls::TlsConfig;
 use variables::expand_variables;
+
+use crate::pull_through::PullThroughConfig;
 
 /// Why the configuration is unusable.
 #[derive(Debug, Error)]
@@ -189,6 +191,10 @@ pub struct ServerConfig {
     /// CI identity providers whose ID tokens are exchanged for ours.
     #[serde(default, skip_serializing_if = "OidcConfig::is_unset")]
     pub oidc: OidcConfig,
+    /// Upstream caches every matching cache pulls missing paths through
+    /// from, and the bounds on asking any upstream.
+    #[serde(default, skip_serializing_if = "PullThroughConfig::is_default")]
+    pub pull_through: PullThroughConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -298,6 +304,7 @@ impl ServerConfig {
             tls: None,
             jwt: JwtConfig::default(),
             oidc: OidcConfig::default(),
+            pull_through: PullThroughConfig::default(),
         }
     }
 
@@ -357,6 +364,7 @@ impl ServerConfig {
         self.compression.validate()?;
         self.database.validate()?;
         self.garbage_collection.validate()?;
+        self.pull_through.resolve()?;
         for (key, endpoint) in [
             ("api-endpoint", &self.api_endpoint),
             ("substituter-endpoint", &self.substituter_endpoint),

@@ -43,10 +43,12 @@ pub enum AuditAction {
     Unpin,
     /// A cache's signing key was rotated.
     RotateKey,
+    /// A path was brought in from an upstream cache on a miss.
+    PullThrough,
 }
 
 impl AuditAction {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Push,
         Self::Import,
         Self::CreateCache,
@@ -59,6 +61,7 @@ impl AuditAction {
         Self::Pin,
         Self::Unpin,
         Self::RotateKey,
+        Self::PullThrough,
     ];
 
     /// The name stored and shown.
@@ -76,6 +79,7 @@ impl AuditAction {
             Self::Pin => "pin",
             Self::Unpin => "unpin",
             Self::RotateKey => "rotate-key",
+            Self::PullThrough => "pull-through",
         }
     }
 

@@ -16,6 +16,7 @@ use super::ids::CacheId;
 use super::json::Json;
 use super::records::Cache;
 use super::{Database, DatabaseError, now};
+use crate::pull_through::Upstream;
 
 /// A new cache's settings.
 #[derive(Debug, Clone)]
@@ -51,6 +52,8 @@ pub struct CacheChanges {
     pub retention_period: Option<Option<i64>>,
     /// Quota in bytes; `Some(None)` removes it.
     pub quota: Option<Option<u64>>,
+    /// The upstreams it pulls through from, the whole list.
+    pub upstreams: Option<Vec<Upstream>>,
 }
 
 /// A byte count as a BIGINT column holds it.
@@ -113,6 +116,7 @@ impl Database {
             retention_period: Set(None),
             created_at: Set(now()),
             deleted_at: Set(None),
+            upstreams: Set("[]".to_owned()),
             ..Default::default()
         }
         .insert(&txn)
@@ -168,6 +172,10 @@ impl Database {
         }
         if let Some(quota) = changes.quota {
             row.quota = Set(quota.map(bigint));
+        }
+        if let Some(upstreams) = changes.upstreams {
+            let list: Vec<_> = upstreams.iter().map(Upstream::to_config).collect();
+            row.upstreams = Set(Json(list).encode());
         }
         if row.is_changed() {
             row.update(&self.conn).await?;

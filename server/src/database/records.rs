@@ -12,6 +12,8 @@ use super::entity::{cache, nar, object, pack, staged_nar};
 use super::ids::{CacheId, NarId, ObjectId, StagedNarId};
 use super::json::Json;
 use crate::pack::{BlobState, PackId, PackKey, StoredCompression};
+use crate::pull_through::Upstream;
+use attic::api::v1::cache_config::UpstreamCacheConfig;
 
 /// A live cache and its settings.
 #[derive(Debug, Clone)]
@@ -37,6 +39,9 @@ pub struct Cache {
     /// The key it signed with before its last rotation, while (and after)
     /// it was to keep signing; see [`Cache::signing_keys`].
     pub previous_key: Option<PreviousKey>,
+    /// The upstream caches it pulls missing paths through from, in
+    /// priority order (before the server-wide ones).
+    pub upstreams: Vec<Upstream>,
 }
 
 /// A cache's key from before its last rotation, and when it stops signing.
@@ -216,6 +221,14 @@ impl TryFrom<cache::Model> for Cache {
                     ));
                 }
             },
+            upstreams: Json::<Vec<UpstreamCacheConfig>>::decode(&row.upstreams)
+                .map_err(|e| bad(format!("upstreams: {e}")))
+                .and_then(|Json(list)| {
+                    list.iter()
+                        .map(|u| Upstream::new(&u.url, &u.public_key))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| bad(format!("upstreams: {e}")))
+                })?,
         })
     }
 }
@@ -336,6 +349,7 @@ mod tests {
             quota: None,
             previous_keypair,
             previous_key_until,
+            upstreams: "[]".into(),
         }
     }
 
@@ -381,6 +395,30 @@ mod tests {
                     ..
                 })
             ));
+        }
+    }
+
+    #[test]
+    fn upstreams_round_trip_through_their_column_and_a_bad_one_is_corrupt() {
+        let key = SigningKey::generate("up-1")
+            .expect("randomness")
+            .public_key();
+        let upstream = Upstream::new("http://up.example/c", &key.to_string()).expect("valid");
+        let row = cache::Model {
+            upstreams: Json(vec![upstream.to_config()]).encode(),
+            ..cache_row(None, None)
+        };
+        let cache = Cache::try_from(row).expect("a valid row");
+        assert_eq!(cache.upstreams, [upstream]);
+        let row = cache::Model {
+            upstreams: r#"[{"url":"ftp://x","public_key":"k:AAAA"}]"#.into(),
+            ..cache_row(None, None)
+        };
+        match Cache::try_from(row) {
+            Err(DatabaseError::CorruptRow { reason, .. }) => {
+                assert!(reason.starts_with("upstreams"), "{reason}")
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
         }
     }
 

@@ -570,6 +570,7 @@ impl CacheSettings {
             upstream_cache_key_names: Some(self.upstream_cache_key_names.clone()),
             retention_period: Some(self.retention_period),
             quota: None,
+            upstreams: None,
         }
     }
 }

@@ -39,6 +39,18 @@ pub enum QuotaConfig {
     Bytes(u64),
 }
 
+/// An upstream binary cache a cache pulls through from: on a narinfo miss
+/// the server asks each in order, and takes a path only if its narinfo is
+/// signed by `public_key`. A field Attic does not have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamCacheConfig {
+    /// The cache's base URL, e.g. `https://cache.nixos.org`; the server
+    /// asks `<url>/<hash>.narinfo`.
+    pub url: String,
+    /// The key the upstream signs with, Nix's `name:base64` form.
+    pub public_key: String,
+}
+
 /// The body of POST (create).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateCacheRequest {
@@ -108,6 +120,11 @@ pub struct CacheConfig {
     /// quota is measured against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+    /// Upstream caches to pull through from, in priority order; in a PATCH,
+    /// the whole list (`[]` clears it). Server-wide upstreams from the
+    /// config are not listed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<UpstreamCacheConfig>>,
 }
 
 #[cfg(test)]

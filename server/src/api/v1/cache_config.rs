@@ -24,6 +24,7 @@ use crate::access::Caller;
 use crate::database::{Actor, AuditAction, AuditEvent, CacheChanges, DatabaseError, NewCache, now};
 use crate::error::{ServerError, ServerResult};
 use crate::key_rotation::{generate_key, next_key_generation, rotate_signing_key};
+use crate::pull_through::Upstream;
 use crate::state::AppState;
 
 /// A cache's settings, without its secret key.
@@ -72,6 +73,7 @@ pub async fn get_cache_config(
             Some(bytes) => QuotaConfig::Bytes(bytes),
         }),
         used_bytes: Some(u64::try_from(state.database.cache_usage(cache.id).await?).unwrap_or(0)),
+        upstreams: Some(cache.upstreams.iter().map(Upstream::to_config).collect()),
     }))
 }
 
@@ -179,6 +181,12 @@ pub async fn configure_cache(
     if let Some(names) = &patch.upstream_cache_key_names {
         check_key_names(names)?;
     }
+    let upstreams = patch
+        .upstreams
+        .as_deref()
+        .map(Upstream::list)
+        .transpose()
+        .map_err(|e| ServerError::bad_request("InvalidUpstream", e.to_string()))?;
     let changed = changed_settings(&patch);
     let changes = CacheChanges {
         signing_key: patch
@@ -201,9 +209,11 @@ pub async fn configure_cache(
             QuotaConfig::Unlimited => None,
             QuotaConfig::Bytes(bytes) => Some(bytes),
         }),
+        upstreams,
     };
     state.database.configure_cache(&cache, changes).await?;
     state.read_cache.forget_cache(&cache.name, cache.id);
+    state.pull_through.forget_cache(cache.id);
     if let Some(rotation) = patch.rotate_keypair {
         let overlap = Duration::from_secs(rotation.overlap_seconds);
         let rotated = rotate_signing_key(&state, &name, overlap).await?;
@@ -267,11 +277,18 @@ fn changed_settings(patch: &CacheConfig) -> String {
             QuotaConfig::Bytes(bytes) => bytes.to_string(),
         }),
     );
+    value(
+        "upstreams",
+        patch.upstreams.as_ref().map(|list| {
+            let urls: Vec<&str> = list.iter().map(|u| u.url.as_str()).collect();
+            format!("[{}]", urls.join(" "))
+        }),
+    );
     changed.join(", ")
 }
 
 /// Settings a PATCH may carry (and the read-only ones it may not).
-const PATCHABLE: [&str; 8] = [
+const PATCHABLE: [&str; 9] = [
     "keypair",
     "rotate_keypair",
     "is_public",
@@ -280,6 +297,7 @@ const PATCHABLE: [&str; 8] = [
     "upstream_cache_key_names",
     "retention_period",
     "quota",
+    "upstreams",
 ];
 
 /// A PATCH body, refusing any field it cannot change: a misspelt field

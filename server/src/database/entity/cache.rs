@@ -36,6 +36,9 @@ pub struct Model {
     pub previous_keypair: Option<String>,
     /// Unix second from which `previous_keypair` signs nothing.
     pub previous_key_until: Option<i64>,
+    /// JSON array of the upstream caches it pulls through from, in
+    /// priority order: `[{"url", "public_key"}]`.
+    pub upstreams: String,
 }
 
 /// No navigable relations: queries join explicitly.

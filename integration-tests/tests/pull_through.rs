@@ -1,0 +1,484 @@
+//! Pull-through: a cache names upstream binary caches, and a narinfo it
+//! misses is fetched from them, verified against the upstream's key,
+//! stored through the upload ingest and served signed with the cache's own
+//! key. Upstreams here are real: a directory Nix wrote with `nix copy --to
+//! file://` served by a real nginx, and a second `atticd`.
+
+use std::path::Path;
+
+use integration_tests::client::text;
+use integration_tests::nginx::{HangingUpstream, Nginx};
+use integration_tests::nix::{self, FreshStore};
+use integration_tests::server::TestServer;
+use integration_tests::upload::{Api, path_hash};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// A binary cache directory as `nix copy` writes it, behind nginx, and the
+/// key it is signed with.
+struct FileUpstream {
+    dir: tempfile::TempDir,
+    nginx: Nginx,
+    public_key: String,
+}
+
+impl FileUpstream {
+    /// `paths` (and their closures), copied with `compression` and signed
+    /// by a key made by `nix key generate-secret`.
+    fn with(paths: &[&str], compression: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        let (secret, public_key) = nix::generate_key("upstream-1");
+        for path in paths {
+            nix::copy_to_file_cache(&cache, compression, &secret, path);
+        }
+        let nginx = Nginx::serve(&cache);
+        Self {
+            dir,
+            nginx,
+            public_key,
+        }
+    }
+
+    fn cache_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// The file the narinfo of `path` names, under the cache directory.
+    fn nar_file(&self, path: &str) -> std::path::PathBuf {
+        let narinfo = std::fs::read_to_string(
+            self.cache_dir()
+                .join(format!("{}.narinfo", path_hash(path))),
+        )
+        .expect("the upstream has the narinfo");
+        let url = narinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .expect("a URL line");
+        self.cache_dir().join(url)
+    }
+
+    /// Requests nginx saw for NARs.
+    fn nar_requests(&self) -> usize {
+        self.nginx.requests("/nar/").len()
+    }
+
+    /// Requests nginx saw for the narinfo of `path`.
+    fn narinfo_requests(&self, path: &str) -> usize {
+        self.nginx
+            .requests(&format!("/{}.narinfo", path_hash(path)))
+            .len()
+    }
+}
+
+/// What `/metrics` on the test servers' public listener takes.
+const METRICS_TOKEN: &str = "pull-through-metrics-token";
+
+/// The `attic_pull_through_total` line of `outcome`, as `/metrics` has it.
+async fn pull_through_count(api: &Api, outcome: &str) -> String {
+    let metrics = api
+        .request(reqwest::Method::GET, "/metrics", Some(METRICS_TOKEN))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("attic_pull_through_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("0")
+        .to_owned()
+}
+
+/// A server with a token that may do everything, and a cache `mirror`.
+async fn server_with_cache(public: bool) -> (TestServer, Api, String) {
+    let server = TestServer::start_with_config(&format!(
+        "metrics-token = \"{METRICS_TOKEN}\"\n[pull-through]\ntimeout = \"2s\"\n"
+    ));
+    let api = Api::new(&server.url);
+    let admin = server.make_token(&[
+        "--pull",
+        "*",
+        "--push",
+        "*",
+        "--create-cache",
+        "*",
+        "--configure-cache",
+        "*",
+    ]);
+    api.create_cache(&admin, "mirror", public).await;
+    (server, api, admin)
+}
+
+async fn set_upstreams(api: &Api, token: &str, upstreams: &[(&str, &str)]) {
+    let list: Vec<_> = upstreams
+        .iter()
+        .map(|(url, key)| json!({"url": url, "public_key": key}))
+        .collect();
+    api.configure(token, "mirror", json!({ "upstreams": list }))
+        .await;
+}
+
+/// A path of its own holding `size` bytes of noise.
+fn noise_path(size: usize) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = dir.path().join(format!("payload-{}", nix::nonce()));
+    std::fs::create_dir(&payload).expect("mkdir");
+    std::fs::write(
+        payload.join("noise"),
+        integration_tests::upload::noise(size, rand_seed()),
+    )
+    .expect("write");
+    nix::add(&payload)
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_nanos() as u64
+}
+
+#[tokio::test]
+async fn nix_substitutes_a_closure_pulled_through_from_nginx_trusting_only_our_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 512 * 1024);
+    let upstream = FileUpstream::with(&[closure.top()], "zstd");
+    // Public: anonymous readers pull through too.
+    let (server, api, admin) = server_with_cache(true).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let our_key = api.public_key(&admin, "mirror").await;
+    let substituter = format!("{}/mirror", server.url);
+
+    let first = FreshStore::new();
+    let out = first.substitute(closure.top(), &substituter, &our_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in &closure.paths {
+        assert!(first.is_valid(path), "{path} was not substituted");
+    }
+    let fetched = upstream.nar_requests();
+    assert_eq!(fetched, 3, "one NAR fetch per path of the closure");
+    // The cache holds the paths now, signed by its own key.
+    let (status, narinfo) = api
+        .get_text(&format!("/mirror/{}.narinfo", path_hash(closure.top())))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let our_name = our_key.split(':').next().expect("key name");
+    assert!(narinfo.contains(&format!("Sig: {our_name}:")), "{narinfo}");
+
+    // A second client is served from our store: the upstream sees nothing.
+    let second = FreshStore::new();
+    let out = second.substitute(closure.top(), &substituter, &our_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(second.is_valid(closure.top()));
+    assert_eq!(upstream.nar_requests(), fetched);
+    assert_eq!(server.row_counts().await.paths, 3);
+    let log = server.atticadm(&["audit", "--cache", "mirror"]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(log.contains("pull-through"), "{log}");
+}
+
+#[tokio::test]
+async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
+    let path = noise_path(200 * 1024);
+    let upstream = FileUpstream::with(&[&path], "zstd");
+    let nar_file = upstream.nar_file(&path);
+    let mut bytes = std::fs::read(&nar_file).expect("read the NAR");
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 16] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&nar_file, bytes).expect("tamper with the NAR");
+    let (server, api, admin) = server_with_cache(false).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let before = server.row_counts().await;
+
+    let status = api
+        .status(
+            Some(&admin),
+            &format!("/mirror/{}.narinfo", path_hash(&path)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        upstream.nar_requests(),
+        1,
+        "the NAR was fetched, then refused"
+    );
+    assert_eq!(pull_through_count(&api, "failed").await, "1");
+    assert_eq!(pull_through_count(&api, "pulled").await, "0");
+    let after = server.row_counts().await;
+    assert_eq!(after.paths, before.paths);
+    assert_eq!(after.nars, before.nars);
+    assert_eq!(after.chunks, before.chunks);
+    let our_key = api.public_key(&admin, "mirror").await;
+    let netrc_dir = tempfile::tempdir().expect("tempdir");
+    let netrc = nix::write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
+    let store = FreshStore::new();
+    let out = nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--store")
+            .arg(store.root())
+            .args(["--realise", &path])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(&netrc)
+            .args([
+                "--option",
+                "substituters",
+                &format!("{}/mirror", server.url),
+                "--option",
+                "trusted-public-keys",
+                &our_key,
+            ]),
+    );
+    assert!(!out.status.success(), "Nix got a tampered path");
+    assert!(!store.is_valid(&path));
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_name_another_tenants_nar_into_a_cache_without_its_content() {
+    // Another tenant holds the path; an upstream the mirror's admin
+    // controls signs its narinfo (hash and size are public) but cannot
+    // send the content.
+    let path = noise_path(100 * 1024);
+    let upstream = FileUpstream::with(&[&path], "none");
+    let nar_file = upstream.nar_file(&path);
+    let original = std::fs::read(&nar_file).expect("read the NAR");
+    let mut tampered = original.clone();
+    let near_end = tampered.len() - 200;
+    tampered[near_end] ^= 0x01;
+    std::fs::write(&nar_file, &tampered).expect("tamper with the NAR");
+    // FileHash is not signed: without it, only the signed NarHash is left
+    // to catch the content.
+    let narinfo_file = upstream
+        .cache_dir()
+        .join(format!("{}.narinfo", path_hash(&path)));
+    let text = std::fs::read_to_string(&narinfo_file).expect("read the narinfo");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("FileHash:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&narinfo_file, text).expect("rewrite the narinfo");
+    let (server, api, admin) = server_with_cache(false).await;
+    api.create_cache(&admin, "victim", false).await;
+    api.push_path(&admin, "victim", &path).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let stored = server.row_counts().await;
+
+    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
+    assert_eq!(
+        api.status(Some(&admin), &narinfo).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream.nar_requests(), 1, "the content was asked for");
+    assert_eq!(
+        server.row_counts().await.paths,
+        1,
+        "the victim's path alone"
+    );
+
+    // With the real content, the stored NAR is attached, not stored again.
+    std::fs::write(&nar_file, &original).expect("restore the NAR");
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
+    let after = server.row_counts().await;
+    assert_eq!(after.paths, 2);
+    assert_eq!((after.nars, after.chunks), (stored.nars, stored.chunks));
+}
+
+#[tokio::test]
+async fn a_path_signed_by_another_key_is_a_miss_remembered_briefly() {
+    let path = noise_path(4 * 1024);
+    let upstream = FileUpstream::with(&[&path], "none");
+    let (_, wrong_key) = nix::generate_key("upstream-1");
+    let (_server, api, admin) = server_with_cache(false).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &wrong_key)]).await;
+    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
+
+    assert_eq!(
+        api.status(Some(&admin), &narinfo).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream.narinfo_requests(&path), 1);
+    assert_eq!(
+        upstream.nar_requests(),
+        0,
+        "no NAR is fetched for a bad signature"
+    );
+    // Asked again within the negative TTL: answered without the upstream.
+    assert_eq!(
+        api.status(Some(&admin), &narinfo).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream.narinfo_requests(&path), 1);
+
+    // With the right key (a change that forgets the misses), it arrives.
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_upstream_that_hangs_is_a_miss_and_the_next_upstream_is_asked() {
+    let path = noise_path(4 * 1024);
+    let upstream = FileUpstream::with(&[&path], "xz");
+    let hanging = HangingUpstream::start();
+    let (server, api, admin) = server_with_cache(false).await;
+    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
+
+    set_upstreams(&api, &admin, &[(&hanging.url, &upstream.public_key)]).await;
+    assert_eq!(
+        api.status(Some(&admin), &narinfo).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(server.row_counts().await.paths, 0);
+
+    set_upstreams(
+        &api,
+        &admin,
+        &[
+            (&hanging.url, &upstream.public_key),
+            (&upstream.nginx.url, &upstream.public_key),
+        ],
+    )
+    .await;
+    assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
+    assert_eq!(server.row_counts().await.paths, 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_path_cause_one_upstream_fetch() {
+    let path = noise_path(2 * 1024 * 1024);
+    let upstream = FileUpstream::with(&[&path], "zstd");
+    let (_server, api, admin) = server_with_cache(false).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
+
+    let requests = (0..12).map(|_| {
+        let (api, admin, narinfo) = (api.clone(), admin.clone(), narinfo.clone());
+        tokio::spawn(async move { api.status(Some(&admin), &narinfo).await })
+    });
+    for status in futures::future::join_all(requests).await {
+        assert_eq!(status.expect("request task"), StatusCode::OK);
+    }
+    assert_eq!(upstream.narinfo_requests(&path), 1);
+    assert_eq!(upstream.nar_requests(), 1);
+    assert_eq!(pull_through_count(&api, "pulled").await, "1");
+}
+
+#[tokio::test]
+async fn a_caller_without_pull_never_makes_the_server_ask_an_upstream() {
+    let path = noise_path(4 * 1024);
+    let upstream = FileUpstream::with(&[&path], "zstd");
+    let (server, api, admin) = server_with_cache(false).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let other = server.make_token(&["--pull", "elsewhere"]);
+    let hash = path_hash(&path);
+
+    // Exactly what a missing cache answers, and the upstream hears nothing.
+    for token in [None, Some(other.as_str())] {
+        let ours = api.status(token, &format!("/mirror/{hash}.narinfo")).await;
+        let missing = api
+            .status(token, &format!("/no-such-cache/{hash}.narinfo"))
+            .await;
+        assert_eq!(ours, missing);
+        assert!(ours.is_client_error(), "{ours}");
+    }
+    assert_eq!(upstream.narinfo_requests(&path), 0);
+}
+
+#[tokio::test]
+async fn another_atticd_serves_as_an_upstream() {
+    let path = noise_path(300 * 1024);
+    let upstream = TestServer::start();
+    let upstream_api = Api::new(&upstream.url);
+    let upstream_admin =
+        upstream.make_token(&["--pull", "*", "--push", "*", "--create-cache", "*"]);
+    upstream_api
+        .create_cache(&upstream_admin, "origin", true)
+        .await;
+    upstream_api
+        .push_path(&upstream_admin, "origin", &path)
+        .await;
+    let upstream_key = upstream_api.public_key(&upstream_admin, "origin").await;
+
+    let (server, api, admin) = server_with_cache(true).await;
+    set_upstreams(
+        &api,
+        &admin,
+        &[(&format!("{}/origin", upstream.url), &upstream_key)],
+    )
+    .await;
+    let our_key = api.public_key(&admin, "mirror").await;
+    let store = FreshStore::new();
+    let out = store.substitute(&path, &format!("{}/mirror", server.url), &our_key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        nix::dump(&store.root().join(path.trim_start_matches('/'))),
+        nix::dump(Path::new(&path))
+    );
+}
+
+#[test]
+fn the_client_sets_shows_and_clears_a_caches_upstreams() {
+    let (_server, client, _token) = integration_tests::client::logged_in();
+    let (_, key) = nix::generate_key("upstream-1");
+    client.attic_ok(&[
+        "cache",
+        "configure",
+        "demo",
+        "--upstream",
+        "https://cache.example.org/",
+        "--upstream-key",
+        &key,
+    ]);
+    let info = client.attic_ok(&["cache", "info", "demo"]);
+    assert!(
+        info.contains(&format!(
+            "pulls through:     https://cache.example.org ({key})"
+        )),
+        "{info}"
+    );
+    let unpaired = client.attic(&[
+        "cache",
+        "configure",
+        "demo",
+        "--upstream",
+        "https://x.example",
+    ]);
+    assert!(!unpaired.status.success());
+    assert!(
+        text(&unpaired).contains("--upstream-key"),
+        "{}",
+        text(&unpaired)
+    );
+    let bad = client.attic(&[
+        "cache",
+        "configure",
+        "demo",
+        "--upstream",
+        "ftp://x.example",
+        "--upstream-key",
+        &key,
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("InvalidUpstream"), "{}", text(&bad));
+    client.attic_ok(&["cache", "configure", "demo", "--clear-upstreams"]);
+    let info = client.attic_ok(&["cache", "info", "demo"]);
+    assert!(info.contains("pulls through:     -"), "{info}");
+}
