@@ -135,13 +135,7 @@ async fn a_backup_taken_during_pushes_restores_to_a_server_that_substitutes_ever
 
     // Private: the copy holds every cache's signing key and the token key.
     use std::os::unix::fs::PermissionsExt;
-    let mode = |path: &Path| {
-        std::fs::metadata(path)
-            .expect("stat")
-            .permissions()
-            .mode()
-            & 0o777
-    };
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&backup_dir), 0o700);
     assert_eq!(mode(&backup_dir.join("server.db")), 0o600);
     assert_eq!(mode(&backup_dir.join("server.toml")), 0o600);

@@ -303,8 +303,7 @@ pub async fn restore(
     let config_restored = !config_file.exists() && manifest.config;
     if config_restored {
         if let Some(parent) = config_file.parent() {
-            create_private_dir(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            create_private_dir(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         copy_private(&source.join(CONFIG_FILE), &config_file)?;
     }
@@ -388,8 +387,7 @@ fn prepare_destination(destination: &Path) -> Result<()> {
             );
         }
     }
-    create_private_dir(destination)
-        .with_context(|| format!("creating {}", destination.display()))
+    create_private_dir(destination).with_context(|| format!("creating {}", destination.display()))
 }
 
 /// Creates an empty file only this user may read; an existing one is

@@ -371,13 +371,9 @@ async fn main() -> Result<()> {
         } => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
             let data_dir = setup::data_dir(data_dir, &loaded.config)?;
-            let report = server::backup::backup(
-                &loaded.config,
-                Some(&loaded.path),
-                &data_dir,
-                &destination,
-            )
-            .await?;
+            let report =
+                server::backup::backup(&loaded.config, Some(&loaded.path), &data_dir, &destination)
+                    .await?;
             print_backup_report(&report, &destination);
         }
         Command::Restore { source, data_dir } => {

@@ -289,7 +289,8 @@ mod tests {
     #[test]
     fn a_drivers_message_quoting_the_password_is_redacted() {
         let url = "postgres://attic:p%40ss%2Fword@db/attic?sslpassword=k3y";
-        let message = "connecting with password p@ss/word (escaped p%40ss%2Fword) and key k3y failed";
+        let message =
+            "connecting with password p@ss/word (escaped p%40ss%2Fword) and key k3y failed";
         let redacted = redact_secrets_of(url, message);
         assert_eq!(
             redacted,

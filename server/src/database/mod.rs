@@ -34,8 +34,8 @@ mod upload_rows;
 mod uploads;
 
 pub use attach::{NewObject, PathTimestamps};
-pub use backup::LogBlob;
 pub use audit::{Actor, AuditAction, AuditEvent, AuditQuery, AuditRecord, AuditScope};
+pub use backup::LogBlob;
 pub use caches::CacheStats;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
