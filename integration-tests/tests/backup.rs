@@ -218,3 +218,94 @@ fn an_interrupted_backup_is_not_restored_and_a_backup_never_mixes_into_a_full_di
     assert!(!full.status.success());
     assert!(text(&full).contains("not empty"), "{}", text(&full));
 }
+
+/// Every pack file of an embedded server, by path.
+fn pack_files(server: &TestServer) -> std::collections::BTreeSet<std::path::PathBuf> {
+    fn walk(dir: &Path, found: &mut std::collections::BTreeSet<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else {
+                found.insert(path);
+            }
+        }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    walk(&server.data_dir().join("storage/packs"), &mut found);
+    found
+}
+
+/// A pack the collector is deleting may be gone by the time the backup
+/// reaches it (the restored server does not miss it); a pack the database
+/// copy names as live that is gone fails the backup, saying why, rather
+/// than leaving a copy that names a pack it lacks.
+#[tokio::test]
+async fn a_backup_tolerates_packs_being_deleted_but_never_lacks_a_live_one() {
+    let server = TestServer::start_embedded();
+    let token = server.root_token.clone();
+    let api = Api::new(&server.url);
+    api.create_cache(&token, "keep", true).await;
+    api.create_cache(&token, "drop", false).await;
+    let key = api.public_key(&token, "keep").await;
+    let kept = store_path(&[("big", &noise(200 << 10, 81))]);
+    api.push_path(&token, "keep", &kept).await;
+    let kept_pack = pack_files(&server);
+    assert_eq!(kept_pack.len(), 1);
+    let dropped = fake_store_path("dropped");
+    let nar = nar_of_file(noise(200 << 10, 82));
+    api.upload_ok(&token, &nar_info_for("drop", &dropped, &nar), nar)
+        .await;
+    let dropped_pack: Vec<_> = pack_files(&server)
+        .difference(&kept_pack)
+        .cloned()
+        .collect();
+    assert_eq!(dropped_pack.len(), 1);
+    api.destroy_cache(&token, "drop").await;
+    // Marks the dropped pack; its blob waits for the grace period.
+    let report = server.gc();
+    assert!(report.contains("1 marked for deletion"), "{report}");
+    // The collector finishing that deletion while a backup runs.
+    std::fs::remove_file(&dropped_pack[0]).expect("remove the marked pack");
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let backup_dir = scratch.path().join("backup");
+    let backup_arg = backup_dir.to_str().expect("UTF-8");
+    let backup = server.atticadm(&["backup", backup_arg]);
+    assert!(backup.status.success(), "{}", text(&backup));
+    assert!(
+        text(&backup).contains("1 packs the garbage collector was deleting were already gone"),
+        "{}",
+        text(&backup)
+    );
+
+    let fresh = TestHome::new();
+    let restored = fresh.run("atticadm", &["restore", backup_arg]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    let restored = TestServer::start_on_written_config(fresh, &[]);
+    let verify = restored.atticadm(&["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    nix::delete(std::slice::from_ref(&kept));
+    all_substitute_from(&restored, "keep", &key, std::slice::from_ref(&kept));
+
+    // A live pack gone (as if the backup outlasted the grace period): the
+    // backup fails and says so.
+    for pack in &kept_pack {
+        std::fs::remove_file(pack).expect("remove the live pack");
+    }
+    let second = scratch.path().join("second");
+    let failed = server.atticadm(&["backup", second.to_str().expect("UTF-8")]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("was deleted while the backup ran"),
+        "{}",
+        text(&failed)
+    );
+    assert!(
+        !second.join("backup.json").exists(),
+        "a failed backup looks complete"
+    );
+}
