@@ -127,6 +127,7 @@ enum Command {
     /// on PostgreSQL, see the book's "Backup and restore" page.
     Backup {
         /// Where the backup goes.
+        #[arg(value_name = "DEST")]
         destination: PathBuf,
         /// Data directory of the embedded database and storage [default: $XDG_DATA_HOME/attic].
         #[arg(long)]
@@ -138,6 +139,7 @@ enum Command {
     /// there is none there yet. Start atticd afterwards.
     Restore {
         /// The backup's directory, as `atticadm backup` wrote it.
+        #[arg(value_name = "SRC")]
         source: PathBuf,
         /// Data directory for the embedded database and storage [default: $XDG_DATA_HOME/attic].
         #[arg(long)]
