@@ -46,6 +46,10 @@ UPDATE_CANDIDATES = [
     "qemu-system-x86", "thunderbird", "chromium",
 ]
 
+# Release binary sizes to stay under, in MB (10^6 bytes): the reference
+# column of their rows. atticadm has no goal of its own; it is reported.
+BINARY_SIZE_GOALS_MB = {"atticd": 30, "attic": 20, "atticadm": None}
+
 STORE_NAME = re.compile(r"[^A-Za-z0-9+._?=-]")
 
 
@@ -738,6 +742,22 @@ class Bench:
         self.results["atticd_peak_rss_kib_workloads_1_to_4"] = kib
         self.row("atticd peak RSS, workloads 1-4", kib / 1024, None, "MiB", better="lower")
 
+    def binary_sizes(self):
+        """The release binaries as shipped (stripped, thin LTO: the
+        workspace's [profile.release]), against the goals of issue 24."""
+        sizes = {}
+        for name, goal_mb in BINARY_SIZE_GOALS_MB.items():
+            size = (Path(self.a.bin) / name).stat().st_size
+            sizes[name] = size
+            if goal_mb is None:
+                self.row(f"{name} binary size", size / 1e6, None, "MB", better="lower")
+            else:
+                self.row(f"{name} binary size (goal < {goal_mb} MB)", size / 1e6, goal_mb, "MB",
+                         target=1.0, better="lower")
+        self.results["binary_size_bytes"] = sizes
+        self.results["release_build"] = dict(seconds=self.a.release_build_seconds,
+                                             from_scratch=self.a.release_build_fresh == "true")
+
     # 5. Dedup
     def dedup(self):
         log("workload 5: dedup across v1, v2 and the mass rebuild")
@@ -830,7 +850,8 @@ class Bench:
         for name, workload in (("ingest", self.ingest), ("substitution", self.substitution),
                                ("pull-through", self.pull_through), ("narinfo", self.narinfo), ("NAR", self.nar),
                                ("memory", self.memory), ("dedup", self.dedup),
-                               ("import", self.import_attic)):
+                               ("import", self.import_attic),
+                               ("binary sizes", self.binary_sizes)):
             try:
                 workload()
             except Exception as e:  # noqa: BLE001 - reported, and the run exits non-zero
@@ -945,6 +966,9 @@ def main():
     r.add_argument("--nginx-pid", type=int, required=True)
     r.add_argument("--filecache", required=True)
     r.add_argument("--scratch", required=True, help="where substituted stores go")
+    r.add_argument("--release-build-seconds", type=int, help="how long cargo build --release took")
+    r.add_argument("--release-build-fresh", choices=["true", "false"],
+                   help="whether that build started with no target/release")
     a = p.parse_args()
     if a.cmd == "corpus":
         build_corpus(a.mode, Path(a.cache), Path(a.out))

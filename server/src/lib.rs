@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod build_log;
 pub mod cache_admin;
 pub mod cache_stats;

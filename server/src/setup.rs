@@ -10,7 +10,8 @@ use attic::chunking::FastCdcChunker;
 use attic_token::{CacheNamePattern, Permission, TokenSpec};
 
 use crate::config::{
-    CONFIG_BASE64_VARIABLE, DATABASE_URL_VARIABLE, ServerConfig, StorageConfig, describe_keys,
+    CONFIG_BASE64_VARIABLE, DATABASE_URL_VARIABLE, ServerConfig, SqliteFile, StorageConfig,
+    describe_keys, redact_secrets_of, redact_url,
 };
 use crate::database::Database;
 use crate::metrics::Metrics;
@@ -214,7 +215,8 @@ pub async fn open_database(
     let url = config.database_url(data_dir);
     let database = Database::connect(&url, &config.database, create)
         .await
-        .context("connecting to the database")?;
+        .map_err(|e| without_secrets(&url, e.into()))
+        .with_context(|| format!("connecting to the database {}", redact_url(&url)))?;
     if create {
         database
             .migrate()
@@ -285,42 +287,66 @@ pub async fn open_storage(
 }
 
 /// For `--check-config`: connects to the database and storage the config
-/// names, and says which is unreachable. A default SQLite database that
-/// does not exist yet is fine (the first start creates it).
+/// names, and says which is unreachable. A SQLite database that does not
+/// exist yet is fine if the first start will create it. The database's
+/// URL is shown, and put in errors, without its password.
 pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Vec<String>> {
     let mut found = config.token_keys()?.describe();
-    let default_db = data_dir.join("server.db");
-    let missing_sqlite = match &config.database.url {
-        None => Some(default_db).filter(|path| !path.exists()),
-        Some(url) => sqlite_file(url).filter(|path| !path.exists()),
-    };
-    if let Some(path) = missing_sqlite {
-        found.push(format!(
-            "database: {} does not exist yet; the first start creates it",
-            path.display()
-        ));
-    } else {
-        let url = config.database_url(data_dir);
-        let shown = redact_url(&url);
-        let database = Database::connect(&url, &config.database, false)
-            .await
-            .with_context(|| format!("the database {shown} is unreachable"))?;
-        database
-            .ping()
-            .await
-            .with_context(|| format!("the database {shown} does not answer"))?;
-        let pending = database
-            .pending_migrations()
-            .await
-            .with_context(|| format!("reading the schema version of {shown}"))?;
-        found.push(if pending.is_empty() {
-            format!("database: {shown} answers; its schema is up to date")
-        } else {
-            format!(
-                "database: {shown} answers; {} migrations pending (monolithic mode or --mode db-migrations applies them)",
-                pending.len()
-            )
-        });
+    let url = config.database_url(data_dir);
+    let shown = redact_url(&url);
+    match SqliteFile::of_url(&url).filter(|file| !file.path.exists()) {
+        Some(file) if file.may_create => {
+            // The default database's directory is the data directory, which
+            // the first start creates; SQLite creates a file, never its
+            // directory.
+            let directory = file
+                .path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty());
+            if config.database.url.is_some()
+                && let Some(directory) = directory
+                && !directory.is_dir()
+            {
+                anyhow::bail!(
+                    "the database {} cannot be created: its directory {} does not exist",
+                    file.path.display(),
+                    directory.display()
+                );
+            }
+            found.push(format!(
+                "database: {} will be created by the first start (it does not exist yet)",
+                file.path.display()
+            ));
+        }
+        Some(file) => anyhow::bail!(
+            "the database {} does not exist, and the URL ({shown}) asks for an existing file: \
+             `mode=rwc` lets the first start create it",
+            file.path.display()
+        ),
+        None => {
+            let database = Database::connect(&url, &config.database, false)
+                .await
+                .map_err(|e| without_secrets(&url, e.into()))
+                .with_context(|| format!("the database {shown} is unreachable"))?;
+            database
+                .ping()
+                .await
+                .map_err(|e| without_secrets(&url, e.into()))
+                .with_context(|| format!("the database {shown} does not answer"))?;
+            let pending = database
+                .pending_migrations()
+                .await
+                .map_err(|e| without_secrets(&url, e.into()))
+                .with_context(|| format!("reading the schema version of {shown}"))?;
+            found.push(if pending.is_empty() {
+                format!("database: {shown} answers; its schema is up to date")
+            } else {
+                format!(
+                    "database: {shown} answers; {} migrations pending (monolithic mode or --mode db-migrations applies them)",
+                    pending.len()
+                )
+            });
+        }
     }
     let what = match &config.storage {
         StorageConfig::Local { .. } => format!(
@@ -364,26 +390,16 @@ pub async fn check_services(config: &ServerConfig, data_dir: &Path) -> Result<Ve
     Ok(found)
 }
 
-/// The file a `sqlite://PATH?...` URL that may create it names (Attic's
-/// template writes `?mode=rwc`); `None` for other URLs.
-fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://")?;
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let creates = query.split('&').any(|pair| pair == "mode=rwc");
-    (creates && !path.is_empty()).then(|| PathBuf::from(path))
-}
-
-/// A URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}")
-            }
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+/// `error` as it is, unless its messages quote a secret of `url` (a
+/// driver's error may quote the URL it was given): then one error with
+/// those messages, the secrets replaced by `***`.
+pub fn without_secrets(url: &str, error: anyhow::Error) -> anyhow::Error {
+    let rendered = format!("{error:#}");
+    let redacted = redact_secrets_of(url, &rendered);
+    if redacted == rendered {
+        error
+    } else {
+        anyhow::anyhow!(redacted)
     }
 }
 

@@ -121,6 +121,30 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Copy this server (database, the blobs it names, config) into DEST,
+    /// a new or empty directory, while it runs and takes pushes: every push
+    /// acknowledged before the backup began is in the copy. SQLite only;
+    /// on PostgreSQL, see the book's "Backup and restore" page.
+    Backup {
+        /// Where the backup goes.
+        #[arg(value_name = "DEST")]
+        destination: PathBuf,
+        /// Data directory of the embedded database and storage [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Bring a backup up on a fresh server: its blobs into the storage the
+    /// config names, then its database (which must not exist yet). The
+    /// config (`-f`, or the default path) is written from the backup if
+    /// there is none there yet. Start atticd afterwards.
+    Restore {
+        /// The backup's directory, as `atticadm backup` wrote it.
+        #[arg(value_name = "SRC")]
+        source: PathBuf,
+        /// Data directory for the embedded database and storage [default: $XDG_DATA_HOME/attic].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Bring an Attic server's caches (with their signing keys and
     /// settings), paths (with their metadata and times) and NAR bytes into
     /// this server, verifying every NAR against its hash. Only reads
@@ -342,6 +366,36 @@ async fn main() -> Result<()> {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
             let data_dir = setup::data_dir(data_dir, &loaded.config)?;
             collect_garbage(&loaded.config, &data_dir).await?;
+        }
+        Command::Backup {
+            destination,
+            data_dir,
+        } => {
+            let loaded = setup::load_existing_config(options.config.as_deref())?;
+            let data_dir = setup::data_dir(data_dir, &loaded.config)?;
+            let report =
+                server::backup::backup(&loaded.config, Some(&loaded.path), &data_dir, &destination)
+                    .await?;
+            print_backup_report(&report, &destination);
+        }
+        Command::Restore { source, data_dir } => {
+            let report =
+                server::backup::restore(&source, options.config.as_deref(), data_dir).await?;
+            println!(
+                "restored {} blobs ({}) and the database {}",
+                report.blobs,
+                indicatif::HumanBytes(report.bytes),
+                report.database.display()
+            );
+            if report.config_restored {
+                println!(
+                    "wrote the config {} from the backup",
+                    report.config.display()
+                );
+            }
+            println!(
+                "start atticd on it (it applies any pending migrations); `atticadm verify` reads every pack back"
+            );
         }
         Command::ImportAttic(args) => {
             let loaded = setup::load_existing_config(options.config.as_deref())?;
@@ -641,6 +695,34 @@ fn print_gc_report(report: &server::gc::GcReport, gc: &server::config::GcConfig)
             report
                 .deletable_from
                 .map_or_else(|| "now".to_owned(), server::gc::format_time)
+        );
+    }
+}
+
+/// Says what a backup holds, and what it left out and why.
+fn print_backup_report(report: &server::backup::BackupReport, destination: &std::path::Path) {
+    println!(
+        "backed up to {}: the database, {} packs and {} build logs ({})",
+        destination.display(),
+        report.packs,
+        report.logs,
+        indicatif::HumanBytes(report.bytes)
+    );
+    if report.deleting_packs_gone > 0 {
+        println!(
+            "{} packs the garbage collector was deleting were already gone (the restored collector forgets them)",
+            report.deleting_packs_gone
+        );
+    }
+    if report.logs_gone > 0 {
+        println!(
+            "{} build logs replaced or removed while the backup ran are left out",
+            report.logs_gone
+        );
+    }
+    for key in &report.wrong_size {
+        println!(
+            "warning: pack {key} is not the size its row says: damaged here, and in the backup"
         );
     }
 }

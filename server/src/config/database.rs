@@ -1,14 +1,16 @@
 //! `[database]`: which database holds the metadata (SQLite or PostgreSQL,
 //! told apart by the URL's scheme) and the connection pool's limits.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, duration};
 
-/// `[database]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[database]`. Its `Debug` shows the URL without its password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DatabaseConfig {
     /// `sqlite://PATH?mode=rwc` or `postgres://USER:PASSWORD@HOST/DB`.
@@ -44,6 +46,18 @@ impl Default for DatabaseConfig {
     }
 }
 
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
 fn default_database_connections() -> u32 {
     8
 }
@@ -75,6 +89,134 @@ impl DatabaseKind {
         } else {
             None
         }
+    }
+}
+
+/// A database URL as messages and logs show it: the password of its
+/// user-info (`postgres://USER:PASSWORD@HOST`) and the value of any query
+/// parameter named like a password (`?password=`, `?sslpassword=`)
+/// replaced by `***`. Everything else stays, so an operator can tell which
+/// database is meant.
+pub fn redact_url(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match before_query.split_once("://") {
+        // The last `@`: an unescaped `@` in a password must not leave the
+        // rest of the password showing.
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => before_query.to_owned(),
+            },
+            None => before_query.to_owned(),
+        },
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().ends_with("password") => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// `text` (an error's message, say) with every secret `url` holds replaced
+/// by `***`, whether it appears as written or percent-decoded: for messages
+/// built by code that may quote the URL (a driver's errors), which we do
+/// not control.
+pub fn redact_secrets_of(url: &str, text: &str) -> String {
+    let mut secrets = Vec::new();
+    let before_query = url.split('?').next().unwrap_or_default();
+    if let Some((_, rest)) = before_query.split_once("://")
+        && let Some((credentials, _)) = rest.rsplit_once('@')
+        && let Some((_, password)) = credentials.split_once(':')
+    {
+        secrets.push(password.to_owned());
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && name.to_ascii_lowercase().ends_with("password")
+            {
+                secrets.push(value.to_owned());
+            }
+        }
+    }
+    let mut redacted = text.to_owned();
+    for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+        let decoded = percent_decode(&secret);
+        // Only the secret is replaced: the URL around it, as `redact_url`
+        // shows it, stays readable.
+        for form in [secret, decoded] {
+            if !form.is_empty() {
+                redacted = redacted.replace(&form, "***");
+            }
+        }
+    }
+    redacted
+}
+
+/// `%XX` escapes decoded; anything malformed is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            decoded.push(byte);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// The file a `sqlite:` URL names, and whether atticd may create it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteFile {
+    /// The database file, as the URL gives it (relative to the working
+    /// directory if it is not absolute).
+    pub path: PathBuf,
+    /// Whether a missing file is created by the first start (monolithic
+    /// mode or `--mode db-migrations`): unless the URL's `mode` is `ro` or
+    /// `rw`, which ask for an existing file.
+    pub may_create: bool,
+}
+
+impl SqliteFile {
+    /// The file `url` names, if it is a SQLite URL of a file (not
+    /// `:memory:` or `mode=memory`).
+    pub fn of_url(url: &str) -> Option<Self> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mode = query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("mode="))
+            .next_back();
+        if path.is_empty() || path == ":memory:" || mode == Some("memory") {
+            return None;
+        }
+        Some(Self {
+            path: PathBuf::from(path),
+            may_create: !matches!(mode, Some("ro" | "rw")),
+        })
     }
 }
 
@@ -115,8 +257,79 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use super::DatabaseKind;
+    use super::{DatabaseKind, SqliteFile, redact_secrets_of, redact_url};
     use crate::config::test_support::{key_line, parse};
+
+    #[test]
+    fn urls_are_shown_without_their_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://attic:s3cret@db:5432/attic",
+                "postgres://attic:***@db:5432/attic",
+            ),
+            // An unescaped `@` in the password hides all of it.
+            (
+                "postgresql://attic:p@ss@db/attic?sslmode=require",
+                "postgresql://attic:***@db/attic?sslmode=require",
+            ),
+            (
+                "postgres://db/attic?user=attic&password=s3cret",
+                "postgres://db/attic?user=attic&password=***",
+            ),
+            ("postgres://attic@db/attic", "postgres://attic@db/attic"),
+            (
+                "sqlite:///var/lib/atticd/server.db?mode=rwc",
+                "sqlite:///var/lib/atticd/server.db?mode=rwc",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn a_drivers_message_quoting_the_password_is_redacted() {
+        let url = "postgres://attic:p%40ss%2Fword@db/attic?sslpassword=k3y";
+        let message =
+            "connecting with password p@ss/word (escaped p%40ss%2Fword) and key k3y failed";
+        let redacted = redact_secrets_of(url, message);
+        assert_eq!(
+            redacted,
+            "connecting with password *** (escaped ***) and key *** failed"
+        );
+    }
+
+    #[test]
+    fn debug_output_of_the_config_hides_the_password() {
+        let config = parse(&format!(
+            "{}[database]\nurl = \"postgres://u:hunter2@db/attic\"\n",
+            key_line()
+        ))
+        .expect("parses");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("postgres://u:***@db/attic"), "{debug}");
+    }
+
+    #[test]
+    fn sqlite_urls_name_their_file_and_whether_it_may_be_created() {
+        let file = |url| SqliteFile::of_url(url);
+        assert_eq!(
+            file("sqlite:///var/lib/a/server.db?mode=rwc"),
+            Some(SqliteFile {
+                path: "/var/lib/a/server.db".into(),
+                may_create: true
+            })
+        );
+        assert_eq!(
+            file("sqlite:server.db").map(|f| f.path),
+            Some("server.db".into())
+        );
+        assert!(file("sqlite:///a.db").is_some_and(|f| f.may_create));
+        assert!(file("sqlite:///a.db?mode=rw").is_some_and(|f| !f.may_create));
+        assert!(file("sqlite:///a.db?mode=ro").is_some_and(|f| !f.may_create));
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("postgres://u@db/attic"), None);
+    }
 
     #[test]
     fn postgres_urls_and_pool_settings_are_accepted() {

@@ -32,7 +32,7 @@ use thiserror::Error;
 
 pub use chunking::ChunkingConfig;
 pub use compression::{CompressionConfig, CompressionKind};
-pub use database::{DatabaseConfig, DatabaseKind};
+pub use database::{DatabaseConfig, DatabaseKind, SqliteFile, redact_secrets_of, redact_url};
 pub use gc::GcConfig;
 pub use http::{AddressRange, HttpConfig};
 pub use jwt::{JwtConfig, TokenKeys};

@@ -13,6 +13,7 @@
 
 mod attach;
 mod audit;
+mod backup;
 mod caches;
 mod chunks;
 mod entity;
@@ -35,6 +36,7 @@ mod uploads;
 
 pub use attach::{NewObject, PathTimestamps};
 pub use audit::{Actor, AuditAction, AuditEvent, AuditQuery, AuditRecord, AuditScope};
+pub use backup::LogBlob;
 pub use caches::CacheStats;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
@@ -59,7 +61,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use crate::config::{DatabaseConfig, DatabaseKind};
+use crate::config::{DatabaseConfig, DatabaseKind, SqliteFile};
 
 /// The current time in Unix seconds, as every timestamp column holds it.
 pub fn now() -> i64 {
@@ -180,6 +182,9 @@ impl Database {
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(settings.idle_timeout);
         if DatabaseKind::of_url(url) == Some(DatabaseKind::Sqlite) {
+            // A URL asking for an existing file (`mode=rw`, `mode=ro`) is
+            // taken at its word.
+            let create = create && SqliteFile::of_url(url).is_none_or(|file| file.may_create);
             options.map_sqlx_sqlite_opts(move |opts| {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 opts.journal_mode(SqliteJournalMode::Wal)
