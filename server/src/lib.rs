@@ -26,6 +26,7 @@ pub mod key_rotation;
 pub mod landing_page;
 pub mod linger;
 pub mod metrics;
+pub mod nar_range;
 pub mod nar_stream;
 pub mod oidc;
 pub mod pack;

@@ -14,8 +14,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::handler::Handler;
-use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
 use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +30,7 @@ use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath, now};
 use crate::error::{ServerError, ServerResult};
 use crate::expect_continue::refuse_before_the_body;
 use crate::metrics::Metrics;
+use crate::nar_range;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
@@ -250,6 +251,7 @@ async fn get_nar(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((name, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ServerResult<Response> {
     let (hash, encoding) = if let Some(hash) = file.strip_suffix(".nar.zst") {
         (hash, NarEncoding::Zstd)
@@ -294,16 +296,14 @@ async fn get_nar(
         )
             .into_response());
     }
-    // The length of what will be sent, from the chunks themselves: a NAR
-    // row held in memory may predate a compaction that recompressed them.
-    let length: u64 = chunks
-        .iter()
-        .map(|c| match encoding {
-            NarEncoding::Zstd => c.stored_size,
-            NarEncoding::Plain => c.chunk_size,
-        })
-        .sum();
-    let mut stream = Box::pin(stream_nar(state.clone(), chunks, encoding));
+    // Lengths from the chunks themselves: a NAR row held in memory may
+    // predate a compaction that recompressed them.
+    let mut served = nar_range::select_range(chunks, encoding, headers.get(RANGE))?;
+    let mut stream = Box::pin(nar_range::trim(
+        stream_nar(state.clone(), std::mem::take(&mut served.chunks), encoding),
+        served.skip,
+        served.length,
+    ));
     // Check the first chunk before answering, so that a NAR found damaged
     // there gets an error status rather than a response cut short.
     let first = match stream.next().await {
@@ -312,12 +312,13 @@ async fn get_nar(
         Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
         None => None,
     };
-    state.metrics.served_bytes.inc_by(length);
+    state.metrics.served_bytes.inc_by(served.length);
     let stream = futures::stream::iter(first.map(Ok)).chain(stream);
-    Ok((
+    let mut response = (
+        served.status,
         [
             (CONTENT_TYPE, "application/x-nix-nar".to_owned()),
-            (CONTENT_LENGTH, length.to_string()),
+            (CONTENT_LENGTH, served.length.to_string()),
             (
                 CACHE_CONTROL,
                 "private, max-age=31536000, immutable".to_owned(),
@@ -325,5 +326,7 @@ async fn get_nar(
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    served.add_headers(response.headers_mut());
+    Ok(response)
 }
