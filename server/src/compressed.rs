@@ -21,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use async_compression::tokio::bufread::{BzDecoder, XzDecoder, ZstdDecoder};
+use async_compression::tokio::bufread::{BrotliDecoder, BzDecoder, XzDecoder, ZstdDecoder};
 use attic::hash::{Sha256Hash, Sha256Hasher};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
@@ -65,6 +65,8 @@ pub enum Compression {
     Xz,
     /// bzip2.
     Bzip2,
+    /// brotli (`Content-Encoding: br`, Nix's `ls-compression=br`).
+    Brotli,
 }
 
 impl Compression {
@@ -80,12 +82,28 @@ impl Compression {
         }
     }
 
+    /// From a `Content-Encoding` value, as Nix names its compressions
+    /// when it sends small files compressed (`narinfo-compression`,
+    /// `ls-compression`, `log-compression`): `zstd`, `xz`, `br`, `bzip2`,
+    /// or `identity` for none.
+    pub fn from_content_encoding(encoding: &str) -> Option<Self> {
+        match encoding.trim() {
+            "identity" => Some(Self::None),
+            "zstd" => Some(Self::Zstd),
+            "xz" => Some(Self::Xz),
+            "br" => Some(Self::Brotli),
+            "bzip2" => Some(Self::Bzip2),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::None => "uncompressed",
             Self::Zstd => "zstd",
             Self::Xz => "xz",
             Self::Bzip2 => "bzip2",
+            Self::Brotli => "brotli",
         }
     }
 }
@@ -157,6 +175,7 @@ enum Decoder<R> {
     Zstd(ZstdDecoder<BufReader<Hashing<R>>>),
     Xz(XzDecoder<BufReader<Hashing<R>>>),
     Bzip2(BzDecoder<BufReader<Hashing<R>>>),
+    Brotli(BrotliDecoder<BufReader<Hashing<R>>>),
 }
 
 impl<R: AsyncRead + Unpin> Decoder<R> {
@@ -166,6 +185,7 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Zstd(decoder) => decoder.get_mut(),
             Self::Xz(decoder) => decoder.get_mut(),
             Self::Bzip2(decoder) => decoder.get_mut(),
+            Self::Brotli(decoder) => decoder.get_mut(),
         }
     }
 
@@ -175,6 +195,7 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Zstd(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Xz(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Bzip2(decoder) => Pin::new(decoder).poll_read(cx, buf),
+            Self::Brotli(decoder) => Pin::new(decoder).poll_read(cx, buf),
         }
     }
 }
@@ -228,6 +249,8 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
                 decoder.multiple_members(true);
                 Decoder::Bzip2(decoder)
             }
+            // One stream: brotli has no frames to concatenate.
+            Compression::Brotli => Decoder::Brotli(BrotliDecoder::new(source)),
         };
         Self {
             decoder,

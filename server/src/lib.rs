@@ -15,6 +15,7 @@ pub mod cache_admin;
 pub mod cache_stats;
 pub mod compressed;
 pub mod config;
+pub mod encoded_upload;
 pub mod database;
 pub mod error;
 pub mod expect_continue;
