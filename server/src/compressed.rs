@@ -21,7 +21,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use async_compression::tokio::bufread::{BrotliDecoder, BzDecoder, XzDecoder, ZstdDecoder};
+use async_compression::tokio::bufread::{
+    BrotliDecoder, BzDecoder, GzipDecoder, XzDecoder, ZstdDecoder,
+};
 use attic::hash::{Sha256Hash, Sha256Hasher};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
@@ -67,6 +69,8 @@ pub enum Compression {
     Bzip2,
     /// brotli (`Content-Encoding: br`, Nix's `ls-compression=br`).
     Brotli,
+    /// gzip (`Content-Encoding: gzip`).
+    Gzip,
 }
 
 impl Compression {
@@ -84,8 +88,8 @@ impl Compression {
 
     /// From a `Content-Encoding` value, as Nix names its compressions
     /// when it sends small files compressed (`narinfo-compression`,
-    /// `ls-compression`, `log-compression`): `zstd`, `xz`, `br`, `bzip2`,
-    /// or `identity` for none.
+    /// `ls-compression`, `log-compression`): `zstd`, `xz`, `br`, `gzip`,
+    /// `bzip2`, or `identity` for none.
     pub fn from_content_encoding(encoding: &str) -> Option<Self> {
         match encoding.trim() {
             "identity" => Some(Self::None),
@@ -93,6 +97,7 @@ impl Compression {
             "xz" => Some(Self::Xz),
             "br" => Some(Self::Brotli),
             "bzip2" => Some(Self::Bzip2),
+            "gzip" | "x-gzip" => Some(Self::Gzip),
             _ => None,
         }
     }
@@ -104,6 +109,7 @@ impl Compression {
             Self::Xz => "xz",
             Self::Bzip2 => "bzip2",
             Self::Brotli => "brotli",
+            Self::Gzip => "gzip",
         }
     }
 }
@@ -176,6 +182,7 @@ enum Decoder<R> {
     Xz(XzDecoder<BufReader<Hashing<R>>>),
     Bzip2(BzDecoder<BufReader<Hashing<R>>>),
     Brotli(BrotliDecoder<BufReader<Hashing<R>>>),
+    Gzip(GzipDecoder<BufReader<Hashing<R>>>),
 }
 
 impl<R: AsyncRead + Unpin> Decoder<R> {
@@ -186,6 +193,7 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Xz(decoder) => decoder.get_mut(),
             Self::Bzip2(decoder) => decoder.get_mut(),
             Self::Brotli(decoder) => decoder.get_mut(),
+            Self::Gzip(decoder) => decoder.get_mut(),
         }
     }
 
@@ -196,6 +204,7 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Xz(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Bzip2(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Brotli(decoder) => Pin::new(decoder).poll_read(cx, buf),
+            Self::Gzip(decoder) => Pin::new(decoder).poll_read(cx, buf),
         }
     }
 }
@@ -251,6 +260,11 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
             }
             // One stream: brotli has no frames to concatenate.
             Compression::Brotli => Decoder::Brotli(BrotliDecoder::new(source)),
+            Compression::Gzip => {
+                let mut decoder = GzipDecoder::new(source);
+                decoder.multiple_members(true);
+                Decoder::Gzip(decoder)
+            }
         };
         Self {
             decoder,

@@ -31,7 +31,7 @@ pub fn content_encoding(headers: &HeaderMap) -> ServerResult<Compression> {
         .and_then(Compression::from_content_encoding)
         .ok_or_else(|| {
             ServerError::UnsupportedMediaType(format!(
-                "Content-Encoding {value:?} is not taken; send zstd, xz, br, bzip2 or an \
+                "Content-Encoding {value:?} is not taken; send zstd, xz, br, gzip, bzip2 or an \
                  uncompressed body"
             ))
         })
@@ -108,6 +108,12 @@ mod tests {
         .await
     }
 
+    async fn encode(mut encoder: impl AsyncRead + Unpin) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        encoder.read_to_end(&mut encoded).await.unwrap();
+        encoded
+    }
+
     #[tokio::test]
     async fn decodes_each_encoding_nix_sends() {
         let text = b"StorePath: /nix/store/x\n".repeat(100);
@@ -119,7 +125,15 @@ mod tests {
             &brotli::enc::BrotliEncoderParams::default(),
         )
         .unwrap();
-        for (name, body) in [("identity", text.clone()), ("zstd", zstd), ("br", brotli)] {
+        let gzip = encode(async_compression::tokio::bufread::GzipEncoder::new(&text[..])).await;
+        let xz = encode(async_compression::tokio::bufread::XzEncoder::new(&text[..])).await;
+        for (name, body) in [
+            ("identity", text.clone()),
+            ("zstd", zstd),
+            ("br", brotli),
+            ("gzip", gzip),
+            ("xz", xz),
+        ] {
             assert_eq!(read(name, body, 1 << 20).await.unwrap(), text, "{name}");
         }
     }
