@@ -102,8 +102,14 @@ async fn nar_downloads_resume_from_where_they_stopped() {
         let middle = total / 2;
         for (range, expected) in [
             ("bytes=0-0".to_owned(), &full[..1]),
-            (format!("bytes={middle}-{}", middle + 9), &full[middle..middle + 10]),
-            (format!("bytes=1000-{}", total - 1000), &full[1000..total - 999]),
+            (
+                format!("bytes={middle}-{}", middle + 9),
+                &full[middle..middle + 10],
+            ),
+            (
+                format!("bytes=1000-{}", total - 1000),
+                &full[1000..total - 999],
+            ),
             ("bytes=-100".to_owned(), &full[total - 100..]),
             (format!("bytes={}-999999999", total - 1), &full[total - 1..]),
         ] {
@@ -118,8 +124,7 @@ async fn nar_downloads_resume_from_where_they_stopped() {
         }
 
         // Past the end: 416, saying how long the body is.
-        let (status, headers, _) =
-            get_range(&api, &token, &path, &format!("bytes={total}-")).await;
+        let (status, headers, _) = get_range(&api, &token, &path, &format!("bytes={total}-")).await;
         assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(headers[CONTENT_RANGE], format!("bytes */{total}").as_str());
         // Several ranges at once: the whole body.
@@ -132,7 +137,237 @@ async fn nar_downloads_resume_from_where_they_stopped() {
     // like a missing path: the same 404 either way.
     let outsider = server.make_token(&["--pull", "elsewhere"]);
     let url = nar_url(&api, &token, "ranges", leaf).await;
-    let (forbidden, _, _) = get_range(&api, &outsider, &format!("/ranges/{url}"), "bytes=0-9").await;
+    let (forbidden, _, _) =
+        get_range(&api, &outsider, &format!("/ranges/{url}"), "bytes=0-9").await;
     let (missing, _, _) = get_range(&api, &outsider, &format!("/nowhere/{url}"), "bytes=0-9").await;
     assert_eq!(forbidden, missing);
+}
+
+fn host(server: &TestServer) -> String {
+    server
+        .url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .expect("host")
+        .to_owned()
+}
+
+/// Compresses with an async-compression encoder.
+async fn encode(mut encoder: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut encoder, &mut encoded)
+        .await
+        .expect("encode");
+    encoded
+}
+
+/// `nix copy --to 'http://…?write-nar-listing=true'` goes through (the
+/// listing Nix sends is taken); the `.ls` served is the NAR's listing as
+/// Nix writes it, with offsets into the NAR served, as JSON or as zstd to
+/// a client that accepts it; `nix store ls` and `nix store cat` browse the
+/// cache; and a caller who may not pull gets a missing path's answer.
+#[tokio::test]
+async fn listings_describe_each_path_and_nix_browses_the_cache() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "browse", true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let netrc = nix::write_netrc(dir.path(), &host(&server), &token);
+    let closure = nix::build_closure(dir.path(), 300 * 1024);
+    let leaf = closure.paths[0].clone();
+    let out = nix::run_unchecked(
+        nix::command("nix")
+            .args([
+                "copy",
+                "--to",
+                &format!(
+                    "{}/browse?write-nar-listing=true&compression=zstd",
+                    server.url
+                ),
+                "--option",
+                "netrc-file",
+            ])
+            .arg(&netrc)
+            .args(&closure.paths),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The listing, as JSON.
+    let listing_path = format!("/browse/{}.ls", path_hash(&leaf));
+    let response = api
+        .request(Method::GET, &listing_path, None)
+        .send()
+        .await
+        .expect("GET .ls");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("content-encoding").is_none());
+    let json = response.bytes().await.expect("body");
+    let listing: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(listing["version"], 1);
+    let root = &listing["root"]["entries"];
+    assert_eq!(root["bin"]["entries"]["hello"]["executable"], true);
+    assert_eq!(
+        root["bin"]["entries"]["link"],
+        serde_json::json!({"type": "symlink", "target": "../share/data"})
+    );
+    assert_eq!(root["share"]["entries"]["empty"]["type"], "directory");
+    let big = &root["share"]["entries"]["big"];
+    assert_eq!(big["size"], 300 * 1024);
+    // narOffset points at the file's bytes in the NAR the cache serves.
+    let offset = big["narOffset"].as_u64().expect("narOffset");
+    let nar_url = nar_url(&api, &token, "browse", &leaf).await;
+    let plain = format!("/browse/{}", nar_url.trim_end_matches(".zst"));
+    let (status, _, bytes) = get_range(
+        &api,
+        &token,
+        &plain,
+        &format!("bytes={offset}-{}", offset + 300 * 1024 - 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let file = std::fs::read(Path::new(&leaf).join("share/big")).expect("read");
+    assert!(bytes == file, "narOffset points at the file");
+
+    // As zstd, to a client that takes it.
+    let response = api
+        .request(Method::GET, &listing_path, None)
+        .header("Accept-Encoding", "zstd")
+        .send()
+        .await
+        .expect("GET .ls");
+    assert_eq!(response.headers()["content-encoding"], "zstd");
+    let compressed = response.bytes().await.expect("body");
+    assert_eq!(zstd::decode_all(&compressed[..]).expect("zstd"), json);
+
+    // Nix browses the cache.
+    let store = format!("{}/browse", server.url);
+    let out = nix::run(nix::command("nix").args(["store", "ls", "--store", &store, "-lR", &leaf]));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("bin/hello"), "{listed}");
+    assert!(listed.contains("bin/link -> ../share/data"), "{listed}");
+    let data = format!("{leaf}/share/data");
+    let out = nix::run(nix::command("nix").args(["store", "cat", "--store", &store, &data]));
+    assert_eq!(out.stdout, std::fs::read(&data).expect("read"));
+
+    // Private: a caller who may not pull cannot tell it from a miss.
+    api.create_cache(&token, "hidden", false).await;
+    api.push_path(&token, "hidden", &leaf).await;
+    let reader = server.make_token(&["--pull", "hidden"]);
+    let hidden = format!("/hidden/{}.ls", path_hash(&leaf));
+    assert_eq!(api.status(Some(&reader), &hidden).await, StatusCode::OK);
+    let outsider = server.make_token(&["--pull", "elsewhere"]);
+    let forbidden = api.status(Some(&outsider), &hidden).await;
+    let missing_cache = api
+        .status(
+            Some(&outsider),
+            &format!("/nowhere/{}.ls", path_hash(&leaf)),
+        )
+        .await;
+    assert_eq!(forbidden, missing_cache);
+    let missing_path = api
+        .status(Some(&reader), &format!("/hidden/{}.ls", "0".repeat(32)))
+        .await;
+    assert_eq!(missing_path, StatusCode::NOT_FOUND);
+}
+
+/// A narinfo, a listing and a build log may come compressed, as newer Nix
+/// sends them with `narinfo-compression`, `ls-compression` and
+/// `log-compression` (Nix 2.8 sends them plain): each is decoded.
+#[tokio::test]
+async fn compressed_narinfo_listing_and_log_uploads_are_decoded() {
+    use async_compression::tokio::bufread::{BzEncoder, XzEncoder, ZstdEncoder};
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "packed", false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1024);
+    let leaf = &closure.paths[0];
+    let info = nix::path_info(leaf);
+
+    // The NAR, then its narinfo as xz.
+    let nar = nix::dump(Path::new(leaf));
+    let body = zstd::encode_all(&nar[..], 3).expect("zstd");
+    let file = format!(
+        "{}.nar.zst",
+        attic::hash::Sha256Hash::digest(&body).to_nix32()
+    );
+    let put = |path: String, body: Vec<u8>, encoding: &'static str| {
+        api.request(Method::PUT, &path, Some(&token))
+            .header("Content-Encoding", encoding)
+            .body(body)
+            .send()
+    };
+    let response = put(format!("/packed/nar/{file}"), body, "identity")
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let listing = br#"{"version":1,"root":{"type":"directory","entries":{}}}"#;
+    let response = put(
+        format!("/packed/{}.ls", path_hash(leaf)),
+        encode(BzEncoder::new(&listing[..])).await,
+        "bzip2",
+    )
+    .await
+    .expect("PUT .ls");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let narinfo = format!(
+        "StorePath: {leaf}\nURL: nar/{file}\nCompression: zstd\nNarHash: {}\nNarSize: {}\nReferences: \n",
+        info.nar_hash.to_typed_nix32(),
+        nar.len()
+    );
+    let response = put(
+        format!("/packed/{}.narinfo", path_hash(leaf)),
+        encode(XzEncoder::new(narinfo.as_bytes())).await,
+        "xz",
+    )
+    .await
+    .expect("PUT narinfo");
+    let status = response.status();
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    let served = api
+        .get_bytes(&token, &format!("/packed/{}.narinfo", path_hash(leaf)))
+        .await;
+    let served = String::from_utf8_lossy(&served);
+    assert!(served.contains(&format!("StorePath: {leaf}")), "{served}");
+    // The listing served is ours, made from the NAR, not the one sent.
+    let ours = api
+        .get_bytes(&token, &format!("/packed/{}.ls", path_hash(leaf)))
+        .await;
+    let ours: serde_json::Value = serde_json::from_slice(&ours).expect("JSON");
+    assert_eq!(
+        ours["root"]["entries"]["bin"]["entries"]["hello"]["executable"],
+        true
+    );
+
+    // A build log, as zstd.
+    let drv = format!("{}-x.drv", "1".repeat(32));
+    let log = "building x\n".repeat(1000);
+    let response = put(
+        format!("/packed/log/{drv}"),
+        encode(ZstdEncoder::new(log.as_bytes())).await,
+        "zstd",
+    )
+    .await
+    .expect("PUT log");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let served = api.get_bytes(&token, &format!("/packed/log/{drv}")).await;
+    assert_eq!(served, log.as_bytes());
+
+    // An encoding not taken is 415.
+    let response = put(format!("/packed/log/{drv}"), b"x".to_vec(), "compress")
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }

@@ -125,7 +125,10 @@ mod tests {
             &brotli::enc::BrotliEncoderParams::default(),
         )
         .unwrap();
-        let gzip = encode(async_compression::tokio::bufread::GzipEncoder::new(&text[..])).await;
+        let gzip = encode(async_compression::tokio::bufread::GzipEncoder::new(
+            &text[..],
+        ))
+        .await;
         let xz = encode(async_compression::tokio::bufread::XzEncoder::new(&text[..])).await;
         for (name, body) in [
             ("identity", text.clone()),
@@ -157,14 +160,17 @@ mod tests {
         }
         let bomb = encoder.finish().unwrap();
         let refused = read("zstd", bomb, 2 << 20).await;
-        assert!(matches!(refused, Err(ServerError::TooLarge(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(ServerError::TooLarge(_))),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
     async fn a_corrupt_body_is_a_client_error() {
         let refused = read("zstd", b"not zstd at all".to_vec(), 1 << 20).await;
-        let status = axum::response::IntoResponse::into_response(refused.expect_err("refused"))
-            .status();
+        let status =
+            axum::response::IntoResponse::into_response(refused.expect_err("refused")).status();
         assert!(status.is_client_error(), "{status}");
     }
 }

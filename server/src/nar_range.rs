@@ -210,11 +210,7 @@ pub fn select_range(
                 skip: selection.skip,
                 length: selection.length,
                 status: StatusCode::PARTIAL_CONTENT,
-                content_range: Some(format!(
-                    "bytes {}-{}/{total}",
-                    range.start,
-                    range.end - 1
-                )),
+                content_range: Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
                 accepts_ranges: true,
             })
         }

@@ -14,13 +14,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::handler::Handler;
-use axum::http::{HeaderMap, StatusCode};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, delete_path, nix_upload};
+use super::{build_log, delete_path, listing, nix_upload};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -57,8 +57,8 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route(
             "/{cache}/{file}",
-            get(get_narinfo)
-                .put(nix_upload::put_narinfo.layer(from_fn(refuse_before_the_body)))
+            get(get_cache_file)
+                .put(put_cache_file.layer(from_fn(refuse_before_the_body)))
                 .delete(delete_path::delete_path),
         )
 }
@@ -329,4 +329,30 @@ async fn get_nar(
         .into_response();
     served.add_headers(response.headers_mut());
     Ok(response)
+}
+
+/// `GET /{cache}/{file}`: a narinfo, or a `.ls` listing ([`listing`]).
+async fn get_cache_file(
+    state: State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ServerResult<Response> {
+    if file.ends_with(".ls") {
+        return listing::get_listing(state.0, caller, name, file, headers).await;
+    }
+    get_narinfo(state, caller, Path((name, file))).await
+}
+
+/// `PUT /{cache}/{file}`: a narinfo, or a `.ls` listing ([`listing`]).
+async fn put_cache_file(
+    state: State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> ServerResult<StatusCode> {
+    if file.ends_with(".ls") {
+        return listing::put_listing(state.0, caller, name, file, request).await;
+    }
+    nix_upload::put_narinfo(state, caller, Path((name, file)), request).await
 }

@@ -17,8 +17,8 @@ use super::cache_name;
 use crate::access::Caller;
 use crate::build_log::{LogUploadError, new_log_key, read_log, store_log};
 use crate::database::{LogLocation, LogRecord};
-use crate::error::{ServerError, ServerResult};
 use crate::encoded_upload::{decoded_reader, explain};
+use crate::error::{ServerError, ServerResult};
 use crate::state::AppState;
 use crate::storage::StorageKey;
 

@@ -7,6 +7,7 @@ pub mod binary_cache;
 pub mod build_log;
 pub mod delete_path;
 pub mod landing;
+pub mod listing;
 pub mod metrics;
 pub mod nix_upload;
 pub mod v1;

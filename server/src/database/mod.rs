@@ -20,6 +20,7 @@ mod gc;
 mod ids;
 pub mod inspect;
 mod json;
+mod listings;
 mod logs;
 mod metrics;
 mod paths;
@@ -42,6 +43,7 @@ pub use gc::{
     RemovedPaths,
 };
 pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
+pub use listings::StoredListing;
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use pins::{PinRecord, PinnedPath};
