@@ -371,3 +371,36 @@ async fn compressed_narinfo_listing_and_log_uploads_are_decoded() {
         .expect("PUT");
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+/// With `redirect-reads`, a ranged GET of a whole-pack `.nar.zst` is
+/// redirected like any other, and the client's `Range` is answered by S3
+/// with exactly those bytes.
+#[tokio::test]
+async fn a_range_survives_the_redirect_to_s3() {
+    let s3 = integration_tests::s3::S3Server::start();
+    let server = TestServer::start_with_config(&s3.storage_toml("redirect-reads = true"));
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "redirected", false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closure = nix::build_closure(dir.path(), 1024 * 1024);
+    let leaf = &closure.paths[0];
+    api.push_path(&token, "redirected", leaf).await;
+    let url = nar_url(&api, &token, "redirected", leaf).await;
+    let path = format!("/redirected/{url}");
+    let unfollowed = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(format!("{}{path}", server.url))
+        .bearer_auth(&token)
+        .header(RANGE, "bytes=1000-1999")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(unfollowed.status(), StatusCode::FOUND, "redirected");
+    let full = api.get_bytes(&token, &path).await;
+    let (status, _, body) = get_range(&api, &token, &path, "bytes=1000-1999").await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(body == full[1000..2000], "the range's bytes");
+}
