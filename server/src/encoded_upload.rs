@@ -94,7 +94,10 @@ mod tests {
 
     fn encoded(name: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_ENCODING, HeaderValue::from_str(name).unwrap());
+        headers.insert(
+            CONTENT_ENCODING,
+            HeaderValue::from_str(name).expect("test input"),
+        );
         headers
     }
 
@@ -110,21 +113,21 @@ mod tests {
 
     async fn encode(mut encoder: impl AsyncRead + Unpin) -> Vec<u8> {
         let mut encoded = Vec::new();
-        encoder.read_to_end(&mut encoded).await.unwrap();
+        encoder.read_to_end(&mut encoded).await.expect("test input");
         encoded
     }
 
     #[tokio::test]
     async fn decodes_each_encoding_nix_sends() {
         let text = b"StorePath: /nix/store/x\n".repeat(100);
-        let zstd = zstd::encode_all(&text[..], 3).unwrap();
+        let zstd = zstd::encode_all(&text[..], 3).expect("test input");
         let mut brotli = Vec::new();
         brotli::BrotliCompress(
             &mut &text[..],
             &mut brotli,
             &brotli::enc::BrotliEncoderParams::default(),
         )
-        .unwrap();
+        .expect("test input");
         let gzip = encode(async_compression::tokio::bufread::GzipEncoder::new(
             &text[..],
         ))
@@ -137,7 +140,11 @@ mod tests {
             ("gzip", gzip),
             ("xz", xz),
         ] {
-            assert_eq!(read(name, body, 1 << 20).await.unwrap(), text, "{name}");
+            assert_eq!(
+                read(name, body, 1 << 20).await.expect("test input"),
+                text,
+                "{name}"
+            );
         }
     }
 
@@ -153,12 +160,12 @@ mod tests {
     #[tokio::test]
     async fn a_bomb_is_refused_without_being_decoded_whole() {
         // 1 GiB of zeros in about 40 KiB of zstd.
-        let mut encoder = zstd::Encoder::new(Vec::new(), 19).unwrap();
+        let mut encoder = zstd::Encoder::new(Vec::new(), 19).expect("test input");
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..1024 {
-            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+            std::io::Write::write_all(&mut encoder, &zeros).expect("test input");
         }
-        let bomb = encoder.finish().unwrap();
+        let bomb = encoder.finish().expect("test input");
         let refused = read("zstd", bomb, 2 << 20).await;
         assert!(
             matches!(refused, Err(ServerError::TooLarge(_))),

@@ -251,7 +251,10 @@ mod tests {
     use super::*;
 
     fn range(header: &str, length: u64) -> RangeRequest {
-        parse_range(Some(&HeaderValue::from_str(header).unwrap()), length)
+        parse_range(
+            Some(&HeaderValue::from_str(header).expect("test input")),
+            length,
+        )
     }
 
     #[test]
@@ -363,7 +366,7 @@ mod tests {
                 .await;
                 let sent: Vec<u8> = trimmed
                     .into_iter()
-                    .flat_map(|p| p.unwrap().to_vec())
+                    .flat_map(|p| p.expect("test input").to_vec())
                     .collect();
                 assert_eq!(sent, &body[start as usize..end as usize], "{start}..{end}");
             }

@@ -173,11 +173,11 @@ mod tests {
         assert_eq!(hello["type"], "regular");
         assert_eq!(hello["executable"], true);
         assert_eq!(hello["size"], 18);
-        let offset = hello["narOffset"].as_u64().unwrap() as usize;
+        let offset = hello["narOffset"].as_u64().expect("test input") as usize;
         assert_eq!(&nar[offset..offset + 18], b"#!/bin/sh\necho hi\n");
         let data = &root["entries"]["data"];
         assert!(data.get("executable").is_none(), "{data}");
-        let offset = data["narOffset"].as_u64().unwrap() as usize;
+        let offset = data["narOffset"].as_u64().expect("test input") as usize;
         assert_eq!(&nar[offset..offset + 9], b"some data");
     }
 

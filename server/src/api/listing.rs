@@ -136,7 +136,10 @@ mod tests {
 
     fn accepting(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        headers.insert(
+            ACCEPT_ENCODING,
+            HeaderValue::from_str(value).expect("test input"),
+        );
         headers
     }
 
