@@ -404,3 +404,92 @@ async fn a_range_survives_the_redirect_to_s3() {
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert!(body == full[1000..2000], "the range's bytes");
 }
+
+/// `nix copy --to 'http://…?index-debug-info=true'` goes through (Nix's own
+/// link is taken); `debuginfo/{build id}` names the NAR this cache serves
+/// and the member in it; a caller who may not pull gets a missing cache's
+/// answer; and the link goes with the path.
+#[tokio::test]
+async fn debug_info_links_point_into_the_cache_and_go_with_the_path() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.root_token.clone();
+    api.create_cache(&token, "debug", false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let netrc = nix::write_netrc(dir.path(), &host(&server), &token);
+    let tree = dir.path().join(format!("with-debug-{}", nix::nonce()));
+    let id = format!(
+        "{:0>38}",
+        nix::nonce()
+            .bytes()
+            .map(|b| format!("{:x}", b % 16))
+            .collect::<String>()
+    );
+    let id = &id[id.len() - 38..];
+    let debug_dir = tree.join("lib/debug/.build-id/ab");
+    std::fs::create_dir_all(&debug_dir).expect("mkdir");
+    std::fs::write(debug_dir.join(format!("{id}.debug")), b"\x7fELF debug").expect("write");
+    let path = nix::add(&tree);
+    let out = nix::run_unchecked(
+        nix::command("nix")
+            .args([
+                "copy",
+                "--to",
+                &format!(
+                    "{}/debug?index-debug-info=true&compression=zstd",
+                    server.url
+                ),
+                "--option",
+                "netrc-file",
+            ])
+            .arg(&netrc)
+            .arg(&path),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let build_id = format!("ab{id}");
+    let link_path = format!("/debug/debuginfo/{build_id}");
+    let link = api.get_bytes(&token, &link_path).await;
+    let link: serde_json::Value = serde_json::from_slice(&link).expect("JSON");
+    assert_eq!(link["member"], format!("lib/debug/.build-id/ab/{id}.debug"));
+    let archive = link["archive"].as_str().expect("archive");
+    let nar = archive.strip_prefix("../").expect("relative to debuginfo/");
+    assert_eq!(nar, nar_url(&api, &token, "debug", &path).await);
+    assert_eq!(
+        api.status(Some(&token), &format!("/debug/{nar}")).await,
+        StatusCode::OK
+    );
+    // Nix 2.8 names it with `.debug`.
+    assert_eq!(
+        api.status(Some(&token), &format!("{link_path}.debug"))
+            .await,
+        StatusCode::OK
+    );
+
+    let outsider = server.make_token(&["--pull", "elsewhere"]);
+    assert_eq!(
+        api.status(Some(&outsider), &link_path).await,
+        api.status(Some(&outsider), &format!("/nowhere/debuginfo/{build_id}"))
+            .await
+    );
+
+    // The path goes: so does its link.
+    let response = api
+        .request(
+            Method::DELETE,
+            &format!("/debug/{}.narinfo", path_hash(&path)),
+            Some(&token),
+        )
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.status(Some(&token), &link_path).await,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError, FixedSizeChunker};
 use attic::hash::{Sha256Hash, Sha256Hasher};
-use attic::nar::{ListingWriter, NarError, NarParser};
+use attic::nar::{DebugInfoFile, DebugInfoFinder, ListingWriter, NarError, NarParser};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -84,6 +84,7 @@ pub struct VerifyingReader<R> {
     inner: R,
     parser: NarParser,
     listing: Option<ListingWriter>,
+    debug_info: DebugInfoFinder,
     hasher: Sha256Hasher,
     expect: Expect,
     refusal: Option<Refusal>,
@@ -96,6 +97,7 @@ impl<R> VerifyingReader<R> {
             inner,
             parser: NarParser::new(),
             listing: Some(ListingWriter::new(LISTING_MAX_SIZE)),
+            debug_info: DebugInfoFinder::new(),
             hasher: Sha256Hasher::new(),
             expect,
             refusal: None,
@@ -133,6 +135,11 @@ impl<R> VerifyingReader<R> {
         self.listing.take()?.finish()
     }
 
+    /// The NAR's DWARF debug info files, for `debuginfo/` links.
+    pub fn take_debug_info(&mut self) -> Vec<DebugInfoFile> {
+        std::mem::take(&mut self.debug_info).finish()
+    }
+
     /// After the last byte: the NAR must be complete and match what was
     /// declared, if anything was. Its hash and size.
     pub fn finish(self) -> ServerResult<(Sha256Hash, u64)> {
@@ -167,6 +174,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         let this = &mut *self;
         let (expect, parser, refusal) = (&this.expect, &mut this.parser, &mut this.refusal);
         let listing = &mut this.listing;
+        let debug_info = &mut this.debug_info;
         this.hasher
             .poll_read_checked(Pin::new(&mut this.inner), cx, buf, |total, new| {
                 let refused = if total > expect.max_size() {
@@ -176,6 +184,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
                         if let Some(listing) = listing.as_mut() {
                             listing.event(&event);
                         }
+                        debug_info.event(&event);
                     };
                     parser
                         .feed(new, &mut on_event)
@@ -204,6 +213,8 @@ pub struct StoredNar {
     pub nar_size: u64,
     /// Its `.ls` listing (JSON), when within [`LISTING_MAX_SIZE`].
     pub listing: Option<Vec<u8>>,
+    /// Its DWARF debug info files.
+    pub debug_info: Vec<DebugInfoFile>,
 }
 
 impl StoredNar {
@@ -267,6 +278,7 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
         Err(StoreFailure::Server(e)) => return Err(e),
     };
     let listing = reader.take_listing();
+    let debug_info = reader.take_debug_info();
     let (nar_hash, nar_size) = reader.finish()?;
     let pack = pack.finish().await?;
     Ok(StoredNar {
@@ -275,6 +287,7 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
         nar_hash,
         nar_size,
         listing,
+        debug_info,
     })
 }
 

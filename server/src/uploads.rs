@@ -101,6 +101,7 @@ impl<'a> Uploads<'a> {
         let stored_bytes = stored.bytes_stored();
         let nar_size = stored.nar_size;
         let listing = stored.listing;
+        let debug_info = stored.debug_info;
         let nar = self
             .state
             .database
@@ -116,6 +117,15 @@ impl<'a> Uploads<'a> {
             .await?;
         if let Some(listing) = listing {
             self.record_listing(&nar, listing).await;
+        }
+        if !debug_info.is_empty()
+            && let Err(e) = self
+                .state
+                .database
+                .put_debug_info(nar.id, &debug_info)
+                .await
+        {
+            tracing::warn!(error = %e, nar = nar.id.get(), "cannot record a NAR's debug info files");
         }
         let metrics = &self.state.metrics;
         Metrics::count(&metrics.uploads, outcome);

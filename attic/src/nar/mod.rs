@@ -5,8 +5,10 @@
 //! it from an `AsyncRead`; [`dump`] serialises a filesystem tree exactly as
 //! `nix-store --dump` does; [`tree`] holds small NARs in memory for tests and
 //! tools; [`listing`] writes the `.ls` listing Nix's binary caches keep
-//! beside a NAR. Nothing here holds a whole NAR in memory except [`tree`].
+//! beside a NAR; [`debug_info`] finds the DWARF files Nix indexes under
+//! `debuginfo/`. Nothing here holds a whole NAR in memory except [`tree`].
 
+pub mod debug_info;
 pub mod dump;
 mod encode;
 mod error;
@@ -15,6 +17,7 @@ pub mod parser;
 pub mod read;
 pub mod tree;
 
+pub use debug_info::{DebugInfoFile, DebugInfoFinder};
 pub use dump::{dump_path, dump_path_to};
 pub use error::NarError;
 pub use listing::ListingWriter;

@@ -20,7 +20,7 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, delete_path, listing, nix_upload};
+use super::{build_log, debug_info, delete_path, listing, nix_upload};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -54,6 +54,12 @@ pub fn router() -> Router<Arc<AppState>> {
         .route(
             "/{cache}/log/{drv}",
             get(build_log::get_log).put(build_log::put_log.layer(from_fn(refuse_before_the_body))),
+        )
+        // Debug info links (`index-debug-info=true`).
+        .route(
+            "/{cache}/debuginfo/{id}",
+            get(debug_info::get_debug_info)
+                .put(debug_info::put_debug_info.layer(from_fn(refuse_before_the_body))),
         )
         .route(
             "/{cache}/{file}",

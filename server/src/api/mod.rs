@@ -5,6 +5,7 @@
 
 pub mod binary_cache;
 pub mod build_log;
+pub mod debug_info;
 pub mod delete_path;
 pub mod landing;
 pub mod listing;

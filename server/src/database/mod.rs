@@ -43,7 +43,7 @@ pub use gc::{
     RemovedPaths,
 };
 pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
-pub use listings::StoredListing;
+pub use listings::{DebugInfoMember, StoredListing};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use pins::{PinRecord, PinnedPath};
