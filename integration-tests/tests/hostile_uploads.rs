@@ -325,7 +325,7 @@ async fn refusal_before_body(
 }
 
 /// Every route that takes a body, with a body too big for any of them.
-const ROUTES_WITH_BODIES: [(&str, &str); 8] = [
+const ROUTES_WITH_BODIES: [(&str, &str); 10] = [
     ("POST", "/_api/v1/get-missing-paths"),
     ("POST", "/_api/v1/cache-config/c"),
     ("PATCH", "/_api/v1/cache-config/c"),
@@ -337,6 +337,11 @@ const ROUTES_WITH_BODIES: [(&str, &str); 8] = [
         "/c/nar/0000000000000000000000000000000000000000000000000000.nar.xz",
     ),
     ("PUT", "/c/log/00000000000000000000000000000000-a.drv"),
+    ("PUT", "/c/00000000000000000000000000000000.ls"),
+    (
+        "PUT",
+        "/c/debuginfo/ab0123456789abcdef0123456789abcdef012345",
+    ),
 ];
 
 #[tokio::test]
