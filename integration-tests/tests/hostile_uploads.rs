@@ -181,6 +181,51 @@ async fn a_nix_copy_nar_that_expands_like_a_bomb_is_refused() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
 
+/// A narinfo, listing or log sent compressed (`Content-Encoding`) that
+/// decodes to far more than such a file can be is refused with a 4xx after
+/// a bounded amount of decoding, and nothing of it is kept.
+#[tokio::test]
+async fn compressed_narinfo_listing_and_log_bombs_are_refused() {
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "c", false).await;
+    let path = fake_store_path("bomb");
+    let hash = &path[11..43];
+    let drv = format!("{}-bomb.drv", "1".repeat(32));
+    let bomb = zstd_bomb(256 << 20);
+    assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+    for target in [
+        format!("/c/{hash}.narinfo"),
+        format!("/c/{hash}.ls"),
+        format!("/c/log/{drv}"),
+    ] {
+        let response = api
+            .request(Method::PUT, &target, Some(token))
+            .header("Content-Encoding", "zstd")
+            .body(bomb.clone())
+            .send()
+            .await
+            .expect("request");
+        let (status, body) = reply(response).await;
+        assert!(
+            status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::BAD_REQUEST,
+            "{target}: {status} {body}"
+        );
+        assert!(
+            body["error"] == "TooLarge" || body["error"] == "ExpansionTooLarge",
+            "{target}: {body}"
+        );
+    }
+    for target in [format!("/c/{hash}.narinfo"), format!("/c/log/{drv}")] {
+        assert_eq!(
+            api.status(Some(token), &target).await,
+            StatusCode::NOT_FOUND,
+            "{target}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_nix_copy_nar_decoding_past_max_nar_size_is_refused() {
     let server = TestServer::start_with_config("max-nar-size = 1048576\n");
@@ -280,7 +325,7 @@ async fn refusal_before_body(
 }
 
 /// Every route that takes a body, with a body too big for any of them.
-const ROUTES_WITH_BODIES: [(&str, &str); 10] = [
+const ROUTES_WITH_BODIES: [(&str, &str); 12] = [
     ("POST", "/_api/v1/get-missing-paths"),
     ("POST", "/_api/v1/cache-config/c"),
     ("PATCH", "/_api/v1/cache-config/c"),
@@ -299,6 +344,11 @@ const ROUTES_WITH_BODIES: [(&str, &str); 10] = [
     (
         "PUT",
         "/c/build-trace-v2/00000000000000000000000000000000-a.drv/out.doi",
+    ),
+    ("PUT", "/c/00000000000000000000000000000000.ls"),
+    (
+        "PUT",
+        "/c/debuginfo/ab0123456789abcdef0123456789abcdef012345",
     ),
 ];
 

@@ -17,6 +17,7 @@ mod m20261206_000003_create_revoked_subjects;
 mod m20261207_000001_create_pins;
 mod m20261207_000002_create_audit_log;
 mod m20261207_000003_add_cache_previous_key;
+mod m20261208_000001_create_nar_listings;
 mod m20261208_000002_create_realisations;
 mod m20261208_000003_add_cache_upstreams;
 mod m20261208_000004_add_object_nix_upload_file;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_create_pins::Migration),
             Box::new(m20261207_000002_create_audit_log::Migration),
             Box::new(m20261207_000003_add_cache_previous_key::Migration),
+            Box::new(m20261208_000001_create_nar_listings::Migration),
             Box::new(m20261208_000002_create_realisations::Migration),
             Box::new(m20261208_000003_add_cache_upstreams::Migration),
             Box::new(m20261208_000004_add_object_nix_upload_file::Migration),

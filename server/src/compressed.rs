@@ -21,7 +21,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use async_compression::tokio::bufread::{BzDecoder, XzDecoder, ZstdDecoder};
+use async_compression::tokio::bufread::{
+    BrotliDecoder, BzDecoder, GzipDecoder, XzDecoder, ZstdDecoder,
+};
 use attic::hash::{Sha256Hash, Sha256Hasher};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
@@ -65,6 +67,10 @@ pub enum Compression {
     Xz,
     /// bzip2.
     Bzip2,
+    /// brotli (`Content-Encoding: br`, Nix's `ls-compression=br`).
+    Brotli,
+    /// gzip (`Content-Encoding: gzip`).
+    Gzip,
 }
 
 impl Compression {
@@ -80,12 +86,30 @@ impl Compression {
         }
     }
 
+    /// From a `Content-Encoding` value, as Nix names its compressions
+    /// when it sends small files compressed (`narinfo-compression`,
+    /// `ls-compression`, `log-compression`): `zstd`, `xz`, `br`, `gzip`,
+    /// `bzip2`, or `identity` for none.
+    pub fn from_content_encoding(encoding: &str) -> Option<Self> {
+        match encoding.trim() {
+            "identity" => Some(Self::None),
+            "zstd" => Some(Self::Zstd),
+            "xz" => Some(Self::Xz),
+            "br" => Some(Self::Brotli),
+            "bzip2" => Some(Self::Bzip2),
+            "gzip" | "x-gzip" => Some(Self::Gzip),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::None => "uncompressed",
             Self::Zstd => "zstd",
             Self::Xz => "xz",
             Self::Bzip2 => "bzip2",
+            Self::Brotli => "brotli",
+            Self::Gzip => "gzip",
         }
     }
 }
@@ -157,6 +181,8 @@ enum Decoder<R> {
     Zstd(ZstdDecoder<BufReader<Hashing<R>>>),
     Xz(XzDecoder<BufReader<Hashing<R>>>),
     Bzip2(BzDecoder<BufReader<Hashing<R>>>),
+    Brotli(BrotliDecoder<BufReader<Hashing<R>>>),
+    Gzip(GzipDecoder<BufReader<Hashing<R>>>),
 }
 
 impl<R: AsyncRead + Unpin> Decoder<R> {
@@ -166,6 +192,8 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Zstd(decoder) => decoder.get_mut(),
             Self::Xz(decoder) => decoder.get_mut(),
             Self::Bzip2(decoder) => decoder.get_mut(),
+            Self::Brotli(decoder) => decoder.get_mut(),
+            Self::Gzip(decoder) => decoder.get_mut(),
         }
     }
 
@@ -175,6 +203,8 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             Self::Zstd(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Xz(decoder) => Pin::new(decoder).poll_read(cx, buf),
             Self::Bzip2(decoder) => Pin::new(decoder).poll_read(cx, buf),
+            Self::Brotli(decoder) => Pin::new(decoder).poll_read(cx, buf),
+            Self::Gzip(decoder) => Pin::new(decoder).poll_read(cx, buf),
         }
     }
 }
@@ -227,6 +257,13 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
                 let mut decoder = BzDecoder::new(source);
                 decoder.multiple_members(true);
                 Decoder::Bzip2(decoder)
+            }
+            // One stream: brotli has no frames to concatenate.
+            Compression::Brotli => Decoder::Brotli(BrotliDecoder::new(source)),
+            Compression::Gzip => {
+                let mut decoder = GzipDecoder::new(source);
+                decoder.multiple_members(true);
+                Decoder::Gzip(decoder)
             }
         };
         Self {

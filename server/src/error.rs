@@ -108,6 +108,12 @@ pub enum ServerError {
     /// and the next push of it repairs it.
     #[error("this path's stored data is damaged; push it again to repair it")]
     NarDamaged,
+    /// A `Range` that starts past the end of a body of `length` bytes.
+    #[error("the range starts past the end of the {length} bytes there are")]
+    RangeNotSatisfiable {
+        /// The body's length, for `Content-Range: bytes */length`.
+        length: u64,
+    },
     /// Storage could not be read or written just now (not damage, not full).
     #[error("storage is unavailable; try again later")]
     StorageUnavailable(#[source] Option<StorageError>),
@@ -208,6 +214,9 @@ impl ServerError {
             Self::UploadInterrupted(_) => (StatusCode::BAD_REQUEST, "UploadInterrupted"),
             Self::UploadStalled(_) => (StatusCode::REQUEST_TIMEOUT, "UploadStalled"),
             Self::NarDamaged => (StatusCode::NOT_FOUND, "NarDamaged"),
+            Self::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "RangeNotSatisfiable")
+            }
             Self::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "StorageUnavailable"),
             Self::RetryUpload => (StatusCode::SERVICE_UNAVAILABLE, "RetryUpload"),
             Self::KeyChangedMeanwhile => (StatusCode::CONFLICT, "KeyChangedMeanwhile"),
@@ -296,6 +305,13 @@ impl IntoResponse for ServerError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        if let Self::RangeNotSatisfiable { length } = &self {
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_RANGE,
+                axum::http::HeaderValue::from_str(&format!("bytes */{length}"))
+                    .expect("digits make a valid header"),
             );
         }
         // The full error, with its sources, for the logging middleware only.

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use attic::chunking::{Chunk, ChunkId, Chunker, ChunkingError, FixedSizeChunker};
 use attic::hash::{Sha256Hash, Sha256Hasher};
-use attic::nar::{NarError, NarParser};
+use attic::nar::{DebugInfoFile, DebugInfoFinder, ListingWriter, NarError, NarParser};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -35,6 +35,10 @@ use crate::state::AppState;
 /// task, at most: few round trips and few thread hand-offs. Memory per
 /// upload is about three batches of chunks, plus the pack writer's queue.
 const LOOKUP_BATCH: usize = 16;
+
+/// The longest `.ls` listing kept (uncompressed): some hundred thousand
+/// files. A NAR with more gets none, rather than holding more memory.
+pub const LISTING_MAX_SIZE: usize = 32 << 20;
 
 /// What the uploader declared, which the body must match.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +83,8 @@ enum Refusal {
 pub struct VerifyingReader<R> {
     inner: R,
     parser: NarParser,
+    listing: Option<ListingWriter>,
+    debug_info: DebugInfoFinder,
     hasher: Sha256Hasher,
     expect: Expect,
     refusal: Option<Refusal>,
@@ -90,6 +96,8 @@ impl<R> VerifyingReader<R> {
         Self {
             inner,
             parser: NarParser::new(),
+            listing: Some(ListingWriter::new(LISTING_MAX_SIZE)),
+            debug_info: DebugInfoFinder::new(),
             hasher: Sha256Hasher::new(),
             expect,
             refusal: None,
@@ -116,6 +124,20 @@ impl<R> VerifyingReader<R> {
             None if error.kind() == io::ErrorKind::TimedOut => ServerError::UploadStalled(error),
             None => ServerError::UploadInterrupted(error),
         }
+    }
+
+    /// The NAR's `.ls` listing, once it is complete (none past
+    /// [`LISTING_MAX_SIZE`]).
+    pub fn take_listing(&mut self) -> Option<Vec<u8>> {
+        if !self.parser.is_complete() {
+            return None;
+        }
+        self.listing.take()?.finish()
+    }
+
+    /// The NAR's DWARF debug info files, for `debuginfo/` links.
+    pub fn take_debug_info(&mut self) -> Vec<DebugInfoFile> {
+        std::mem::take(&mut self.debug_info).finish()
     }
 
     /// After the last byte: the NAR must be complete and match what was
@@ -151,12 +173,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let (expect, parser, refusal) = (&this.expect, &mut this.parser, &mut this.refusal);
+        let listing = &mut this.listing;
+        let debug_info = &mut this.debug_info;
         this.hasher
             .poll_read_checked(Pin::new(&mut this.inner), cx, buf, |total, new| {
                 let refused = if total > expect.max_size() {
                     Some(Refusal::Oversize)
                 } else {
-                    parser.feed(new, &mut |_| ()).err().map(Refusal::Malformed)
+                    let mut on_event = |event: attic::nar::NarEvent<'_>| {
+                        if let Some(listing) = listing.as_mut() {
+                            listing.event(&event);
+                        }
+                        debug_info.event(&event);
+                    };
+                    parser
+                        .feed(new, &mut on_event)
+                        .err()
+                        .map(Refusal::Malformed)
                 };
                 let Some(refused) = refused else {
                     return Ok(());
@@ -178,6 +211,10 @@ pub struct StoredNar {
     pub nar_hash: Sha256Hash,
     /// Its size.
     pub nar_size: u64,
+    /// Its `.ls` listing (JSON), when within [`LISTING_MAX_SIZE`].
+    pub listing: Option<Vec<u8>>,
+    /// Its DWARF debug info files.
+    pub debug_info: Vec<DebugInfoFile>,
 }
 
 impl StoredNar {
@@ -240,6 +277,8 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
         Err(StoreFailure::Body(e)) => return Err(reader.explain(e)),
         Err(StoreFailure::Server(e)) => return Err(e),
     };
+    let listing = reader.take_listing();
+    let debug_info = reader.take_debug_info();
     let (nar_hash, nar_size) = reader.finish()?;
     let pack = pack.finish().await?;
     Ok(StoredNar {
@@ -247,6 +286,8 @@ pub async fn store_nar<R: AsyncRead + Unpin + Send>(
         chunks,
         nar_hash,
         nar_size,
+        listing,
+        debug_info,
     })
 }
 

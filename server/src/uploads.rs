@@ -11,7 +11,7 @@ use attic::store_path::{StoreDir, StorePath, StorePathError};
 
 use crate::database::{
     Actor, AuditAction, AuditEvent, Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo,
-    StagedNar,
+    StagedNar, StoredListing,
 };
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::StoredNar;
@@ -100,6 +100,8 @@ impl<'a> Uploads<'a> {
     ) -> ServerResult<NarRecord> {
         let stored_bytes = stored.bytes_stored();
         let nar_size = stored.nar_size;
+        let listing = stored.listing;
+        let debug_info = stored.debug_info;
         let nar = self
             .state
             .database
@@ -113,11 +115,48 @@ impl<'a> Uploads<'a> {
                 claim,
             )
             .await?;
+        if let Some(listing) = listing {
+            self.record_listing(&nar, listing).await;
+        }
+        if !debug_info.is_empty()
+            && let Err(e) = self
+                .state
+                .database
+                .put_debug_info(nar.id, &debug_info)
+                .await
+        {
+            tracing::warn!(error = %e, nar = nar.id.get(), "cannot record a NAR's debug info files");
+        }
         let metrics = &self.state.metrics;
         Metrics::count(&metrics.uploads, outcome);
         metrics.upload_nar_bytes.inc_by(nar_size);
         metrics.stored_bytes.inc_by(stored_bytes);
         Ok(nar)
+    }
+
+    /// Keeps a NAR's `.ls` listing, compressed. Best effort, after the
+    /// commit: a NAR without one is served all the same, and its `.ls`
+    /// answers 404 as for NARs stored before listings.
+    async fn record_listing(&self, nar: &NarRecord, listing: Vec<u8>) {
+        let size = listing.len() as u64;
+        let level = self.state.config.compression.zstd_level();
+        let compressed =
+            tokio::task::spawn_blocking(move || zstd::bulk::compress(&listing, level)).await;
+        let zstd = match compressed {
+            Ok(Ok(zstd)) => zstd,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot compress a NAR listing");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compress a NAR listing");
+                return;
+            }
+        };
+        let stored = StoredListing { size, zstd };
+        if let Err(e) = self.state.database.put_listing(nar.id, stored).await {
+            tracing::warn!(error = %e, nar = nar.id.get(), "cannot record a NAR listing");
+        }
     }
 }
 

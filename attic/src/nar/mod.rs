@@ -4,17 +4,23 @@
 //! so one stream can feed it, a hasher and a chunker at once; [`read`] drives
 //! it from an `AsyncRead`; [`dump`] serialises a filesystem tree exactly as
 //! `nix-store --dump` does; [`tree`] holds small NARs in memory for tests and
-//! tools. Nothing here holds a whole NAR in memory except [`tree`].
+//! tools; [`listing`] writes the `.ls` listing Nix's binary caches keep
+//! beside a NAR; [`debug_info`] finds the DWARF files Nix indexes under
+//! `debuginfo/`. Nothing here holds a whole NAR in memory except [`tree`].
 
+pub mod debug_info;
 pub mod dump;
 mod encode;
 mod error;
+pub mod listing;
 pub mod parser;
 pub mod read;
 pub mod tree;
 
+pub use debug_info::{DebugInfoFile, DebugInfoFinder};
 pub use dump::{dump_path, dump_path_to};
 pub use error::NarError;
+pub use listing::ListingWriter;
 pub use parser::{NarEvent, NarParser};
 pub use read::{NarSummary, read_nar, validate_nar};
 pub use tree::NarNode;

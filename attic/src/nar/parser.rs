@@ -29,6 +29,8 @@ pub enum NarEvent<'a> {
         executable: bool,
         /// The file's length.
         size: u64,
+        /// Where in the NAR its contents start (Nix's `narOffset`).
+        offset: u64,
     },
     /// A piece of the current file's contents.
     Contents(&'a [u8]),
@@ -255,6 +257,7 @@ impl NarParser {
             on_event(NarEvent::RegularFile {
                 executable,
                 size: len,
+                offset: self.offset,
             });
             self.expect = Expect::NodeClose;
             self.lex = Lex::Contents {

@@ -14,13 +14,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::handler::Handler;
-use axum::http::StatusCode;
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, delete_path, nix_upload, uploaded_nar};
+use super::{build_log, debug_info, delete_path, listing, nix_upload, uploaded_nar};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -30,6 +30,7 @@ use crate::database::{Cache, DatabaseError, NarId, NarRecord, StoredPath, now};
 use crate::error::{ServerError, ServerResult};
 use crate::expect_continue::refuse_before_the_body;
 use crate::metrics::Metrics;
+use crate::nar_range;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
@@ -55,10 +56,16 @@ pub fn router() -> Router<Arc<AppState>> {
             "/{cache}/log/{drv}",
             get(build_log::get_log).put(build_log::put_log.layer(from_fn(refuse_before_the_body))),
         )
+        // Debug info links (`index-debug-info=true`).
+        .route(
+            "/{cache}/debuginfo/{id}",
+            get(debug_info::get_debug_info)
+                .put(debug_info::put_debug_info.layer(from_fn(refuse_before_the_body))),
+        )
         .route(
             "/{cache}/{file}",
-            get(get_narinfo)
-                .put(nix_upload::put_narinfo.layer(from_fn(refuse_before_the_body)))
+            get(get_cache_file)
+                .put(put_cache_file.layer(from_fn(refuse_before_the_body)))
                 .delete(delete_path::delete_path),
         )
 }
@@ -264,6 +271,7 @@ async fn get_nar(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((name, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ServerResult<Response> {
     if uploaded_nar::is_nix_upload_name(&file) {
         let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
@@ -312,16 +320,14 @@ async fn get_nar(
         )
             .into_response());
     }
-    // The length of what will be sent, from the chunks themselves: a NAR
-    // row held in memory may predate a compaction that recompressed them.
-    let length: u64 = chunks
-        .iter()
-        .map(|c| match encoding {
-            NarEncoding::Zstd => c.stored_size,
-            NarEncoding::Plain => c.chunk_size,
-        })
-        .sum();
-    let mut stream = Box::pin(stream_nar(state.clone(), chunks, encoding));
+    // Lengths from the chunks themselves: a NAR row held in memory may
+    // predate a compaction that recompressed them.
+    let mut served = nar_range::select_range(chunks, encoding, headers.get(RANGE))?;
+    let mut stream = Box::pin(nar_range::trim(
+        stream_nar(state.clone(), std::mem::take(&mut served.chunks), encoding),
+        served.skip,
+        served.length,
+    ));
     // Check the first chunk before answering, so that a NAR found damaged
     // there gets an error status rather than a response cut short.
     let first = match stream.next().await {
@@ -330,12 +336,13 @@ async fn get_nar(
         Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
         None => None,
     };
-    state.metrics.served_bytes.inc_by(length);
+    state.metrics.served_bytes.inc_by(served.length);
     let stream = futures::stream::iter(first.map(Ok)).chain(stream);
-    Ok((
+    let mut response = (
+        served.status,
         [
             (CONTENT_TYPE, "application/x-nix-nar".to_owned()),
-            (CONTENT_LENGTH, length.to_string()),
+            (CONTENT_LENGTH, served.length.to_string()),
             (
                 CACHE_CONTROL,
                 "private, max-age=31536000, immutable".to_owned(),
@@ -343,5 +350,33 @@ async fn get_nar(
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    served.add_headers(response.headers_mut());
+    Ok(response)
+}
+
+/// `GET /{cache}/{file}`: a narinfo, or a `.ls` listing ([`listing`]).
+async fn get_cache_file(
+    state: State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ServerResult<Response> {
+    if file.ends_with(".ls") {
+        return listing::get_listing(state.0, caller, name, file, headers).await;
+    }
+    get_narinfo(state, caller, Path((name, file))).await
+}
+
+/// `PUT /{cache}/{file}`: a narinfo, or a `.ls` listing ([`listing`]).
+async fn put_cache_file(
+    state: State<Arc<AppState>>,
+    caller: Caller,
+    Path((name, file)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> ServerResult<StatusCode> {
+    if file.ends_with(".ls") {
+        return listing::put_listing(state.0, caller, name, file, request).await;
+    }
+    nix_upload::put_narinfo(state, caller, Path((name, file)), request).await
 }

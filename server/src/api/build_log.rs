@@ -9,7 +9,7 @@ use attic::store_path::StorePath;
 use attic_token::Permission;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -17,12 +17,13 @@ use super::cache_name;
 use crate::access::Caller;
 use crate::build_log::{LogUploadError, new_log_key, read_log, store_log};
 use crate::database::{LogLocation, LogRecord};
+use crate::encoded_upload::{decoded_reader, explain};
 use crate::error::{ServerError, ServerResult};
-use crate::serve::body_reader;
 use crate::state::AppState;
 use crate::storage::StorageKey;
 
-/// `PUT /{cache}/log/{drv}`: stores a build log, compressed, as it arrives.
+/// `PUT /{cache}/log/{drv}`: stores a build log, compressed, as it
+/// arrives; the body may come compressed (`Content-Encoding`).
 pub async fn put_log(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -34,13 +35,6 @@ pub async fn put_log(
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
     check_drv(&drv)?;
-    if let Some(encoding) = headers.get(CONTENT_ENCODING)
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(ServerError::UnsupportedMediaType(format!(
-            "logs are taken uncompressed, not as {encoding:?}"
-        )));
-    }
     let limit = state.config.max_log_size;
     if let Some(length) = declared_length(&headers)
         && length > limit
@@ -50,7 +44,9 @@ pub async fn put_log(
         )));
     }
     let key = new_log_key();
-    let body = body_reader(body, state.config.http.body_timeout);
+    // Compressed or not, the body is bounded like a NAR upload's; the
+    // decoded log by max-log-size below.
+    let body = decoded_reader(&headers, body, limit, state.config.http.body_timeout)?;
     let level = state.config.compression.zstd_level();
     let stored = store_log(state.storage.as_ref(), &key, body, limit, level)
         .await
@@ -58,8 +54,7 @@ pub async fn put_log(
             LogUploadError::TooLarge { limit } => ServerError::TooLarge(format!(
                 "a build log may be at most {limit} bytes (max-log-size)"
             )),
-            LogUploadError::Stalled(e) => ServerError::UploadStalled(e),
-            LogUploadError::Interrupted(e) => ServerError::UploadInterrupted(e),
+            LogUploadError::Stalled(e) | LogUploadError::Interrupted(e) => explain(e),
             LogUploadError::Storage(e) => e.into(),
         })?;
     state

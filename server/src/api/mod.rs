@@ -6,8 +6,10 @@
 
 pub mod binary_cache;
 pub mod build_log;
+pub mod debug_info;
 pub mod delete_path;
 pub mod landing;
+pub mod listing;
 pub mod metrics;
 pub mod nix_upload;
 pub mod realisations;

@@ -25,6 +25,7 @@ use axum::http::StatusCode;
 use super::{cache_name, read_body};
 use crate::access::Caller;
 use crate::compressed::{Compression, DecodedBody, DecodedSize};
+use crate::encoded_upload::read_decoded;
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Expect};
 use crate::serve::body_reader;
@@ -122,7 +123,11 @@ pub(super) fn parse_nar_file(file: &str) -> ServerResult<(Sha256Hash, Compressio
     Ok((hash, compression))
 }
 
-/// `PUT /{cache}/{hash}.narinfo`: claims a staged NAR as a path.
+/// The most a narinfo may decode to: as much as any small body.
+const NARINFO_MAX_SIZE: u64 = 2 << 20;
+
+/// `PUT /{cache}/{hash}.narinfo`: claims a staged NAR as a path. The
+/// body may come compressed (`Content-Encoding`: zstd, xz, br, bzip2).
 pub async fn put_narinfo(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -136,7 +141,9 @@ pub async fn put_narinfo(
         .require_cache(&state, &cache_name(&name)?, Permission::Push)
         .await?;
     Uploads::new(&state).check_pins_fit(&cache).await?;
-    let body = read_body(request).await?;
+    let (parts, body) = request.into_parts();
+    let timeout = state.config.http.body_timeout;
+    let body = read_decoded(&parts.headers, body, NARINFO_MAX_SIZE, timeout).await?;
     let bad = |message: String| ServerError::bad_request("InvalidNarInfo", message);
     let text = std::str::from_utf8(&body).map_err(|_| bad("the narinfo is not text".into()))?;
     let info: NarInfo = text.parse().map_err(|e| bad(format!("{e}")))?;

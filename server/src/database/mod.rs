@@ -21,6 +21,7 @@ mod gc;
 mod ids;
 pub mod inspect;
 mod json;
+mod listings;
 mod logs;
 mod metrics;
 mod paths;
@@ -45,6 +46,7 @@ pub use gc::{
     RemovedPaths,
 };
 pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
+pub use listings::{DebugInfoMember, StoredListing};
 pub use logs::{LogLocation, LogRecord, LogSize};
 pub use metrics::{DatabaseCounters, DatabaseOperation};
 pub use pins::{PinRecord, PinnedPath};

@@ -9,6 +9,8 @@ pub mod chunkref;
 pub mod gc_lease;
 pub mod issued_token;
 pub mod nar;
+pub mod nar_debug_info;
+pub mod nar_listing;
 pub mod object;
 pub mod pack;
 pub mod pin;
