@@ -17,7 +17,9 @@
 use std::sync::Arc;
 
 use async_compression::Level;
-use async_compression::tokio::bufread::{BzEncoder, XzEncoder};
+use async_compression::tokio::bufread::{
+    BrotliEncoder, BzEncoder, GzipEncoder, XzEncoder, ZstdEncoder,
+};
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -73,7 +75,11 @@ pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResu
                 Some(length),
             )
         }
-        Compression::Zstd | Compression::Xz | Compression::Bzip2 => {
+        Compression::Zstd
+        | Compression::Xz
+        | Compression::Bzip2
+        | Compression::Brotli
+        | Compression::Gzip => {
             let permit = RECOMPRESSING
                 .acquire()
                 .await
@@ -85,7 +91,9 @@ pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResu
             let encoded: Box<dyn AsyncRead + Send + Unpin> = match compression {
                 Compression::Xz => Box::new(XzEncoder::with_quality(plain, Level::Fastest)),
                 Compression::Bzip2 => Box::new(BzEncoder::with_quality(plain, Level::Fastest)),
-                _ => Box::new(async_compression::tokio::bufread::ZstdEncoder::new(plain)),
+                Compression::Brotli => Box::new(BrotliEncoder::with_quality(plain, Level::Fastest)),
+                Compression::Gzip => Box::new(GzipEncoder::with_quality(plain, Level::Fastest)),
+                Compression::Zstd | Compression::None => Box::new(ZstdEncoder::new(plain)),
             };
             // The permit goes with the last byte.
             let stream = ReaderStream::new(encoded).map(move |read| {
