@@ -112,11 +112,11 @@ pub async fn pull(
                     Err(e) => {
                         outcome = "failed";
                         tracing::warn!(
-                        cache = %cache.name,
-                        path = %hash.as_str(),
-                        upstream = upstream.url(),
-                        reason = %error_chain(&e),
-                        "pull-through: not taking the path from this upstream"
+                            cache = %cache.name,
+                            path = %hash.as_str(),
+                            upstream = upstream.url(),
+                            reason = %error_chain(&e),
+                            "pull-through: not taking the path from this upstream"
                         );
                     }
                 }
