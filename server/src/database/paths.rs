@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use attic::store_path::StorePathHash;
+use sea_orm::sea_query::SimpleExpr;
 use sea_orm::{ColumnTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait};
 
 use super::attach::{NewObject, attach_object};
@@ -47,18 +48,11 @@ impl Database {
         cache_id: CacheId,
         store_path_hash: &StorePathHash,
     ) -> Result<Option<(StoredPath, NarRecord)>, DatabaseError> {
-        // One round trip: this is on every narinfo and NAR request.
-        let found = object::Entity::find()
-            .find_also_related(nar::Entity)
-            .filter(object::Column::CacheId.eq(cache_id))
-            .filter(object::Column::StorePathHash.eq(store_path_hash.as_str()))
-            .filter(nar::Column::State.eq(BlobState::Valid))
-            .one(&self.conn)
-            .await?;
-        match found {
-            Some((object, Some(nar))) => Ok(Some((object.try_into()?, nar.try_into()?))),
-            _ => Ok(None),
-        }
+        self.find_servable(
+            cache_id,
+            object::Column::StorePathHash.eq(store_path_hash.as_str()),
+        )
+        .await
     }
 
     /// The path of a cache whose NAR `nix copy` uploaded under `file`
@@ -68,10 +62,21 @@ impl Database {
         cache_id: CacheId,
         file: &str,
     ) -> Result<Option<(StoredPath, NarRecord)>, DatabaseError> {
+        self.find_servable(cache_id, object::Column::NixUploadFile.eq(file))
+            .await
+    }
+
+    /// A path of a cache matching `which`, with its NAR, if the NAR may be
+    /// served: one round trip, as this is on every narinfo and NAR request.
+    async fn find_servable(
+        &self,
+        cache_id: CacheId,
+        which: SimpleExpr,
+    ) -> Result<Option<(StoredPath, NarRecord)>, DatabaseError> {
         let found = object::Entity::find()
             .find_also_related(nar::Entity)
             .filter(object::Column::CacheId.eq(cache_id))
-            .filter(object::Column::NixUploadFile.eq(file))
+            .filter(which)
             .filter(nar::Column::State.eq(BlobState::Valid))
             .one(&self.conn)
             .await?;
