@@ -323,21 +323,13 @@ async fn get_nar(
     // Lengths from the chunks themselves: a NAR row held in memory may
     // predate a compaction that recompressed them.
     let mut served = nar_range::select_range(chunks, encoding, headers.get(RANGE))?;
-    let mut stream = Box::pin(nar_range::trim(
+    let stream = Box::pin(nar_range::trim(
         stream_nar(state.clone(), std::mem::take(&mut served.chunks), encoding),
         served.skip,
         served.length,
     ));
-    // Check the first chunk before answering, so that a NAR found damaged
-    // there gets an error status rather than a response cut short.
-    let first = match stream.next().await {
-        Some(Ok(first)) => Some(first),
-        Some(Err(NarReadError::Damaged)) => return Err(ServerError::NarDamaged),
-        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
-        None => None,
-    };
+    let body = checked_body(stream).await?;
     state.metrics.served_bytes.inc_by(served.length);
-    let stream = futures::stream::iter(first.map(Ok)).chain(stream);
     let mut response = (
         served.status,
         [
@@ -348,11 +340,29 @@ async fn get_nar(
                 "private, max-age=31536000, immutable".to_owned(),
             ),
         ],
-        Body::from_stream(stream),
+        body,
     )
         .into_response();
     served.add_headers(response.headers_mut());
     Ok(response)
+}
+
+/// The body of a NAR response, its first piece read before answering, so
+/// that a NAR found damaged there gets an error status rather than a
+/// response cut short.
+pub(super) async fn checked_body<S>(mut stream: S) -> ServerResult<Body>
+where
+    S: futures::Stream<Item = Result<Bytes, NarReadError>> + Send + Unpin + 'static,
+{
+    let first = match stream.next().await {
+        Some(Ok(first)) => Some(first),
+        Some(Err(NarReadError::Damaged)) => return Err(ServerError::NarDamaged),
+        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
+        None => None,
+    };
+    Ok(Body::from_stream(
+        futures::stream::iter(first.map(Ok)).chain(stream),
+    ))
 }
 
 /// `GET /{cache}/{file}`: a narinfo, or a `.ls` listing ([`listing`]).

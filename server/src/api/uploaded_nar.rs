@@ -20,7 +20,6 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{
     BrotliEncoder, BzEncoder, GzipEncoder, XzEncoder, ZstdEncoder,
 };
-use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -28,7 +27,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::binary_cache::nar_chunks;
+use super::binary_cache::{checked_body, nar_chunks};
 use super::nix_upload::parse_nar_file;
 use crate::compressed::Compression;
 use crate::database::Cache;
@@ -103,16 +102,7 @@ pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResu
             (boxed(stream), None)
         }
     };
-    let mut stream = stream;
-    // Check the first piece before answering, so that a NAR found damaged
-    // there gets an error status rather than a response cut short.
-    let first = match stream.next().await {
-        Some(Ok(first)) => Some(first),
-        Some(Err(NarReadError::Damaged)) => return Err(ServerError::NarDamaged),
-        Some(Err(NarReadError::Unavailable)) => return Err(ServerError::StorageUnavailable(None)),
-        None => None,
-    };
-    let body = Body::from_stream(futures::stream::iter(first.map(Ok)).chain(stream));
+    let body = checked_body(stream).await?;
     let mut response = (
         [
             (CONTENT_TYPE, "application/x-nix-nar"),
