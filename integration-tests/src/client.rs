@@ -35,12 +35,17 @@ impl TestClient {
 
     /// A command (ours or Nix's) in this user's environment.
     pub fn command(&self, program: &str) -> Command {
-        let program = if program == "attic" {
-            binary("attic").display().to_string()
+        if program == "attic" {
+            self.command_at(&binary("attic"))
         } else {
-            program.to_owned()
-        };
-        let mut cmd = nix::command(&program);
+            self.command_at(Path::new(program))
+        }
+    }
+
+    /// A command for the program at `program` (an installed `attic`, say)
+    /// in this user's environment.
+    pub fn command_at(&self, program: &Path) -> Command {
+        let mut cmd = nix::command(&program.display().to_string());
         cmd.env("HOME", self.home.path())
             .env("XDG_CONFIG_HOME", self.home.path().join("config"))
             .env("XDG_STATE_HOME", self.home.path().join("state"))
