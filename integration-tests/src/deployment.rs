@@ -1,6 +1,6 @@
 //! A deployment run through our systemd units, as an operator runs it:
 //! the migrations unit, then the API server unit (its `check-config`
-//! first), a token from `atticadm` as the service's user, and a real Nix
+//! first) and the collector's, a token from `atticadm` as the service's user, and a real Nix
 //! closure pushed with `attic` and substituted back by real Nix.
 //!
 //! Shared by the Debian package's test (the installed units) and the plain
@@ -26,9 +26,10 @@ pub fn repository_units_dir() -> PathBuf {
 
 /// Migrates, starts `atticd.service` from `units_dir` (each unit prepared
 /// by `prepare`: paths rewritten, another user), waits for it on
-/// `address` (what `ATTIC_LISTEN` in the config's environment says),
-/// then pushes and substitutes a closure through it with the `attic` at
-/// `attic`. Stops the server before returning.
+/// `address` (what `ATTIC_LISTEN` in the config's environment says) and
+/// starts `atticd-gc.service` beside it, then pushes and substitutes a
+/// closure through it with the `attic` at `attic`. Stops both (each must
+/// exit cleanly on SIGTERM) before returning.
 pub fn serve_push_and_substitute(
     units_dir: &Path,
     prepare: impl Fn(Service) -> Service,
@@ -42,8 +43,10 @@ pub fn serve_push_and_substitute(
     let api = load("atticd.service");
     let pre = api.exec_start_pre();
     assert!(
-        pre.iter()
-            .any(|line| line.argv.windows(2).any(|w| w == ["--mode", "check-config"])),
+        pre.iter().any(|line| line
+            .argv
+            .windows(2)
+            .any(|w| w == ["--mode", "check-config"])),
         "atticd.service checks its config before it starts: {pre:?}"
     );
     // atticadm beside the unit's atticd, on the unit's config.
@@ -78,11 +81,18 @@ pub fn serve_push_and_substitute(
 
     let mut server = api.start();
     server.wait_for_listener(address);
+    // The collector beside it, on the same config and data, as the
+    // package runs them; it collects at once, while the push goes on.
+    let mut collector = load("atticd-gc.service").start();
     let token = String::from_utf8(load("atticd.service").run_line(&token_line).stdout)
         .expect("UTF-8 token")
         .trim()
         .to_owned();
     push_and_substitute(&format!("http://{address}"), attic, &token);
+    assert!(
+        collector.stop(),
+        "atticd-gc.service ran until SIGTERM and stopped cleanly"
+    );
     assert!(server.stop(), "atticd.service stopped cleanly on SIGTERM");
 }
 
@@ -122,8 +132,12 @@ pub fn push_and_substitute(url: &str, attic: &Path, token: &str) {
 
     nix::delete(&closure.paths);
     let netrc = nix::write_netrc(dir.path(), "127.0.0.1", token);
-    let substituted =
-        nix::substitute_with_netrc(closure.top(), &format!("{url}/packaged"), &key, Some(&netrc));
+    let substituted = nix::substitute_with_netrc(
+        closure.top(),
+        &format!("{url}/packaged"),
+        &key,
+        Some(&netrc),
+    );
     assert!(substituted.status.success(), "{}", text(&substituted));
     for path in &closure.paths {
         assert!(nix::is_valid(path), "{path} was not substituted");

@@ -54,7 +54,10 @@ impl Unit {
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
-            assert!(!line.ends_with('\\'), "{name}: continuation lines are not read: {line}");
+            assert!(
+                !line.ends_with('\\'),
+                "{name}: continuation lines are not read: {line}"
+            );
             if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = header.to_owned();
                 continue;
@@ -62,7 +65,11 @@ impl Unit {
             let (key, value) = line
                 .split_once('=')
                 .unwrap_or_else(|| panic!("{name}: not a setting: {line}"));
-            settings.push((section.clone(), key.trim().to_owned(), value.trim().to_owned()));
+            settings.push((
+                section.clone(),
+                key.trim().to_owned(),
+                value.trim().to_owned(),
+            ));
         }
         Self {
             name: name.to_owned(),
@@ -109,7 +116,10 @@ impl ExecLine {
         let mut rest = line.trim();
         let mut ignore_failure = false;
         while let Some(prefix) = rest.chars().next().filter(|c| "-@:+!".contains(*c)) {
-            assert!(prefix == '-', "the prefix {prefix} is not supported: {line}");
+            assert!(
+                prefix == '-',
+                "the prefix {prefix} is not supported: {line}"
+            );
             ignore_failure = true;
             rest = &rest[1..];
         }
@@ -224,7 +234,8 @@ impl Service {
     /// The unit with every occurrence of the path prefix `from` (in its
     /// command lines, environment files and state directory) read as `to`.
     pub fn rewrite(mut self, from: &str, to: &Path) -> Self {
-        self.rewrites.push((from.to_owned(), to.display().to_string()));
+        self.rewrites
+            .push((from.to_owned(), to.display().to_string()));
         self
     }
 
@@ -384,7 +395,11 @@ impl Service {
     /// `ExecStartPre=` then `ExecStart=` lines. With systemd as PID 1,
     /// `systemctl start` does it.
     pub fn run_oneshot(&self) {
-        assert!(self.unit.is_oneshot(), "{} is not a oneshot", self.unit.name);
+        assert!(
+            self.unit.is_oneshot(),
+            "{} is not a oneshot",
+            self.unit.name
+        );
         if self.managed_by_systemd() {
             systemctl(&["start", &self.unit.name]);
             return;
@@ -461,7 +476,10 @@ impl RunningService {
             if let Some(child) = &mut self.child
                 && let Some(status) = child.try_wait().expect("wait")
             {
-                panic!("{} exited ({status}) before listening", self.service.unit.name);
+                panic!(
+                    "{} exited ({status}) before listening",
+                    self.service.unit.name
+                );
             }
             assert!(
                 Instant::now() < deadline,

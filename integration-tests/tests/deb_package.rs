@@ -140,17 +140,18 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
     let out = tempfile::tempdir().expect("tempdir");
     let deb = build_package(out.path());
 
-    let info = String::from_utf8(run(Command::new("dpkg-deb").arg("-f").arg(&deb)).stdout)
-        .expect("UTF-8");
+    let info =
+        String::from_utf8(run(Command::new("dpkg-deb").arg("-f").arg(&deb)).stdout).expect("UTF-8");
     assert!(info.contains("Depends: adduser, libc6 (>= 2."), "{info}");
 
     run(Command::new("dpkg").arg("-i").arg(&deb));
-    let files: Vec<PathBuf> = String::from_utf8(run(Command::new("dpkg").args(["-L", PACKAGE])).stdout)
-        .expect("UTF-8")
-        .lines()
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .collect();
+    let files: Vec<PathBuf> =
+        String::from_utf8(run(Command::new("dpkg").args(["-L", PACKAGE])).stdout)
+            .expect("UTF-8")
+            .lines()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .collect();
     for name in ["/usr/bin/atticd", "/usr/bin/atticadm", "/usr/bin/attic"] {
         assert!(files.contains(&PathBuf::from(name)), "{name} in {files:?}");
     }
@@ -178,8 +179,11 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
 
     // The listen address from the environment file, as an admin sets it.
     let address = format!("127.0.0.1:{}", free_port());
-    std::fs::write("/etc/atticd/atticd.env", format!("ATTIC_LISTEN={address}\n"))
-        .expect("write atticd.env");
+    std::fs::write(
+        "/etc/atticd/atticd.env",
+        format!("ATTIC_LISTEN={address}\n"),
+    )
+    .expect("write atticd.env");
     std::fs::set_permissions(
         "/etc/atticd/atticd.env",
         std::fs::Permissions::from_mode(0o600),
@@ -208,7 +212,10 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
         assert!(!file.exists(), "{} is left after the purge", file.display());
     }
     assert!(!Path::new("/etc/atticd").exists(), "/etc/atticd is left");
-    assert!(SystemUser::find("atticd").is_none(), "the user atticd is left");
+    assert!(
+        SystemUser::find("atticd").is_none(),
+        "the user atticd is left"
+    );
     let group = Command::new("getent")
         .args(["group", "atticd"])
         .output()
@@ -222,5 +229,9 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
     // A fresh install (the old data moved away) makes a fresh key.
     std::fs::remove_dir_all(DATA_DIR).expect("remove the kept data");
     run(Command::new("dpkg").arg("-i").arg(&deb));
-    assert_ne!(token_root_key(), first_key, "two installs share a token key");
+    assert_ne!(
+        token_root_key(),
+        first_key,
+        "two installs share a token key"
+    );
 }

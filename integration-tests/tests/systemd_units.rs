@@ -7,9 +7,7 @@
 use std::path::Path;
 
 use integration_tests::backend::{Backend, Services};
-use integration_tests::deployment::{
-    UNIT_NAMES, repository_units_dir, serve_push_and_substitute,
-};
+use integration_tests::deployment::{UNIT_NAMES, repository_units_dir, serve_push_and_substitute};
 use integration_tests::nginx::free_port;
 use integration_tests::server::binary;
 use integration_tests::systemd::{SystemUser, Unit};
@@ -77,7 +75,10 @@ fn the_repository_units_serve_pushes_and_substitutes_with_the_plain_binaries() {
     );
     // The state directory was made as StateDirectoryMode= says.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&data).expect("data dir").permissions().mode();
+    let mode = std::fs::metadata(&data)
+        .expect("data dir")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700, "the data directory is private");
 }
 
@@ -110,6 +111,9 @@ fn the_book_shows_the_unit_files_as_they_are() {
         let shown = UNIT_NAMES.iter().any(|name| {
             std::fs::read_to_string(units_dir.join(name)).is_ok_and(|file| &file == block)
         });
-        assert!(shown, "an ini block in production.md is no unit file:\n{block}");
+        assert!(
+            shown,
+            "an ini block in production.md is no unit file:\n{block}"
+        );
     }
 }
