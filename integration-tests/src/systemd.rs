@@ -413,10 +413,12 @@ impl Service {
     /// Starts a long-running unit: its state directory, its
     /// `ExecStartPre=` lines to completion (each must succeed), then its
     /// `ExecStart=` in the background, stdout read line by line. With
-    /// systemd as PID 1, `systemctl start` does it.
+    /// systemd as PID 1, `systemctl restart` does it.
     pub fn start(self) -> RunningService {
         if self.managed_by_systemd() {
-            systemctl(&["start", &self.unit.name]);
+            // Restart: a package's postinst may have started it already,
+            // before the test wrote its environment.
+            systemctl(&["restart", &self.unit.name]);
             return RunningService {
                 service: self,
                 child: None,
