@@ -213,6 +213,10 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
     }
     assert!(!Path::new("/etc/atticd").exists(), "/etc/atticd is left");
     assert!(
+        !Path::new("/usr/share/doc/atticd").exists(),
+        "/usr/share/doc/atticd is left"
+    );
+    assert!(
         SystemUser::find("atticd").is_none(),
         "the user atticd is left"
     );
