@@ -230,12 +230,15 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
         "the data the admin keeps is still in {DATA_DIR}"
     );
 
-    // A fresh install (the old data moved away) makes a fresh key.
-    std::fs::remove_dir_all(DATA_DIR).expect("remove the kept data");
+    // Installing again makes a fresh key, and hands the kept data to the
+    // new user.
     run(Command::new("dpkg").arg("-i").arg(&deb));
     assert_ne!(
         token_root_key(),
         first_key,
         "two installs share a token key"
     );
+    let user = SystemUser::find("atticd").expect("the user atticd again");
+    let database = std::fs::metadata(Path::new(DATA_DIR).join("server.db")).expect("kept data");
+    assert_eq!((database.uid(), database.gid()), (user.uid, user.gid));
 }
