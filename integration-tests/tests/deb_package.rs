@@ -144,7 +144,12 @@ fn the_debian_package_installs_serves_and_purges_to_the_data_alone() {
         String::from_utf8(run(Command::new("dpkg-deb").arg("-f").arg(&deb)).stdout).expect("UTF-8");
     assert!(info.contains("Depends: adduser, libc6 (>= 2."), "{info}");
 
-    run(Command::new("dpkg").arg("-i").arg(&deb));
+    let installed = run(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(
+        !text(&installed).to_lowercase().contains("warning"),
+        "the install warns:\n{}",
+        text(&installed)
+    );
     let files: Vec<PathBuf> =
         String::from_utf8(run(Command::new("dpkg").args(["-L", PACKAGE])).stdout)
             .expect("UTF-8")
