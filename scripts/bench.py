@@ -589,11 +589,11 @@ class Bench:
             second_cache_added_bytes=stored[0] - stored_first[0],
             reference_stored_bytes=ref_stored[0], reference_stored_disk_bytes=ref_stored[1])
         self.row(f"ingest v1, new data ({len(self.v1)} paths, {nar / 1e6:.0f} MB NAR)",
-                 mbps, ref_mbps, "MB/s", target=1.0)
+                 mbps, ref_mbps, "MB/s", target=1.2)
         self.row("ingest CPU, client + server", cpu_gb, ref_cpu_gb, "s/GB", better="lower")
         self.row("ingest, bytes stored", stored[0] / 1e6, ref_stored[0] / 1e6, "MB", better="lower")
         self.row("ingest v1 again, to a 2nd cache (vs nix copy, new)", second_mbps, ref_mbps, "MB/s",
-                 target=3.0)
+                 target=5.0)
         self.row("attic / nix copy peak RSS (push v1)",
                  ours["client_peak_rss_kib"] / 1024, ref["peak_rss_kib"] / 1024, "MiB",
                  better="lower")

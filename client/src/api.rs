@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::config::ServerEntry;
+use crate::upload_encoding::{CompressionChoice, Metered};
 
 /// How long a quick check (`whoami`, `nix-cache-info`) may take in all.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,7 +376,7 @@ impl ApiClient {
         &self,
         info: &UploadPathNarInfo,
         nar: S,
-        zstd: bool,
+        compression: &Arc<CompressionChoice>,
         sent: Arc<AtomicU64>,
     ) -> Result<UploadPathResult, ApiError>
     where
@@ -395,16 +396,22 @@ impl ApiClient {
                 Box::pin(preamble.chain(nar))
             };
         // The whole body is compressed, preamble included.
-        let body: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = if zstd {
-            request = request.header("Content-Encoding", "zstd");
-            let encoder = async_compression::tokio::bufread::ZstdEncoder::with_quality(
-                tokio_util::io::StreamReader::new(body),
-                async_compression::Level::Precise(UPLOAD_ZSTD_LEVEL),
-            );
-            Box::pin(tokio_util::io::ReaderStream::new(encoder))
-        } else {
-            body
-        };
+        let body: futures::stream::BoxStream<'static, std::io::Result<Bytes>> =
+            if compression.compress() {
+                request = request.header("Content-Encoding", "zstd");
+                let encoder = async_compression::tokio::bufread::ZstdEncoder::with_quality(
+                    tokio_util::io::StreamReader::new(body),
+                    async_compression::Level::Precise(UPLOAD_ZSTD_LEVEL),
+                );
+                let compressed = tokio_util::io::ReaderStream::new(encoder);
+                if compression.probing() {
+                    Box::pin(Metered::new(compressed, compression.clone(), info.nar_size))
+                } else {
+                    Box::pin(compressed)
+                }
+            } else {
+                body
+            };
         let body = body.map(move |piece| {
             if let Ok(piece) = &piece {
                 sent.fetch_add(piece.len() as u64, Ordering::Relaxed);

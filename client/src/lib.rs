@@ -15,3 +15,4 @@ pub mod push;
 pub mod queue;
 pub mod report;
 pub mod token_expiry;
+pub mod upload_encoding;

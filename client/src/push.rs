@@ -23,6 +23,7 @@ use crate::api::{ApiClient, ApiError};
 use crate::nix_store::{self, PathInfo};
 use crate::progress::{PathProgress, Progress, label};
 use crate::report::{Outcome, OutputMode, PathReport, SummaryReport, count};
+use crate::upload_encoding::{CompressionChoice, UploadCompression};
 
 /// Hashes per get-missing-paths request, well under the server's limit.
 const HASHES_PER_QUERY: usize = 10_000;
@@ -42,6 +43,8 @@ pub struct PushOptions {
     pub retry_delay: Duration,
     /// How to report: for people, as JSON lines, or errors only.
     pub output: OutputMode,
+    /// Whether NARs go compressed.
+    pub compression: UploadCompression,
 }
 
 impl Default for PushOptions {
@@ -53,6 +56,7 @@ impl Default for PushOptions {
             retries: 3,
             retry_delay: Duration::from_secs(1),
             output: OutputMode::default(),
+            compression: UploadCompression::default(),
         }
     }
 }
@@ -223,9 +227,9 @@ pub struct Pusher {
     cache: CacheName,
     store_dir: StoreDir,
     upstream_key_names: Vec<String>,
-    /// Send NARs zstd-compressed: the server said it takes them so (an
-    /// older server does not say, and gets them plain).
-    compress: bool,
+    /// Whether NARs go zstd-compressed: only if the server said it takes
+    /// them so (an older server does not say, and gets them plain).
+    compression: Arc<CompressionChoice>,
     /// Bytes sent in successful uploads.
     wire_bytes: AtomicU64,
 }
@@ -244,16 +248,25 @@ impl Pusher {
                 .with_context(|| format!("cache {cache} has store dir {dir:?}"))?,
             None => StoreDir::default(),
         };
-        let compress = config
+        let takes_zstd = config
             .upload_encodings
             .as_ref()
             .is_some_and(|encodings| encodings.iter().any(|e| e == "zstd"));
+        let host = reqwest::Url::parse(api.endpoint())
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let compression = Arc::new(CompressionChoice::new(
+            options.compression,
+            takes_zstd,
+            &host,
+        ));
         Ok(Self {
             api,
             cache,
             store_dir,
             upstream_key_names: config.upstream_cache_key_names.unwrap_or_default(),
-            compress,
+            compression,
             wire_bytes: AtomicU64::new(0),
         })
     }
@@ -507,7 +520,7 @@ impl Pusher {
         let sent = Arc::new(AtomicU64::new(0));
         let reply = self
             .api
-            .upload_path(&upload_info, nar, self.compress, sent.clone())
+            .upload_path(&upload_info, nar, &self.compression, sent.clone())
             .await;
         if let Some(e) = read_failure.lock().expect("never poisoned").take() {
             return Err(PushError::Read(e));

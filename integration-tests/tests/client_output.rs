@@ -316,3 +316,36 @@ fn watch_store_json_gives_the_same_records() {
     }
     assert_eq!(summary["pushed"], 3, "{summary}");
 }
+
+/// `--compression`: zstd shrinks what crosses the wire; `none`, and `auto`
+/// towards a server on loopback, send the NAR as it is.
+#[test]
+fn compression_chooses_what_crosses_the_wire() {
+    let (_server, client, _) = logged_in();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sent = |mode: Option<&str>, name: &str| {
+        let content = dir.path().join(name);
+        std::fs::create_dir_all(&content).expect("mkdir");
+        let text = format!("{name} {}\n", nix::nonce()).repeat(40_000);
+        std::fs::write(content.join("text"), text).expect("write");
+        let path = nix::add(&content);
+        let mut args = vec!["push", "demo", "--json", path.as_str()];
+        if let Some(mode) = mode {
+            args.extend(["--compression", mode]);
+        }
+        let out = client.attic(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let (paths, _) = records(&out);
+        let record = record_of(&paths, &path);
+        let nar_size = nix::path_info(&path).nar_size;
+        (record["bytes_sent"].as_u64().expect("bytes_sent"), nar_size)
+    };
+    let (zstd, nar_size) = sent(Some("zstd"), "zstd");
+    assert!(zstd * 10 < nar_size, "{zstd} of {nar_size} bytes sent");
+    for (mode, name) in [(Some("none"), "none"), (None, "auto")] {
+        let (plain, nar_size) = sent(mode, name);
+        assert_eq!(plain, nar_size, "{mode:?}");
+    }
+    let bad = client.attic(&["push", "demo", "--compression", "lz4", "/nix/store/x"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}

@@ -7,6 +7,7 @@ use std::io::Read;
 use attic::api::v1::upload_path::{NAR_INFO_PREAMBLE_SIZE_HEADER, UploadPathNarInfo};
 use attic::hash::Sha256Hash;
 use attic::nar::NarNode;
+use client::upload_encoding::{CompressionChoice, UploadCompression};
 use integration_tests::nix::nonce;
 use integration_tests::server::TestServer;
 use integration_tests::upload::{
@@ -505,8 +506,14 @@ async fn the_client_sends_large_metadata_as_a_preamble() {
     ] {
         let body = futures::stream::iter([Ok(bytes::Bytes::from(nar.clone()))]);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mode = if zstd {
+            UploadCompression::Zstd
+        } else {
+            UploadCompression::None
+        };
+        let compression = std::sync::Arc::new(CompressionChoice::new(mode, true, "127.0.0.1"));
         let reply = client
-            .upload_path(&info, body, zstd, sent.clone())
+            .upload_path(&info, body, &compression, sent.clone())
             .await
             .expect("upload");
         assert!(sent.load(std::sync::atomic::Ordering::Relaxed) > 0);

@@ -14,6 +14,7 @@ use crate::nix_store::resolve_path_argument;
 use crate::progress::print_summary;
 use crate::push::{PushOptions, PushSummary, Pusher};
 use crate::report::OutputMode;
+use crate::upload_encoding::UploadCompression;
 
 /// Exit code when some paths failed and others were pushed.
 pub const EXIT_SOME_FAILED: u8 = 3;
@@ -54,6 +55,11 @@ pub struct Push {
     /// Print nothing but errors (on stderr).
     #[arg(short, long)]
     quiet: bool,
+    /// Compress NARs on the wire: `auto` sends the first megabytes
+    /// compressed and keeps compressing only if the link, not the
+    /// compressor, was the bottleneck (never to a loopback address).
+    #[arg(long, value_enum, default_value_t = UploadCompression::Auto)]
+    compression: UploadCompression,
 }
 
 pub async fn run(args: Push) -> Result<ExitCode> {
@@ -76,6 +82,7 @@ pub async fn run(args: Push) -> Result<ExitCode> {
         ignore_upstream_cache_filter: args.ignore_upstream_cache_filter,
         retries: args.retries,
         output: output_mode(args.json, args.quiet),
+        compression: args.compression,
         ..PushOptions::default()
     };
     let api = client_for(&args.cache)?;
