@@ -311,6 +311,39 @@ async fn compaction_recompresses_what_a_new_version_still_uses() {
     substitutes(&server, "v2", &key, &second);
 }
 
+/// `recompress-after`: a pack an upload wrote, older than that, is
+/// rewritten at `compaction-level` though all of it is live, and only
+/// once (the new pack records its level); what it serves is unchanged.
+#[tokio::test]
+async fn cold_packs_are_recompressed_once() {
+    let server = TestServer::start_with_config(
+        "[garbage-collection]\ninterval = \"0s\"\ngrace-period = \"0s\"\ncompact-below = 0\nrecompress-after = \"1s\"\ncompaction-level = 15\n",
+    );
+    let api = Api::new(&server.url);
+    let token = &server.root_token;
+    api.create_cache(token, "cold", true).await;
+    let path = store_path(&[
+        ("libc.so.6", &system_file("libc.so.6")),
+        ("libm.so.6", &system_file("libm.so.6")),
+    ]);
+    api.push_path(token, "cold", &path).await;
+    let before = stored_bytes_of(&server, "cold", &path).await;
+    // Pack times are in whole seconds: older than 1 s by the next run.
+    std::thread::sleep(Duration::from_millis(2100));
+    let report = server.gc();
+    assert!(report.contains("1 compacted"), "{report}");
+    let after = stored_bytes_of(&server, "cold", &path).await;
+    eprintln!("stored bytes: {before} at the ingest level, {after} recompressed");
+    assert!(after < before, "{before} -> {after}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let again = server.gc();
+    assert!(again.contains("0 compacted"), "{again}");
+    assert_eq!(stored_bytes_of(&server, "cold", &path).await, after);
+    assert_nothing_orphaned(&server).await;
+    let key = api.public_key(token, "cold").await;
+    substitutes(&server, "cold", &key, &path);
+}
+
 /// `--mode garbage-collector` given `--listen` serves its health and its
 /// counters there, so an orchestrator can probe it and Prometheus can see
 /// its runs; and nothing else.

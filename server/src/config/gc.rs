@@ -35,6 +35,11 @@ pub struct GcConfig {
     /// zstd level chunks are recompressed at when compacted (1 to 19).
     #[serde(default = "default_compaction_level")]
     pub compaction_level: i32,
+    /// A pack an upload wrote (its chunks at the fast ingest level) older
+    /// than this is rewritten at `compaction_level` by the next
+    /// collection, whatever its live fraction; `0s` never does.
+    #[serde(default = "default_recompress_after", with = "duration")]
+    pub recompress_after: Duration,
     /// How long audit log events are kept; each collection deletes older
     /// ones. `0s` keeps them for ever.
     #[serde(default = "default_audit_retention_period", with = "duration")]
@@ -49,6 +54,7 @@ impl Default for GcConfig {
             grace_period: default_grace_period(),
             compact_below: default_compact_below(),
             compaction_level: default_compaction_level(),
+            recompress_after: default_recompress_after(),
             audit_retention_period: default_audit_retention_period(),
         }
     }
@@ -69,6 +75,9 @@ fn default_compact_below() -> f64 {
 }
 fn default_compaction_level() -> i32 {
     15
+}
+fn default_recompress_after() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 fn default_audit_retention_period() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
@@ -122,6 +131,21 @@ mod tests {
         ))
         .expect_err("level out of range");
         assert!(err.to_string().contains("compaction-level"), "{err}");
+    }
+
+    #[test]
+    fn cold_packs_are_recompressed_after_a_week_unless_told_otherwise() {
+        let config = parse(&key_line()).expect("parses");
+        assert_eq!(
+            config.garbage_collection.recompress_after,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let config = parse(&format!(
+            "{}[garbage-collection]\nrecompress-after = \"0s\"\n",
+            key_line()
+        ))
+        .expect("parses");
+        assert!(config.garbage_collection.recompress_after.is_zero());
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub use caches::CacheStats;
 pub use caches::{CacheChanges, NewCache};
 pub use chunks::PackTotals;
 pub use gc::{
-    CompactionCandidate, EvictableObject, LruObject, MovedChunk, PacksAwaitingDeletion, Removal,
-    RemovedPaths,
+    CompactionCandidate, CompactionRule, EvictableObject, LruObject, MovedChunk,
+    PacksAwaitingDeletion, Removal, RemovedPaths,
 };
 pub use ids::{AuditId, CacheId, LogId, NarId, ObjectId, PinId, StagedNarId};
 pub use listings::{DebugInfoMember, StoredListing};

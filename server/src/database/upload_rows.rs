@@ -47,17 +47,20 @@ pub struct NewChunk {
     pub checksum: StoredChecksum,
 }
 
-/// Records a pack that is durable in storage; its id.
+/// Records a pack that is durable in storage; its id. `level` is the zstd
+/// level compaction wrote it at, `None` for an upload's pack.
 pub(super) async fn insert_pack(
     txn: &DatabaseTransaction,
     written: &WrittenPack,
     when: i64,
+    level: Option<i32>,
 ) -> Result<i64, DbErr> {
     let row = pack::ActiveModel {
         key: Set(written.key.as_str().to_owned()),
         size: Set(written.size as i64),
         state: Set(BlobState::Valid),
         created_at: Set(when),
+        level: Set(level),
         ..Default::default()
     }
     .insert(txn)

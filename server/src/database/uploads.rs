@@ -184,7 +184,7 @@ impl Database {
         let txn = self.begin_write().await?;
         let when = now();
         let pack_id = match &upload.pack {
-            Some(written) => Some(insert_pack(&txn, written, when).await?),
+            Some(written) => Some(insert_pack(&txn, written, when, None).await?),
             None => None,
         };
         let new_rows = match pack_id {

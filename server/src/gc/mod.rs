@@ -51,8 +51,8 @@ use thiserror::Error;
 
 use crate::config::GcConfig;
 use crate::database::{
-    CacheId, Database, DatabaseError, EvictableObject, LruObject, MovedChunk, ObjectId, Removal,
-    RemovedPaths, now,
+    CacheId, CompactionRule, Database, DatabaseError, EvictableObject, LruObject, MovedChunk,
+    ObjectId, Removal, RemovedPaths, now,
 };
 use crate::pack::read::{ReadError, read_run, runs};
 use crate::pack::write::PackWriter;

@@ -45,14 +45,21 @@ impl Collector<'_> {
     }
 
     pub(super) async fn compact(&mut self, grace_cutoff: i64) -> Result<(), GcError> {
-        if self.config.compact_below <= 0.0 {
+        let recompress_after = self.config.recompress_after;
+        let rule = CompactionRule {
+            grace_cutoff,
+            live_fraction: self.config.compact_below,
+            cold_cutoff: (!recompress_after.is_zero()).then(|| now() - secs(recompress_after)),
+            level: self.config.compaction_level,
+        };
+        if rule.live_fraction <= 0.0 && rule.cold_cutoff.is_none() {
             return Ok(());
         }
         let mut after = 0;
         loop {
             let (last, candidates) = self
                 .database
-                .compaction_candidates(after, PAGE, grace_cutoff, self.config.compact_below)
+                .compaction_candidates(after, PAGE, &rule)
                 .await?;
             let Some(last) = last else { break };
             after = last;
@@ -65,7 +72,8 @@ impl Collector<'_> {
     }
 
     /// Copies a pack's live chunks into a new pack, recompressed at the
-    /// compaction level, and repoints them. A chunk that fails its check
+    /// compaction level, and repoints them (a sparse pack shrinks to its
+    /// live chunks; a cold one shrinks by the higher level). A chunk that fails its check
     /// is marked damaged and left where it is.
     async fn compact_pack(&mut self, pack_id: PackId) -> Result<(), GcError> {
         let chunks = self.database.pack_chunks(pack_id).await?;
@@ -101,7 +109,7 @@ impl Collector<'_> {
         };
         crash_point("compact-written");
         self.database
-            .repoint_compacted(pack_id, &written, &moved)
+            .repoint_compacted(pack_id, &written, level, &moved)
             .await?;
         self.report.packs_compacted += 1;
         self.report.bytes_freed -= written.size as i64;

@@ -23,6 +23,9 @@ pub struct Model {
     /// Unix seconds when GC marked it `deleting`: its blob is deleted a
     /// grace period later, so reads in flight finish.
     pub deleting_since: Option<i64>,
+    /// The zstd level compaction rewrote its chunks at; `None` for a pack
+    /// an upload wrote, at the ingest level.
+    pub level: Option<i32>,
 }
 
 /// No navigable relations: queries join explicitly.

@@ -14,7 +14,7 @@
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter};
 
-use super::entity::gc_lease;
+use super::entity::{BlobState, gc_lease, pack};
 use super::ids::{CacheId, NarId, ObjectId};
 use super::json::Json;
 use super::records::{PackRecord, corrupt};
@@ -128,7 +128,39 @@ pub struct PacksAwaitingDeletion {
 /// When an object was last read, or pushed if never read.
 const OBJECT_LAST_USED: &str = "COALESCE(object.last_accessed_at, object.created_at)";
 
-/// A pack whose live chunks are a small part of it.
+/// Which packs compaction rewrites: packs written before `grace_cutoff`
+/// whose live chunks hold less than `live_fraction` of their bytes, and,
+/// when `cold_cutoff` is set, packs written before it at a level below
+/// `level` (an upload's, at the fast ingest level).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompactionRule {
+    /// Unix seconds: only packs written before it.
+    pub grace_cutoff: i64,
+    /// Sparse packs: live bytes under this fraction of the pack.
+    pub live_fraction: f64,
+    /// Unix seconds: packs written before it are cold.
+    pub cold_cutoff: Option<i64>,
+    /// The level compaction writes at.
+    pub level: i32,
+}
+
+impl CompactionRule {
+    /// Whether a valid `pack` with `live_bytes` of live chunks is
+    /// rewritten.
+    pub(super) fn rewrites(&self, pack: &pack::Model, live_bytes: i64) -> bool {
+        if pack.state != BlobState::Valid || pack.created_at >= self.grace_cutoff {
+            return false;
+        }
+        let sparse = (live_bytes as f64) < pack.size as f64 * self.live_fraction;
+        let cold = self
+            .cold_cutoff
+            .is_some_and(|cutoff| pack.created_at < cutoff)
+            && pack.level.is_none_or(|level| level < self.level);
+        sparse || cold
+    }
+}
+
+/// A pack compaction rewrites: sparse, or cold at the ingest level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactionCandidate {
     /// The pack.

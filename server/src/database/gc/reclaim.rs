@@ -224,15 +224,13 @@ impl Database {
             .map_err(DatabaseError::from)
     }
 
-    /// Of the valid packs after `after` written before `cutoff` (one
-    /// page), those whose valid chunks hold less than `live_fraction` of
-    /// their bytes. The largest id looked at, or `None` past the end.
+    /// Of the valid packs after `after` (one page), those `rule` says to
+    /// rewrite. The largest id looked at, or `None` past the end.
     pub async fn compaction_candidates(
         &self,
         after: i64,
         limit: u64,
-        cutoff: i64,
-        live_fraction: f64,
+        rule: &CompactionRule,
     ) -> Result<(Option<i64>, Vec<CompactionCandidate>), DatabaseError> {
         let packs = pack::Entity::find()
             .filter(pack::Column::Id.gt(after))
@@ -265,13 +263,10 @@ impl Database {
             .collect();
         let mut candidates = Vec::new();
         for pack in packs {
-            if pack.state != BlobState::Valid || pack.created_at >= cutoff {
-                continue;
-            }
             let Some(&live_bytes) = live.get(&pack.id) else {
                 continue;
             };
-            if (live_bytes as f64) < pack.size as f64 * live_fraction {
+            if rule.rewrites(&pack, live_bytes) {
                 let pack = PackRecord::try_from(pack)?;
                 candidates.push(CompactionCandidate { pack, live_bytes });
             }
@@ -279,19 +274,21 @@ impl Database {
         Ok((Some(last), candidates))
     }
 
-    /// After compaction wrote `written`: in one transaction, records the
-    /// new pack, points the moved chunks into it (those still in `old`
+    /// After compaction wrote `written` at zstd `level`: in one
+    /// transaction, records the new pack, points the moved chunks into it (those still in `old`
     /// and valid), drops the whole-pack mark of NARs that had `old`, and
     /// marks `old` deleting if nothing points into it any more.
     pub async fn repoint_compacted(
         &self,
         old: PackId,
         written: &WrittenPack,
+        level: i32,
         moved: &[MovedChunk],
     ) -> Result<(), DatabaseError> {
         let txn = self.begin_write().await?;
         let when = now();
-        let new_pack = super::super::upload_rows::insert_pack(&txn, written, when).await?;
+        let new_pack =
+            super::super::upload_rows::insert_pack(&txn, written, when, Some(level)).await?;
         for chunk in moved {
             chunk::Entity::update_many()
                 .col_expr(chunk::Column::PackId, Expr::value(Some(new_pack)))
