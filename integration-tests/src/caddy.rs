@@ -21,9 +21,7 @@ impl Caddy {
     /// accepts connections.
     pub fn start(port: u16, site: &str) -> Self {
         let home = tempfile::tempdir().expect("tempdir");
-        let caddyfile = format!(
-            "{{\n\tadmin off\n\tauto_https disable_redirects\n}}\n\n{site}"
-        );
+        let caddyfile = format!("{{\n\tadmin off\n\tauto_https disable_redirects\n}}\n\n{site}");
         let caddyfile_path = home.path().join("Caddyfile");
         std::fs::write(&caddyfile_path, caddyfile).expect("write the Caddyfile");
         let log = std::fs::File::create(home.path().join("caddy.log")).expect("create caddy.log");

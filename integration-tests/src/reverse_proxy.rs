@@ -64,19 +64,30 @@ impl ReverseProxy {
         let page = std::fs::read_to_string(PAGE).expect("read the book's reverse-proxy page");
         let with_files = |block: String| {
             let block = replace_once(&block, PAGE_UPSTREAM, upstream);
-            let block = replace_once(&block, PAGE_CERTIFICATE, &tls.certificate.display().to_string());
+            let block = replace_once(
+                &block,
+                PAGE_CERTIFICATE,
+                &tls.certificate.display().to_string(),
+            );
             replace_once(&block, PAGE_KEY, &tls.key.display().to_string())
         };
         let running = match kind {
             ProxyKind::Nginx => {
                 let block = with_files(code_block(&page, "nginx"));
-                let block = replace_once(&block, "listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"));
+                let block = replace_once(
+                    &block,
+                    "listen 443 ssl;",
+                    &format!("listen 127.0.0.1:{port} ssl;"),
+                );
                 Running::Nginx(Nginx::proxy(port, &block))
             }
             ProxyKind::Caddy => {
                 let block = with_files(code_block(&page, "caddy"));
-                let block =
-                    replace_once(&block, "cache.example.com {", &format!("https://127.0.0.1:{port} {{"));
+                let block = replace_once(
+                    &block,
+                    "cache.example.com {",
+                    &format!("https://127.0.0.1:{port} {{"),
+                );
                 Running::Caddy(Caddy::start(port, &block))
             }
         };

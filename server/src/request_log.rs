@@ -65,7 +65,9 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         None if matches!(route, "/_health" | "/metrics") => {
             tracing::debug!(%client, %method, %route, %cache, %path, status, latency_ms, "request");
         }
-        None => tracing::info!(%client, %method, %route, %cache, %path, status, latency_ms, "request"),
+        None => {
+            tracing::info!(%client, %method, %route, %cache, %path, status, latency_ms, "request")
+        }
     }
     response
 }

@@ -169,17 +169,15 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for ConnectionServic
         request.extensions_mut().insert(ClientAddress(client));
         let claim = match &self.forwarded {
             None => None,
-            Some((gate, _)) => {
-                match gate.forwarded.claim(client) {
-                    Some(claim) => Some(claim),
-                    None => {
-                        tracing::debug!(%client, "request refused: http.max-connections-per-address requests in flight");
-                        return Box::pin(std::future::ready(Ok(
-                            ServerError::TooManyRequests.into_response()
-                        )));
-                    }
+            Some((gate, _)) => match gate.forwarded.claim(client) {
+                Some(claim) => Some(claim),
+                None => {
+                    tracing::debug!(%client, "request refused: http.max-connections-per-address requests in flight");
+                    return Box::pin(std::future::ready(Ok(
+                        ServerError::TooManyRequests.into_response()
+                    )));
                 }
-            }
+            },
         };
         let response = hyper::service::Service::call(&self.app, request);
         Box::pin(async move {
