@@ -23,21 +23,28 @@ const BIG_FILE: usize = 8 * 1024 * 1024;
 /// How long a test waits for a line to reach atticd's log before failing.
 const LOG_GUARD: Duration = Duration::from_secs(60);
 
+/// Login, use, push of a big NAR, a NAR read and Nix substituting, over
+/// https through nginx.
 #[tokio::test]
 async fn attic_and_nix_work_through_nginx_as_the_book_configures_it() {
     works_through(ProxyKind::Nginx).await;
 }
 
+/// The same through Caddy.
 #[tokio::test]
 async fn attic_and_nix_work_through_caddy_as_the_book_configures_it() {
     works_through(ProxyKind::Caddy).await;
 }
 
+/// The client address in atticd's log: the one nginx saw, whatever the
+/// client claims; a client's claim straight to atticd is not believed,
+/// nor nginx's header when nginx is not in `trusted-proxies`.
 #[tokio::test]
 async fn forwarded_addresses_are_believed_from_nginx_only() {
     client_addresses_through(ProxyKind::Nginx).await;
 }
 
+/// The same through Caddy.
 #[tokio::test]
 async fn forwarded_addresses_are_believed_from_caddy_only() {
     client_addresses_through(ProxyKind::Caddy).await;
@@ -95,14 +102,22 @@ impl Certificates {
     }
 }
 
-/// atticd (logging requests into `log`) with `api-endpoint` the proxy's
-/// public URL and the proxy trusted, behind `kind`; on S3, NAR reads are
-/// redirected to the bucket.
+/// atticd (logging requests into `atticd.log` beside the certificates)
+/// with `api-endpoint` the proxy's public URL, behind `kind`, which it
+/// trusts as the book says; on S3, NAR reads are redirected to the bucket.
 fn server_behind(kind: ProxyKind, certificates: &Certificates) -> (TestServer, ReverseProxy) {
+    server_behind_with(kind, certificates, "trusted-proxies = [\"127.0.0.1\"]\n")
+}
+
+/// Like [`server_behind`], with `http` as atticd's `[http]` section.
+fn server_behind_with(
+    kind: ProxyKind,
+    certificates: &Certificates,
+    http: &str,
+) -> (TestServer, ReverseProxy) {
     let port = free_port();
     let mut server = TestServer::start_with_config(&format!(
-        "api-endpoint = \"https://127.0.0.1:{port}/\"\n\
-         [http]\ntrusted-proxies = [\"127.0.0.1\"]\n"
+        "api-endpoint = \"https://127.0.0.1:{port}/\"\n[http]\n{http}"
     ));
     if server.s3().is_some() {
         let config = std::fs::read_to_string(server.config_path()).expect("read config");
@@ -251,6 +266,23 @@ async fn client_addresses_through(kind: ProxyKind) {
         !everything.contains(claimed),
         "a claimed address reached the log:\n{everything}"
     );
+
+    // Behind the same proxy left out of `trusted-proxies`, its header is
+    // not believed either: every client is the proxy.
+    let untrusted = Certificates::new();
+    let (_server, proxy) = server_behind_with(kind, &untrusted, "");
+    let reply = untrusted
+        .http_client("127.0.0.2".parse().expect("ip"))
+        .get(format!("{}/untrusted-proxy/nix-cache-info", proxy.url))
+        .send()
+        .await
+        .expect("GET through the untrusted proxy");
+    assert!(reply.status().is_client_error(), "{}", reply.status());
+    let line = wait_for_log_line(
+        &untrusted.dir.path().join("atticd.log"),
+        "path=/untrusted-proxy/nix-cache-info",
+    );
+    assert!(line.contains("client=127.0.0.1 "), "{line}");
 }
 
 /// The first line of atticd's log containing `needle`, once written.
