@@ -11,6 +11,8 @@ use crate::server::binary;
 /// only caches added by `attic use` are asked (the machine has no network).
 pub struct TestClient {
     home: tempfile::TempDir,
+    /// Set on every command, e.g. the CA files a private CA needs.
+    env: Vec<(String, PathBuf)>,
 }
 
 impl TestClient {
@@ -20,7 +22,17 @@ impl TestClient {
         let nix_dir = home.path().join("config/nix");
         std::fs::create_dir_all(&nix_dir).expect("mkdir");
         std::fs::write(nix_dir.join("nix.conf"), "substituters =\n").expect("write nix.conf");
-        Self { home }
+        Self {
+            home,
+            env: Vec::new(),
+        }
+    }
+
+    /// This user with `name` set to `value` for every command: trusting
+    /// a private CA, say (`SSL_CERT_FILE`, `NIX_SSL_CERT_FILE`).
+    pub fn with_env(mut self, name: &str, value: &Path) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// The home directory.
@@ -49,7 +61,8 @@ impl TestClient {
         cmd.env("HOME", self.home.path())
             .env("XDG_CONFIG_HOME", self.home.path().join("config"))
             .env("XDG_STATE_HOME", self.home.path().join("state"))
-            .env("XDG_DATA_HOME", self.home.path().join("data"));
+            .env("XDG_DATA_HOME", self.home.path().join("data"))
+            .envs(self.env.iter().map(|(name, value)| (name, value)));
         cmd
     }
 

@@ -1,7 +1,8 @@
 //! A real `nginx`, started as a child of the test with its own config,
-//! prefix and free port, serving a directory: a binary cache as Nix's
-//! `file://` store writes it, served the way teams serve one. Its access
-//! log tells a test which files the server fetched.
+//! prefix and free port: serving a directory (a binary cache as Nix's
+//! `file://` store writes it, served the way teams serve one), or as a
+//! TLS reverse proxy in front of atticd. Its access log tells a test which
+//! files the server fetched, or what passed through the proxy.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,9 +31,36 @@ pub fn free_port() -> u16 {
 impl Nginx {
     /// Serves `root` on a free loopback port, logging every request.
     pub fn serve(root: &Path) -> Self {
-        let prefix = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        Self::start(
+            port,
+            &format!(
+                "types {{ text/x-nix-narinfo narinfo; }}\n\
+                 default_type application/octet-stream;\n\
+                 server {{\n\
+                   listen 127.0.0.1:{port};\n\
+                   root {root};\n\
+                 }}\n",
+                root = root.display()
+            ),
+            "http",
+        )
+    }
+
+    /// Runs `server_block` (an nginx `server { ... }` that listens on
+    /// 127.0.0.1:`port` with TLS), logging every request: a reverse
+    /// proxy as an operator configures one.
+    pub fn proxy(port: u16, server_block: &str) -> Self {
+        Self::start(port, server_block, "https")
+    }
+
+    /// Starts nginx with `http_body` inside its `http` context, and waits
+    /// until it accepts connections on `port`.
+    fn start(port: u16, http_body: &str, scheme: &str) -> Self {
+        let prefix = tempfile::tempdir().expect("tempdir");
         let p = prefix.path().display();
+        // The access log adds what a proxy test looks at: the peer, the
+        // forwarded header the client sent, and the request's length.
         let config = format!(
             "daemon off;\n\
              master_process off;\n\
@@ -41,20 +69,15 @@ impl Nginx {
              error_log {p}/error.log;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n\
-               access_log {p}/access.log;\n\
+               log_format requests '$remote_addr \"$request\" $status $request_length \"$http_x_forwarded_for\"';\n\
+               access_log {p}/access.log requests;\n\
                client_body_temp_path {p}/body;\n\
                proxy_temp_path {p}/proxy;\n\
                fastcgi_temp_path {p}/fastcgi;\n\
                uwsgi_temp_path {p}/uwsgi;\n\
                scgi_temp_path {p}/scgi;\n\
-               types {{ text/x-nix-narinfo narinfo; }}\n\
-               default_type application/octet-stream;\n\
-               server {{\n\
-                 listen 127.0.0.1:{port};\n\
-                 root {root};\n\
-               }}\n\
-             }}\n",
-            root = root.display()
+               {http_body}\n\
+             }}\n"
         );
         let config_path = prefix.path().join("nginx.conf");
         std::fs::write(&config_path, config).expect("write nginx.conf");
@@ -73,7 +96,7 @@ impl Nginx {
         let nginx = Self {
             child,
             prefix,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -85,6 +108,17 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         nginx
+    }
+
+    /// The lines of the access log that contain `needle`: the peer's
+    /// address, `"GET /x.narinfo HTTP/1.1"`, the status, the request's
+    /// length in bytes and `"X-Forwarded-For as received"`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.access_log()).unwrap_or_default();
+        log.lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The request lines of the access log (`GET /x.narinfo HTTP/1.1`)

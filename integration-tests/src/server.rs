@@ -228,6 +228,9 @@ pub struct TestServer {
     home: TestHome,
     /// PostgreSQL and S3, when the run's [`Backend`] is not the default.
     services: Option<Services>,
+    /// The file restarts log into at `RUST_LOG=info` (see
+    /// [`TestServer::log_requests_to`]); the test's stderr at `warn` if none.
+    log: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -256,6 +259,7 @@ impl TestServer {
                 .expect("a first start prints the root token"),
             home,
             services: None,
+            log: None,
         }
     }
 
@@ -293,6 +297,7 @@ impl TestServer {
                 .expect("a first start prints the root token"),
             home,
             services: None,
+            log: None,
         }
     }
 
@@ -315,6 +320,7 @@ impl TestServer {
             root_token: String::new(),
             home,
             services: None,
+            log: None,
         }
     }
 
@@ -420,6 +426,7 @@ impl TestServer {
             root_token: String::new(),
             home,
             services: None,
+            log: None,
         }
     }
 
@@ -437,7 +444,17 @@ impl TestServer {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_owned();
-        let spawned = spawn(&self.home, &address, &[]);
+        let spawned = match &self.log {
+            None => spawn(&self.home, &address, &[]),
+            Some(log) => {
+                let file = std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("open the log file");
+                spawn_with_stderr(&self.home, &address, &[], Stdio::from(file), "info")
+            }
+        };
         self.child = spawned.child;
         // Same address; the scheme follows the config (https with [tls]).
         let url = spawned.url;
@@ -445,6 +462,13 @@ impl TestServer {
         self.url = url;
         // The metrics listener moves to a new free port.
         self.metrics_url = spawned.metrics_url.expect("a metrics listener");
+    }
+
+    /// Restarts the server logging at `RUST_LOG=info` (a line per
+    /// request) into the file `log`, and so on every later restart.
+    pub fn log_requests_to(&mut self, log: &Path) {
+        self.log = Some(log.to_owned());
+        self.restart();
     }
 
     /// The home the server runs in.

@@ -263,6 +263,7 @@ async fn requests_are_logged_plainly_or_as_json_and_never_with_a_token() {
             }
             let line: serde_json::Value = serde_json::from_str(requests[1]).expect("JSON");
             let fields = &line["fields"];
+            assert_eq!(fields["client"], "127.0.0.1", "{line}");
             assert_eq!(fields["method"], "GET", "{line}");
             assert_eq!(fields["route"], "/{cache}/{file}", "{line}");
             assert_eq!(fields["cache"], "team-a", "{line}");
@@ -270,6 +271,7 @@ async fn requests_are_logged_plainly_or_as_json_and_never_with_a_token() {
             assert!(fields["latency_ms"].is_number(), "{line}");
         } else {
             assert!(requests[0].contains("INFO"), "{}", requests[0]);
+            assert!(requests[0].contains("client=127.0.0.1"), "{}", requests[0]);
             assert!(requests[0].contains("method=GET"), "{}", requests[0]);
             assert!(requests[0].contains("cache=team-a"), "{}", requests[0]);
             assert!(requests[0].contains("status=200"), "{}", requests[0]);

@@ -1,8 +1,10 @@
-//! One log line per request: method, matched route, cache, status and the
-//! time until the response headers, at info level (health probes and
-//! metric scrapes at debug). Never a header, so
+//! One log line per request: the client's address, method, matched route,
+//! cache, status and the time until the response headers, at info level
+//! (health probes and metric scrapes at debug). Never a header, so
 //! never a token. Server errors are logged at error level with their cause.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -11,12 +13,30 @@ use axum::response::Response;
 
 use crate::error::ErrorDetail;
 
+/// The address a request came from, in its extensions: the peer's, or,
+/// on a connection from one of `[http] trusted-proxies`, the client the
+/// proxy forwarded for (`X-Forwarded-For`). The connection limits count
+/// the same address, so the log names who they held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+impl fmt::Display for ClientAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Outer layer: times the request and logs it with what
 /// [`tag_route`] recorded.
 pub async fn log_requests(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // Absent only for a request not served by our listener (unit tests).
+    let client = request
+        .extensions()
+        .get::<ClientAddress>()
+        .map_or_else(|| "-".to_owned(), ToString::to_string);
     let response = next.run(request).await;
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
@@ -33,19 +53,21 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         Some(ErrorDetail(detail))
             if response.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
         {
-            tracing::warn!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused for now");
+            tracing::warn!(%client, %method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused for now");
         }
         Some(ErrorDetail(detail)) if response.status().is_server_error() => {
-            tracing::error!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request failed");
+            tracing::error!(%client, %method, %route, %cache, %path, status, latency_ms, error = %detail, "request failed");
         }
         Some(ErrorDetail(detail)) => {
-            tracing::info!(%method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused");
+            tracing::info!(%client, %method, %route, %cache, %path, status, latency_ms, error = %detail, "request refused");
         }
         // Probes and scrapes come every few seconds: debug, not info.
         None if matches!(route, "/_health" | "/metrics") => {
-            tracing::debug!(%method, %route, %cache, %path, status, latency_ms, "request");
+            tracing::debug!(%client, %method, %route, %cache, %path, status, latency_ms, "request");
         }
-        None => tracing::info!(%method, %route, %cache, %path, status, latency_ms, "request"),
+        None => {
+            tracing::info!(%client, %method, %route, %cache, %path, status, latency_ms, "request")
+        }
     }
     response
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::{AddressClaim, ConnectionGate, forwarded_client};
 use crate::error::ServerError;
+use crate::request_log::ClientAddress;
 
 /// When a connection last began or finished a request, and how many it
 /// has in flight, so that an idle one can be told from a busy one.
@@ -144,6 +145,8 @@ pub(super) struct ConnectionService {
     pub(super) probes_only: bool,
     /// The gate and the proxy's address, on a trusted proxy's connection.
     pub(super) forwarded: Option<(Arc<ConnectionGate>, IpAddr)>,
+    /// The address the connection came from.
+    pub(super) peer: IpAddr,
 }
 
 impl hyper::service::Service<axum::http::Request<Incoming>> for ConnectionService {
@@ -151,27 +154,30 @@ impl hyper::service::Service<axum::http::Request<Incoming>> for ConnectionServic
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, request: axum::http::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: axum::http::Request<Incoming>) -> Self::Future {
         let busy = Busy::new(self.activity.clone());
         if self.probes_only && !matches!(request.uri().path(), "/_health" | "/metrics") {
             return Box::pin(std::future::ready(Ok(
                 ServerError::Overloaded.into_response()
             )));
         }
+        let client = match &self.forwarded {
+            None => self.peer,
+            Some((gate, proxy)) => forwarded_client(request.headers(), *proxy, &gate.limits),
+        };
+        // The one address the request log (and anything else) names.
+        request.extensions_mut().insert(ClientAddress(client));
         let claim = match &self.forwarded {
             None => None,
-            Some((gate, proxy)) => {
-                let client = forwarded_client(request.headers(), *proxy, &gate.limits);
-                match gate.forwarded.claim(client) {
-                    Some(claim) => Some(claim),
-                    None => {
-                        tracing::debug!(%client, "request refused: http.max-connections-per-address requests in flight");
-                        return Box::pin(std::future::ready(Ok(
-                            ServerError::TooManyRequests.into_response()
-                        )));
-                    }
+            Some((gate, _)) => match gate.forwarded.claim(client) {
+                Some(claim) => Some(claim),
+                None => {
+                    tracing::debug!(%client, "request refused: http.max-connections-per-address requests in flight");
+                    return Box::pin(std::future::ready(Ok(
+                        ServerError::TooManyRequests.into_response()
+                    )));
                 }
-            }
+            },
         };
         let response = hyper::service::Service::call(&self.app, request);
         Box::pin(async move {

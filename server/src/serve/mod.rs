@@ -124,6 +124,7 @@ pub async fn serve_connections(
             activity: activity.clone(),
             probes_only,
             forwarded: from_proxy.then(|| (gate.clone(), peer)),
+            peer,
         };
         let connection = Connection {
             builder: if probes_only {
