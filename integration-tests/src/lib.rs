@@ -14,6 +14,7 @@ pub mod hostile;
 pub mod inspect;
 pub mod nginx;
 pub mod nix;
+pub mod podman;
 pub mod s3;
 pub mod server;
 pub mod upload;
