@@ -50,6 +50,24 @@ fn stripped_binaries(dir: &Path) {
     }
 }
 
+/// The image's health check command, wherever `podman image inspect`
+/// puts it (not in the build history, which names it whether kept or not).
+fn health_check(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, value)| {
+            if key.eq_ignore_ascii_case("healthcheck") {
+                Some(value.to_string())
+            } else if key == "History" {
+                None
+            } else {
+                health_check(value)
+            }
+        }),
+        serde_json::Value::Array(items) => items.iter().find_map(health_check),
+        _ => None,
+    }
+}
+
 /// Starts a container of the image on the volume, listening on `port`,
 /// with the token key as a secret in its environment; returns its name.
 fn start_container(podman: &Podman, name: &str, port: u16, database_url: Option<&str>) -> String {
@@ -147,7 +165,10 @@ fn the_image_serves_pushes_and_keeps_them_on_its_volume() {
     // The image runs atticd as its own user, with the data on the volume.
     let config = podman.run_ok(&["image", "inspect", "--format", "{{json .Config}}", IMAGE]);
     assert!(config.contains("\"/data\""), "{config}");
-    assert!(config.contains("/_health"), "HEALTHCHECK kept: {config}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&podman.run_ok(&["image", "inspect", IMAGE])).expect("JSON");
+    let health = health_check(&inspect).expect("the image has a health check");
+    assert!(health.contains("/_health"), "HEALTHCHECK kept: {health}");
 
     // On PostgreSQL + S3 the database is PostgreSQL, named by the
     // environment as a deployment's secrets would; the blobs stay on the
@@ -170,6 +191,10 @@ fn the_image_serves_pushes_and_keeps_them_on_its_volume() {
         uid.split_whitespace().skip(1).all(|id| id == atticd_uid),
         "atticd runs as the atticd user, not root: {uid}"
     );
+    // `podman exec` and `fly ssh console` run commands as root; the
+    // entrypoint runs them as atticd, as the book's fly.io guide does.
+    let user = podman.run_ok(&["exec", &first, "atticd-entrypoint", "id", "-un"]);
+    assert_eq!(user, "atticd");
     let listing = podman.run_ok(&["exec", &first, "ls", "-ld", "/data"]);
     assert!(listing.starts_with("drwx------"), "{listing}");
     assert!(listing.contains("atticd atticd"), "{listing}");
