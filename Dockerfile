@@ -46,7 +46,9 @@ COPY --from=binaries /out/ /usr/local/bin/
 ENV HOME=/data
 VOLUME /data
 EXPOSE 8080
+# On loopback, at the port of ATTIC_LISTEN (8080 unless it says otherwise).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD curl -fsS -o /dev/null http://127.0.0.1:8080/_health || exit 1
+    CMD listen="${ATTIC_LISTEN:-0.0.0.0:8080}"; \
+        curl -fsS -o /dev/null "http://127.0.0.1:${listen##*:}/_health" || exit 1
 ENTRYPOINT ["/usr/local/bin/atticd-entrypoint"]
 CMD ["atticd", "-f", "/etc/atticd/server.toml", "--data-dir", "/data"]

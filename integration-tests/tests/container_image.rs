@@ -276,7 +276,8 @@ fn fly_toml_agrees_with_the_image_and_the_book() {
         .as_integer()
         .expect("internal_port");
     assert!(dockerfile.contains(&format!("\nEXPOSE {port}\n")));
-    assert!(dockerfile.contains(&format!("http://127.0.0.1:{port}/_health")));
+    assert!(dockerfile.contains(&format!("${{ATTIC_LISTEN:-0.0.0.0:{port}}}")));
+    assert!(dockerfile.contains("/_health"));
     assert_eq!(
         fly["http_service"]["checks"][0]["path"].as_str(),
         Some("/_health")
