@@ -32,6 +32,9 @@ FROM scratch AS prebuilt
 COPY --from=prebuilt-binaries atticd atticadm attic /out/
 
 FROM ${BINARIES} AS binaries
+# An instruction of its own, so this stage is an image of its own: buildah
+# 1.28 without --layers fails removing a stage that merely renames another.
+LABEL org.opencontainers.image.title="atticd binaries"
 
 FROM ${BASE_IMAGE}
 # ca-certificates for S3 and PostgreSQL over TLS; curl for the health check.
