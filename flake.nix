@@ -26,6 +26,14 @@
         };
       });
 
+      # services.atticd (nixos/module.nix), with the package defaulting to
+      # this flake's.
+      nixosModules.atticd = { lib, pkgs, ... }: {
+        imports = [ ./nixos/module.nix ];
+        services.atticd.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      };
+      nixosModules.default = self.nixosModules.atticd;
+
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = with pkgs; [ cargo rustc rustfmt clippy cargo-nextest mdbook ];

@@ -16,6 +16,7 @@ pub mod hostile;
 pub mod inspect;
 pub mod nginx;
 pub mod nix;
+pub mod podman;
 pub mod reverse_proxy;
 pub mod s3;
 pub mod server;
