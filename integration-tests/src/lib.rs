@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bombs;
 pub mod browser;
 pub mod client;
+pub mod gated_upstream;
 pub mod gc;
 pub mod hostile;
 pub mod inspect;

@@ -98,10 +98,15 @@ impl<K: Hash + Eq + Clone + Send + 'static> InFlight<K> {
         let map = Arc::clone(&self.pulls);
         tokio::spawn(async move {
             let stored = work.await.unwrap_or(false);
-            progress.0.send_replace(Stage::Done(stored));
+            let last = progress.0.send_replace(Stage::Done(stored));
             map.lock()
                 .expect("the in-flight lock is never poisoned")
                 .remove(&key);
+            // The verdict goes to the tee's clients last: one that asks
+            // again once its NAR ended finds the path stored, or a miss.
+            if let Stage::Streaming(streaming) = last {
+                streaming.tee.finish(stored);
+            }
         });
         stages
     }

@@ -260,9 +260,9 @@ async fn pull_from(
         .tee
         .wait_for_a_client(state.pull_through.client.timeout())
         .await;
-    let stored = store_from(state, upstream, &streaming, object).await;
-    streaming.tee.finish(stored.is_ok());
-    stored
+    // The verdict goes to the tee's clients once the pull is over
+    // ([`InFlight::start_or_join`]).
+    store_from(state, upstream, &streaming, object).await
 }
 
 /// Fetches the NAR of a verified narinfo through `streaming`'s tee and
