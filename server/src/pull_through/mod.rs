@@ -302,9 +302,11 @@ async fn store_from(
         .await
         .map_err(|e| refused(e.into()))?
     {
-        ingest::verify_only(body, declared).await.map_err(refused)?;
+        let listing = ingest::verify_only(body, declared)
+            .await
+            .map_err(refused)?;
         return uploads
-            .attach_existing(&existing, object)
+            .attach_existing(&existing, object, listing)
             .await
             .map_err(refused);
     }
