@@ -512,13 +512,16 @@ async fn a_deduplicated_upload_gives_a_nar_without_a_listing_its_listing() {
     api.create_cache(&token, "old", true).await;
     api.create_cache(&token, "new", true).await;
     api.push_path(&token, "old", &path).await;
-    let store = server.store().await;
-    store
-        .connection()
+    // As if stored before listings existed.
+    let url = server.database_url().replace("?mode=ro", "?mode=rw");
+    let database = sea_orm::Database::connect(&url)
+        .await
+        .expect("open the database");
+    database
         .execute_unprepared("DELETE FROM nar_listing")
         .await
         .expect("forget the listing");
-    store.close().await;
+    database.close().await.expect("close");
     let old = format!("/old/{}.ls", path_hash(&path));
     assert_eq!(api.status(None, &old).await, StatusCode::NOT_FOUND);
 
