@@ -534,8 +534,7 @@ async fn a_deduplicated_upload_gives_a_nar_without_a_listing_its_listing() {
         assert_eq!(status, StatusCode::OK, "{cache}");
         let listing: serde_json::Value = serde_json::from_str(&json).expect("JSON");
         assert_eq!(
-            listing["root"]["entries"]["bin"]["entries"]["tool"]["type"],
-            "regular",
+            listing["root"]["entries"]["bin"]["entries"]["tool"]["type"], "regular",
             "{json}"
         );
     }

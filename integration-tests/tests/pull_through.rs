@@ -245,7 +245,14 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     // always in time for the first byte.
     let server = TestServer::start_with_config("[pull-through]\ntimeout = \"10m\"\n");
     let api = Api::new(&server.url);
-    let admin = server.make_token(&["--pull", "*", "--create-cache", "*", "--configure-cache", "*"]);
+    let admin = server.make_token(&[
+        "--pull",
+        "*",
+        "--create-cache",
+        "*",
+        "--configure-cache",
+        "*",
+    ]);
     api.create_cache(&admin, "mirror", false).await;
     set_upstreams(&api, &admin, &[(&upstream.url, &files.public_key)]).await;
     let our_key = api.public_key(&admin, "mirror").await;
@@ -260,7 +267,11 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     )
     .expect("the upstream's narinfo");
     for name in ["NarHash", "NarSize", "StorePath"] {
-        assert_eq!(field(&narinfo, name), field(&upstream_narinfo, name), "{name}");
+        assert_eq!(
+            field(&narinfo, name),
+            field(&upstream_narinfo, name),
+            "{name}"
+        );
     }
     assert_eq!(field(&narinfo, "Compression"), Some("none"));
     assert_eq!(field(&narinfo, "FileSize"), None);
@@ -285,7 +296,10 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     while let Some(piece) = response.chunk().await.expect("a whole body") {
         received.extend_from_slice(&piece);
     }
-    assert!(received == nix::dump(Path::new(&path)), "other bytes than the NAR");
+    assert!(
+        received == nix::dump(Path::new(&path)),
+        "other bytes than the NAR"
+    );
     assert_eq!(upstream.nars_finished(), 1);
 
     // Once the body ended the path is stored, and its narinfo is ours.
@@ -294,10 +308,11 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     assert_eq!(field(&stored, "NarHash"), field(&narinfo, "NarHash"));
     assert!(field(&stored, "FileSize").is_some(), "{stored}");
     // The URL handed out while streaming still serves the NAR.
-    let again = api
-        .get_bytes(&admin, &nar_url(&narinfo))
-        .await;
-    assert!(again == received, "the uncompressed URL serves another body");
+    let again = api.get_bytes(&admin, &nar_url(&narinfo)).await;
+    assert!(
+        again == received,
+        "the uncompressed URL serves another body"
+    );
     let store = FreshStore::new();
     let netrc_dir = tempfile::tempdir().expect("tempdir");
     let netrc = nix::write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
@@ -318,7 +333,11 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
                 &our_key,
             ]),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(upstream.nar_requests(), 1, "served from our store");
 }
 

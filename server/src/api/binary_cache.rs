@@ -131,7 +131,7 @@ async fn get_narinfo(
     };
     Metrics::count(&state.metrics.narinfo_requests, outcome);
     let (cache, object, nar) = match found? {
-        Found::Stored(cache, object, nar) => (cache, object, nar),
+        Found::Stored(found) => *found,
         // Not held: once stored, the narinfo is the stored path's.
         Found::Pulling(cache, streaming) => {
             let narinfo = pull_through::streaming_narinfo(&cache, &streaming.narinfo, now);
@@ -155,9 +155,9 @@ async fn get_narinfo(
 /// A path a narinfo request found.
 enum Found {
     /// Stored in the cache.
-    Stored(Cache, StoredPath, NarRecord),
+    Stored(Box<(Cache, StoredPath, NarRecord)>),
     /// On its way from an upstream.
-    Pulling(Cache, Arc<Streaming>),
+    Pulling(Box<Cache>, Arc<Streaming>),
 }
 
 /// The path behind `hash` in `cache`, or, on a miss, from the cache's
@@ -168,12 +168,12 @@ async fn find_or_pull(
     hash: &StorePathHash,
     caller: &Caller,
 ) -> ServerResult<Found> {
-    let stored = |(cache, object, nar)| Found::Stored(cache, object, nar);
+    let stored = |found| Found::Stored(Box::new(found));
     match find_object(state, cache.clone(), hash).await {
         Err(ServerError::NoSuchObject) => {
             match pull_through::pull(state, &cache, hash, caller.subject()).await {
                 Pulled::Stored => find_object(state, cache, hash).await.map(stored),
-                Pulled::Streaming(streaming) => Ok(Found::Pulling(cache, streaming)),
+                Pulled::Streaming(streaming) => Ok(Found::Pulling(Box::new(cache), streaming)),
                 Pulled::Missed => Err(ServerError::NoSuchObject),
             }
         }

@@ -44,12 +44,12 @@ pub(super) async fn serve_while_pulling(
     let stored = match in_flight::answered(stages.clone()).await {
         Stage::Streaming(streaming) => match streaming.tee.join() {
             Some(receiver) => {
-                let resume = Resume {
+                let resume = Box::new(Resume {
                     state: Arc::clone(state),
                     cache: cache.clone(),
                     hash: hash.clone(),
                     stages,
-                };
+                });
                 return Ok(Some(response(follow(receiver, resume))));
             }
             // Too late for the first byte.
@@ -84,7 +84,7 @@ enum Follow {
     Tee {
         receiver: broadcast::Receiver<Piece>,
         sent: u64,
-        resume: Resume,
+        resume: Box<Resume>,
     },
     /// Fell behind: reading the rest from the stored copy.
     Stored(BoxStream<'static, Result<Bytes, NarReadError>>),
@@ -111,8 +111,8 @@ impl Resume {
         }
         let (_, _, nar) = find_object(&self.state, self.cache, &self.hash).await?;
         let chunks = nar_chunks(&self.state, nar.id).await?;
-        let range = HeaderValue::from_str(&format!("bytes={offset}-"))
-            .expect("digits make a valid header");
+        let range =
+            HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits make a valid header");
         let served = nar_range::select_range(chunks, NarEncoding::Plain, Some(&range))?;
         let stream = stream_nar(self.state, served.chunks, NarEncoding::Plain);
         Ok(nar_range::trim(stream, served.skip, served.length).boxed())
@@ -122,7 +122,7 @@ impl Resume {
 /// The body of a client of the tee.
 fn follow(
     receiver: broadcast::Receiver<Piece>,
-    resume: Resume,
+    resume: Box<Resume>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let start = Follow::Tee {
         receiver,
@@ -146,7 +146,9 @@ fn follow(
                     Some((Ok(bytes), next))
                 }
                 Ok(Piece::Stored) => None,
-                Ok(Piece::Refused) | Err(RecvError::Closed) => Some((Err(refused()), Follow::Ended)),
+                Ok(Piece::Refused) | Err(RecvError::Closed) => {
+                    Some((Err(refused()), Follow::Ended))
+                }
                 Err(RecvError::Lagged(_)) => match resume.stored_from(sent).await {
                     Ok(stored) => next_stored(stored).await,
                     Err(_) => Some((Err(refused()), Follow::Ended)),

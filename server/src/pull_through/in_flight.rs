@@ -130,7 +130,10 @@ impl<K: Hash + Eq + Clone + Send + 'static> InFlight<K> {
 
 /// The first stage past asking: streaming, or done.
 pub async fn answered(mut stages: watch::Receiver<Stage>) -> Stage {
-    match stages.wait_for(|stage| !matches!(stage, Stage::Asking)).await {
+    match stages
+        .wait_for(|stage| !matches!(stage, Stage::Asking))
+        .await
+    {
         Ok(stage) => stage.clone(),
         Err(_) => Stage::Done(false),
     }
@@ -138,7 +141,10 @@ pub async fn answered(mut stages: watch::Receiver<Stage>) -> Stage {
 
 /// Whether the pull stored the path, once it is over.
 pub async fn stored(mut stages: watch::Receiver<Stage>) -> bool {
-    match stages.wait_for(|stage| matches!(stage, Stage::Done(_))).await {
+    match stages
+        .wait_for(|stage| matches!(stage, Stage::Done(_)))
+        .await
+    {
         Ok(stage) => matches!(*stage, Stage::Done(true)),
         Err(_) => false,
     }
@@ -200,7 +206,10 @@ mod tests {
             let _ = released.await;
             true
         });
-        assert!(matches!(answered(stages.clone()).await, Stage::Streaming(_)));
+        assert!(matches!(
+            answered(stages.clone()).await,
+            Stage::Streaming(_)
+        ));
         let _ = release.send(());
         assert!(stored(stages).await);
     }

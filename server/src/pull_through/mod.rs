@@ -34,8 +34,8 @@ pub use config::{
     PullThroughConfig, ServerUpstream, ServerUpstreamConfig, Upstream,
     UpstreamError as BadUpstream, upstreams_of,
 };
-use negative::NegativeCache;
 use in_flight::{InFlight, Progress, Stage, Streaming};
+use negative::NegativeCache;
 use tee::{Tee, TeeReader};
 use upstream::{UpstreamClient, UpstreamError};
 
@@ -302,9 +302,7 @@ async fn store_from(
         .await
         .map_err(|e| refused(e.into()))?
     {
-        let listing = ingest::verify_only(body, declared)
-            .await
-            .map_err(refused)?;
+        let listing = ingest::verify_only(body, declared).await.map_err(refused)?;
         return uploads
             .attach_existing(&existing, object, listing)
             .await

@@ -83,9 +83,11 @@ impl Tee {
     pub fn finish(&self, stored: bool) {
         let mut started = self.lock();
         *started = true;
-        let _ = self
-            .sender
-            .send(if stored { Piece::Stored } else { Piece::Refused });
+        let _ = self.sender.send(if stored {
+            Piece::Stored
+        } else {
+            Piece::Refused
+        });
     }
 
     fn send(&self, bytes: &[u8]) {
@@ -95,12 +97,16 @@ impl Tee {
         *started = true;
         for piece in bytes.chunks(PIECE_MAX) {
             // No receiver is no error: the ingest goes on alone.
-            let _ = self.sender.send(Piece::Bytes(Bytes::copy_from_slice(piece)));
+            let _ = self
+                .sender
+                .send(Piece::Bytes(Bytes::copy_from_slice(piece)));
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.started.lock().expect("the tee's lock is never poisoned")
+        self.started
+            .lock()
+            .expect("the tee's lock is never poisoned")
     }
 }
 
