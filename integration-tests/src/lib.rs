@@ -11,6 +11,7 @@ pub mod browser;
 pub mod caddy;
 pub mod client;
 pub mod deployment;
+pub mod gated_upstream;
 pub mod gc;
 pub mod hostile;
 pub mod inspect;

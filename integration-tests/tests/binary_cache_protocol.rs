@@ -493,3 +493,49 @@ async fn debug_info_links_point_into_the_cache_and_go_with_the_path() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A NAR stored without a listing (as before listings existed) gets one
+/// when a path of it is uploaded again, deduplicated: the proof of
+/// possession walks the NAR anyway.
+#[tokio::test]
+async fn a_deduplicated_upload_gives_a_nar_without_a_listing_its_listing() {
+    use sea_orm::ConnectionTrait;
+
+    let server = TestServer::start();
+    let api = Api::new(&server.url);
+    let token = server.make_token(&["--pull", "*", "--push", "*", "--create-cache", "*"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join(format!("listed-{}", nix::nonce()));
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::write(tree.join("bin/tool"), b"#!/bin/sh\necho tool\n").expect("write");
+    let path = nix::add(&tree);
+    api.create_cache(&token, "old", true).await;
+    api.create_cache(&token, "new", true).await;
+    api.push_path(&token, "old", &path).await;
+    // As if stored before listings existed.
+    let url = server.database_url().replace("?mode=ro", "?mode=rw");
+    let database = sea_orm::Database::connect(&url)
+        .await
+        .expect("open the database");
+    database
+        .execute_unprepared("DELETE FROM nar_listing")
+        .await
+        .expect("forget the listing");
+    database.close().await.expect("close");
+    let old = format!("/old/{}.ls", path_hash(&path));
+    assert_eq!(api.status(None, &old).await, StatusCode::NOT_FOUND);
+
+    api.push_path(&token, "new", &path).await;
+    assert_eq!(server.row_counts().await.nars, 1, "deduplicated");
+    for cache in ["old", "new"] {
+        let (status, json) = api
+            .get_text(&format!("/{cache}/{}.ls", path_hash(&path)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{cache}");
+        let listing: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(
+            listing["root"]["entries"]["bin"]["entries"]["tool"]["type"], "regular",
+            "{json}"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use integration_tests::client::text;
+use integration_tests::gated_upstream::GatedUpstream;
 use integration_tests::nginx::{HangingUpstream, Nginx};
 use integration_tests::nix::{self, FreshStore};
 use integration_tests::server::TestServer;
@@ -121,6 +122,53 @@ async fn set_upstreams(api: &Api, token: &str, upstreams: &[(&str, &str)]) {
         .await;
 }
 
+/// The narinfo of `path` in `mirror` (which must answer 200) and the
+/// body of the NAR its URL names: its bytes, or the error that ended it.
+async fn pull_narinfo_and_nar(
+    api: &Api,
+    token: &str,
+    path: &str,
+) -> (String, Result<Vec<u8>, reqwest::Error>) {
+    let narinfo = narinfo_text(api, token, path).await;
+    let response = api
+        .request(reqwest::Method::GET, &nar_url(&narinfo), Some(token))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.bytes().await.map(|b| b.to_vec());
+    (narinfo, body)
+}
+
+async fn narinfo_text(api: &Api, token: &str, path: &str) -> String {
+    let response = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/mirror/{}.narinfo", path_hash(path)),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.text().await.expect("text")
+}
+
+/// The server path of the NAR a narinfo of `mirror` names.
+fn nar_url(narinfo: &str) -> String {
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("a URL line");
+    format!("/mirror/{url}")
+}
+
+fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
+    narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
 /// A path of its own holding `size` bytes of noise.
 fn noise_path(size: usize) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -189,6 +237,111 @@ async fn nix_substitutes_a_closure_pulled_through_from_nginx_trusting_only_our_k
 }
 
 #[tokio::test]
+async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() {
+    let path = noise_path(1024 * 1024);
+    let files = FileUpstream::with(&[&path], "zstd");
+    let upstream = GatedUpstream::serve(files.cache_dir()).await;
+    // A join window longer than the test: the client's NAR request is
+    // always in time for the first byte.
+    let server = TestServer::start_with_config("[pull-through]\ntimeout = \"10m\"\n");
+    let api = Api::new(&server.url);
+    let admin = server.make_token(&[
+        "--pull",
+        "*",
+        "--create-cache",
+        "*",
+        "--configure-cache",
+        "*",
+    ]);
+    api.create_cache(&admin, "mirror", false).await;
+    set_upstreams(&api, &admin, &[(&upstream.url, &files.public_key)]).await;
+    let our_key = api.public_key(&admin, "mirror").await;
+
+    // The narinfo comes first, signed by us for the upstream's NAR hash
+    // and size, naming the NAR uncompressed.
+    let narinfo = narinfo_text(&api, &admin, &path).await;
+    let upstream_narinfo = std::fs::read_to_string(
+        files
+            .cache_dir()
+            .join(format!("{}.narinfo", path_hash(&path))),
+    )
+    .expect("the upstream's narinfo");
+    for name in ["NarHash", "NarSize", "StorePath"] {
+        assert_eq!(
+            field(&narinfo, name),
+            field(&upstream_narinfo, name),
+            "{name}"
+        );
+    }
+    assert_eq!(field(&narinfo, "Compression"), Some("none"));
+    assert_eq!(field(&narinfo, "FileSize"), None);
+    let our_name = our_key.split(':').next().expect("key name");
+    assert!(narinfo.contains(&format!("Sig: {our_name}:")), "{narinfo}");
+
+    let mut response = api
+        .request(reqwest::Method::GET, &nar_url(&narinfo), Some(&admin))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = Vec::new();
+    while received.is_empty() {
+        let piece = response.chunk().await.expect("body").expect("more body");
+        received.extend_from_slice(&piece);
+    }
+    // Bytes arrived while the upstream holds back half the NAR.
+    assert_eq!(upstream.nar_requests(), 1);
+    assert_eq!(upstream.nars_finished(), 0, "the upstream had sent it all");
+    upstream.open();
+    while let Some(piece) = response.chunk().await.expect("a whole body") {
+        received.extend_from_slice(&piece);
+    }
+    assert!(
+        received == nix::dump(Path::new(&path)),
+        "other bytes than the NAR"
+    );
+    assert_eq!(upstream.nars_finished(), 1);
+
+    // Once the body ended the path is stored, and its narinfo is ours.
+    assert_eq!(server.row_counts().await.paths, 1);
+    let stored = narinfo_text(&api, &admin, &path).await;
+    assert_eq!(field(&stored, "NarHash"), field(&narinfo, "NarHash"));
+    assert!(field(&stored, "FileSize").is_some(), "{stored}");
+    // The URL handed out while streaming still serves the NAR.
+    let again = api.get_bytes(&admin, &nar_url(&narinfo)).await;
+    assert!(
+        again == received,
+        "the uncompressed URL serves another body"
+    );
+    let store = FreshStore::new();
+    let netrc_dir = tempfile::tempdir().expect("tempdir");
+    let netrc = nix::write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
+    let out = nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--store")
+            .arg(store.root())
+            .args(["--realise", &path])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(&netrc)
+            .args([
+                "--option",
+                "substituters",
+                &format!("{}/mirror", server.url),
+                "--option",
+                "trusted-public-keys",
+                &our_key,
+            ]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(upstream.nar_requests(), 1, "served from our store");
+}
+
+#[tokio::test]
 async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
     let path = noise_path(200 * 1024);
     let upstream = FileUpstream::with(&[&path], "zstd");
@@ -203,6 +356,15 @@ async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
     set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
     let before = server.row_counts().await;
 
+    // Answered before the NAR arrives; the NAR's body then ends abnormally.
+    let (_, nar) = pull_narinfo_and_nar(&api, &admin, &path).await;
+    assert!(nar.is_err(), "a tampered NAR ended like a whole one");
+    assert_eq!(
+        upstream.nar_requests(),
+        1,
+        "the NAR was fetched, then refused"
+    );
+    // Now a miss.
     let status = api
         .status(
             Some(&admin),
@@ -210,11 +372,6 @@ async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        upstream.nar_requests(),
-        1,
-        "the NAR was fetched, then refused"
-    );
     assert_eq!(pull_through_count(&api, "failed").await, "1");
     assert_eq!(pull_through_count(&api, "pulled").await, "0");
     let after = server.row_counts().await;
@@ -277,6 +434,8 @@ async fn an_upstream_cannot_name_another_tenants_nar_into_a_cache_without_its_co
     set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
     let stored = server.row_counts().await;
 
+    let (_, nar) = pull_narinfo_and_nar(&api, &admin, &path).await;
+    assert!(nar.is_err(), "the wrong content ended like a whole NAR");
     let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
     assert_eq!(
         api.status(Some(&admin), &narinfo).await,
@@ -292,6 +451,8 @@ async fn an_upstream_cannot_name_another_tenants_nar_into_a_cache_without_its_co
     // With the real content, the stored NAR is attached, not stored again.
     std::fs::write(&nar_file, &original).expect("restore the NAR");
     set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+    let (_, nar) = pull_narinfo_and_nar(&api, &admin, &path).await;
+    assert_eq!(nar.expect("the real content"), original);
     assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
     let after = server.row_counts().await;
     assert_eq!(after.paths, 2);
@@ -353,7 +514,8 @@ async fn an_upstream_that_hangs_is_a_miss_and_the_next_upstream_is_asked() {
         ],
     )
     .await;
-    assert_eq!(api.status(Some(&admin), &narinfo).await, StatusCode::OK);
+    let (_, nar) = pull_narinfo_and_nar(&api, &admin, &path).await;
+    assert_eq!(nar.expect("the NAR"), nix::dump(Path::new(&path)));
     assert_eq!(server.row_counts().await.paths, 1);
 }
 
@@ -363,14 +525,17 @@ async fn concurrent_requests_for_one_path_cause_one_upstream_fetch() {
     let upstream = FileUpstream::with(&[&path], "zstd");
     let (_server, api, admin) = server_with_cache(false).await;
     set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
-    let narinfo = format!("/mirror/{}.narinfo", path_hash(&path));
 
+    // Each asks for the narinfo, then the NAR: those who come before the
+    // first byte share the download, the others get the stored copy.
     let requests = (0..12).map(|_| {
-        let (api, admin, narinfo) = (api.clone(), admin.clone(), narinfo.clone());
-        tokio::spawn(async move { api.status(Some(&admin), &narinfo).await })
+        let (api, admin, path) = (api.clone(), admin.clone(), path.clone());
+        tokio::spawn(async move { pull_narinfo_and_nar(&api, &admin, &path).await.1 })
     });
-    for status in futures::future::join_all(requests).await {
-        assert_eq!(status.expect("request task"), StatusCode::OK);
+    let expected = nix::dump(Path::new(&path));
+    for nar in futures::future::join_all(requests).await {
+        let nar = nar.expect("request task").expect("a whole NAR");
+        assert!(nar == expected, "a client got other bytes than the NAR");
     }
     assert_eq!(upstream.narinfo_requests(&path), 1);
     assert_eq!(upstream.nar_requests(), 1);

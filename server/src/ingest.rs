@@ -225,14 +225,20 @@ impl StoredNar {
 }
 
 /// Reads the whole body, checking it, without storing anything: proof that
-/// the uploader holds a NAR the store already has.
-pub async fn verify_only<R: AsyncRead + Unpin>(body: R, declared: Declared) -> ServerResult<()> {
+/// the uploader holds a NAR the store already has. Its `.ls` listing, made
+/// on the way (none past [`LISTING_MAX_SIZE`]), for a NAR stored without.
+pub async fn verify_only<R: AsyncRead + Unpin>(
+    body: R,
+    declared: Declared,
+) -> ServerResult<Option<Vec<u8>>> {
     let mut reader = VerifyingReader::new(body, Expect::Declared(declared));
     let mut sink = tokio::io::sink();
     if let Err(e) = tokio::io::copy(&mut reader, &mut sink).await {
         return Err(reader.explain(e));
     }
-    reader.finish().map(|_| ())
+    let listing = reader.take_listing();
+    reader.finish()?;
+    Ok(listing)
 }
 
 /// Verifies a NAR and stores the chunks it brings new as one pack.

@@ -71,13 +71,24 @@ impl<'a> Uploads<'a> {
     }
 
     /// Makes a NAR the store holds already the path `object`, once the
-    /// uploader proved it holds the content by sending it.
-    pub async fn attach_existing(&self, nar: &NarRecord, object: NewObject) -> ServerResult<()> {
+    /// uploader proved it holds the content by sending it. `listing`, the
+    /// NAR's as that proof walked it, is kept if the NAR has none yet
+    /// (stored before listings existed).
+    pub async fn attach_existing(
+        &self,
+        nar: &NarRecord,
+        object: NewObject,
+        listing: Option<Vec<u8>>,
+    ) -> ServerResult<()> {
         let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
         self.state
             .database
             .attach_existing_nar(nar.id, object)
             .await?;
+        if let Some(listing) = listing {
+            // An upsert that keeps the listing already there.
+            self.record_listing(nar, listing).await;
+        }
         self.state.read_cache.forget_path(cache_id, &hash);
         Metrics::count(&self.state.metrics.uploads, "deduplicated");
         self.state.metrics.upload_nar_bytes.inc_by(nar.nar_size);

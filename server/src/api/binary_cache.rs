@@ -20,7 +20,7 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{build_log, debug_info, delete_path, listing, nix_upload, uploaded_nar};
+use super::{build_log, debug_info, delete_path, listing, nix_upload, pulled_nar, uploaded_nar};
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -34,7 +34,7 @@ use crate::nar_range;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pack::is_whole_pack;
 use crate::pack::read::StoredChunk;
-use crate::pull_through;
+use crate::pull_through::{self, Pulled, in_flight::Streaming};
 use crate::state::{AppState, CHUNK_LIST_HELD_MAX, SignedNarinfo};
 
 /// The binary cache routes. Every upload handler changes nothing before it
@@ -84,7 +84,7 @@ async fn nix_cache_info(
 }
 
 /// The path and NAR behind `hash` in `cache`.
-async fn find_object(
+pub(super) async fn find_object(
     state: &AppState,
     cache: Cache,
     hash: &StorePathHash,
@@ -130,7 +130,14 @@ async fn get_narinfo(
         Err(_) => "refused",
     };
     Metrics::count(&state.metrics.narinfo_requests, outcome);
-    let (cache, object, nar) = found?;
+    let (cache, object, nar) = match found? {
+        Found::Stored(found) => *found,
+        // Not held: once stored, the narinfo is the stored path's.
+        Found::Pulling(cache, streaming) => {
+            let narinfo = pull_through::streaming_narinfo(&cache, &streaming.narinfo, now);
+            return Ok(narinfo_response(Bytes::from(narinfo.to_string())));
+        }
+    };
     state.access_log.record(object.id);
     let text = Bytes::from(build_narinfo(&cache, &object, &nar, now)?.to_string());
     state.read_cache.narinfos.insert(
@@ -145,6 +152,14 @@ async fn get_narinfo(
     Ok(narinfo_response(text))
 }
 
+/// A path a narinfo request found.
+enum Found {
+    /// Stored in the cache.
+    Stored(Box<(Cache, StoredPath, NarRecord)>),
+    /// On its way from an upstream.
+    Pulling(Box<Cache>, Arc<Streaming>),
+}
+
 /// The path behind `hash` in `cache`, or, on a miss, from the cache's
 /// upstreams if one has it ([`pull_through`]).
 async fn find_or_pull(
@@ -152,14 +167,17 @@ async fn find_or_pull(
     cache: Cache,
     hash: &StorePathHash,
     caller: &Caller,
-) -> ServerResult<(Cache, StoredPath, NarRecord)> {
+) -> ServerResult<Found> {
+    let stored = |found| Found::Stored(Box::new(found));
     match find_object(state, cache.clone(), hash).await {
-        Err(ServerError::NoSuchObject)
-            if pull_through::pull(state, &cache, hash, caller.subject()).await =>
-        {
-            find_object(state, cache, hash).await
+        Err(ServerError::NoSuchObject) => {
+            match pull_through::pull(state, &cache, hash, caller.subject()).await {
+                Pulled::Stored => find_object(state, cache, hash).await.map(stored),
+                Pulled::Streaming(streaming) => Ok(Found::Pulling(Box::new(cache), streaming)),
+                Pulled::Missed => Err(ServerError::NoSuchObject),
+            }
         }
-        found => found,
+        found => found.map(stored),
     }
 }
 
@@ -294,7 +312,16 @@ async fn get_nar(
     let (object_id, nar) = match held {
         Some(held) => held,
         None => {
-            let (_, object, nar) = find_object(&state, cache, &hash).await?;
+            let (_, object, nar) = match find_object(&state, cache.clone(), &hash).await {
+                // A path being pulled through: its NAR as it arrives.
+                Err(ServerError::NoSuchObject) if encoding == NarEncoding::Plain => {
+                    match pulled_nar::serve_while_pulling(&state, &cache, &hash).await? {
+                        Some(response) => return Ok(response),
+                        None => find_object(&state, cache, &hash).await?,
+                    }
+                }
+                found => found?,
+            };
             let held = (object.id, Arc::new(nar));
             state.read_cache.path_nars.insert(key, held.clone());
             held

@@ -12,6 +12,7 @@ pub mod landing;
 pub mod listing;
 pub mod metrics;
 pub mod nix_upload;
+pub mod pulled_nar;
 pub mod realisations;
 pub mod uploaded_nar;
 pub mod v1;

@@ -473,7 +473,7 @@ impl Run<'_> {
         if let Some(nar) = self.state.database.find_nar(&declared.nar_hash).await?
             && nar.nar_size == declared.nar_size
         {
-            match uploads.attach_existing(&nar, new.clone()).await {
+            match uploads.attach_existing(&nar, new.clone(), None).await {
                 Ok(()) => return Ok(Outcome::Attached),
                 // Reclaimed or found damaged meanwhile: store it afresh.
                 Err(ServerError::RetryUpload) => {}

@@ -7,33 +7,41 @@
 //! other, signed with the cache's own key. A NAR that does not verify is
 //! stored nowhere.
 //!
-//! The path is stored first and served after ("ingest then serve"): the
-//! first client waits for the whole NAR to arrive. Many clients asking for
-//! one path at once cause one fetch ([`single_flight`]); a path no
-//! upstream gave is a miss for a while ([`negative`]). Every failure is a
-//! miss, logged with its reason, never an error to the client.
+//! The first clients do not wait for the whole NAR: once the upstream's
+//! narinfo verifies they are answered a narinfo of their own
+//! ([`streaming_narinfo`]: the upstream's signed hash and size, signed
+//! with the cache's key, the NAR uncompressed) and are sent its bytes as
+//! they arrive ([`tee`]), ended abnormally unless it verifies and is
+//! stored. Many clients asking for one path at once cause one fetch
+//! ([`in_flight`]); a path no upstream gave is a miss for a while
+//! ([`negative`]). Every failure is a miss, logged with its reason, never
+//! an error to the client.
 
 pub mod config;
+pub mod in_flight;
 pub mod negative;
-pub mod single_flight;
+pub mod tee;
 pub mod upstream;
 
 use std::sync::Arc;
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
+use attic::narinfo::NarInfo;
 use attic::store_path::{StorePath, StorePathHash};
+use tokio::sync::watch;
 
 pub use config::{
     PullThroughConfig, ServerUpstream, ServerUpstreamConfig, Upstream,
     UpstreamError as BadUpstream, upstreams_of,
 };
+use in_flight::{InFlight, Progress, Stage, Streaming};
 use negative::NegativeCache;
-use single_flight::SingleFlight;
+use tee::{Tee, TeeReader};
 use upstream::{UpstreamClient, UpstreamError};
 
 use crate::compressed::{DecodedBody, DecodedSize};
 use crate::config::ConfigError;
-use crate::database::{Actor, AuditAction, AuditEvent, Cache, CacheId};
+use crate::database::{Actor, AuditAction, AuditEvent, Cache, CacheId, NewObject};
 use crate::error::ServerError;
 use crate::ingest::{self, Declared, Expect};
 use crate::metrics::Metrics;
@@ -45,7 +53,7 @@ use crate::uploads::{Uploads, new_object};
 pub struct PullThrough {
     client: UpstreamClient,
     server_upstreams: Vec<ServerUpstream>,
-    in_flight: SingleFlight<(CacheId, StorePathHash), bool>,
+    in_flight: InFlight<(CacheId, StorePathHash)>,
     misses: NegativeCache,
 }
 
@@ -68,7 +76,7 @@ impl PullThrough {
         Ok(Self {
             client,
             server_upstreams: config.resolve()?,
-            in_flight: SingleFlight::default(),
+            in_flight: InFlight::default(),
             misses: NegativeCache::new(config.negative_ttl),
         })
     }
@@ -79,15 +87,27 @@ impl PullThrough {
     }
 }
 
+/// What a pull gave a narinfo request.
+#[derive(Debug)]
+pub enum Pulled {
+    /// The path is stored: serve it as any other.
+    Stored,
+    /// The path's NAR is on its way: answer [`streaming_narinfo`].
+    Streaming(Arc<Streaming>),
+    /// No upstream gave it.
+    Missed,
+}
+
 /// Tries to bring `hash` into `cache` from its upstreams, on behalf of a
 /// caller allowed to pull from it (`subject` names it in the audit log).
-/// Whether the path is now stored; every failure is logged and `false`.
+/// Answers as soon as an upstream's narinfo verified, while its NAR is
+/// still on its way; every failure is logged and [`Pulled::Missed`].
 pub async fn pull(
     state: &Arc<AppState>,
     cache: &Cache,
     hash: &StorePathHash,
     subject: Option<String>,
-) -> bool {
+) -> Pulled {
     let pull_through = &state.pull_through;
     let upstreams = upstreams_of(
         &cache.upstreams,
@@ -95,20 +115,22 @@ pub async fn pull(
         &cache.name,
     );
     if upstreams.is_empty() || pull_through.misses.is_miss(cache.id, hash) {
-        return false;
+        return Pulled::Missed;
     }
     let upstreams: Vec<Upstream> = upstreams.into_iter().cloned().collect();
-    let work = {
+    let work = |progress: Progress| {
         let (state, cache, hash) = (Arc::clone(state), cache.clone(), hash.clone());
         async move {
             let mut outcome = "not_found";
             for upstream in &upstreams {
-                match pull_from(&state, &cache, upstream, &hash, subject.clone()).await {
+                let pulled = pull_from(&state, &cache, upstream, &hash, subject.clone(), &progress);
+                match pulled.await {
                     Ok(()) => {
                         Metrics::count(&state.metrics.pull_through, "pulled");
                         return true;
                     }
-                    Err(PullError::Upstream(UpstreamError::NotFound)) => {}
+                    Err(PullError::Upstream(UpstreamError::NotFound))
+                        if !progress.has_streamed() => {}
                     Err(e) => {
                         outcome = "failed";
                         tracing::warn!(
@@ -120,17 +142,53 @@ pub async fn pull(
                         );
                     }
                 }
+                // Clients were given this upstream's narinfo: another's
+                // NAR would not match it.
+                if progress.has_streamed() {
+                    break;
+                }
             }
             Metrics::count(&state.metrics.pull_through, outcome);
             state.pull_through.misses.record(cache.id, &hash);
             false
         }
     };
-    pull_through
+    let stages = pull_through
         .in_flight
-        .run((cache.id, hash.clone()), work)
-        .await
-        .unwrap_or(false)
+        .start_or_join((cache.id, hash.clone()), work);
+    match in_flight::answered(stages).await {
+        Stage::Streaming(streaming) => Pulled::Streaming(streaming),
+        Stage::Done(true) => Pulled::Stored,
+        Stage::Done(false) | Stage::Asking => Pulled::Missed,
+    }
+}
+
+/// The stages of the pull of `hash` into `cache`, if one is running.
+pub fn in_flight(
+    state: &AppState,
+    cache: CacheId,
+    hash: &StorePathHash,
+) -> Option<watch::Receiver<Stage>> {
+    state.pull_through.in_flight.find(&(cache, hash.clone()))
+}
+
+/// The narinfo a client is answered while the NAR of `upstream` (a
+/// verified narinfo) is on its way: the upstream's signed path, hash,
+/// size and references, signed with the cache's keys as they sign at
+/// `now`, naming the NAR uncompressed (`nar/{hash}.nar`), the one form
+/// served as it arrives, and for good once stored.
+pub fn streaming_narinfo(cache: &Cache, upstream: &NarInfo, now: i64) -> NarInfo {
+    let mut narinfo = upstream.clone();
+    narinfo.url = format!("nar/{}.nar", upstream.store_path.hash().as_str());
+    narinfo.compression = Some("none".to_owned());
+    narinfo.file_hash = None;
+    narinfo.file_size = None;
+    narinfo.extra_fields = Vec::new();
+    cache.drop_previous_key_signatures(&mut narinfo.sigs);
+    for key in cache.signing_keys(now) {
+        narinfo.sign(key);
+    }
+    narinfo
 }
 
 /// An error and its sources, one line.
@@ -146,13 +204,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Takes the path from one upstream: its signed narinfo, then its NAR
-/// through the upload path's checks.
+/// through the upload path's checks, teed to the clients waiting for it.
 async fn pull_from(
     state: &Arc<AppState>,
     cache: &Cache,
     upstream: &Upstream,
     hash: &StorePathHash,
     subject: Option<String>,
+    progress: &Progress,
 ) -> Result<(), PullError> {
     let client = &state.pull_through.client;
     let narinfo = client
@@ -166,8 +225,10 @@ async fn pull_from(
             narinfo.nar_size, state.config.max_nar_size
         ))));
     }
-    let uploads = Uploads::new(state);
-    uploads.check_pins_fit(cache).await.map_err(refused)?;
+    Uploads::new(state)
+        .check_pins_fit(cache)
+        .await
+        .map_err(refused)?;
     let full = |path: &StorePath| narinfo.store_dir.display(path);
     let info = UploadPathNarInfo {
         cache: cache.name.clone(),
@@ -188,7 +249,34 @@ async fn pull_from(
             .on_path(info.store_path.clone())
             .with_detail(format!("from {}", upstream.url())),
     );
-    let (body, compression) = client.nar(upstream, &narinfo).await?;
+    let streaming = Arc::new(Streaming {
+        narinfo,
+        tee: Tee::default(),
+    });
+    progress.streaming(Arc::clone(&streaming));
+    // The client that asked for the narinfo asks for the NAR next: wait
+    // for it (within the upstream timeout), so it is sent every byte.
+    streaming
+        .tee
+        .wait_for_a_client(state.pull_through.client.timeout())
+        .await;
+    // The verdict goes to the tee's clients once the pull is over
+    // ([`InFlight::start_or_join`]).
+    store_from(state, upstream, &streaming, object).await
+}
+
+/// Fetches the NAR of a verified narinfo through `streaming`'s tee and
+/// stores it in the cache as `object`.
+async fn store_from(
+    state: &Arc<AppState>,
+    upstream: &Upstream,
+    streaming: &Streaming,
+    object: NewObject,
+) -> Result<(), PullError> {
+    let refused = PullError::Refused;
+    let narinfo = &streaming.narinfo;
+    let uploads = Uploads::new(state);
+    let (body, compression) = state.pull_through.client.nar(upstream, narinfo).await?;
     // Room for a NAR that compresses badly; the decoded bytes are bounded
     // by the signed NarSize.
     let limit = narinfo.nar_size.saturating_mul(2).saturating_add(1 << 20);
@@ -199,24 +287,24 @@ async fn pull_from(
         narinfo.file_hash,
         DecodedSize::Declared,
     );
+    let body = TeeReader::new(body, &streaming.tee);
     let declared = Declared {
         nar_hash: narinfo.nar_hash,
         nar_size: narinfo.nar_size,
     };
     // As for uploads: a NAR the store holds is attached only once its
     // content came in full and verified, so an upstream that a tenant
-    // controls cannot name another tenant's NAR into its cache.
+    // controls cannot name another tenant's NAR into its cache. Clients
+    // of the tee need the whole NAR anyway.
     if let Some(existing) = state
         .database
         .find_nar(&narinfo.nar_hash)
         .await
         .map_err(|e| refused(e.into()))?
     {
-        if state.config.require_proof_of_possession {
-            ingest::verify_only(body, declared).await.map_err(refused)?;
-        }
+        let listing = ingest::verify_only(body, declared).await.map_err(refused)?;
         return uploads
-            .attach_existing(&existing, object)
+            .attach_existing(&existing, object, listing)
             .await
             .map_err(refused);
     }

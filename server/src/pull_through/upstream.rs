@@ -124,6 +124,11 @@ impl UpstreamClient {
         Ok(Self { http, timeout })
     }
 
+    /// How long an upstream may take to make progress.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The narinfo of `hash` at `upstream`, if it has one signed by its key
     /// for a path of `store_dir`.
     pub async fn narinfo(

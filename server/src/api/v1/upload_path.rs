@@ -88,8 +88,9 @@ pub async fn upload_path(
         nar_size: info.nar_size,
     };
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
+        let mut listing = None;
         if state.config.require_proof_of_possession {
-            ingest::verify_only(body, declared).await?;
+            listing = ingest::verify_only(body, declared).await?;
         } else if existing.nar_size != info.nar_size {
             // On the hash alone, what was declared must still be the NAR's.
             return Err(ServerError::NarMismatch(format!(
@@ -101,7 +102,7 @@ pub async fn upload_path(
             .database
             .held_by_cache(existing.id, cache.id, None)
             .await?;
-        uploads.attach_existing(&existing, object).await?;
+        uploads.attach_existing(&existing, object, listing).await?;
         return Ok(Json(reply(held, existing.file_size, info.nar_size)));
     }
 

@@ -1,0 +1,174 @@
+//! `GET /{cache}/nar/{hash}.nar` of a path being pulled through: its
+//! bytes as they arrive from the upstream ([`crate::pull_through::tee`]).
+//!
+//! A client that joins before the first byte is sent every byte from the
+//! tee; the response ends cleanly only once the NAR verified and is
+//! stored, and abnormally otherwise, so a client never takes a truncated
+//! or tampered NAR for a whole one. A client that falls too far behind
+//! continues from the stored copy where it was; one that comes after the
+//! first byte waits for the stored copy.
+
+use std::io;
+use std::sync::Arc;
+
+use attic::store_path::StorePathHash;
+use axum::body::Body;
+use axum::http::HeaderValue;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
+
+use super::binary_cache::{find_object, nar_chunks};
+use crate::database::Cache;
+use crate::error::{ServerError, ServerResult};
+use crate::nar_range;
+use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
+use crate::pull_through::in_flight::{self, Stage};
+use crate::pull_through::tee::Piece;
+use crate::pull_through::{self};
+use crate::state::AppState;
+
+/// The response for the NAR of `hash` while a pull of it runs: `Some`
+/// streamed from the upstream, `None` once the pull stored it (serve it
+/// as any stored NAR); a miss if no pull runs or the pull failed.
+pub(super) async fn serve_while_pulling(
+    state: &Arc<AppState>,
+    cache: &Cache,
+    hash: &StorePathHash,
+) -> ServerResult<Option<Response>> {
+    let stages = pull_through::in_flight(state, cache.id, hash).ok_or(ServerError::NoSuchObject)?;
+    let stored = match in_flight::answered(stages.clone()).await {
+        Stage::Streaming(streaming) => match streaming.tee.join() {
+            Some(receiver) => {
+                let resume = Box::new(Resume {
+                    state: Arc::clone(state),
+                    cache: cache.clone(),
+                    hash: hash.clone(),
+                    stages,
+                });
+                return Ok(Some(response(follow(receiver, resume))));
+            }
+            // Too late for the first byte.
+            None => in_flight::stored(stages).await,
+        },
+        Stage::Done(stored) => stored,
+        Stage::Asking => false,
+    };
+    if stored {
+        Ok(None)
+    } else {
+        Err(ServerError::NoSuchObject)
+    }
+}
+
+fn response(body: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Response {
+    (
+        [
+            (CONTENT_TYPE, "application/x-nix-nar"),
+            // Not stored yet: nothing may keep a response that may yet
+            // end abnormally.
+            (CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Where a client of the tee is.
+enum Follow {
+    /// Receiving from the tee, `sent` bytes so far.
+    Tee {
+        receiver: broadcast::Receiver<Piece>,
+        sent: u64,
+        resume: Box<Resume>,
+    },
+    /// Fell behind: reading the rest from the stored copy.
+    Stored(BoxStream<'static, Result<Bytes, NarReadError>>),
+    /// Ended abnormally.
+    Ended,
+}
+
+/// What a client that fell behind needs to continue from the stored copy.
+struct Resume {
+    state: Arc<AppState>,
+    cache: Cache,
+    hash: StorePathHash,
+    stages: watch::Receiver<Stage>,
+}
+
+impl Resume {
+    /// The stored NAR from byte `offset` on, once the pull stored it.
+    async fn stored_from(
+        self,
+        offset: u64,
+    ) -> ServerResult<BoxStream<'static, Result<Bytes, NarReadError>>> {
+        if !in_flight::stored(self.stages).await {
+            return Err(ServerError::NoSuchObject);
+        }
+        let (_, _, nar) = find_object(&self.state, self.cache, &self.hash).await?;
+        let chunks = nar_chunks(&self.state, nar.id).await?;
+        let range =
+            HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits make a valid header");
+        let served = nar_range::select_range(chunks, NarEncoding::Plain, Some(&range))?;
+        let stream = stream_nar(self.state, served.chunks, NarEncoding::Plain);
+        Ok(nar_range::trim(stream, served.skip, served.length).boxed())
+    }
+}
+
+/// The body of a client of the tee.
+fn follow(
+    receiver: broadcast::Receiver<Piece>,
+    resume: Box<Resume>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let start = Follow::Tee {
+        receiver,
+        sent: 0,
+        resume,
+    };
+    futures::stream::unfold(start, |follow| async move {
+        match follow {
+            Follow::Tee {
+                mut receiver,
+                sent,
+                resume,
+            } => match receiver.recv().await {
+                Ok(Piece::Bytes(bytes)) => {
+                    let sent = sent + bytes.len() as u64;
+                    let next = Follow::Tee {
+                        receiver,
+                        sent,
+                        resume,
+                    };
+                    Some((Ok(bytes), next))
+                }
+                Ok(Piece::Stored) => None,
+                Ok(Piece::Refused) | Err(RecvError::Closed) => {
+                    Some((Err(refused()), Follow::Ended))
+                }
+                Err(RecvError::Lagged(_)) => match resume.stored_from(sent).await {
+                    Ok(stored) => next_stored(stored).await,
+                    Err(_) => Some((Err(refused()), Follow::Ended)),
+                },
+            },
+            Follow::Stored(stored) => next_stored(stored).await,
+            Follow::Ended => None,
+        }
+    })
+}
+
+async fn next_stored(
+    mut stored: BoxStream<'static, Result<Bytes, NarReadError>>,
+) -> Option<(io::Result<Bytes>, Follow)> {
+    match stored.next().await? {
+        Ok(bytes) => Some((Ok(bytes), Follow::Stored(stored))),
+        Err(e) => Some((Err(e.into()), Follow::Ended)),
+    }
+}
+
+fn refused() -> io::Error {
+    io::Error::other("the upstream NAR did not verify or could not be stored")
+}
