@@ -105,8 +105,12 @@ class Server:
 
 
 def psql(url, sql, stdin=None):
-    return subprocess.run(["psql", "-q", "-At", "-v", "ON_ERROR_STOP=1", url, "-c", sql],
-                          input=stdin, check=True, text=True, stdout=subprocess.PIPE).stdout
+    """Runs `sql` (given on psql's stdin unless `stdin` is data for COPY)."""
+    command = ["psql", "-q", "-At", "-v", "ON_ERROR_STOP=1", url]
+    if stdin is not None:
+        command += ["-c", sql]
+    return subprocess.run(command, input=sql if stdin is None else stdin, check=True, text=True,
+                          stdout=subprocess.PIPE).stdout
 
 
 def fill(server, cache_id, template_id, rows):
@@ -172,6 +176,58 @@ def nix_paths(count, tag):
                          text=True, stdout=subprocess.PIPE).stdout.strip()
     leaves = (Path(top).read_text()).splitlines()
     return top, leaves
+
+
+def query_plans(server, cache_id, hashes, out):
+    """The plans of the statements behind narinfo and get-missing-paths on
+    the filled database (written to plans-<db>.txt), and the database-side
+    time of get-missing-paths as one list per 25,000 hashes (now) against
+    IN lists of 500 (before)."""
+    unique = sorted(set(hashes))
+    one = unique[0]
+    narinfo = ("SELECT object.id FROM object LEFT JOIN nar ON object.nar_id = nar.id "
+               f"WHERE object.cache_id = {cache_id} AND object.store_path_hash = '{one}' "
+               "AND nar.state = 'valid' LIMIT 1")
+    base = ("SELECT object.store_path_hash FROM object INNER JOIN nar ON object.nar_id = nar.id "
+            f"WHERE object.cache_id = {cache_id} AND nar.state = 'valid' AND ")
+    batches = [unique[i:i + 25_000] for i in range(0, len(unique), 25_000)]
+    old = [base + "object.store_path_hash IN (" + ", ".join(f"'{h}'" for h in unique[i:i + 500]) + ")"
+           for i in range(0, len(unique), 500)]
+    timings = {}
+    if server.postgres:
+        new = [base + f"object.store_path_hash = ANY(string_to_array('{','.join(b)}', ','))"
+               for b in batches]
+        plans = psql(server.db_url, f"EXPLAIN ANALYZE {narinfo}")
+        plans += psql(server.db_url, f"EXPLAIN ANALYZE {new[0]}")
+        for name, statements in (("before_in_lists_of_500", old), ("now_one_list_per_25000", new)):
+            script = out / f"missing-{name}.sql"
+            script.write_text(";\n".join(statements) + ";\n")
+            t0 = time.perf_counter()
+            subprocess.run(["psql", "-q", "-o", "/dev/null", "-v", "ON_ERROR_STOP=1", server.db_url,
+                            "-f", str(script)], check=True)
+            timings[name] = time.perf_counter() - t0
+            script.unlink()
+    else:
+        new = [base + "object.store_path_hash IN (SELECT value FROM json_each(?))" for _ in batches]
+        db = sqlite3.connect(server.sqlite_path(), timeout=60)
+        plans = "\n".join(str(r) for r in db.execute(f"EXPLAIN QUERY PLAN {narinfo}"))
+        plans += "\n" + "\n".join(str(r) for r in db.execute(f"EXPLAIN QUERY PLAN {new[0]}",
+                                                              [json.dumps(batches[0])]))
+        t0 = time.perf_counter()
+        for statement in old:
+            db.execute(statement).fetchall()
+        timings["before_in_lists_of_500"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for statement, batch in zip(new, batches):
+            db.execute(statement, [json.dumps(batch)]).fetchall()
+        timings["now_one_list_per_25000"] = time.perf_counter() - t0
+        db.close()
+    plans = "\n".join(line if len(line) < 300 else line[:200] + " ..." for line in plans.splitlines())
+    (out / f"plans-{'postgres' if server.postgres else 'sqlite'}.txt").write_text(plans)
+    log(f"plans:\n{plans}")
+    log("database time of get-missing-paths' statements: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()))
+    return timings
 
 
 def post_missing(server, token, hashes):
@@ -335,6 +391,7 @@ def main():
             if sorted(missing) != sorted(expected):
                 raise RuntimeError(f"get-missing-paths: {len(missing)} missing, expected {len(expected)}")
             results["get_missing_paths_100k_seconds"] = times
+            results["get_missing_paths_database_seconds"] = query_plans(server, cache_id, hashes, out)
             log(f"get-missing-paths, 100,000 hashes: {', '.join(f'{t:.3f}' for t in times)} s")
         if "push" in only:
             t0 = time.perf_counter()
