@@ -45,7 +45,7 @@ class Server:
         self.bin_dir, self.work, self.postgres = bin_dir, work, postgres
         self.env = dict(os.environ, HOME=str(work / "home"), XDG_CONFIG_HOME=str(work / "config"),
                         XDG_DATA_HOME=str(work / "data"), XDG_STATE_HOME=str(work / "state"),
-                        XDG_CACHE_HOME=str(work / "cache"), RUST_LOG="warn")
+                        XDG_CACHE_HOME=str(work / "cache"))
         (work / "home").mkdir(parents=True)
         self.atticd = atticd
         self.proc = None
