@@ -847,14 +847,13 @@ class Bench:
         t0 = time.perf_counter()
         machine0, ours0 = machine_cpu_seconds(), our_cpu_seconds(self.atticd_pid, self.a.nginx_pid)
         failed = []
-        only = None if not self.a.only else {n.strip().lower() for n in self.a.only.split(",")}
+        wanted = needed_workloads(self.a.only)
         for name, workload in (("ingest", self.ingest), ("substitution", self.substitution),
                                ("pull-through", self.pull_through), ("narinfo", self.narinfo), ("NAR", self.nar),
                                ("memory", self.memory), ("dedup", self.dedup),
                                ("import", self.import_attic),
                                ("binary sizes", self.binary_sizes)):
-            # Ingest fills the store every other workload reads.
-            if only is not None and name != "ingest" and name.lower().replace(" ", "-") not in only:
+            if wanted is not None and name not in wanted:
                 continue
             try:
                 workload()
@@ -950,6 +949,29 @@ def plot(rows, path, meta):
     fig.savefig(path, dpi=120)
 
 
+# What each workload needs run before it: the corpus pushed (ingest) and
+# nix copy's file:// cache beside it, or the narinfos workload 3 read.
+WORKLOAD_NEEDS = {"substitution": ["ingest"], "pull-through": ["ingest"], "narinfo": ["ingest"],
+                  "NAR": ["ingest", "narinfo"], "memory": ["ingest"], "dedup": ["ingest"],
+                  "import": [], "binary sizes": [], "ingest": []}
+
+
+def needed_workloads(only):
+    """The workloads to run for `--only ROW[,ROW]` (names as in the table,
+    any case, `-` for a space) with what they need; None for all."""
+    if not only:
+        return None
+    by_key = {name.lower().replace(" ", "-"): name for name in WORKLOAD_NEEDS}
+    wanted = set()
+    for row in only.split(","):
+        name = by_key.get(row.strip().lower().replace(" ", "-"))
+        if name is None:
+            raise SystemExit(f"--only: no workload {row!r}; there are {', '.join(sorted(by_key))}")
+        wanted.add(name)
+        wanted.update(WORKLOAD_NEEDS[name])
+    return wanted
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -970,10 +992,10 @@ def main():
     r.add_argument("--nginx-pid", type=int, required=True)
     r.add_argument("--filecache", required=True)
     r.add_argument("--scratch", required=True, help="where substituted stores go")
+    r.add_argument("--only", help="ROW[,ROW]: these workloads and what they need")
     r.add_argument("--release-build-seconds", type=int, help="how long cargo build --release took")
     r.add_argument("--release-build-fresh", choices=["true", "false"],
                    help="whether that build started with no target/release")
-    r.add_argument("--only", help="comma-separated workloads to run (ingest always runs)")
     a = p.parse_args()
     if a.cmd == "corpus":
         build_corpus(a.mode, Path(a.cache), Path(a.out))

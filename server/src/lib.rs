@@ -27,6 +27,7 @@ mod key_path;
 pub mod key_rotation;
 pub mod landing_page;
 pub mod linger;
+pub mod log_writer;
 pub mod metrics;
 pub mod nar_range;
 pub mod nar_stream;

@@ -48,6 +48,11 @@ pub async fn read_rest_of_body(
     request: Request,
     next: Next,
 ) -> Response {
+    // Most requests (every GET) have no body: nothing to read, and nothing
+    // to wrap, on the narinfo hot path.
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     // A client that asked `Expect: 100-continue` sends nothing until told
     // to, and hyper tells it as soon as the body is read: reading a body

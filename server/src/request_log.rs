@@ -26,26 +26,38 @@ impl fmt::Display for ClientAddress {
     }
 }
 
+/// The client address as logged: `-` when unknown.
+struct LoggedClient(Option<ClientAddress>);
+
+impl fmt::Display for LoggedClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(address) => address.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// Outer layer: times the request and logs it with what
 /// [`tag_route`] recorded.
 pub async fn log_requests(request: Request, next: Next) -> Response {
     let start = Instant::now();
+    // Clones that share their bytes with the request: this runs on every
+    // request, so it allocates nothing of its own.
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
+    let path = uri.path();
     // Absent only for a request not served by our listener (unit tests).
-    let client = request
-        .extensions()
-        .get::<ClientAddress>()
-        .map_or_else(|| "-".to_owned(), ToString::to_string);
+    let client = LoggedClient(request.extensions().get::<ClientAddress>().copied());
     let response = next.run(request).await;
     let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
     let status = response.status().as_u16();
     let route = response
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let cache = route.as_deref().and_then(|r| cache_of(r, &path));
-    let route = route.as_deref().unwrap_or("(no route)");
+        .map(MatchedPath::as_str);
+    let cache = route.and_then(|r| cache_of(r, path));
+    let route = route.unwrap_or("(no route)");
     let cache = cache.unwrap_or("-");
     match response.extensions().get::<ErrorDetail>() {
         // Try-again answers (storage briefly unreadable, a chunk reclaimed

@@ -77,7 +77,7 @@ async fn main() -> Result<()> {
         options.check_config = true;
     }
     // Flushes what is still queued when main returns.
-    let _log_writer = init_logging(options.log_format);
+    let _log_writer = init_logging(options.log_format)?;
     server::serve::raise_open_file_limit();
     // Only the monolithic server sets itself up; a replica or a migration
     // run acts on a deployment that exists, so it needs its config.
@@ -199,16 +199,15 @@ async fn main() -> Result<()> {
 }
 
 /// Logs to stderr at `RUST_LOG` (default `info`) in the chosen format.
-/// Lines are written by a background thread through a buffer flushed
-/// whenever the queue empties: a line per request must not cost every
-/// request a write to stderr. When the queue is full, loggers wait rather
-/// than drop lines.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Lines are gathered in memory and written by a background thread a few
+/// times a second ([`server::log_writer`]): a line per request must not
+/// cost every request a write to stderr, nor a wake-up of that thread.
+/// Nothing is dropped.
+fn init_logging(format: LogFormat) -> Result<server::log_writer::FlushGuard<std::io::Stderr>> {
     // Colour only for a person at a terminal, never into a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = server::log_writer::BatchedWriter::new(std::io::stderr())
+        .context("cannot start the log writer thread")?;
     // PostgreSQL's notices ("relation ... already exists, skipping" on
     // every migration check) are not news to an operator.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -220,5 +219,5 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(ansi).init(),
     }
-    guard
+    Ok(guard)
 }

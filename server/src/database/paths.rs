@@ -4,8 +4,10 @@
 use std::collections::HashSet;
 
 use attic::store_path::StorePathHash;
-use sea_orm::sea_query::SimpleExpr;
-use sea_orm::{ColumnTrait, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait};
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, DbBackend, EntityTrait, JoinType, QueryFilter, QuerySelect, RelationTrait,
+};
 
 use super::attach::{NewObject, attach_object};
 use super::entity::{BlobState, nar, object};
@@ -16,19 +18,31 @@ use super::{BATCH, Database, DatabaseError};
 impl Database {
     /// Which of `hashes` the cache does not hold whole: paths whose NAR is
     /// damaged count as missing, so the next push stores them again.
+    /// Duplicates are asked about once and answered once per occurrence.
+    ///
+    /// A push asks about its whole closure at once (up to 100,000 hashes),
+    /// so each statement carries [`HASHES_PER_STATEMENT`] of them as one
+    /// bound value, a list the database unpacks itself
+    /// ([`hash_list_condition`]), and is answered from the
+    /// `(cache_id, store_path_hash)` index: a few statements whatever the
+    /// number of hashes, none bound by a parameter limit.
     pub async fn find_missing_paths(
         &self,
         cache_id: CacheId,
         hashes: &[StorePathHash],
     ) -> Result<Vec<StorePathHash>, DatabaseError> {
+        let mut asked: Vec<&str> = hashes.iter().map(StorePathHash::as_str).collect();
+        asked.sort_unstable();
+        asked.dedup();
+        let backend = self.conn.get_database_backend();
         let mut present = HashSet::new();
-        for batch in hashes.chunks(BATCH) {
+        for batch in asked.chunks(HASHES_PER_STATEMENT) {
             let found: Vec<String> = object::Entity::find()
                 .select_only()
                 .column(object::Column::StorePathHash)
                 .join(JoinType::InnerJoin, object::Relation::Nar.def())
                 .filter(object::Column::CacheId.eq(cache_id))
-                .filter(object::Column::StorePathHash.is_in(batch.iter().map(|h| h.as_str())))
+                .filter(hash_list_condition(backend, batch))
                 .filter(nar::Column::State.eq(BlobState::Valid))
                 .into_tuple()
                 .all(&self.conn)
@@ -113,6 +127,29 @@ impl Database {
     }
 }
 
+/// Store path hashes one `find_missing_paths` statement asks about: a
+/// client's whole request in a few statements, each with a bounded result.
+const HASHES_PER_STATEMENT: usize = 25_000;
+
+/// `object.store_path_hash` is one of `hashes`, given as one bound value:
+/// a comma-separated text split by PostgreSQL (`= ANY`, an index
+/// condition), a JSON array read by SQLite's `json_each` (an `IN`
+/// subquery, probed through the index). Store path hashes hold neither
+/// commas nor quotes. Each backend's custom SQL takes its own placeholder
+/// style (`$1`, `?`): sea-query drops a value given in the other.
+fn hash_list_condition(backend: DbBackend, hashes: &[&str]) -> SimpleExpr {
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values(
+            "\"object\".\"store_path_hash\" = ANY(string_to_array($1, ','))",
+            [hashes.join(",")],
+        ),
+        _ => Expr::cust_with_values(
+            "\"object\".\"store_path_hash\" IN (SELECT value FROM json_each(?))",
+            [serde_json::to_string(hashes).expect("a list of strings is JSON")],
+        ),
+    }
+}
+
 impl Database {
     /// Removes a path from a cache at once, as its admin asked; whether the
     /// cache held it. Its NAR stays for any other cache holding it, and is
@@ -130,5 +167,60 @@ impl Database {
             .exec(&self.conn)
             .await?;
         Ok(result.rows_affected > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store path hash and path numbered `n`.
+    fn numbered(n: usize) -> (String, String) {
+        let hash = format!("{n:0>32}");
+        let path = format!("/nix/store/{hash}-p{n}");
+        (hash, path)
+    }
+
+    /// A whole request's worth of hashes, more than one statement takes:
+    /// the answer lists exactly the unknown ones, in the order asked,
+    /// once per time asked, and another cache's paths count as missing.
+    #[tokio::test]
+    async fn missing_paths_of_a_hundred_thousand_hashes_are_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = Database::for_tests(&dir).await;
+        let cache = database.seed_cache("a").await;
+        let other = database.seed_cache("b").await;
+        let nar = database.seed_nar("1", 0).await;
+        let held: Vec<_> = (0..3_000).map(numbered).collect();
+        let elsewhere: Vec<_> = (3_000..3_500).map(numbered).collect();
+        database.seed_paths(cache.id, nar, &held).await;
+        database.seed_paths(other.id, nar, &elsewhere).await;
+
+        // Held, another tenant's, unknown, then repeats of all three.
+        let mut asked: Vec<usize> = (0..3_500).chain(10_000..60_000).collect();
+        let repeats: Vec<usize> = asked.iter().copied().step_by(3).collect();
+        asked.extend(repeats);
+        asked.truncate(100_000);
+        assert!(asked.len() > 2 * HASHES_PER_STATEMENT);
+        let hashes: Vec<StorePathHash> = asked
+            .iter()
+            .map(|&n| numbered(n).0.parse().expect("a hash"))
+            .collect();
+
+        let missing = database
+            .find_missing_paths(cache.id, &hashes)
+            .await
+            .expect("find missing paths");
+        let expected: Vec<StorePathHash> = hashes
+            .iter()
+            .zip(&asked)
+            .filter(|&(_, &n)| n >= 3_000)
+            .map(|(hash, _)| hash.clone())
+            .collect();
+        assert_eq!(missing.len(), expected.len());
+        assert!(
+            missing == expected,
+            "the missing hashes differ from those expected"
+        );
     }
 }

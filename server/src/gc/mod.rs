@@ -115,9 +115,7 @@ pub async fn collect(state: &crate::state::AppState) -> Result<GcReport, GcError
                 if count > 0 {
                     metrics
                         .gc_reclaimed
-                        .get_or_create(&crate::metrics::Outcome {
-                            outcome: kind.to_owned(),
-                        })
+                        .get_or_create(&crate::metrics::Outcome { outcome: kind })
                         .inc_by(count);
                 }
             }

@@ -1,0 +1,201 @@
+//! Where log lines go: gathered in memory and written to stderr by a
+//! background thread every [`FLUSH_INTERVAL`], so a line per request costs
+//! the request a copy under a lock, never a system call or a wake-up.
+//!
+//! A queue handing each line to a writer thread (tracing-appender's) wakes
+//! that thread and writes once per line whenever it keeps up, which at
+//! thousands of requests a second is a futex wake, a context switch and a
+//! `write` per request on a machine with few cores. Gathering lines for a
+//! few milliseconds turns those into one each per interval. Nothing is
+//! dropped: past [`HELD_MAX`] bytes a logger writes what is gathered
+//! itself, and dropping the [`FlushGuard`] writes the rest.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long a line waits in memory at most, when nothing else flushes it.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Bytes gathered before a logger writes them itself rather than wait.
+pub const HELD_MAX: usize = 4 * 1024 * 1024;
+
+/// A [`MakeWriter`] for `tracing_subscriber::fmt` gathering lines for `W`.
+#[derive(Clone)]
+pub struct BatchedWriter<W: Write + Send + 'static> {
+    shared: Arc<Shared<W>>,
+}
+
+struct Shared<W> {
+    /// Lines not yet written, and whether the writer is stopping.
+    gathered: Mutex<(Vec<u8>, bool)>,
+    /// Signalled when the writer should stop.
+    stop: Condvar,
+    /// The destination, locked while a batch is written, so batches keep
+    /// the order their lines were logged in.
+    out: Mutex<W>,
+}
+
+/// Writes what is still gathered, and stops the background thread, when
+/// dropped: keep it until the program ends.
+pub struct FlushGuard<W: Write + Send + 'static> {
+    shared: Arc<Shared<W>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<W: Write + Send + 'static> BatchedWriter<W> {
+    /// A writer to `out`, with its background thread started.
+    pub fn new(out: W) -> io::Result<(Self, FlushGuard<W>)> {
+        let shared = Arc::new(Shared {
+            gathered: Mutex::new((Vec::with_capacity(64 * 1024), false)),
+            stop: Condvar::new(),
+            out: Mutex::new(out),
+        });
+        let background = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("log-writer".to_owned())
+            .spawn(move || background.write_periodically())?;
+        Ok((
+            Self {
+                shared: shared.clone(),
+            },
+            FlushGuard {
+                shared,
+                thread: Some(thread),
+            },
+        ))
+    }
+}
+
+impl<W: Write + Send> Shared<W> {
+    fn gathered(&self) -> MutexGuard<'_, (Vec<u8>, bool)> {
+        // A logger that panicked mid-copy leaves at worst a partial line.
+        self.gathered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes everything gathered so far, in order.
+    fn write_gathered(&self, spare: &mut Vec<u8>) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut self.gathered().0, spare);
+        if !spare.is_empty() {
+            // Nowhere to report a failure to write the log.
+            let _ = out.write_all(spare);
+            let _ = out.flush();
+            spare.clear();
+        }
+    }
+
+    fn write_periodically(&self) {
+        let mut spare = Vec::with_capacity(64 * 1024);
+        loop {
+            let stopping = {
+                let gathered = self.gathered();
+                let (gathered, _) = self
+                    .stop
+                    .wait_timeout_while(gathered, FLUSH_INTERVAL, |(_, stopping)| !*stopping)
+                    .unwrap_or_else(|e| e.into_inner());
+                gathered.1
+            };
+            self.write_gathered(&mut spare);
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for FlushGuard<W> {
+    fn drop(&mut self) {
+        self.shared.gathered().1 = true;
+        self.shared.stop.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // Lines logged after the thread's last batch.
+        self.shared.write_gathered(&mut Vec::new());
+    }
+}
+
+/// One event's writer: appends to what is gathered.
+pub struct LineWriter<'a, W: Write + Send + 'static> {
+    shared: &'a Shared<W>,
+}
+
+impl<W: Write + Send + 'static> Write for LineWriter<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let full = {
+            let mut gathered = self.shared.gathered();
+            gathered.0.extend_from_slice(bytes);
+            gathered.0.len() >= HELD_MAX
+        };
+        if full {
+            self.shared.write_gathered(&mut Vec::new());
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a, W: Write + Send + 'static> MakeWriter<'a> for BatchedWriter<W> {
+    type Writer = LineWriter<'a, W>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter {
+            shared: &self.shared,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination the test can read back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_is_written_in_order_by_the_time_the_guard_is_dropped() {
+        let sink = Sink::default();
+        let (writer, guard) = BatchedWriter::new(sink.clone()).expect("start");
+        for i in 0..10_000 {
+            writeln!(writer.make_writer(), "line {i}").expect("write");
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("text");
+        let expected: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        assert!(text == expected, "lines lost or out of order");
+    }
+
+    #[test]
+    fn lines_reach_the_destination_without_a_flush_from_the_logger() {
+        let sink = Sink::default();
+        let (writer, _guard) = BatchedWriter::new(sink.clone()).expect("start");
+        writeln!(writer.make_writer(), "soon").expect("write");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.0.lock().expect("sink").is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line was never written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(&sink.0.lock().expect("sink")[..], b"soon\n");
+    }
+}
