@@ -278,10 +278,10 @@ impl RunReader {
             count += 1;
         }
         if count == 0 {
-            return self
-                .next_chunk()
-                .await
-                .map(|read| read.map(CheckedChunks::from));
+            return match self.next_chunk().await? {
+                Ok(checked) => Some(Ok(checked.into())),
+                Err(e) => Some(Err(e)),
+            };
         }
         Some(Ok(CheckedChunks {
             chunks: self.run.chunks.drain(..count).collect(),
