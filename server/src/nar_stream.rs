@@ -19,11 +19,16 @@ use futures::{Stream, StreamExt};
 use crate::config::CompressionKind;
 use crate::database::{Database, NarRecord};
 use crate::pack::StoredCompression;
-use crate::pack::read::{CheckedChunk, Damage, ReadError, StoredChunk, read_run, runs};
+use crate::pack::read::{CheckedChunks, Damage, ReadError, StoredChunk, read_runs_grouped, runs};
 use crate::state::AppState;
 
-/// Chunks decoded ahead of the one being sent.
+/// Groups of chunks decoded ahead of the one being sent.
 const PREFETCH: usize = 2;
+
+/// Content bytes per group of chunks handed on at once when some must be
+/// decoded: a group of highly compressed chunks stays about this size in
+/// memory. Chunks sent as stored are grouped by storage's read size alone.
+const DECODED_GROUP_CONTENT: u64 = 1 << 20;
 
 /// How a NAR goes over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +66,14 @@ impl NarEncoding {
         }
     }
 
+    /// Whether a chunk stored with `compression` is sent as it is stored.
+    fn sends_as_stored(self, compression: StoredCompression) -> bool {
+        matches!(
+            (self, compression),
+            (Self::Zstd, StoredCompression::Zstd) | (Self::Plain, StoredCompression::None)
+        )
+    }
+
     /// Bytes sent.
     pub fn file_size(self, nar: &NarRecord) -> u64 {
         match self {
@@ -87,15 +100,22 @@ impl From<NarReadError> for io::Error {
     }
 }
 
-/// The bytes of a NAR in `encoding`, chunk by chunk, each checked.
+/// The bytes of a NAR in `encoding`, each chunk checked before any of
+/// its bytes is yielded; chunks stored back to back come as one piece.
 pub fn stream_nar(
     state: Arc<AppState>,
     chunks: Vec<StoredChunk>,
     encoding: NarEncoding,
 ) -> impl Stream<Item = Result<Bytes, NarReadError>> + Send + 'static {
     let storage = state.storage.clone();
-    futures::stream::iter(runs(chunks))
-        .flat_map(move |run| read_run(storage.clone(), run))
+    let max_content = match chunks
+        .iter()
+        .all(|c| encoding.sends_as_stored(c.compression))
+    {
+        true => u64::MAX,
+        false => DECODED_GROUP_CONTENT,
+    };
+    read_runs_grouped(storage, runs(chunks), max_content)
         .map(move |read| {
             let state = state.clone();
             async move {
@@ -126,46 +146,54 @@ pub fn stream_nar(
         })
 }
 
-/// A checked chunk in the wire encoding; records a checksum it earned.
+/// Checked chunks in the wire encoding; records checksums they earned.
 async fn decode(
     state: &Arc<AppState>,
-    checked: CheckedChunk,
+    checked: CheckedChunks,
     encoding: NarEncoding,
 ) -> Result<Bytes, NarReadError> {
-    if let Some(checksum) = checked.learned_checksum {
+    if !checked.learned_checksums.is_empty() {
         let database = state.database.clone();
-        let chunk_id = checked.chunk.id;
+        let learned = checked.learned_checksums.clone();
         tokio::spawn(async move {
-            if let Err(e) = database.record_checksum(chunk_id, checksum).await {
-                tracing::warn!(error = %e, chunk_id = chunk_id.get(), "cannot record a chunk's checksum");
+            for (chunk_id, checksum) in learned {
+                if let Err(e) = database.record_checksum(chunk_id, checksum).await {
+                    tracing::warn!(error = %e, chunk_id = chunk_id.get(), "cannot record a chunk's checksum");
+                }
             }
         });
     }
-    let compression = checked.chunk.compression;
-    let transcode = match (encoding, compression) {
-        (NarEncoding::Zstd, StoredCompression::Zstd)
-        | (NarEncoding::Plain, StoredCompression::None) => return Ok(checked.stored),
-        (NarEncoding::Plain, _) => None,
-        // A zstd response holds zstd frames only: any other chunk is
-        // decoded and framed afresh.
-        (NarEncoding::Zstd, _) => Some(CompressionKind::Zstd.default_level()),
-    };
-    let size = checked.chunk.chunk_size as usize;
-    let stored = checked.stored;
+    if (checked.chunks.iter()).all(|c| encoding.sends_as_stored(c.compression)) {
+        return Ok(checked.stored);
+    }
     tokio::task::spawn_blocking(move || {
-        let content = compression.decode(&stored, size)?;
-        match transcode {
-            None => Ok(content),
-            Some(level) => StoredCompression::Zstd.encode(&content, level),
+        let mut out = Vec::new();
+        for (chunk, stored) in checked.pieces() {
+            let compression = chunk.compression;
+            if encoding.sends_as_stored(compression) {
+                out.extend_from_slice(&stored);
+                continue;
+            }
+            let content = compression.decode(&stored, chunk.chunk_size as usize);
+            // A zstd response holds zstd frames only: any other chunk is
+            // decoded and framed afresh.
+            let wire = content.and_then(|content| match encoding {
+                NarEncoding::Plain => Ok(content),
+                NarEncoding::Zstd => StoredCompression::Zstd
+                    .encode(&content, CompressionKind::Zstd.default_level()),
+            });
+            match wire {
+                Ok(wire) => out.extend_from_slice(&wire),
+                Err(e) => {
+                    tracing::error!(error = %e, chunk = %chunk.hash, "a checked chunk does not decompress");
+                    return Err(NarReadError::Unavailable);
+                }
+            }
         }
+        Ok(Bytes::from(out))
     })
     .await
     .map_err(|_| NarReadError::Unavailable)?
-    .map(Bytes::from)
-    .map_err(|e: io::Error| {
-        tracing::error!(error = %e, chunk = %checked.chunk.hash, "a checked chunk does not decompress");
-        NarReadError::Unavailable
-    })
 }
 
 /// Logs, counts and records damage, so the affected paths stop being

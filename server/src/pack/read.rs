@@ -18,7 +18,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::{PackId, PackKey, StoredChecksum, StoredChunkId, StoredCompression};
-use crate::storage::{ByteStream, StorageBackend, StorageError};
+use crate::storage::{ByteStream, StorageBackend, StorageError, StorageKey};
 
 /// Where a chunk's stored bytes are, and how to check them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl StoredChunk {
 }
 
 /// Chunks stored back to back in one pack: one ranged read.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Run {
     chunks: VecDeque<StoredChunk>,
 }
@@ -132,6 +132,46 @@ pub struct CheckedChunk {
     pub learned_checksum: Option<StoredChecksum>,
 }
 
+/// Chunks of a run stored back to back, every one of which passed its
+/// check: sent as one piece, so a NAR read from one pack costs a few
+/// frames per MiB rather than one per chunk.
+#[derive(Debug)]
+pub struct CheckedChunks {
+    /// The chunks, in order.
+    pub chunks: Vec<StoredChunk>,
+    /// Their stored bytes, concatenated.
+    pub stored: Bytes,
+    /// Checksums to record, for chunks that had none and were checked
+    /// against their content hash instead.
+    pub learned_checksums: Vec<(StoredChunkId, StoredChecksum)>,
+}
+
+impl CheckedChunks {
+    /// The stored bytes of each chunk, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = (&StoredChunk, Bytes)> + '_ {
+        let mut at = 0;
+        self.chunks.iter().map(move |chunk| {
+            let size = chunk.stored_size as usize;
+            let piece = self.stored.slice(at..at + size);
+            at += size;
+            (chunk, piece)
+        })
+    }
+}
+
+impl From<CheckedChunk> for CheckedChunks {
+    fn from(checked: CheckedChunk) -> Self {
+        Self {
+            learned_checksums: (checked.learned_checksum)
+                .map(|sum| (checked.chunk.id, sum))
+                .into_iter()
+                .collect(),
+            chunks: vec![checked.chunk],
+            stored: checked.stored,
+        }
+    }
+}
+
 /// Checks stored bytes; `Ok(Some(_))` when the checksum was learned.
 fn check(chunk: &StoredChunk, stored: &[u8]) -> Result<Option<StoredChecksum>, ()> {
     if let Some(expected) = chunk.checksum {
@@ -155,6 +195,10 @@ fn check(chunk: &StoredChunk, stored: &[u8]) -> Result<Option<StoredChecksum>, (
 struct RunReader {
     storage: Arc<dyn StorageBackend>,
     run: Run,
+    /// The pack's key, taken before chunks are popped off the run.
+    key: StorageKey,
+    /// Why asking storage for the range failed, until reported.
+    open_failed: Option<StorageError>,
     /// The run's range, taken before chunks are popped off it.
     range: std::ops::Range<u64>,
     body: Option<ByteStream>,
@@ -165,6 +209,20 @@ struct RunReader {
 }
 
 impl RunReader {
+    fn new(storage: Arc<dyn StorageBackend>, run: Run) -> Self {
+        Self {
+            storage,
+            range: run.range(),
+            key: run.pack_key().storage_key().clone(),
+            open_failed: None,
+            run,
+            body: None,
+            piece: Bytes::new(),
+            received: 0,
+            stopped: false,
+        }
+    }
+
     async fn next_chunk(&mut self) -> Option<Result<CheckedChunk, ReadError>> {
         if self.stopped {
             return None;
@@ -184,23 +242,69 @@ impl RunReader {
         Some(result)
     }
 
+    /// Takes what storage answered when asked for the run's range.
+    fn opened(&mut self, opened: Result<ByteStream, StorageError>) {
+        match opened {
+            Ok(body) => self.body = Some(body),
+            Err(e) => self.open_failed = Some(e),
+        }
+    }
+
+    /// The chunks at the front of the run that lie whole in the piece in
+    /// hand and pass their checks, at most `max_content` bytes of content
+    /// (but at least one chunk); when there are none, the next chunk read
+    /// as [`Self::next_chunk`] does, which fetches, gathers and reports.
+    async fn next_chunks(&mut self, max_content: u64) -> Option<Result<CheckedChunks, ReadError>> {
+        if self.stopped {
+            return None;
+        }
+        let (mut count, mut end, mut content) = (0, 0, 0);
+        let mut learned_checksums = Vec::new();
+        while let Some(chunk) = self.run.chunks.get(count) {
+            let size = chunk.stored_size as usize;
+            if end + size > self.piece.len()
+                || (count > 0 && content + chunk.chunk_size > max_content)
+            {
+                break;
+            }
+            // A chunk that fails is left at the front, to be read alone
+            // and reported once the chunks before it are sent.
+            match check(chunk, &self.piece[end..end + size]) {
+                Ok(learned) => learned_checksums.extend(learned.map(|sum| (chunk.id, sum))),
+                Err(()) => break,
+            }
+            end += size;
+            content += chunk.chunk_size;
+            count += 1;
+        }
+        if count == 0 {
+            return match self.next_chunk().await? {
+                Ok(checked) => Some(Ok(checked.into())),
+                Err(e) => Some(Err(e)),
+            };
+        }
+        Some(Ok(CheckedChunks {
+            chunks: self.run.chunks.drain(..count).collect(),
+            stored: self.piece.split_to(end),
+            learned_checksums,
+        }))
+    }
+
     async fn read(&mut self, chunk: StoredChunk) -> Result<CheckedChunk, ReadError> {
         let range = self.range.clone();
-        if self.body.is_none() {
-            match self
-                .storage
-                .get(chunk.pack_key.storage_key(), range.clone())
-                .await
-            {
-                Ok(body) => self.body = Some(body),
-                Err(StorageError::NotFound(_)) => {
-                    return Err(ReadError::Damaged(Damage {
-                        chunk,
-                        fault: Fault::Missing,
-                    }));
-                }
-                Err(e) => return Err(ReadError::Storage(e)),
+        if self.body.is_none() && self.open_failed.is_none() {
+            let opened = self.storage.get(&self.key, range.clone()).await;
+            self.opened(opened);
+        }
+        match self.open_failed.take() {
+            Some(StorageError::NotFound(_)) => {
+                return Err(ReadError::Damaged(Damage {
+                    chunk,
+                    fault: Fault::Missing,
+                }));
             }
+            Some(e) => return Err(ReadError::Storage(e)),
+            None => {}
         }
         let body = self.body.as_mut().expect("opened above");
         let need = chunk.stored_size as usize;
@@ -258,6 +362,86 @@ impl RunReader {
     }
 }
 
+/// A storage request for a run's range, made ahead of time; aborted if
+/// the read is dropped before it gets there.
+struct Prefetch {
+    run: Run,
+    opening: tokio::task::JoinHandle<Result<ByteStream, StorageError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.opening.abort();
+    }
+}
+
+impl Prefetch {
+    fn start(storage: &Arc<dyn StorageBackend>, run: Run) -> Self {
+        let storage = storage.clone();
+        let key = run.pack_key().storage_key().clone();
+        let range = run.range();
+        let opening = tokio::spawn(async move { storage.get(&key, range).await });
+        Self { run, opening }
+    }
+
+    /// The run's reader, with the answer in hand (or, should the request's
+    /// task have failed, to ask again itself).
+    async fn reader(mut self, storage: &Arc<dyn StorageBackend>) -> RunReader {
+        let mut reader = RunReader::new(storage.clone(), self.run.clone());
+        if let Ok(opened) = (&mut self.opening).await {
+            reader.opened(opened);
+        }
+        reader
+    }
+}
+
+/// The chunks of runs, checked, in order, as [`read_run`] reads them but
+/// grouped: chunks that lie whole in one piece of what storage returned
+/// come as one [`CheckedChunks`] of at most `max_content` bytes of content.
+/// While a run is read, storage is already asked for the next one, so on
+/// S3 a NAR of several runs does not wait a round trip between them.
+pub fn read_runs_grouped(
+    storage: Arc<dyn StorageBackend>,
+    runs: Vec<Run>,
+    max_content: u64,
+) -> BoxStream<'static, Result<CheckedChunks, ReadError>> {
+    struct Reading {
+        storage: Arc<dyn StorageBackend>,
+        current: Option<RunReader>,
+        next: Option<Prefetch>,
+        rest: std::vec::IntoIter<Run>,
+    }
+    let reading = Reading {
+        storage,
+        current: None,
+        next: None,
+        rest: runs.into_iter(),
+    };
+    Box::pin(futures::stream::unfold(
+        reading,
+        move |mut reading| async move {
+            loop {
+                let reader = match reading.current.as_mut() {
+                    Some(reader) => reader,
+                    None => {
+                        let reader = match reading.next.take() {
+                            Some(prefetch) => prefetch.reader(&reading.storage).await,
+                            None => RunReader::new(reading.storage.clone(), reading.rest.next()?),
+                        };
+                        reading.next =
+                            (reading.rest.next()).map(|run| Prefetch::start(&reading.storage, run));
+                        reading.current.insert(reader)
+                    }
+                };
+                match reader.next_chunks(max_content).await {
+                    Some(item) => return Some((item, reading)),
+                    None => reading.current = None,
+                }
+            }
+        },
+    ))
+}
+
 /// The chunks of a run, each checked, in order. A corrupt chunk is
 /// reported and reading goes on with the next; a short or missing pack or a
 /// storage failure ends the stream.
@@ -265,18 +449,10 @@ pub fn read_run(
     storage: Arc<dyn StorageBackend>,
     run: Run,
 ) -> BoxStream<'static, Result<CheckedChunk, ReadError>> {
-    let reader = RunReader {
-        storage,
-        range: run.range(),
-        run,
-        body: None,
-        piece: Bytes::new(),
-        received: 0,
-        stopped: false,
-    };
-    Box::pin(futures::stream::unfold(reader, |mut reader| async move {
-        reader.next_chunk().await.map(|item| (item, reader))
-    }))
+    Box::pin(futures::stream::unfold(
+        RunReader::new(storage, run),
+        |mut reader| async move { reader.next_chunk().await.map(|item| (item, reader)) },
+    ))
 }
 
 #[cfg(test)]
@@ -455,6 +631,91 @@ mod tests {
             &read[1],
             Err(ReadError::Damaged(Damage { chunk, fault: Fault::Truncated { pack_len } }))
                 if chunk.id == StoredChunkId::new(1) && *pack_len == cut
+        ));
+    }
+
+    async fn read_grouped(
+        storage: Arc<MemoryStorage>,
+        chunks: Vec<StoredChunk>,
+        max_content: u64,
+    ) -> Vec<Result<CheckedChunks, ReadError>> {
+        read_runs_grouped(storage, runs(chunks), max_content)
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn chunks_of_one_piece_are_checked_and_sent_together() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let pack = crate::storage::read_all(&*storage, chunks[0].pack_key.storage_key())
+            .await
+            .expect("read");
+        let read = read_grouped(storage, chunks.clone(), u64::MAX).await;
+        let groups: Vec<_> = read
+            .into_iter()
+            .map(|group| group.map_err(|e| format!("{e:?}")).expect("checks"))
+            .collect();
+        // The first chunk opens the pack; the rest of the piece is one group.
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[1].chunks, chunks[1..]);
+        let sent: Vec<u8> = groups.iter().flat_map(|g| g.stored.to_vec()).collect();
+        assert_eq!(sent, pack);
+    }
+
+    #[tokio::test]
+    async fn a_group_stops_before_a_damaged_chunk_which_is_then_reported() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        flip_bit(&storage, &chunks[2].pack_key, chunks[2].offset + 4).await;
+        let read = read_grouped(storage, chunks.clone(), u64::MAX).await;
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert!(matches!(&read[1], Ok(group) if group.chunks == chunks[1..2]));
+        assert!(matches!(
+            &read[2],
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Corrupt })) if chunk.id == StoredChunkId::new(2)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_group_holds_at_most_its_content_limit_but_always_a_chunk() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let read = read_grouped(storage, chunks, 1).await;
+        assert_eq!(read.len(), 3);
+        assert!(
+            read.iter()
+                .all(|g| matches!(g, Ok(g) if g.chunks.len() == 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn runs_of_several_packs_are_read_in_order_and_a_missing_one_is_damage() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let key: PackKey = "packs/00/copy".parse().expect("key");
+        let pack = crate::storage::read_all(&*storage, chunks[0].pack_key.storage_key())
+            .await
+            .expect("read");
+        storage
+            .put(key.storage_key(), stream_of(pack.clone()))
+            .await
+            .expect("put");
+        let elsewhere = |chunk: &StoredChunk| StoredChunk {
+            pack_id: PackId::new(2),
+            pack_key: key.clone(),
+            ..chunk.clone()
+        };
+        // Chunk 1 from the copy, the others from the original: three runs.
+        let mixed = vec![chunks[0].clone(), elsewhere(&chunks[1]), chunks[2].clone()];
+        let read = read_grouped(storage.clone(), mixed.clone(), u64::MAX).await;
+        let sent: Vec<u8> = read
+            .iter()
+            .flat_map(|g| g.as_ref().expect("checks").stored.to_vec())
+            .collect();
+        assert_eq!(sent, pack);
+        storage.delete(key.storage_key()).await.expect("delete");
+        let read = read_grouped(storage, mixed, u64::MAX).await;
+        assert!(read[0].is_ok());
+        assert!(matches!(
+            &read[1],
+            Err(ReadError::Damaged(Damage { chunk, fault: Fault::Missing })) if chunk.id == StoredChunkId::new(1)
         ));
     }
 
