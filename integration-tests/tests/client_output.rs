@@ -326,8 +326,8 @@ fn compression_chooses_what_crosses_the_wire() {
     let sent = |mode: Option<&str>, name: &str| {
         let content = dir.path().join(name);
         std::fs::create_dir_all(&content).expect("mkdir");
-        let text = format!("{name} {}\n", nix::nonce()).repeat(40_000);
-        std::fs::write(content.join("text"), text).expect("write");
+        let lines = format!("{name} {}\n", nix::nonce()).repeat(40_000);
+        std::fs::write(content.join("text"), lines).expect("write");
         let path = nix::add(&content);
         let mut args = vec!["push", "demo", "--json", path.as_str()];
         if let Some(mode) = mode {
