@@ -494,12 +494,13 @@ async fn debug_info_links_point_into_the_cache_and_go_with_the_path() {
     );
 }
 
-/// A NAR stored without a listing (as before listings existed) gets one
-/// when a path of it is uploaded again, deduplicated: the proof of
-/// possession walks the NAR anyway.
+/// A NAR stored without a listing (as before listings existed) gets one:
+/// when a path of it is uploaded again, deduplicated (the proof of
+/// possession walks the NAR anyway), or else made from the stored NAR on
+/// the first request for it.
 #[tokio::test]
-async fn a_deduplicated_upload_gives_a_nar_without_a_listing_its_listing() {
-    use sea_orm::ConnectionTrait;
+async fn a_nar_without_a_listing_gets_one_by_a_new_upload_or_when_asked() {
+    use sea_orm::{ConnectionTrait, Statement};
 
     let server = TestServer::start();
     let api = Api::new(&server.url);
@@ -512,30 +513,54 @@ async fn a_deduplicated_upload_gives_a_nar_without_a_listing_its_listing() {
     api.create_cache(&token, "old", true).await;
     api.create_cache(&token, "new", true).await;
     api.push_path(&token, "old", &path).await;
-    // As if stored before listings existed.
     let url = server.database_url().replace("?mode=ro", "?mode=rw");
     let database = sea_orm::Database::connect(&url)
         .await
         .expect("open the database");
-    database
-        .execute_unprepared("DELETE FROM nar_listing")
-        .await
-        .expect("forget the listing");
-    database.close().await.expect("close");
-    let old = format!("/old/{}.ls", path_hash(&path));
-    assert_eq!(api.status(None, &old).await, StatusCode::NOT_FOUND);
-
+    let listings = || async {
+        let row = database
+            .query_one(Statement::from_string(
+                database.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM nar_listing",
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        row.try_get::<i64>("", "n").expect("n")
+    };
+    // As if stored before listings existed.
+    let forget = || async {
+        database
+            .execute_unprepared("DELETE FROM nar_listing")
+            .await
+            .expect("forget the listing");
+    };
+    let listed = |cache: &'static str| {
+        let api = &api;
+        let path = &path;
+        async move {
+            let (status, json) = api
+                .get_text(&format!("/{cache}/{}.ls", path_hash(path)))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{cache}");
+            let listing: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+            assert_eq!(
+                listing["root"]["entries"]["bin"]["entries"]["tool"]["type"], "regular",
+                "{json}"
+            );
+        }
+    };
+    forget().await;
     api.push_path(&token, "new", &path).await;
     assert_eq!(server.row_counts().await.nars, 1, "deduplicated");
+    assert_eq!(listings().await, 1, "the deduplicated upload recorded it");
     for cache in ["old", "new"] {
-        let (status, json) = api
-            .get_text(&format!("/{cache}/{}.ls", path_hash(&path)))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{cache}");
-        let listing: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-        assert_eq!(
-            listing["root"]["entries"]["bin"]["entries"]["tool"]["type"], "regular",
-            "{json}"
-        );
+        listed(cache).await;
     }
+
+    forget().await;
+    listed("old").await;
+    assert_eq!(listings().await, 1, "made from the stored NAR, and kept");
+    listed("new").await;
+    database.close().await.expect("close");
 }

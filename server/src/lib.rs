@@ -24,6 +24,7 @@ pub mod gc;
 pub mod import;
 pub mod ingest;
 mod key_path;
+pub mod late_listing;
 pub mod key_rotation;
 pub mod landing_page;
 pub mod linger;

@@ -145,10 +145,11 @@ impl<'a> Uploads<'a> {
         Ok(nar)
     }
 
-    /// Keeps a NAR's `.ls` listing, compressed. Best effort, after the
-    /// commit: a NAR without one is served all the same, and its `.ls`
-    /// answers 404 as for NARs stored before listings.
-    async fn record_listing(&self, nar: &NarRecord, listing: Vec<u8>) {
+    /// Keeps a NAR's `.ls` listing, compressed, unless it has one. Best
+    /// effort, after the commit: a NAR without one is served all the same,
+    /// and its listing is made from it when first asked for
+    /// ([`crate::late_listing`]).
+    pub async fn record_listing(&self, nar: &NarRecord, listing: Vec<u8>) {
         let size = listing.len() as u64;
         let level = self.state.config.compression.zstd_level();
         let compressed =

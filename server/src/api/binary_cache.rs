@@ -182,7 +182,7 @@ async fn find_or_pull(
 }
 
 /// A NAR's chunks, from memory when recently read.
-pub(super) async fn nar_chunks(state: &AppState, nar_id: NarId) -> ServerResult<Vec<StoredChunk>> {
+pub(crate) async fn nar_chunks(state: &AppState, nar_id: NarId) -> ServerResult<Vec<StoredChunk>> {
     if let Some(held) = state.read_cache.chunk_lists.get(&nar_id) {
         return Ok(held.as_ref().clone());
     }

@@ -22,10 +22,12 @@ use crate::access::Caller;
 use crate::encoded_upload::{decoded_reader, explain};
 use crate::error::{ServerError, ServerResult};
 use crate::ingest::LISTING_MAX_SIZE;
+use crate::late_listing::listing_of;
 use crate::state::AppState;
 
 /// `GET /{cache}/{hash}.ls`: a path's listing, permission-checked like its
-/// narinfo (a caller who may not pull gets what a missing path gets). Sent
+/// narinfo (a caller who may not pull gets what a missing path gets), made
+/// from the stored NAR if it has none yet. Sent
 /// as stored, `Content-Encoding: zstd`, to a client that accepts zstd, and
 /// decompressed to any other.
 pub async fn get_listing(
@@ -43,9 +45,7 @@ pub async fn get_listing(
         .find_object(cache.id, &hash)
         .await?
         .ok_or(ServerError::NoSuchObject)?;
-    let listing = state
-        .database
-        .find_listing(nar.id)
+    let listing = listing_of(&state, &nar)
         .await?
         .ok_or(ServerError::NoSuchObject)?;
     if accepts_zstd(&headers) {
