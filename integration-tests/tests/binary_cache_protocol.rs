@@ -519,7 +519,7 @@ async fn a_nar_without_a_listing_gets_one_by_a_new_upload_or_when_asked() {
         .expect("open the database");
     let listings = || async {
         let row = database
-            .query_one(Statement::from_string(
+            .query_one_raw(Statement::from_string(
                 database.get_database_backend(),
                 "SELECT COUNT(*) AS n FROM nar_listing",
             ))

@@ -39,7 +39,7 @@ pub async fn listing_of(
     let plain = stream_nar(state.clone(), chunks, NarEncoding::Plain)
         .map(|piece| piece.map_err(std::io::Error::from));
     let declared = Declared {
-        nar_hash: nar.nar_hash.clone(),
+        nar_hash: nar.nar_hash,
         nar_size: nar.nar_size,
     };
     let listing = match verify_only(StreamReader::new(plain), declared).await {
