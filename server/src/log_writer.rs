@@ -11,7 +11,7 @@
 //! itself, and dropping the [`FlushGuard`] writes the rest.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,7 +44,13 @@ struct Shared<W> {
 pub struct FlushGuard<W: Write + Send + 'static> {
     shared: Arc<Shared<W>>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the background thread has written its last batch.
+    finished: mpsc::Receiver<()>,
 }
+
+/// How long dropping the [`FlushGuard`] waits for the last lines to be
+/// written: stderr may be a pipe nobody reads, and exit must not hang.
+pub const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl<W: Write + Send + 'static> BatchedWriter<W> {
     /// A writer to `out`, with its background thread started.
@@ -55,9 +61,15 @@ impl<W: Write + Send + 'static> BatchedWriter<W> {
             out: Mutex::new(out),
         });
         let background = shared.clone();
+        let (done, finished) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("log-writer".to_owned())
-            .spawn(move || background.write_periodically())?;
+            .spawn(move || {
+                background.write_periodically();
+                // Lines logged after the last batch.
+                background.write_gathered(&mut Vec::new());
+                drop(done);
+            })?;
         Ok((
             Self {
                 shared: shared.clone(),
@@ -65,6 +77,7 @@ impl<W: Write + Send + 'static> BatchedWriter<W> {
             FlushGuard {
                 shared,
                 thread: Some(thread),
+                finished,
             },
         ))
     }
@@ -111,11 +124,15 @@ impl<W: Write + Send + 'static> Drop for FlushGuard<W> {
     fn drop(&mut self) {
         self.shared.gathered().1 = true;
         self.shared.stop.notify_all();
-        if let Some(thread) = self.thread.take() {
+        // A write blocked on a full pipe is left behind rather than waited
+        // for: the process is ending.
+        if let Err(mpsc::RecvTimeoutError::Disconnected) =
+            self.finished.recv_timeout(FINAL_WRITE_TIMEOUT)
+            && let Some(thread) = self.thread.take()
+        {
             let _ = thread.join();
+            self.shared.write_gathered(&mut Vec::new());
         }
-        // Lines logged after the thread's last batch.
-        self.shared.write_gathered(&mut Vec::new());
     }
 }
 
@@ -181,6 +198,30 @@ mod tests {
         let text = String::from_utf8(sink.0.lock().expect("sink").clone()).expect("text");
         let expected: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
         assert!(text == expected, "lines lost or out of order");
+    }
+
+    /// stderr a pipe nobody reads: every write blocks for ever.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Err(io::Error::other("never"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn exit_does_not_wait_for_ever_on_a_blocked_destination() {
+        let (_never, blocked) = std::sync::mpsc::channel();
+        let (writer, guard) = BatchedWriter::new(Stuck(blocked)).expect("start");
+        writer.make_writer().write_all(b"a line\n").expect("gathered");
+        std::thread::sleep(FLUSH_INTERVAL * 4);
+        // The background thread is stuck writing; dropping the guard
+        // gives up after FINAL_WRITE_TIMEOUT instead of hanging.
+        drop(guard);
     }
 
     #[test]

@@ -315,7 +315,8 @@ async fn get_nar(
             let (_, object, nar) = match find_object(&state, cache.clone(), &hash).await {
                 // A path being pulled through: its NAR as it arrives.
                 Err(ServerError::NoSuchObject) if encoding == NarEncoding::Plain => {
-                    match pulled_nar::serve_while_pulling(&state, &cache, &hash).await? {
+                    let subject = caller.subject();
+                    match pulled_nar::serve_while_pulling(&state, &cache, &hash, subject).await? {
                         Some(response) => return Ok(response),
                         None => find_object(&state, cache, &hash).await?,
                     }

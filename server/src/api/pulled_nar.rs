@@ -11,6 +11,7 @@
 use std::io;
 use std::sync::Arc;
 
+use attic::hash::Sha256Hash;
 use attic::store_path::StorePathHash;
 use axum::body::Body;
 use axum::http::HeaderValue;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::binary_cache::{find_object, nar_chunks};
 use crate::database::Cache;
@@ -29,32 +30,63 @@ use crate::nar_range;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pull_through::in_flight::{self, Stage};
 use crate::pull_through::tee::Piece;
-use crate::pull_through::{self};
+use crate::pull_through::{self, Pulled};
 use crate::state::AppState;
 
-/// The response for the NAR of `hash` while a pull of it runs: `Some`
-/// streamed from the upstream, `None` once the pull stored it (serve it
-/// as any stored NAR); a miss if no pull runs or the pull failed.
+/// Clients receiving NARs from the tee at once, server-wide: each may hold
+/// up to [`crate::pull_through::tee::TEE_CAPACITY`] pieces of its path in memory by falling behind,
+/// so this bounds that memory (32 × 4 MiB). Others wait for the stored
+/// copy.
+const TEE_CLIENTS_MAX: usize = 32;
+
+static TEE_CLIENTS: Semaphore = Semaphore::const_new(TEE_CLIENTS_MAX);
+
+/// The response for the NAR of `hash`, not stored in `cache`, asked for
+/// by a caller allowed to pull (`subject`): `Some` streamed from the
+/// upstream as a pull of it brings it, `None` once a pull stored it (serve
+/// it as any stored NAR); a miss if no upstream gives it. With no pull
+/// running here, one is started: the narinfo may have come from another
+/// replica, or from a pull that failed since.
 pub(super) async fn serve_while_pulling(
     state: &Arc<AppState>,
     cache: &Cache,
     hash: &StorePathHash,
+    subject: Option<String>,
 ) -> ServerResult<Option<Response>> {
-    let stages = pull_through::in_flight(state, cache.id, hash).ok_or(ServerError::NoSuchObject)?;
-    let stored = match in_flight::answered(stages.clone()).await {
-        Stage::Streaming(streaming) => match streaming.tee.join() {
-            Some(receiver) => {
-                let resume = Box::new(Resume {
-                    state: Arc::clone(state),
-                    cache: cache.clone(),
-                    hash: hash.clone(),
-                    stages,
-                });
-                return Ok(Some(response(follow(receiver, resume))));
+    let stages = match pull_through::in_flight(state, cache.id, hash) {
+        Some(stages) => stages,
+        // Stored since we looked?
+        None if find_object(state, cache.clone(), hash).await.is_ok() => return Ok(None),
+        None => match pull_through::pull(state, cache, hash, subject).await {
+            Pulled::Missed => return Err(ServerError::NoSuchObject),
+            Pulled::Stored => return Ok(None),
+            Pulled::Streaming(_) => {
+                pull_through::in_flight(state, cache.id, hash).ok_or(ServerError::NoSuchObject)?
             }
-            // Too late for the first byte.
-            None => in_flight::stored(stages).await,
         },
+    };
+    let stored = match in_flight::answered(stages.clone()).await {
+        Stage::Streaming(streaming) => {
+            let permit = TEE_CLIENTS.try_acquire();
+            match permit.ok().and_then(|permit| Some((permit, streaming.tee.join()?))) {
+                Some((permit, receiver)) => {
+                    let resume = Box::new(Resume {
+                        state: Arc::clone(state),
+                        cache: cache.clone(),
+                        hash: hash.clone(),
+                        nar_hash: streaming.narinfo.nar_hash,
+                        stages,
+                    });
+                    let body = follow(receiver, resume).map(move |piece| {
+                        let _held = &permit;
+                        piece
+                    });
+                    return Ok(Some(response(body)));
+                }
+                // Too late for the first byte, or too many clients.
+                None => in_flight::stored(stages).await,
+            }
+        }
         Stage::Done(stored) => stored,
         Stage::Asking => false,
     };
@@ -97,6 +129,8 @@ struct Resume {
     state: Arc<AppState>,
     cache: Cache,
     hash: StorePathHash,
+    /// The NAR the client was promised: the stored copy must be it.
+    nar_hash: Sha256Hash,
     stages: watch::Receiver<Stage>,
 }
 
@@ -110,6 +144,11 @@ impl Resume {
             return Err(ServerError::NoSuchObject);
         }
         let (_, _, nar) = find_object(&self.state, self.cache, &self.hash).await?;
+        // Another upload may have replaced the path with another NAR: its
+        // bytes would not continue these.
+        if nar.nar_hash != self.nar_hash {
+            return Err(ServerError::NoSuchObject);
+        }
         let chunks = nar_chunks(&self.state, nar.id).await?;
         let range =
             HeaderValue::from_str(&format!("bytes={offset}-")).expect("digits make a valid header");
