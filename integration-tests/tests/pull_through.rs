@@ -542,6 +542,35 @@ async fn concurrent_requests_for_one_path_cause_one_upstream_fetch() {
     assert_eq!(pull_through_count(&api, "pulled").await, "1");
 }
 
+/// A NAR asked for with no pull of it running here (its narinfo came from
+/// another replica behind the same load balancer, or from a pull that
+/// failed since) starts one: the client gets the NAR, not a 404.
+#[tokio::test]
+async fn a_nar_request_with_no_pull_running_here_pulls_the_path() {
+    let path = noise_path(512 * 1024);
+    let upstream = FileUpstream::with(&[&path], "zstd");
+    let (_server, api, admin) = server_with_cache(false).await;
+    set_upstreams(&api, &admin, &[(&upstream.nginx.url, &upstream.public_key)]).await;
+
+    let url = format!("/mirror/nar/{}.nar", path_hash(&path));
+    let response = api
+        .request(reqwest::Method::GET, &url, Some(&admin))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let nar = response.bytes().await.expect("a whole NAR");
+    assert!(nar.as_ref() == nix::dump(Path::new(&path)), "other bytes than the NAR");
+    assert_eq!(upstream.nar_requests(), 1);
+    // Stored: the narinfo now comes from the store, with no second fetch.
+    narinfo_text(&api, &admin, &path).await;
+    assert_eq!(upstream.nar_requests(), 1);
+
+    // A path no upstream has stays a 404.
+    let missing = format!("/mirror/nar/{}.nar", "0".repeat(32));
+    assert_eq!(api.status(Some(&admin), &missing).await, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn a_caller_without_pull_never_makes_the_server_ask_an_upstream() {
     let path = noise_path(4 * 1024);
