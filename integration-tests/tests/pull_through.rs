@@ -560,7 +560,10 @@ async fn a_nar_request_with_no_pull_running_here_pulls_the_path() {
         .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
     let nar = response.bytes().await.expect("a whole NAR");
-    assert!(nar.as_ref() == nix::dump(Path::new(&path)), "other bytes than the NAR");
+    assert!(
+        nar.as_ref() == nix::dump(Path::new(&path)),
+        "other bytes than the NAR"
+    );
     assert_eq!(upstream.nar_requests(), 1);
     // Stored: the narinfo now comes from the store, with no second fetch.
     narinfo_text(&api, &admin, &path).await;
@@ -568,7 +571,10 @@ async fn a_nar_request_with_no_pull_running_here_pulls_the_path() {
 
     // A path no upstream has stays a 404.
     let missing = format!("/mirror/nar/{}.nar", "0".repeat(32));
-    assert_eq!(api.status(Some(&admin), &missing).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.status(Some(&admin), &missing).await,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

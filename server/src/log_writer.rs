@@ -217,7 +217,10 @@ mod tests {
     fn exit_does_not_wait_for_ever_on_a_blocked_destination() {
         let (_never, blocked) = std::sync::mpsc::channel();
         let (writer, guard) = BatchedWriter::new(Stuck(blocked)).expect("start");
-        writer.make_writer().write_all(b"a line\n").expect("gathered");
+        writer
+            .make_writer()
+            .write_all(b"a line\n")
+            .expect("gathered");
         std::thread::sleep(FLUSH_INTERVAL * 4);
         // The background thread is stuck writing; dropping the guard
         // gives up after FINAL_WRITE_TIMEOUT instead of hanging.

@@ -68,7 +68,10 @@ pub(super) async fn serve_while_pulling(
     let stored = match in_flight::answered(stages.clone()).await {
         Stage::Streaming(streaming) => {
             let permit = TEE_CLIENTS.try_acquire();
-            match permit.ok().and_then(|permit| Some((permit, streaming.tee.join()?))) {
+            match permit
+                .ok()
+                .and_then(|permit| Some((permit, streaming.tee.join()?)))
+            {
                 Some((permit, receiver)) => {
                     let resume = Box::new(Resume {
                         state: Arc::clone(state),
