@@ -169,6 +169,34 @@ fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
 }
 
+/// Real Nix realising `path` into the store at `root`, substituting from
+/// `mirror` on the server at `url` and trusting only `key`.
+fn substitute_from_mirror(
+    url: &str,
+    root: &Path,
+    netrc: &Path,
+    key: &str,
+    path: &str,
+) -> std::process::Output {
+    nix::run_unchecked(
+        nix::command("nix-store")
+            .arg("--store")
+            .arg(root)
+            .args(["--realise", path])
+            .arg("--option")
+            .arg("netrc-file")
+            .arg(netrc)
+            .args([
+                "--option",
+                "substituters",
+                &format!("{url}/mirror"),
+                "--option",
+                "trusted-public-keys",
+                key,
+            ]),
+    )
+}
+
 /// A path of its own holding `size` bytes of noise.
 fn noise_path(size: usize) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -316,23 +344,7 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     let store = FreshStore::new();
     let netrc_dir = tempfile::tempdir().expect("tempdir");
     let netrc = nix::write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
-    let out = nix::run_unchecked(
-        nix::command("nix-store")
-            .arg("--store")
-            .arg(store.root())
-            .args(["--realise", &path])
-            .arg("--option")
-            .arg("netrc-file")
-            .arg(&netrc)
-            .args([
-                "--option",
-                "substituters",
-                &format!("{}/mirror", server.url),
-                "--option",
-                "trusted-public-keys",
-                &our_key,
-            ]),
-    );
+    let out = substitute_from_mirror(&server.url, store.root(), &netrc, &our_key, &path);
     assert!(
         out.status.success(),
         "{}",
@@ -382,23 +394,7 @@ async fn a_tampered_upstream_nar_is_refused_stored_nowhere_and_a_miss() {
     let netrc_dir = tempfile::tempdir().expect("tempdir");
     let netrc = nix::write_netrc(netrc_dir.path(), "127.0.0.1", &admin);
     let store = FreshStore::new();
-    let out = nix::run_unchecked(
-        nix::command("nix-store")
-            .arg("--store")
-            .arg(store.root())
-            .args(["--realise", &path])
-            .arg("--option")
-            .arg("netrc-file")
-            .arg(&netrc)
-            .args([
-                "--option",
-                "substituters",
-                &format!("{}/mirror", server.url),
-                "--option",
-                "trusted-public-keys",
-                &our_key,
-            ]),
-    );
+    let out = substitute_from_mirror(&server.url, store.root(), &netrc, &our_key, &path);
     assert!(!out.status.success(), "Nix got a tampered path");
     assert!(!store.is_valid(&path));
 }
