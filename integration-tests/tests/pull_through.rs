@@ -320,6 +320,28 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     // Bytes arrived while the upstream holds back half the NAR.
     assert_eq!(upstream.nar_requests(), 1);
     assert_eq!(upstream.nars_finished(), 0, "the upstream had sent it all");
+    // Its length is the narinfo's, announced before it is all here.
+    let nar_size: u64 = field(&narinfo, "NarSize")
+        .expect("NarSize")
+        .parse()
+        .expect("a size");
+    let length = response.headers().get(reqwest::header::CONTENT_LENGTH);
+    assert_eq!(
+        length.and_then(|l| l.to_str().ok()),
+        Some(nar_size.to_string().as_str())
+    );
+    // A client resuming meanwhile gets its exact range once the NAR is
+    // stored, not the whole NAR from the upstream.
+    let resuming = api
+        .request(reqwest::Method::GET, &nar_url(&narinfo), Some(&admin))
+        .header(reqwest::header::RANGE, "bytes=1000-1999");
+    let resuming = tokio::spawn(async move {
+        let response = resuming.send().await.expect("request");
+        let status = response.status();
+        (status, response.bytes().await.expect("body"))
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!resuming.is_finished(), "answered before the NAR was whole");
     upstream.open();
     while let Some(piece) = response.chunk().await.expect("a whole body") {
         received.extend_from_slice(&piece);
@@ -329,6 +351,9 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
         "other bytes than the NAR"
     );
     assert_eq!(upstream.nars_finished(), 1);
+    let (status, range) = resuming.await.expect("the resuming client");
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(range == received[1000..2000], "other bytes than the range");
 
     // Once the body ended the path is stored, and its narinfo is ours.
     assert_eq!(server.row_counts().await.paths, 1);

@@ -84,7 +84,7 @@ impl NarEncoding {
 }
 
 /// Why a NAR could not be sent whole.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NarReadError {
     /// Stored data is damaged; it has been marked so.
     #[error("a chunk of this NAR is damaged")]

@@ -316,7 +316,10 @@ async fn get_nar(
                 // A path being pulled through: its NAR as it arrives.
                 Err(ServerError::NoSuchObject) if encoding == NarEncoding::Plain => {
                     let subject = caller.subject();
-                    match pulled_nar::serve_while_pulling(&state, &cache, &hash, subject).await? {
+                    let range = headers.contains_key(RANGE);
+                    match pulled_nar::serve_while_pulling(&state, &cache, &hash, subject, range)
+                        .await?
+                    {
                         Some(response) => return Ok(response),
                         None => find_object(&state, cache, &hash).await?,
                     }

@@ -15,7 +15,7 @@ use attic::hash::Sha256Hash;
 use attic::store_path::StorePathHash;
 use axum::body::Body;
 use axum::http::HeaderValue;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -46,12 +46,14 @@ static TEE_CLIENTS: Semaphore = Semaphore::const_new(TEE_CLIENTS_MAX);
 /// upstream as a pull of it brings it, `None` once a pull stored it (serve
 /// it as any stored NAR); a miss if no upstream gives it. With no pull
 /// running here, one is started: the narinfo may have come from another
-/// replica, or from a pull that failed since.
+/// replica, or from a pull that failed since. A request for a `range` (a
+/// client resuming) waits for the stored copy, whose ranges are exact.
 pub(super) async fn serve_while_pulling(
     state: &Arc<AppState>,
     cache: &Cache,
     hash: &StorePathHash,
     subject: Option<String>,
+    range: bool,
 ) -> ServerResult<Option<Response>> {
     let stages = match pull_through::in_flight(state, cache.id, hash) {
         Some(stages) => stages,
@@ -66,6 +68,7 @@ pub(super) async fn serve_while_pulling(
         },
     };
     let stored = match in_flight::answered(stages.clone()).await {
+        Stage::Streaming(_) if range => in_flight::stored(stages).await,
         Stage::Streaming(streaming) => {
             let permit = TEE_CLIENTS.try_acquire();
             match permit
@@ -80,11 +83,15 @@ pub(super) async fn serve_while_pulling(
                         nar_hash: streaming.narinfo.nar_hash,
                         stages,
                     });
+                    let served = state.metrics.served_bytes.clone();
                     let body = follow(receiver, resume).map(move |piece| {
                         let _held = &permit;
+                        if let Ok(bytes) = &piece {
+                            served.inc_by(bytes.len() as u64);
+                        }
                         piece
                     });
-                    return Ok(Some(response(body)));
+                    return Ok(Some(response(body, streaming.narinfo.nar_size)));
                 }
                 // Too late for the first byte, or too many clients.
                 None => in_flight::stored(stages).await,
@@ -100,13 +107,19 @@ pub(super) async fn serve_while_pulling(
     }
 }
 
-fn response(body: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Response {
+/// The tee's response: the NAR as the upstream's narinfo announced it,
+/// `nar_size` bytes, or a body that ends abnormally.
+fn response(
+    body: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    nar_size: u64,
+) -> Response {
     (
         [
-            (CONTENT_TYPE, "application/x-nix-nar"),
+            (CONTENT_TYPE, "application/x-nix-nar".to_owned()),
+            (CONTENT_LENGTH, nar_size.to_string()),
             // Not stored yet: nothing may keep a response that may yet
             // end abnormally.
-            (CACHE_CONTROL, "no-store"),
+            (CACHE_CONTROL, "no-store".to_owned()),
         ],
         Body::from_stream(body),
     )
@@ -115,15 +128,19 @@ fn response(body: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Res
 
 /// Where a client of the tee is.
 enum Follow {
-    /// Receiving from the tee, `sent` bytes so far.
+    /// Receiving from the tee, `sent` bytes so far; the last piece
+    /// received is `held` back until the next arrives or the NAR is
+    /// stored, so the body's declared length is never reached by a NAR
+    /// that then fails to verify.
     Tee {
         receiver: broadcast::Receiver<Piece>,
         sent: u64,
+        held: Option<Bytes>,
         resume: Box<Resume>,
     },
     /// Fell behind: reading the rest from the stored copy.
     Stored(BoxStream<'static, Result<Bytes, NarReadError>>),
-    /// Ended abnormally.
+    /// Ended abnormally, or sent all.
     Ended,
 }
 
@@ -169,6 +186,7 @@ fn follow(
     let start = Follow::Tee {
         receiver,
         sent: 0,
+        held: None,
         resume,
     };
     futures::stream::unfold(start, |follow| async move {
@@ -176,25 +194,35 @@ fn follow(
             Follow::Tee {
                 mut receiver,
                 sent,
+                mut held,
                 resume,
-            } => match receiver.recv().await {
-                Ok(Piece::Bytes(bytes)) => {
-                    let sent = sent + bytes.len() as u64;
-                    let next = Follow::Tee {
-                        receiver,
-                        sent,
-                        resume,
-                    };
-                    Some((Ok(bytes), next))
+            } => loop {
+                match receiver.recv().await {
+                    Ok(Piece::Bytes(bytes)) => {
+                        let Some(send) = held.replace(bytes) else {
+                            continue;
+                        };
+                        let next = Follow::Tee {
+                            receiver,
+                            sent: sent + send.len() as u64,
+                            held,
+                            resume,
+                        };
+                        return Some((Ok(send), next));
+                    }
+                    // Verified and stored: the last piece may go.
+                    Ok(Piece::Stored) => return held.map(|last| (Ok(last), Follow::Ended)),
+                    Ok(Piece::Refused) | Err(RecvError::Closed) => {
+                        return Some((Err(refused()), Follow::Ended));
+                    }
+                    // The piece held back is read again with the rest.
+                    Err(RecvError::Lagged(_)) => {
+                        return match resume.stored_from(sent).await {
+                            Ok(stored) => next_stored(stored).await,
+                            Err(_) => Some((Err(refused()), Follow::Ended)),
+                        };
+                    }
                 }
-                Ok(Piece::Stored) => None,
-                Ok(Piece::Refused) | Err(RecvError::Closed) => {
-                    Some((Err(refused()), Follow::Ended))
-                }
-                Err(RecvError::Lagged(_)) => match resume.stored_from(sent).await {
-                    Ok(stored) => next_stored(stored).await,
-                    Err(_) => Some((Err(refused()), Follow::Ended)),
-                },
             },
             Follow::Stored(stored) => next_stored(stored).await,
             Follow::Ended => None,

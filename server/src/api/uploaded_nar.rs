@@ -97,11 +97,17 @@ pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResu
             // The permit goes with the last byte.
             let stream = ReaderStream::new(encoded).map(move |read| {
                 let _held = &permit;
-                read.map_err(|_| NarReadError::Unavailable)
+                read.map_err(|e| nar_read_error(&e))
             });
             (boxed(stream), None)
         }
     };
+    let served = state.metrics.served_bytes.clone();
+    let stream = stream.inspect(move |piece| {
+        if let Ok(bytes) = piece {
+            served.inc_by(bytes.len() as u64);
+        }
+    });
     let body = checked_body(stream).await?;
     let mut response = (
         [
@@ -115,6 +121,15 @@ pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResu
         response.headers_mut().insert(CONTENT_LENGTH, length.into());
     }
     Ok(response)
+}
+
+/// What a failed read of the NAR being recompressed was: the encoder
+/// passes the NAR stream's own error through, so damage stays damage.
+fn nar_read_error(e: &std::io::Error) -> NarReadError {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<NarReadError>())
+        .copied()
+        .unwrap_or(NarReadError::Unavailable)
 }
 
 type NarStream = std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, NarReadError>> + Send>>;
@@ -136,5 +151,24 @@ mod tests {
         assert!(is_nix_upload_name(&format!("{}.nar", "1".repeat(52))));
         assert!(!is_nix_upload_name(&format!("{}.nar.zst", "1".repeat(32))));
         assert!(!is_nix_upload_name("nothing"));
+    }
+
+    #[tokio::test]
+    async fn damage_under_a_recompressing_encoder_is_still_damage() {
+        let damaged = futures::stream::iter([
+            Ok(bytes::Bytes::from_static(b"some NAR bytes")),
+            Err(std::io::Error::from(NarReadError::Damaged)),
+        ]);
+        let encoded = XzEncoder::with_quality(StreamReader::new(damaged), Level::Fastest);
+        let errors: Vec<NarReadError> = ReaderStream::new(encoded)
+            .filter_map(|read| async move { read.err() })
+            .map(|e| nar_read_error(&e))
+            .collect()
+            .await;
+        assert_eq!(errors, [NarReadError::Damaged]);
+        assert_eq!(
+            nar_read_error(&std::io::Error::other("elsewhere")),
+            NarReadError::Unavailable
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! (zstd, xz or brotli, as `[compression] type` said when it was stored),
 //! so any one can be decoded without its neighbours.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 
 use super::StoredCompression;
@@ -11,7 +12,7 @@ impl StoredCompression {
     /// CPU-bound: call it off the async executor.
     pub fn encode(self, content: &[u8], level: i32) -> io::Result<Vec<u8>> {
         match self {
-            Self::Zstd => zstd::bulk::compress(content, level),
+            Self::Zstd => zstd_compress(content, level),
             Self::None => Ok(content.to_vec()),
             Self::Xz => {
                 let preset = u32::try_from(level).map_err(io::Error::other)?;
@@ -36,7 +37,7 @@ impl StoredCompression {
     /// and no more than `size + 1` bytes are ever produced. CPU-bound.
     pub fn decode(self, stored: &[u8], size: usize) -> io::Result<Vec<u8>> {
         let content = match self {
-            Self::Zstd => zstd::bulk::decompress(stored, size)?,
+            Self::Zstd => zstd_decompress(stored, size)?,
             Self::None => stored.to_vec(),
             Self::Xz => read_at_most(liblzma::read::XzDecoder::new(stored), size)?,
             Self::Brotli => read_at_most(brotli::Decompressor::new(stored, 4096), size)?,
@@ -49,6 +50,42 @@ impl StoredCompression {
         }
         Ok(content)
     }
+}
+
+thread_local! {
+    /// This thread's zstd contexts, and the level the compressor is set
+    /// to: a context is hundreds of KiB to set up, far more than a chunk
+    /// costs to compress at the fast levels, and chunks are compressed
+    /// one by one on a few blocking threads.
+    static ZSTD_COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// What `zstd::bulk::compress` makes, with this thread's context.
+fn zstd_compress(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    ZSTD_COMPRESSOR.with_borrow_mut(|held| {
+        if held.as_ref().is_none_or(|(set, _)| *set != level) {
+            *held = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, compressor) = held.as_mut().expect("set above");
+        let mut frame = compressor.compress(content)?;
+        // The buffer is the worst case, larger than the input; what is kept
+        // until the pack is written should be the frame.
+        frame.shrink_to_fit();
+        Ok(frame)
+    })
+}
+
+/// What `zstd::bulk::decompress` makes, with this thread's context.
+fn zstd_decompress(stored: &[u8], size: usize) -> io::Result<Vec<u8>> {
+    ZSTD_DECOMPRESSOR.with_borrow_mut(|held| {
+        if held.is_none() {
+            *held = Some(zstd::bulk::Decompressor::new()?);
+        }
+        held.as_mut().expect("set above").decompress(stored, size)
+    })
 }
 
 /// Up to `size + 1` bytes of `reader`: one more than expected is enough
@@ -112,5 +149,23 @@ mod tests {
                 .decode(b"\xff\xff\xff", 3)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_reused_zstd_context_makes_the_frames_a_fresh_one_makes() {
+        let content = content();
+        let zstd = StoredCompression::Zstd;
+        for level in [3, 19, 1, 3] {
+            let frame = zstd.encode(&content, level).expect("encode");
+            let fresh = zstd::bulk::compress(&content, level).expect("compress");
+            assert!(frame == fresh, "level {level}");
+        }
+        // A failed decode leaves the context fit for the next.
+        let frame = zstd.encode(&content, 3).expect("encode");
+        assert!(
+            zstd.decode(&frame[..frame.len() / 2], content.len())
+                .is_err()
+        );
+        assert!(zstd.decode(&frame, content.len()).expect("decode") == content);
     }
 }

@@ -205,8 +205,16 @@ struct RunReader {
     /// The unread rest of the last piece storage returned.
     piece: Bytes,
     received: u64,
+    /// Times the rest of the range was asked for again after its body
+    /// failed midway.
+    resumed: u32,
     stopped: bool,
 }
+
+/// Times a run's range is asked for again from where its body broke off
+/// (a connection reset, or a prefetched S3 response whose idle connection
+/// the server closed), before the read fails.
+const RESUMES_MAX: u32 = 2;
 
 impl RunReader {
     fn new(storage: Arc<dyn StorageBackend>, run: Run) -> Self {
@@ -219,6 +227,7 @@ impl RunReader {
             body: None,
             piece: Bytes::new(),
             received: 0,
+            resumed: 0,
             stopped: false,
         }
     }
@@ -332,6 +341,18 @@ impl RunReader {
                 Some(Ok(piece)) => {
                     self.received += piece.len() as u64;
                     self.piece = piece;
+                }
+                Some(Err(source)) if self.resumed < RESUMES_MAX => {
+                    self.resumed += 1;
+                    let from = range.start + self.received;
+                    tracing::warn!(
+                        key = %self.key, from, error = %source,
+                        "a pack read broke off; asking for the rest again"
+                    );
+                    match self.storage.get(&self.key, from..range.end).await {
+                        Ok(rest) => *body = rest,
+                        Err(e) => return Err(ReadError::Storage(e)),
+                    }
                 }
                 Some(Err(source)) => {
                     return Err(ReadError::Storage(StorageError::Io {
@@ -514,6 +535,13 @@ mod tests {
 
     async fn read_all_runs(
         storage: Arc<MemoryStorage>,
+        chunks: Vec<StoredChunk>,
+    ) -> Vec<Result<CheckedChunk, ReadError>> {
+        read_all_runs_from(storage, chunks).await
+    }
+
+    async fn read_all_runs_from(
+        storage: Arc<dyn StorageBackend>,
         chunks: Vec<StoredChunk>,
     ) -> Vec<Result<CheckedChunk, ReadError>> {
         let mut out = Vec::new();
@@ -755,5 +783,101 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// Storage whose answers break off with a connection reset after `cut`
+    /// bytes, the first `breaks` times a range is read.
+    #[derive(Debug)]
+    struct BreakingStorage {
+        inner: Arc<MemoryStorage>,
+        cut: usize,
+        breaks: std::sync::atomic::AtomicU32,
+        ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+    }
+
+    impl BreakingStorage {
+        fn new(inner: Arc<MemoryStorage>, cut: usize, breaks: u32) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                cut,
+                breaks: breaks.into(),
+                ranges: Default::default(),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl StorageBackend for BreakingStorage {
+        async fn put(&self, key: &StorageKey, data: ByteStream) -> Result<u64, StorageError> {
+            self.inner.put(key, data).await
+        }
+
+        async fn get(
+            &self,
+            key: &StorageKey,
+            range: std::ops::Range<u64>,
+        ) -> Result<ByteStream, StorageError> {
+            self.ranges.lock().expect("lock").push(range.clone());
+            let whole = crate::storage::read_all(&*self.inner, key).await?;
+            let end = (range.end as usize).min(whole.len());
+            let answer = whole.slice(range.start as usize..end);
+            let breaks = &self.breaks;
+            if breaks.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Ok(stream_of(answer));
+            }
+            breaks.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let head = answer.slice(..self.cut.min(answer.len()));
+            let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            Ok(Box::pin(futures::stream::iter([Ok(head), Err(reset)])))
+        }
+
+        async fn delete(&self, key: &StorageKey) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::BlobInfo>, StorageError> {
+            self.inner.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_that_breaks_off_continues_from_where_it_broke() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        // Within the second chunk, then within the third.
+        let cut = (chunks[1].offset + 3) as usize;
+        let breaking = BreakingStorage::new(storage, cut, 2);
+        let read: Vec<CheckedChunks> = read_runs_grouped(breaking.clone(), runs(chunks.clone()), 1)
+            .try_collect()
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .expect("every chunk is read");
+        let contents: Vec<Vec<u8>> = read
+            .iter()
+            .flat_map(|group| group.pieces().map(|(_, stored)| stored))
+            .map(|stored| zstd::bulk::decompress(&stored, 100).expect("frame"))
+            .collect();
+        assert_eq!(contents, [&b"first chunk"[..], b"second chunk", b"third"]);
+        let end = chunks[2].offset + chunks[2].stored_size;
+        let resumed = cut as u64;
+        assert_eq!(
+            *breaking.ranges.lock().expect("lock"),
+            [0..end, resumed..end, resumed + cut as u64..end]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_keeps_breaking_off_fails_as_storage_not_damage() {
+        let Fixture { storage, chunks } = pack_of_three().await;
+        let breaking = BreakingStorage::new(storage, 1, RESUMES_MAX + 1);
+        let read = read_all_runs_from(breaking.clone(), chunks).await;
+        assert!(
+            matches!(&read[0], Err(ReadError::Storage(StorageError::Io { .. }))),
+            "{read:?}"
+        );
+        assert_eq!(read.len(), 1, "nothing read after the failure");
+        assert_eq!(
+            breaking.ranges.lock().expect("lock").len(),
+            1 + RESUMES_MAX as usize
+        );
     }
 }
