@@ -355,7 +355,8 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert!(range == received[1000..2000], "other bytes than the range");
 
-    // Once the body ended the path is stored, and its narinfo is ours.
+    // The resuming client was answered from the stored copy: the path is
+    // stored, and its narinfo is ours.
     assert_eq!(server.row_counts().await.paths, 1);
     let stored = narinfo_text(&api, &admin, &path).await;
     assert_eq!(field(&stored, "NarHash"), field(&narinfo, "NarHash"));

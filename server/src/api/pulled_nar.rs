@@ -2,9 +2,10 @@
 //! bytes as they arrive from the upstream ([`crate::pull_through::tee`]).
 //!
 //! A client that joins before the first byte is sent every byte from the
-//! tee; the response ends cleanly only once the NAR verified and is
-//! stored, and abnormally otherwise, so a client never takes a truncated
-//! or tampered NAR for a whole one. A client that falls too far behind
+//! tee; the response ends cleanly only once the NAR verified against the
+//! signed hash and size (its last piece is held back until then), and
+//! abnormally otherwise, so a client never takes a truncated or tampered
+//! NAR for a whole one. A client that falls too far behind
 //! continues from the stored copy where it was; one that comes after the
 //! first byte waits for the stored copy.
 
@@ -210,8 +211,10 @@ fn follow(
                         };
                         return Some((Ok(send), next));
                     }
-                    // Verified and stored: the last piece may go.
-                    Ok(Piece::Stored) => return held.map(|last| (Ok(last), Follow::Ended)),
+                    // Verified: the last piece may go.
+                    Ok(Piece::Verified | Piece::Stored) => {
+                        return held.map(|last| (Ok(last), Follow::Ended));
+                    }
                     Ok(Piece::Refused) | Err(RecvError::Closed) => {
                         return Some((Err(refused()), Follow::Ended));
                     }

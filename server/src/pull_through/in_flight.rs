@@ -37,7 +37,7 @@ pub struct Streaming {
     /// that verified under its configured key.
     pub narinfo: NarInfo,
     /// Its NAR's decoded bytes, as they arrive.
-    pub tee: Tee,
+    pub tee: Arc<Tee>,
 }
 
 /// What a pull reports its stages through.
@@ -201,7 +201,7 @@ mod tests {
         let stages = pulls.start_or_join(1, move |progress| async move {
             progress.streaming(Arc::new(Streaming {
                 narinfo,
-                tee: Tee::default(),
+                tee: Arc::default(),
             }));
             let _ = released.await;
             true

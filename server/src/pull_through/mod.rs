@@ -11,8 +11,8 @@
 //! narinfo verifies they are answered a narinfo of their own
 //! ([`streaming_narinfo`]: the upstream's signed hash and size, signed
 //! with the cache's key, the NAR uncompressed) and are sent its bytes as
-//! they arrive ([`tee`]), ended abnormally unless it verifies and is
-//! stored. Many clients asking for one path at once cause one fetch
+//! they arrive ([`tee`]) at the upstream's pace ([`read_ahead`]), ended
+//! abnormally unless it verifies; the ingest stores it meanwhile. Many clients asking for one path at once cause one fetch
 //! ([`in_flight`]); a path no upstream gave is a miss for a while
 //! ([`negative`]). Every failure is a miss, logged with its reason, never
 //! an error to the client.
@@ -20,6 +20,7 @@
 pub mod config;
 pub mod in_flight;
 pub mod negative;
+pub mod read_ahead;
 pub mod tee;
 pub mod upstream;
 
@@ -36,7 +37,7 @@ pub use config::{
 };
 use in_flight::{InFlight, Progress, Stage, Streaming};
 use negative::NegativeCache;
-use tee::{Tee, TeeReader};
+use read_ahead::read_ahead;
 use upstream::{UpstreamClient, UpstreamError};
 
 use crate::compressed::{DecodedBody, DecodedSize};
@@ -251,7 +252,7 @@ async fn pull_from(
     );
     let streaming = Arc::new(Streaming {
         narinfo,
-        tee: Tee::default(),
+        tee: Arc::default(),
     });
     progress.streaming(Arc::clone(&streaming));
     // The client that asked for the narinfo asks for the NAR next: wait
@@ -260,7 +261,8 @@ async fn pull_from(
         .tee
         .wait_for_a_client(state.pull_through.client.timeout())
         .await;
-    // The verdict goes to the tee's clients once the pull is over
+    // The tee's clients hear whether the NAR verified as soon as it is
+    // read, and whether it is stored once the pull is over
     // ([`InFlight::start_or_join`]).
     store_from(state, upstream, &streaming, object).await
 }
@@ -287,11 +289,13 @@ async fn store_from(
         narinfo.file_hash,
         DecodedSize::Declared,
     );
-    let body = TeeReader::new(body, &streaming.tee);
     let declared = Declared {
         nar_hash: narinfo.nar_hash,
         nar_size: narinfo.nar_size,
     };
+    // Read at the upstream's pace for the tee's clients, who are answered
+    // once it verifies; stored at the ingest's.
+    let body = read_ahead(body, declared, Arc::clone(&streaming.tee));
     // As for uploads: a NAR the store holds is attached only once its
     // content came in full and verified, so an upstream that a tenant
     // controls cannot name another tenant's NAR into its cache. Clients

@@ -1,25 +1,21 @@
 //! The decoded bytes of an upstream NAR, handed to the clients that asked
 //! for it while the server is still downloading and storing it.
 //!
-//! The ingest reads the upstream through a [`TeeReader`], which copies
+//! The upstream's body is read through [`super::read_ahead`], which copies
 //! every piece into a bounded broadcast. Clients join before the first
 //! byte goes out ([`Tee::join`]): a later one could not be sent the start,
 //! and waits for the stored copy instead. Sending never waits for a
 //! client, so a slow one cannot stall the download: one that falls more
 //! than [`TEE_CAPACITY`] pieces behind is told it lagged, and continues
-//! from the stored copy. The last word is the verdict: [`Piece::Stored`]
-//! once the NAR verified against the signed hash and size and is stored,
-//! [`Piece::Refused`] otherwise, so no client sees a clean end of bytes
-//! that did not verify.
+//! from the stored copy. The last word is the verdict:
+//! [`Piece::Verified`] once the NAR matched the signed hash and size (the
+//! ingest may still be storing it), [`Piece::Refused`] otherwise, so no
+//! client sees a clean end of bytes that did not verify.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{Notify, broadcast};
 
 /// Largest piece broadcast: a read larger than this goes out in several.
@@ -34,7 +30,10 @@ pub const TEE_CAPACITY: usize = 64;
 pub enum Piece {
     /// The next decoded bytes of the NAR.
     Bytes(Bytes),
-    /// The NAR verified and is stored: the bytes sent were all of it.
+    /// The NAR verified against the signed hash and size: the bytes sent
+    /// were all of it.
+    Verified,
+    /// The NAR verified and is stored.
     Stored,
     /// The NAR did not verify or could not be stored: what was sent must
     /// be discarded.
@@ -90,16 +89,33 @@ impl Tee {
         });
     }
 
-    fn send(&self, bytes: &[u8]) {
+    /// The bytes sent were the NAR the narinfo signs.
+    pub fn verified(&self) {
+        self.verdict(Piece::Verified);
+    }
+
+    /// The bytes sent were not the NAR the narinfo signs, or not all of
+    /// it.
+    pub fn refuse(&self) {
+        self.verdict(Piece::Refused);
+    }
+
+    fn verdict(&self, piece: Piece) {
+        let mut started = self.lock();
+        *started = true;
+        let _ = self.sender.send(piece);
+    }
+
+    /// Sends the next bytes of the NAR, in pieces of at most [`PIECE_MAX`].
+    pub fn send(&self, mut bytes: Bytes) {
         // Under the lock: a client joins either before this, and receives
         // it, or after, and is refused.
         let mut started = self.lock();
         *started = true;
-        for piece in bytes.chunks(PIECE_MAX) {
+        while !bytes.is_empty() {
+            let piece = bytes.split_to(bytes.len().min(PIECE_MAX));
             // No receiver is no error: the ingest goes on alone.
-            let _ = self
-                .sender
-                .send(Piece::Bytes(Bytes::copy_from_slice(piece)));
+            let _ = self.sender.send(Piece::Bytes(piece));
         }
     }
 
@@ -110,41 +126,8 @@ impl Tee {
     }
 }
 
-/// Passes a reader's bytes through, copying each into a [`Tee`].
-pub struct TeeReader<'t, R> {
-    inner: R,
-    tee: &'t Tee,
-}
-
-impl<'t, R> TeeReader<'t, R> {
-    /// Copies what `inner` yields into `tee`.
-    pub fn new(inner: R, tee: &'t Tee) -> Self {
-        Self { inner, tee }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for TeeReader<'_, R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() > before
-        {
-            this.tee.send(&buf.filled()[before..]);
-        }
-        polled
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
-
     use super::*;
 
     #[tokio::test]
@@ -154,13 +137,10 @@ mod tests {
         let mut second = tee.join().expect("nothing sent yet");
         tee.wait_for_a_client(Duration::from_secs(3600)).await;
         let nar = vec![7u8; 3 * PIECE_MAX + 5];
-        let mut read = Vec::new();
-        TeeReader::new(&nar[..], &tee)
-            .read_to_end(&mut read)
-            .await
-            .expect("read");
+        tee.send(Bytes::copy_from_slice(&nar[..5]));
+        tee.send(Bytes::copy_from_slice(&nar[5..]));
         assert!(tee.join().is_none(), "too late for the first byte");
-        tee.finish(true);
+        tee.verified();
         for receiver in [&mut first, &mut second] {
             let mut got = Vec::new();
             loop {
@@ -169,8 +149,8 @@ mod tests {
                         assert!(bytes.len() <= PIECE_MAX);
                         got.extend_from_slice(&bytes);
                     }
-                    Piece::Stored => break,
-                    Piece::Refused => panic!("refused"),
+                    Piece::Verified => break,
+                    other => panic!("{other:?}"),
                 }
             }
             assert_eq!(got, nar);
@@ -181,14 +161,10 @@ mod tests {
     async fn a_client_that_falls_behind_is_told_so_and_never_stalls_the_download() {
         let tee = Tee::default();
         let mut slow = tee.join().expect("nothing sent yet");
-        let nar = vec![1u8; (TEE_CAPACITY + 2) * PIECE_MAX];
-        let mut read = Vec::new();
-        // Read to its end with the client never reading: no wait.
-        TeeReader::new(&nar[..], &tee)
-            .read_to_end(&mut read)
-            .await
-            .expect("read");
-        tee.finish(false);
+        let nar = Bytes::from(vec![1u8; (TEE_CAPACITY + 2) * PIECE_MAX]);
+        // Sent whole with the client never reading: no wait.
+        tee.send(nar);
+        tee.refuse();
         assert!(matches!(
             slow.recv().await,
             Err(broadcast::error::RecvError::Lagged(_))
