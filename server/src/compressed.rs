@@ -45,6 +45,10 @@ pub const EXPANSION_ALLOWANCE: u64 = 1024 * 1024;
 /// zeros compresses thousands of times, and bombs millions.
 pub const MAX_EXPANSION_RATIO: u64 = 1000;
 
+/// Compressed bytes read from the body at once: a decoder's call decodes
+/// what one read brought.
+const SOURCE_BUFFER: usize = 64 * 1024;
+
 /// Whether the uploader declared the decoded size before the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodedSize {
@@ -235,12 +239,15 @@ impl<R: AsyncRead + Unpin> DecodedBody<R> {
         file_hash: Option<Sha256Hash>,
         size: DecodedSize,
     ) -> Self {
-        let source = BufReader::new(Hashing {
-            inner: body,
-            hasher: Sha256Hasher::new(),
-            limit,
-            failed: false,
-        });
+        let source = BufReader::with_capacity(
+            SOURCE_BUFFER,
+            Hashing {
+                inner: body,
+                hasher: Sha256Hasher::new(),
+                limit,
+                failed: false,
+            },
+        );
         let decoder = match compression {
             Compression::None => Decoder::None(source),
             Compression::Zstd => {

@@ -166,6 +166,9 @@ pub struct Database {
 /// Rows to touch per statement, kept under every backend's parameter limit.
 const BATCH: usize = 500;
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Database {
     /// Connects with the pool `settings` give, tuning SQLite for
     /// concurrent writers. A SQLite file is created if missing only when
@@ -184,6 +187,10 @@ impl Database {
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(settings.idle_timeout);
         if DatabaseKind::of_url(url) == Some(DatabaseKind::Sqlite) {
+            // A SQLite connection lives in this process: nothing drops it,
+            // and a ping on every checkout costs a round trip to its
+            // thread per statement.
+            options.test_before_acquire(false);
             // A URL asking for an existing file (`mode=rw`, `mode=ro`) is
             // taken at its word.
             let create = create && SqliteFile::of_url(url).is_none_or(|file| file.may_create);
@@ -197,6 +204,11 @@ impl Database {
                     .foreign_keys(true)
                     .create_if_missing(create)
             });
+        } else {
+            // A connection just in use is handed out as it is; one idle
+            // longer may have been dropped by the server, a proxy or a
+            // firewall, and is pinged first.
+            options.test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
         }
         let conn = sea_orm::Database::connect(options).await?;
         Ok(Self { conn })

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -95,30 +96,84 @@ fn write_durably(
     written
 }
 
-/// Up to `len` bytes of a file from `start`; fewer if it ends first.
-fn read_range(path: &Path, start: u64, len: u64) -> io::Result<Bytes> {
-    read_piece(&mut open_at(path, start)?, len)
+/// A pack file opened for reading, and its length.
+fn open_sized(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    Ok((file, size))
 }
 
-/// A file, positioned at `start`.
-fn open_at(path: &Path, start: u64) -> io::Result<std::fs::File> {
-    use std::io::Seek;
-    let mut file = std::fs::File::open(path)?;
-    if start > 0 {
-        file.seek(io::SeekFrom::Start(start))?;
+/// A range of a file being read into a buffer of its own (never copied
+/// after).
+#[derive(Debug)]
+struct Piece {
+    buffer: Vec<u8>,
+    /// Where `buffer` starts in the file.
+    offset: u64,
+    filled: usize,
+}
+
+impl Piece {
+    /// Up to `len` bytes from `start` of a file of `size` bytes; fewer if
+    /// it ends first.
+    fn new(start: u64, len: u64, size: u64) -> Self {
+        let len = len.min(size.saturating_sub(start));
+        Self {
+            buffer: vec![0; len as usize],
+            offset: start,
+            filled: 0,
+        }
     }
-    Ok(file)
+
+    /// Reads what the page cache already holds, never waiting for the
+    /// disk (`RWF_NOWAIT`), so it may run on an async worker; whether the
+    /// piece is now whole. `false` also where the file system cannot
+    /// tell, and [`Self::fill`] then reads the rest.
+    fn fill_cached(&mut self, file: &std::fs::File) -> bool {
+        while self.filled < self.buffer.len() {
+            let at = self.offset + self.filled as u64;
+            let mut rest = [io::IoSliceMut::new(&mut self.buffer[self.filled..])];
+            match rustix::io::preadv2(file, &mut rest, at, rustix::io::ReadWriteFlags::NOWAIT) {
+                Ok(0) | Err(_) => return false,
+                Ok(read) => self.filled += read,
+            }
+        }
+        true
+    }
+
+    /// Reads the rest, waiting for the disk as needed: on a blocking
+    /// thread.
+    fn fill(mut self, file: &std::fs::File) -> io::Result<Bytes> {
+        use std::os::unix::fs::FileExt;
+        while self.filled < self.buffer.len() {
+            let at = self.offset + self.filled as u64;
+            match file.read_at(&mut self.buffer[self.filled..], at) {
+                // The file ended sooner than it said: the piece is short.
+                Ok(0) => self.buffer.truncate(self.filled),
+                Ok(read) => self.filled += read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.into_bytes())
+    }
+
+    fn into_bytes(self) -> Bytes {
+        debug_assert_eq!(self.filled, self.buffer.len());
+        self.buffer.into()
+    }
 }
 
-/// The next `len` bytes of `file`, fewer if it ends first, read into a
-/// buffer of their own (never zeroed first, never copied after).
-fn read_piece(file: &mut std::fs::File, len: u64) -> io::Result<Bytes> {
-    use std::io::{Read, Seek};
-    let position = file.stream_position()?;
-    let available = file.metadata()?.len().saturating_sub(position);
-    let mut buffer = Vec::with_capacity(len.min(available) as usize);
-    file.take(len).read_to_end(&mut buffer)?;
-    Ok(buffer.into())
+/// A piece of `file`: in place when the page cache holds it, else on the
+/// blocking pool.
+async fn read_piece(file: &Arc<std::fs::File>, mut piece: Piece) -> io::Result<Bytes> {
+    if piece.fill_cached(file) {
+        return Ok(piece.into_bytes());
+    }
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || piece.fill(&file))
+        .await
+        .map_err(|_| io::Error::other("a blocking read ended abnormally"))?
 }
 
 /// Every file under `dir`, as keys relative to `root`, skipping `TEMP_DIR`.
@@ -192,60 +247,34 @@ impl StorageBackend for LocalStorage {
             source,
         };
         let path = self.path_of(key);
-        let len = range.end.saturating_sub(range.start);
-        if len <= READ_AT_ONCE {
-            // Open, seek and read in one go, in place: the worker's other
-            // tasks move to another thread meanwhile. Per-step async file
-            // I/O would cost a thread hand-off for every step. (A runtime
-            // with one thread, as in unit tests, cannot do that.)
-            let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-            let read = if multi_threaded {
-                tokio::task::block_in_place(|| read_range(&path, range.start, len))
-            } else {
-                tokio::task::spawn_blocking(move || read_range(&path, range.start, len))
-                    .await
-                    .map_err(|e| io_error(io::Error::other(e)))?
-            };
-            return match read {
-                Ok(bytes) => Ok(super::stream_of(bytes)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    Err(StorageError::NotFound(key.clone()))
-                }
-                Err(e) => Err(io_error(e)),
-            };
-        }
-        let opened = tokio::task::spawn_blocking(move || open_at(&path, range.start))
-            .await
-            .map_err(|e| io_error(io::Error::other(e)))?;
-        let mut file = match opened {
-            Ok(file) => file,
+        // Opening a pack (its entry cached, as a served pack's is) costs
+        // less than handing the request to another thread.
+        let (file, size) = match open_sized(&path) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StorageError::NotFound(key.clone()));
             }
             Err(e) => return Err(io_error(e)),
         };
+        let file = Arc::new(file);
+        let len = range.end.saturating_sub(range.start);
+        if len <= READ_AT_ONCE {
+            // Most NARs: one piece, read before answering.
+            let piece = Piece::new(range.start, len, size);
+            return match read_piece(&file, piece).await {
+                Ok(bytes) => Ok(super::stream_of(bytes)),
+                Err(e) => Err(io_error(e)),
+            };
+        }
         // Read ahead of the consumer: the next piece is read while the
         // last is sent. A task (not a thread) drives it, so a slow client
-        // holds no thread; the queue bounds memory to a few pieces. Each
-        // piece is read straight into its own buffer on the blocking pool
-        // (async file I/O would read into a buffer of its own and copy).
+        // holds no thread; the queue bounds memory to a few pieces.
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         tokio::spawn(async move {
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(READ_AT_ONCE);
-                let read = tokio::task::spawn_blocking(move || {
-                    let piece = read_piece(&mut file, want);
-                    (file, piece)
-                })
-                .await;
-                let Ok((returned, piece)) = read else {
-                    let failed = io::Error::other("a blocking read ended abnormally");
-                    let _ = sender.send(Err(failed)).await;
-                    break;
-                };
-                file = returned;
+            let mut at = range.start;
+            while at < range.end {
+                let want = (range.end - at).min(READ_AT_ONCE);
+                let piece = read_piece(&file, Piece::new(at, want, size)).await;
                 // A short piece means the file ended; an error ends too.
                 let last = piece
                     .as_ref()
@@ -254,7 +283,7 @@ impl StorageBackend for LocalStorage {
                 if (!empty && sender.send(piece).await.is_err()) || last {
                     break;
                 }
-                left -= want;
+                at += want;
             }
         });
         Ok(Box::pin(futures::stream::unfold(
@@ -323,5 +352,44 @@ impl StorageBackend for LocalStorage {
         .map_err(io::Error::other)
         .and_then(|listed| listed)
         .map_err(|source| StorageError::Listing { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::Piece;
+
+    fn file_of(content: &[u8]) -> std::fs::File {
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(content).expect("write");
+        file
+    }
+
+    #[test]
+    fn a_piece_reads_the_same_from_the_page_cache_and_the_disk() {
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let file = file_of(&content);
+        let size = content.len() as u64;
+        for (start, len) in [(0, size), (1000, 70_000), (size - 10, 100), (size + 5, 10)] {
+            let expected = content
+                .get(start as usize..(start + len).min(size) as usize)
+                .unwrap_or_default();
+            let mut cached = Piece::new(start, len, size);
+            // Just written, so cached where the file system says so;
+            // either way the rest is read by `fill`.
+            cached.fill_cached(&file);
+            assert_eq!(cached.fill(&file).expect("read"), expected);
+            let uncached = Piece::new(start, len, size);
+            assert_eq!(uncached.fill(&file).expect("read"), expected);
+        }
+    }
+
+    #[test]
+    fn a_file_shorter_than_it_said_gives_a_short_piece() {
+        let file = file_of(b"0123456789");
+        let piece = Piece::new(4, 20, 30);
+        assert_eq!(piece.fill(&file).expect("read"), "456789");
     }
 }
