@@ -228,13 +228,18 @@ impl StoredNar {
 const VERIFY_READ: usize = 256 * 1024;
 
 /// Reads the whole body, checking it, without storing anything: proof that
-/// the uploader holds a NAR the store already has. Its `.ls` listing, made
-/// on the way (none past [`LISTING_MAX_SIZE`]), for a NAR stored without.
+/// the uploader holds a NAR the store already has. With `make_listing`,
+/// its `.ls` listing, made on the way (none past [`LISTING_MAX_SIZE`]),
+/// for a NAR stored without.
 pub async fn verify_only<R: AsyncRead + Unpin>(
     body: R,
     declared: Declared,
+    make_listing: bool,
 ) -> ServerResult<Option<Vec<u8>>> {
     let mut reader = VerifyingReader::new(body, Expect::Declared(declared));
+    if !make_listing {
+        reader.listing = None;
+    }
     // Large reads: each is one pass of the parser and the hasher, where a
     // copy's 8 KiB reads would cost a poll of every layer below per 8 KiB.
     let mut buffer = vec![0; (declared.nar_size as usize).min(VERIFY_READ) + 1];

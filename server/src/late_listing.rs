@@ -42,7 +42,7 @@ pub async fn listing_of(
         nar_hash: nar.nar_hash,
         nar_size: nar.nar_size,
     };
-    let listing = match verify_only(StreamReader::new(plain), declared).await {
+    let listing = match verify_only(StreamReader::new(plain), declared, true).await {
         Ok(listing) => listing,
         // Unreadable now (storage down): the client may try again.
         Err(ServerError::UploadInterrupted(e)) if unavailable(&e) => {

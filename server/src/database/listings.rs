@@ -61,6 +61,17 @@ impl Database {
         Ok(())
     }
 
+    /// Whether a NAR has its listing, without reading it.
+    pub async fn has_listing(&self, nar_id: NarId) -> Result<bool, DatabaseError> {
+        let found = nar_listing::Entity::find_by_id(nar_id.get())
+            .select_only()
+            .column(nar_listing::Column::NarId)
+            .into_tuple::<i64>()
+            .one(&self.conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// A NAR's listing, if it has one (NARs stored before listings, or
     /// with a listing past the bound, have none).
     pub async fn find_listing(
@@ -149,5 +160,31 @@ impl Database {
             store_path_hash,
             member,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listing_is_kept_once_and_its_presence_is_known() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database = Database::for_tests(&dir).await;
+        let nar = database.seed_nar("1", 0).await;
+        assert!(!database.has_listing(nar).await.expect("ask"));
+        let first = StoredListing {
+            size: 2,
+            zstd: zstd::bulk::compress(b"{}", 3).expect("compress"),
+        };
+        database.put_listing(nar, first.clone()).await.expect("put");
+        assert!(database.has_listing(nar).await.expect("ask"));
+        // A second upload's listing leaves the first in place.
+        let second = StoredListing {
+            size: 3,
+            zstd: zstd::bulk::compress(b"{ }", 3).expect("compress"),
+        };
+        database.put_listing(nar, second).await.expect("put");
+        assert_eq!(database.find_listing(nar).await.expect("find"), Some(first));
     }
 }

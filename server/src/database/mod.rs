@@ -292,3 +292,33 @@ fn nars_holding(chunk_ids: &[i64]) -> sea_orm::sea_query::SelectStatement {
         )
         .to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    use super::*;
+
+    /// `.cargo/config.toml` builds the bundled SQLite with the query
+    /// planner stability guarantee, so that statements with a bound
+    /// `LIMIT` are prepared once per connection, not on every run.
+    #[tokio::test]
+    async fn sqlite_is_built_to_reuse_statements_with_a_bound_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let database = Database::connect(&url, &DatabaseConfig::default(), true)
+            .await
+            .expect("connect");
+        let rows = (database.conn)
+            .query_all_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA compile_options",
+            ))
+            .await
+            .expect("compile options");
+        let options: Vec<String> = (rows.iter())
+            .map(|row| row.try_get_by_index(0).expect("text"))
+            .collect();
+        assert!(options.iter().any(|o| o == "ENABLE_QPSG"), "{options:?}");
+    }
+}
