@@ -164,6 +164,20 @@ impl Piece {
     }
 }
 
+/// The next `len` bytes of `file` (from `start` when given, else from where
+/// the last read ended), fewer if it ends first, read into a buffer of
+/// their own that is never zeroed first nor copied after.
+fn read_next(file: &std::fs::File, start: Option<u64>, len: u64) -> io::Result<Bytes> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    if let Some(start) = start {
+        file.seek(io::SeekFrom::Start(start))?;
+    }
+    let mut buffer = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buffer)?;
+    Ok(buffer.into())
+}
+
 /// A piece of `file`: in place when the page cache holds it, else on the
 /// blocking pool.
 async fn read_piece(file: &Arc<std::fs::File>, mut piece: Piece) -> io::Result<Bytes> {
@@ -267,14 +281,21 @@ impl StorageBackend for LocalStorage {
             };
         }
         // Read ahead of the consumer: the next piece is read while the
-        // last is sent. A task (not a thread) drives it, so a slow client
+        // last is sent, on the blocking pool (a megabyte copied out of the
+        // page cache would hold an async worker), straight into a buffer
+        // never zeroed. A task (not a thread) drives it, so a slow client
         // holds no thread; the queue bounds memory to a few pieces.
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         tokio::spawn(async move {
-            let mut at = range.start;
-            while at < range.end {
-                let want = (range.end - at).min(READ_AT_ONCE);
-                let piece = read_piece(&file, Piece::new(at, want, size)).await;
+            let mut left = range.end - range.start;
+            let mut position = Some(range.start);
+            while left > 0 {
+                let want = left.min(READ_AT_ONCE);
+                let file = file.clone();
+                let start = position.take();
+                let read = tokio::task::spawn_blocking(move || read_next(&file, start, want)).await;
+                let piece = read
+                    .unwrap_or_else(|_| Err(io::Error::other("a blocking read ended abnormally")));
                 // A short piece means the file ended; an error ends too.
                 let last = piece
                     .as_ref()
@@ -283,7 +304,7 @@ impl StorageBackend for LocalStorage {
                 if (!empty && sender.send(piece).await.is_err()) || last {
                     break;
                 }
-                at += want;
+                left -= want;
             }
         });
         Ok(Box::pin(futures::stream::unfold(
