@@ -902,7 +902,9 @@ class Bench:
         lines.insert(1, "  ".join("-" * w for w in widths))
         refs = ("reference: nix copy --to file://?compression=zstd (ingest, stored), "
                 "nginx serving that file:// cache (substitution, pull-through, narinfo, NAR)")
+        build = build_and_machine()
         text = "\n".join(lines) + "\n" + refs + "\n"
+        text += (f"commit {build['commit']}; {build['cpu_model']}, {build['cores']} cores\n")
         if self.busy_before > 0.25:
             text += (f"warning: {self.busy_before:.2f} cores were busy with other work just "
                      "before the run; these figures are skewed\n")
@@ -912,7 +914,7 @@ class Bench:
         (out / "table.txt").write_text(text)
         print(text)
         meta = dict(mode=self.a.mode, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    corpus=self.corpus, cores=os.cpu_count(),
+                    corpus=self.corpus, **build,
                     other_work_cores_before=self.busy_before,
                     nix=run(["nix", "--version"]).strip(),
                     nginx=subprocess.run(["nginx", "-v"], text=True,
@@ -923,6 +925,26 @@ class Bench:
         (out / "results.json").write_text(json.dumps(
             dict(meta=meta, table=rows, measurements=self.results), indent=1, default=str))
         plot(rows, out / "results.png", meta)
+
+
+def build_and_machine():
+    """The commit measured (with `-dirty` for uncommitted changes), the
+    CPU model and the core count."""
+    repo = Path(__file__).resolve().parent.parent
+    git = lambda *args: subprocess.run(["git", "-C", str(repo), *args], text=True,
+                                       capture_output=True).stdout.strip()
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(commit=commit, cpu_model=model, cores=os.cpu_count())
 
 
 def plot(rows, path, meta):
@@ -949,7 +971,9 @@ def plot(rows, path, meta):
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("ours / reference (black bar: target)")
     ax.set_xlim(0, max(ratios + [r["target"] for r in targeted]) * 1.45)
-    ax.set_title(f"attic benchmarks, {meta['mode']} mode, {meta['date']}", fontsize=10)
+    ax.set_title(f"attic benchmarks, {meta['mode']} mode, {meta['date']}\n"
+                 f"commit {meta['commit']}; {meta['cpu_model']}, {meta['cores']} cores",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
