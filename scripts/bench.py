@@ -982,7 +982,7 @@ def plot(rows, path, meta):
 # nix copy's file:// cache beside it, or the narinfos workload 3 read.
 WORKLOAD_NEEDS = {"substitution": ["ingest"], "pull-through": ["ingest"], "narinfo": ["ingest"],
                   "NAR": ["ingest", "narinfo"], "memory": ["ingest"], "dedup": ["ingest"],
-                  "import": [], "binary sizes": [], "ingest": []}
+                  "import": ["ingest"], "binary sizes": [], "ingest": []}
 
 
 def needed_workloads(only):
