@@ -8,13 +8,14 @@
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
+use tokio::io::AsyncRead;
 
 use crate::database::{
     Actor, AuditAction, AuditEvent, Cache, CacheId, Claim, NarRecord, NewNar, NewObject, PathInfo,
     StagedNar, StoredListing,
 };
 use crate::error::{ServerError, ServerResult};
-use crate::ingest::StoredNar;
+use crate::ingest::{self, Declared, StoredNar};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -27,6 +28,20 @@ impl<'a> Uploads<'a> {
     /// The service over a server's state.
     pub fn new(state: &'a AppState) -> Self {
         Self { state }
+    }
+
+    /// Reads `body` to its end, checked against `declared`, as proof that
+    /// the uploader holds `existing`, a NAR the store has; its `.ls`
+    /// listing, made on the way only when `existing` has none, for
+    /// [`Self::attach_existing`].
+    pub async fn prove_possession<R: AsyncRead + Unpin>(
+        &self,
+        existing: &NarRecord,
+        body: R,
+        declared: Declared,
+    ) -> ServerResult<Option<Vec<u8>>> {
+        let make_listing = !self.state.database.has_listing(existing.id).await?;
+        ingest::verify_only(body, declared, make_listing).await
     }
 
     /// Refuses a push to `cache` when its pins alone take more than its

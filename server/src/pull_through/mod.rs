@@ -302,9 +302,8 @@ async fn store_from(
         .await
         .map_err(|e| refused(e.into()))?
     {
-        let make_listing =
-            !(state.database.has_listing(existing.id).await).map_err(|e| refused(e.into()))?;
-        let listing = (ingest::verify_only(body, declared, make_listing).await).map_err(refused)?;
+        let listing =
+            (uploads.prove_possession(&existing, body, declared).await).map_err(refused)?;
         return uploads
             .attach_existing(&existing, object, listing)
             .await

@@ -90,9 +90,7 @@ pub async fn upload_path(
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         let mut listing = None;
         if state.config.require_proof_of_possession {
-            // A listing is made on the way only for a NAR stored without.
-            let make_listing = !state.database.has_listing(existing.id).await?;
-            listing = ingest::verify_only(body, declared, make_listing).await?;
+            listing = uploads.prove_possession(&existing, body, declared).await?;
         } else if existing.nar_size != info.nar_size {
             // On the hash alone, what was declared must still be the NAR's.
             return Err(ServerError::NarMismatch(format!(
