@@ -1,6 +1,6 @@
 //! Blobs as files under a directory, written atomically and durably.
 
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,13 +96,6 @@ fn write_durably(
     written
 }
 
-/// A pack file opened for reading, and its length.
-fn open_sized(path: &Path) -> io::Result<(std::fs::File, u64)> {
-    let file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    Ok((file, size))
-}
-
 /// A range of a file being read into a buffer of its own (never copied
 /// after).
 #[derive(Debug)]
@@ -164,15 +157,11 @@ impl Piece {
     }
 }
 
-/// The next `len` bytes of `file` (from `start` when given, else from where
-/// the last read ended), fewer if it ends first, read into a buffer of
-/// their own that is never zeroed first nor copied after.
-fn read_next(file: &std::fs::File, start: Option<u64>, len: u64) -> io::Result<Bytes> {
-    use std::io::{Read, Seek};
-    let mut file = file;
-    if let Some(start) = start {
-        file.seek(io::SeekFrom::Start(start))?;
-    }
+/// The next `len` bytes of `file` from where the last read ended, fewer if
+/// it ends first, read into a buffer of their own that is never zeroed
+/// first nor copied after.
+fn read_next(file: &std::fs::File, len: u64) -> io::Result<Bytes> {
+    use std::io::Read;
     let mut buffer = Vec::with_capacity(len as usize);
     file.take(len).read_to_end(&mut buffer)?;
     Ok(buffer.into())
@@ -263,23 +252,28 @@ impl StorageBackend for LocalStorage {
         let path = self.path_of(key);
         // Opening a pack (its entry cached, as a served pack's is) costs
         // less than handing the request to another thread.
-        let (file, size) = match open_sized(&path) {
-            Ok(opened) => opened,
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => Arc::new(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StorageError::NotFound(key.clone()));
             }
             Err(e) => return Err(io_error(e)),
         };
-        let file = Arc::new(file);
         let len = range.end.saturating_sub(range.start);
         if len <= READ_AT_ONCE {
             // Most NARs: one piece, read before answering.
+            let size = file.metadata().map_err(io_error)?.len();
             let piece = Piece::new(range.start, len, size);
             return match read_piece(&file, piece).await {
                 Ok(bytes) => Ok(super::stream_of(bytes)),
                 Err(e) => Err(io_error(e)),
             };
         }
+        // Positioned once (a seek never waits for the disk); each piece
+        // then reads on from where the last ended.
+        (&*file)
+            .seek(io::SeekFrom::Start(range.start))
+            .map_err(io_error)?;
         // Read ahead of the consumer: the next piece is read while the
         // last is sent, on the blocking pool (a megabyte copied out of the
         // page cache would hold an async worker), straight into a buffer
@@ -287,13 +281,11 @@ impl StorageBackend for LocalStorage {
         // holds no thread; the queue bounds memory to a few pieces.
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         tokio::spawn(async move {
-            let mut left = range.end - range.start;
-            let mut position = Some(range.start);
+            let mut left = len;
             while left > 0 {
                 let want = left.min(READ_AT_ONCE);
                 let file = file.clone();
-                let start = position.take();
-                let read = tokio::task::spawn_blocking(move || read_next(&file, start, want)).await;
+                let read = tokio::task::spawn_blocking(move || read_next(&file, want)).await;
                 let piece = read
                     .unwrap_or_else(|_| Err(io::Error::other("a blocking read ended abnormally")));
                 // A short piece means the file ended; an error ends too.
