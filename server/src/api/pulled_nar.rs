@@ -1,13 +1,13 @@
 //! `GET /{cache}/nar/{hash}.nar` of a path being pulled through: its
 //! bytes as they arrive from the upstream ([`crate::pull_through::tee`]).
 //!
-//! A client that joins before the first byte is sent every byte from the
-//! tee; the response ends cleanly only once the NAR verified against the
-//! signed hash and size (its last piece is held back until then), and
-//! abnormally otherwise, so a client never takes a truncated or tampered
-//! NAR for a whole one. A client that falls too far behind
-//! continues from the stored copy where it was; one that comes after the
-//! first byte waits for the stored copy.
+//! A client is sent every byte from the tee, the start replayed if it
+//! joins late; the response ends cleanly only once the NAR verified
+//! against the signed hash and size (its last piece is held back until
+//! then), and abnormally otherwise, so a client never takes a truncated or
+//! tampered NAR for a whole one. A client that falls too far behind
+//! continues from the stored copy where it was; one that comes once the
+//! tee no longer holds the start waits for the stored copy.
 
 use std::io;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, watch};
 
 use super::binary_cache::{find_object, nar_chunks};
@@ -30,7 +30,7 @@ use crate::error::{ServerError, ServerResult};
 use crate::nar_range;
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::pull_through::in_flight::{self, Stage};
-use crate::pull_through::tee::Piece;
+use crate::pull_through::tee::{Piece, TeeClient};
 use crate::pull_through::{self, Pulled};
 use crate::state::AppState;
 
@@ -94,7 +94,7 @@ pub(super) async fn serve_while_pulling(
                     });
                     return Ok(Some(response(body, streaming.narinfo.nar_size)));
                 }
-                // Too late for the first byte, or too many clients.
+                // The start is no longer held, or too many clients.
                 None => in_flight::stored(stages).await,
             }
         }
@@ -134,7 +134,7 @@ enum Follow {
     /// stored, so the body's declared length is never reached by a NAR
     /// that then fails to verify.
     Tee {
-        receiver: broadcast::Receiver<Piece>,
+        receiver: TeeClient,
         sent: u64,
         held: Option<Bytes>,
         resume: Box<Resume>,
@@ -181,7 +181,7 @@ impl Resume {
 
 /// The body of a client of the tee.
 fn follow(
-    receiver: broadcast::Receiver<Piece>,
+    receiver: TeeClient,
     resume: Box<Resume>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let start = Follow::Tee {

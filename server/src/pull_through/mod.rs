@@ -12,7 +12,8 @@
 //! ([`streaming_narinfo`]: the upstream's signed hash and size, signed
 //! with the cache's key, the NAR uncompressed) and are sent its bytes as
 //! they arrive ([`tee`]) at the upstream's pace ([`read_ahead`]), ended
-//! abnormally unless it verifies; the ingest stores it meanwhile. Many clients asking for one path at once cause one fetch
+//! abnormally unless it verifies; the ingest stores it meanwhile. Clients
+//! that ask once the bytes flow are replayed the start. Many clients asking for one path at once cause one fetch
 //! ([`in_flight`]); a path no upstream gave is a miss for a while
 //! ([`negative`]). Every failure is a miss, logged with its reason, never
 //! an error to the client.

@@ -136,10 +136,9 @@ impl AsyncRead for ReadAhead {
 mod tests {
     use attic::hash::Sha256Hash;
     use tokio::io::AsyncReadExt;
-    use tokio::sync::broadcast::Receiver;
 
     use super::*;
-    use crate::pull_through::tee::Piece;
+    use crate::pull_through::tee::{Piece, TeeClient};
 
     fn declared(nar: &[u8]) -> Declared {
         Declared {
@@ -149,7 +148,7 @@ mod tests {
     }
 
     /// What a client of the tee receives, up to the verdict.
-    async fn received(mut client: Receiver<Piece>) -> (Vec<u8>, Piece) {
+    async fn received(mut client: TeeClient) -> (Vec<u8>, Piece) {
         let mut bytes = Vec::new();
         loop {
             match client.recv().await.expect("within the tee's capacity") {
