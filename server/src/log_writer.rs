@@ -1,6 +1,8 @@
 //! Where log lines go: gathered in memory and written to stderr by a
 //! background thread every [`FLUSH_INTERVAL`], so a line per request costs
-//! the request a copy under a lock, never a system call or a wake-up.
+//! the request a copy under a lock, never a system call or a wake-up. An
+//! idle server's writer sleeps until a line comes: the first line after a
+//! quiet spell wakes it, the lines after that wait for its next interval.
 //!
 //! A queue handing each line to a writer thread (tracing-appender's) wakes
 //! that thread and writes once per line whenever it keeps up, which at
@@ -30,13 +32,23 @@ pub struct BatchedWriter<W: Write + Send + 'static> {
 }
 
 struct Shared<W> {
-    /// Lines not yet written, and whether the writer is stopping.
-    gathered: Mutex<(Vec<u8>, bool)>,
-    /// Signalled when the writer should stop.
-    stop: Condvar,
+    gathered: Mutex<Gathered>,
+    /// Signalled when the writer should stop, or wake for a first line.
+    wake: Condvar,
     /// The destination, locked while a batch is written, so batches keep
     /// the order their lines were logged in.
     out: Mutex<W>,
+}
+
+/// What the loggers and the background thread share.
+#[derive(Default)]
+struct Gathered {
+    /// Lines not yet written.
+    lines: Vec<u8>,
+    /// The writer is stopping: write what is left and end.
+    stopping: bool,
+    /// The writer sleeps until a line comes.
+    asleep: bool,
 }
 
 /// Writes what is still gathered, and stops the background thread, when
@@ -56,8 +68,11 @@ impl<W: Write + Send + 'static> BatchedWriter<W> {
     /// A writer to `out`, with its background thread started.
     pub fn new(out: W) -> io::Result<(Self, FlushGuard<W>)> {
         let shared = Arc::new(Shared {
-            gathered: Mutex::new((Vec::with_capacity(64 * 1024), false)),
-            stop: Condvar::new(),
+            gathered: Mutex::new(Gathered {
+                lines: Vec::with_capacity(64 * 1024),
+                ..Gathered::default()
+            }),
+            wake: Condvar::new(),
             out: Mutex::new(out),
         });
         let background = shared.clone();
@@ -84,7 +99,7 @@ impl<W: Write + Send + 'static> BatchedWriter<W> {
 }
 
 impl<W: Write + Send> Shared<W> {
-    fn gathered(&self) -> MutexGuard<'_, (Vec<u8>, bool)> {
+    fn gathered(&self) -> MutexGuard<'_, Gathered> {
         // A logger that panicked mid-copy leaves at worst a partial line.
         self.gathered.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -92,7 +107,7 @@ impl<W: Write + Send> Shared<W> {
     /// Writes everything gathered so far, in order.
     fn write_gathered(&self, spare: &mut Vec<u8>) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut self.gathered().0, spare);
+        std::mem::swap(&mut self.gathered().lines, spare);
         if !spare.is_empty() {
             // Nowhere to report a failure to write the log.
             let _ = out.write_all(spare);
@@ -105,12 +120,19 @@ impl<W: Write + Send> Shared<W> {
         let mut spare = Vec::with_capacity(64 * 1024);
         loop {
             let stopping = {
-                let gathered = self.gathered();
-                let (gathered, _) = self
-                    .stop
-                    .wait_timeout_while(gathered, FLUSH_INTERVAL, |(_, stopping)| !*stopping)
+                let mut gathered = self.gathered();
+                gathered.asleep = true;
+                let mut gathered = self
+                    .wake
+                    .wait_while(gathered, |g| g.lines.is_empty() && !g.stopping)
                     .unwrap_or_else(|e| e.into_inner());
-                gathered.1
+                gathered.asleep = false;
+                // Awake: gather for an interval before writing.
+                let (gathered, _) = self
+                    .wake
+                    .wait_timeout_while(gathered, FLUSH_INTERVAL, |g| !g.stopping)
+                    .unwrap_or_else(|e| e.into_inner());
+                gathered.stopping
             };
             self.write_gathered(&mut spare);
             if stopping {
@@ -122,8 +144,8 @@ impl<W: Write + Send> Shared<W> {
 
 impl<W: Write + Send + 'static> Drop for FlushGuard<W> {
     fn drop(&mut self) {
-        self.shared.gathered().1 = true;
-        self.shared.stop.notify_all();
+        self.shared.gathered().stopping = true;
+        self.shared.wake.notify_all();
         // A write blocked on a full pipe is left behind rather than waited
         // for: the process is ending.
         if let Err(mpsc::RecvTimeoutError::Disconnected) =
@@ -143,11 +165,15 @@ pub struct LineWriter<'a, W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> Write for LineWriter<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let full = {
+        let (first, full) = {
             let mut gathered = self.shared.gathered();
-            gathered.0.extend_from_slice(bytes);
-            gathered.0.len() >= HELD_MAX
+            let first = gathered.asleep && gathered.lines.is_empty();
+            gathered.lines.extend_from_slice(bytes);
+            (first, gathered.lines.len() >= HELD_MAX)
         };
+        if first {
+            self.shared.wake.notify_one();
+        }
         if full {
             self.shared.write_gathered(&mut Vec::new());
         }
@@ -241,5 +267,27 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(&sink.0.lock().expect("sink")[..], b"soon\n");
+    }
+
+    #[test]
+    fn a_line_after_an_idle_spell_wakes_the_sleeping_writer() {
+        let sink = Sink::default();
+        let (writer, _guard) = BatchedWriter::new(sink.clone()).expect("start");
+        // Idle long enough for the writer to sleep, several times over.
+        std::thread::sleep(FLUSH_INTERVAL * 4);
+        assert!(writer.shared.gathered().asleep, "the idle writer is awake");
+        for line in ["first\n", "second\n"] {
+            writer
+                .make_writer()
+                .write_all(line.as_bytes())
+                .expect("write");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !sink.0.lock().expect("sink").ends_with(line.as_bytes()) {
+                assert!(std::time::Instant::now() < deadline, "{line} never written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(FLUSH_INTERVAL * 4);
+        }
+        assert_eq!(&sink.0.lock().expect("sink")[..], b"first\nsecond\n");
     }
 }
