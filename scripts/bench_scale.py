@@ -114,34 +114,54 @@ def psql(url, sql, stdin=None):
 
 
 def fill(server, cache_id, template_id, rows):
-    """Copies object `template_id` once per (hash, store path) of `rows`."""
+    """Copies object `template_id` once per (hash, store path) of `rows`,
+    each with a NAR row of its own (a copy of the template's under another
+    hash), as real paths have: a million paths sharing one NAR would give
+    the planners statistics no real cache has (SQLite, analyzed, then
+    scans the cache for the paths holding a NAR)."""
     t0 = time.perf_counter()
+    columns = ("SELECT column_name FROM information_schema.columns "
+               "WHERE table_name = '{}' ORDER BY ordinal_position")
     if server.postgres:
-        cols = psql(server.db_url, "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_name = 'object' ORDER BY ordinal_position").split()
-        psql(server.db_url, "CREATE TABLE scale_fill (h text, p text)")
-        data = "".join(f"{h}\t{p}\n" for h, p in rows)
-        psql(server.db_url, "COPY scale_fill FROM STDIN", stdin=data)
-        picked = [{"id": None, "store_path_hash": "f.h", "store_path": "f.p",
-                   "references": "'[]'", "sigs": "'[]'", "nix_upload_file": "NULL",
-                   "cache_id": str(cache_id)}.get(c, f't."{c}"') for c in cols]
-        keep = [(c, e) for c, e in zip(cols, picked) if e is not None]
-        psql(server.db_url,
-             f"INSERT INTO object ({', '.join(chr(34) + c + chr(34) for c, _ in keep)}) "
-             f"SELECT {', '.join(e for _, e in keep)} FROM scale_fill f, object t "
-             f"WHERE t.id = {template_id}; DROP TABLE scale_fill; ANALYZE object")
+        run = lambda sql, stdin=None: psql(server.db_url, sql, stdin)  # noqa: E731
+        object_cols = run(columns.format("object")).split()
+        nar_cols = run(columns.format("nar")).split()
+        hash_of = "'sha256:' || encode(convert_to(f.h, 'UTF8'), 'hex')"
+        run("CREATE TABLE scale_fill (h text, p text)")
+        run("COPY scale_fill FROM STDIN", stdin="".join(f"{h}\t{p}\n" for h, p in rows))
     else:
         db = sqlite3.connect(server.sqlite_path(), timeout=60)
-        cols = [r[1] for r in db.execute("PRAGMA table_info(object)")]
-        picked = [{"id": None, "store_path_hash": "?", "store_path": "?",
-                   "references": "'[]'", "sigs": "'[]'", "nix_upload_file": "NULL",
-                   "cache_id": str(cache_id)}.get(c, f't."{c}"') for c in cols]
-        keep = [(c, e) for c, e in zip(cols, picked) if e is not None]
-        sql = (f"INSERT INTO object ({', '.join(chr(34) + c + chr(34) for c, _ in keep)}) "
-               f"SELECT {', '.join(e for _, e in keep)} FROM object t WHERE t.id = {template_id}")
+        run = lambda sql: db.execute(sql)  # noqa: E731
+        object_cols = [r[1] for r in db.execute("PRAGMA table_info(object)")]
+        nar_cols = [r[1] for r in db.execute("PRAGMA table_info(nar)")]
+        hash_of = "'sha256:' || lower(hex(f.h))"
+        db.execute("CREATE TEMP TABLE scale_fill (h TEXT, p TEXT)")
+        db.executemany("INSERT INTO scale_fill VALUES (?, ?)", rows)
+
+    def copy(table, cols, source_id, replaced):
+        picked = [(c, replaced.get(c, f't."{c}"')) for c in cols]
+        keep = [(c, e) for c, e in picked if e is not None]
+        return (f"INSERT INTO {table} ({', '.join(chr(34) + c + chr(34) for c, _ in keep)}) "
+                f"SELECT {', '.join(e for _, e in keep)} FROM scale_fill f, {table} t "
+                f"WHERE t.id = {source_id}")
+
+    nar_of_template = f"(SELECT nar_id FROM object WHERE id = {template_id})"
+    statements = [
+        copy("nar", nar_cols, nar_of_template, {"id": None, "nar_hash": hash_of}),
+        copy("object", object_cols, template_id, {
+            "id": None, "store_path_hash": "f.h", "store_path": "f.p", "references": "'[]'",
+            "sigs": "'[]'", "nix_upload_file": "NULL", "cache_id": str(cache_id),
+            "nar_id": f"(SELECT n.id FROM nar n WHERE n.nar_hash = {hash_of})"}),
+        "DROP TABLE scale_fill",
+        "ANALYZE",
+    ]
+    if server.postgres:
+        run(";\n".join(statements))
+    else:
         with db:
-            db.executemany(sql, rows)
-        db.execute("ANALYZE")
+            for statement in statements[:-1]:
+                run(statement)
+        run(statements[-1])
         db.close()
     return time.perf_counter() - t0
 
