@@ -54,6 +54,11 @@ pub struct Declared {
 pub enum Expect {
     /// Exactly this NAR (`upload-path`, whose metadata comes first).
     Declared(Declared),
+    /// Exactly this NAR, from a body that hashed it itself and ends in an
+    /// error, never cleanly, unless its bytes hash to `nar_hash` (a pulled
+    /// NAR's [`crate::pull_through::read_ahead::ReadAhead`]): its size and
+    /// grammar are checked here, its hash not again.
+    Vouched(Declared),
     /// Any valid NAR up to `max_size` bytes, whose hash and size are then
     /// known (`nix copy`, which sends the narinfo after the NAR).
     AtMost {
@@ -65,8 +70,15 @@ pub enum Expect {
 impl Expect {
     fn max_size(&self) -> u64 {
         match self {
-            Expect::Declared(declared) => declared.nar_size,
+            Expect::Declared(declared) | Expect::Vouched(declared) => declared.nar_size,
             Expect::AtMost { max_size } => *max_size,
+        }
+    }
+
+    fn declared(&self) -> Option<Declared> {
+        match self {
+            Expect::Declared(declared) | Expect::Vouched(declared) => Some(*declared),
+            Expect::AtMost { .. } => None,
         }
     }
 }
@@ -85,7 +97,10 @@ pub struct VerifyingReader<R> {
     parser: NarParser,
     listing: Option<ListingWriter>,
     debug_info: DebugInfoFinder,
-    hasher: Sha256Hasher,
+    /// `None` when the body vouches for the hash ([`Expect::Vouched`]).
+    hasher: Option<Sha256Hasher>,
+    /// Bytes read.
+    read: u64,
     expect: Expect,
     refusal: Option<Refusal>,
 }
@@ -98,7 +113,11 @@ impl<R> VerifyingReader<R> {
             parser: NarParser::new(),
             listing: Some(ListingWriter::new(LISTING_MAX_SIZE)),
             debug_info: DebugInfoFinder::new(),
-            hasher: Sha256Hasher::new(),
+            hasher: match expect {
+                Expect::Vouched(_) => None,
+                Expect::Declared(_) | Expect::AtMost { .. } => Some(Sha256Hasher::new()),
+            },
+            read: 0,
             expect,
             refusal: None,
         }
@@ -113,10 +132,12 @@ impl<R> VerifyingReader<R> {
         match self.refusal.take() {
             Some(Refusal::Malformed(e)) => ServerError::MalformedNar(e),
             Some(Refusal::Oversize) => match self.expect {
-                Expect::Declared(declared) => ServerError::NarMismatch(format!(
-                    "the body is longer than the declared nar_size of {} bytes",
-                    declared.nar_size
-                )),
+                Expect::Declared(declared) | Expect::Vouched(declared) => {
+                    ServerError::NarMismatch(format!(
+                        "the body is longer than the declared nar_size of {} bytes",
+                        declared.nar_size
+                    ))
+                }
                 Expect::AtMost { max_size } => ServerError::TooLarge(format!(
                     "the NAR is larger than this server accepts ({max_size} bytes, max-nar-size)"
                 )),
@@ -144,8 +165,13 @@ impl<R> VerifyingReader<R> {
     /// declared, if anything was. Its hash and size.
     pub fn finish(self) -> ServerResult<(Sha256Hash, u64)> {
         self.parser.finish().map_err(ServerError::MalformedNar)?;
-        let (hash, size) = self.hasher.finish();
-        let Expect::Declared(declared) = self.expect else {
+        let size = self.read;
+        let hash = match (self.hasher, self.expect.declared()) {
+            (Some(hasher), _) => hasher.finish().0,
+            (None, Some(declared)) => declared.nar_hash,
+            (None, None) => unreachable!("only a declared NAR is vouched for"),
+        };
+        let Some(declared) = self.expect.declared() else {
             return Ok((hash, size));
         };
         if size != declared.nar_size {
@@ -175,28 +201,44 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         let (expect, parser, refusal) = (&this.expect, &mut this.parser, &mut this.refusal);
         let listing = &mut this.listing;
         let debug_info = &mut this.debug_info;
-        this.hasher
-            .poll_read_checked(Pin::new(&mut this.inner), cx, buf, |total, new| {
-                let refused = if total > expect.max_size() {
-                    Some(Refusal::Oversize)
-                } else {
-                    let mut on_event = |event: attic::nar::NarEvent<'_>| {
-                        if let Some(listing) = listing.as_mut() {
-                            listing.event(&event);
-                        }
-                        debug_info.event(&event);
-                    };
-                    parser
-                        .feed(new, &mut on_event)
-                        .err()
-                        .map(Refusal::Malformed)
+        let mut check = |total: u64, new: &[u8]| {
+            let refused = if total > expect.max_size() {
+                Some(Refusal::Oversize)
+            } else {
+                let mut on_event = |event: attic::nar::NarEvent<'_>| {
+                    if let Some(listing) = listing.as_mut() {
+                        listing.event(&event);
+                    }
+                    debug_info.event(&event);
                 };
-                let Some(refused) = refused else {
-                    return Ok(());
-                };
-                *refusal = Some(refused);
-                Err(io::Error::other("upload refused"))
-            })
+                parser
+                    .feed(new, &mut on_event)
+                    .err()
+                    .map(Refusal::Malformed)
+            };
+            let Some(refused) = refused else {
+                return Ok(());
+            };
+            *refusal = Some(refused);
+            Err(io::Error::other("upload refused"))
+        };
+        let inner = Pin::new(&mut this.inner);
+        let before = buf.filled().len();
+        match &mut this.hasher {
+            Some(hasher) => {
+                std::task::ready!(hasher.poll_read_checked(inner, cx, buf, check))?;
+            }
+            None => {
+                std::task::ready!(inner.poll_read(cx, buf))?;
+                let new = &buf.filled()[before..];
+                if let Err(refused) = check(this.read + new.len() as u64, new) {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(refused));
+                }
+            }
+        }
+        this.read += (buf.filled().len() - before) as u64;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -233,16 +275,21 @@ const VERIFY_READ: usize = 256 * 1024;
 /// for a NAR stored without.
 pub async fn verify_only<R: AsyncRead + Unpin>(
     body: R,
-    declared: Declared,
+    expect: Expect,
     make_listing: bool,
 ) -> ServerResult<Option<Vec<u8>>> {
-    let mut reader = VerifyingReader::new(body, Expect::Declared(declared));
+    let mut reader = VerifyingReader::new(body, expect);
     if !make_listing {
         reader.listing = None;
     }
     // Large reads: each is one pass of the parser and the hasher, where a
     // copy's 8 KiB reads would cost a poll of every layer below per 8 KiB.
-    let mut buffer = vec![0; (declared.nar_size as usize).min(VERIFY_READ) + 1];
+    let mut buffer = vec![
+        0;
+        usize::try_from(expect.max_size())
+            .map_or(VERIFY_READ, |size| size.min(VERIFY_READ))
+            + 1
+    ];
     loop {
         match reader.read(&mut buffer).await {
             Ok(0) => break,
@@ -490,4 +537,55 @@ async fn compress_all(
     })
     .await
     .map_err(ServerError::TaskFailed)?
+}
+
+#[cfg(test)]
+mod tests {
+    use attic::nar::NarNode;
+
+    use super::*;
+
+    fn nar() -> Vec<u8> {
+        NarNode::Regular {
+            executable: false,
+            contents: b"vouched for".to_vec(),
+        }
+        .to_nar()
+    }
+
+    fn declared(nar: &[u8]) -> Declared {
+        Declared {
+            nar_hash: Sha256Hash::digest(nar),
+            nar_size: nar.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vouched_body_is_checked_for_size_and_grammar_but_not_hashed_again() {
+        let nar = nar();
+        // Another hash than the body's: only a body that hashes it itself
+        // may be read this way, and it is not hashed here.
+        let other_hash = Declared {
+            nar_hash: Sha256Hash::digest(b"something else"),
+            ..declared(&nar)
+        };
+        let read = verify_only(&nar[..], Expect::Vouched(other_hash), false).await;
+        assert!(read.is_ok(), "{read:?}");
+        let checked = verify_only(&nar[..], Expect::Declared(other_hash), false).await;
+        assert!(matches!(checked, Err(ServerError::NarMismatch(_))));
+
+        let short = verify_only(
+            &nar[..nar.len() - 8],
+            Expect::Vouched(declared(&nar)),
+            false,
+        );
+        assert!(matches!(short.await, Err(ServerError::MalformedNar(_))));
+        let longer = [&nar[..], &[0u8; 8]].concat();
+        let long = verify_only(&longer[..], Expect::Vouched(declared(&nar)), false);
+        assert!(matches!(long.await, Err(ServerError::NarMismatch(_))));
+        let mut garbled = nar.clone();
+        garbled[0] ^= 1;
+        let garbled = verify_only(&garbled[..], Expect::Vouched(declared(&nar)), false);
+        assert!(matches!(garbled.await, Err(ServerError::MalformedNar(_))));
+    }
 }

@@ -15,7 +15,7 @@ use tokio_util::io::StreamReader;
 use crate::api::binary_cache::nar_chunks;
 use crate::database::{NarRecord, StoredListing};
 use crate::error::{ServerError, ServerResult};
-use crate::ingest::{Declared, verify_only};
+use crate::ingest::{Declared, Expect, verify_only};
 use crate::nar_stream::{NarEncoding, NarReadError, stream_nar};
 use crate::state::AppState;
 use crate::uploads::Uploads;
@@ -42,7 +42,9 @@ pub async fn listing_of(
         nar_hash: nar.nar_hash,
         nar_size: nar.nar_size,
     };
-    let listing = match verify_only(StreamReader::new(plain), declared, true).await {
+    let listing = match verify_only(StreamReader::new(plain), Expect::Declared(declared), true)
+        .await
+    {
         Ok(listing) => listing,
         // Unreadable now (storage down): the client may try again.
         Err(ServerError::UploadInterrupted(e)) if unavailable(&e) => {

@@ -15,7 +15,7 @@ use crate::database::{
     StagedNar, StoredListing,
 };
 use crate::error::{ServerError, ServerResult};
-use crate::ingest::{self, Declared, StoredNar};
+use crate::ingest::{self, Expect, StoredNar};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -30,7 +30,7 @@ impl<'a> Uploads<'a> {
         Self { state }
     }
 
-    /// Reads `body` to its end, checked against `declared`, as proof that
+    /// Reads `body` to its end, checked as `expect` says, as proof that
     /// the uploader holds `existing`, a NAR the store has; its `.ls`
     /// listing, made on the way only when `existing` has none, for
     /// [`Self::attach_existing`].
@@ -38,10 +38,10 @@ impl<'a> Uploads<'a> {
         &self,
         existing: &NarRecord,
         body: R,
-        declared: Declared,
+        expect: Expect,
     ) -> ServerResult<Option<Vec<u8>>> {
         let make_listing = !self.state.database.has_listing(existing.id).await?;
-        ingest::verify_only(body, declared, make_listing).await
+        ingest::verify_only(body, expect, make_listing).await
     }
 
     /// Refuses a push to `cache` when its pins alone take more than its

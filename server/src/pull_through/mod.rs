@@ -303,14 +303,16 @@ async fn store_from(
         .await
         .map_err(|e| refused(e.into()))?
     {
-        let listing =
-            (uploads.prove_possession(&existing, body, declared).await).map_err(refused)?;
+        let listing = (uploads
+            .prove_possession(&existing, body, Expect::Vouched(declared))
+            .await)
+            .map_err(refused)?;
         return uploads
             .attach_existing(&existing, object, listing)
             .await
             .map_err(refused);
     }
-    let stored = ingest::store_nar(state, body, Expect::Declared(declared))
+    let stored = ingest::store_nar(state, body, Expect::Vouched(declared))
         .await
         .map_err(refused)?;
     uploads.commit_path(stored, object).await.map_err(refused)?;

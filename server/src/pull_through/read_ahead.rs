@@ -33,14 +33,18 @@ pub const READ_AHEAD_BYTES: usize = 128 << 20;
 
 static READ_AHEAD: Semaphore = Semaphore::const_new(READ_AHEAD_BYTES);
 
-/// A piece for the ingest, holding its share of [`READ_AHEAD_BYTES`].
-type Queued = io::Result<(Bytes, SemaphorePermit<'static>)>;
+/// What the ingest is sent: pieces, each holding its share of
+/// [`READ_AHEAD_BYTES`], then `None` once the NAR verified, or an error.
+type Queued = io::Result<Option<(Bytes, SemaphorePermit<'static>)>>;
 
 /// What the ingest reads: the upstream's NAR as [`read_ahead`] queued it.
+/// It ends cleanly only once the NAR matched the signed hash and size, so
+/// the ingest need not hash it again ([`crate::ingest::Expect::Vouched`]).
 /// Dropping it stops the reading.
 pub struct ReadAhead {
     queue: mpsc::UnboundedReceiver<Queued>,
     piece: Bytes,
+    verified: bool,
     reading: JoinHandle<()>,
 }
 
@@ -61,6 +65,7 @@ where
     ReadAhead {
         queue,
         piece: Bytes::new(),
+        verified: false,
         reading,
     }
 }
@@ -95,7 +100,7 @@ async fn read<R: AsyncRead + Unpin>(
             .await
             .expect("the semaphore is never closed");
         // The ingest gave up: so does the reading (the pull is refused).
-        if sender.send(Ok((piece, permit))).is_err() {
+        if sender.send(Ok(Some((piece, permit)))).is_err() {
             return;
         }
     }
@@ -103,6 +108,7 @@ async fn read<R: AsyncRead + Unpin>(
     // clients need only this.
     if hasher.finish() == (declared.nar_hash, declared.nar_size) {
         tee.verified();
+        let _ = sender.send(Ok(None));
     } else {
         tee.refuse();
         let _ = sender.send(Err(io::Error::new(
@@ -119,10 +125,20 @@ impl AsyncRead for ReadAhead {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         while self.piece.is_empty() {
+            if self.verified {
+                return Poll::Ready(Ok(()));
+            }
             match self.queue.poll_recv(cx) {
-                Poll::Ready(Some(Ok((piece, _permit)))) => self.piece = piece,
+                Poll::Ready(Some(Ok(Some((piece, _permit))))) => self.piece = piece,
+                Poll::Ready(Some(Ok(None))) => self.verified = true,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                // The reading stopped short of a verdict.
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream's NAR ended before it was verified",
+                    )));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -201,6 +217,27 @@ mod tests {
                 io::ErrorKind::InvalidData
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_reading_stopped_before_its_verdict_never_ends_cleanly() {
+        let (sender, queue) = mpsc::unbounded_channel();
+        let piece = Bytes::from_static(b"the whole NAR, but unverified");
+        let permit = READ_AHEAD.acquire_many(1).await.expect("open");
+        sender.send(Ok(Some((piece, permit)))).expect("queued");
+        drop(sender);
+        let mut ingest = ReadAhead {
+            queue,
+            piece: Bytes::new(),
+            verified: false,
+            reading: tokio::spawn(async {}),
+        };
+        let mut stored = Vec::new();
+        let read = ingest.read_to_end(&mut stored).await;
+        assert_eq!(
+            read.expect_err("no verdict").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     #[tokio::test]

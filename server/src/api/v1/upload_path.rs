@@ -90,7 +90,9 @@ pub async fn upload_path(
     if let Some(existing) = state.database.find_nar(&info.nar_hash).await? {
         let mut listing = None;
         if state.config.require_proof_of_possession {
-            listing = uploads.prove_possession(&existing, body, declared).await?;
+            listing = uploads
+                .prove_possession(&existing, body, Expect::Declared(declared))
+                .await?;
         } else if existing.nar_size != info.nar_size {
             // On the hash alone, what was declared must still be the NAR's.
             return Err(ServerError::NarMismatch(format!(
