@@ -161,6 +161,24 @@ async fn narinfo_text(api: &Api, token: &str, path: &str) -> String {
     response.text().await.expect("text")
 }
 
+/// The first bytes of a response's body, however few: proof it is being
+/// sent.
+async fn first_bytes(response: &mut reqwest::Response) -> Vec<u8> {
+    let mut received = Vec::new();
+    while received.is_empty() {
+        let piece = response.chunk().await.expect("body").expect("more body");
+        received.extend_from_slice(&piece);
+    }
+    received
+}
+
+/// The rest of a response's body, which must end cleanly, after `received`.
+async fn read_rest(response: &mut reqwest::Response, received: &mut Vec<u8>) {
+    while let Some(piece) = response.chunk().await.expect("a whole body") {
+        received.extend_from_slice(&piece);
+    }
+}
+
 /// The server path of the NAR a narinfo of `mirror` names.
 fn nar_url(narinfo: &str) -> String {
     let url = narinfo
@@ -319,11 +337,7 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
         .await
         .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
-    let mut received = Vec::new();
-    while received.is_empty() {
-        let piece = response.chunk().await.expect("body").expect("more body");
-        received.extend_from_slice(&piece);
-    }
+    let mut received = first_bytes(&mut response).await;
     // Bytes arrived while the upstream holds back half the NAR.
     assert_eq!(upstream.nar_requests(), 1);
     assert_eq!(upstream.nars_finished(), 0, "the upstream had sent it all");
@@ -350,9 +364,7 @@ async fn the_first_client_gets_the_nar_while_the_upstream_is_still_sending_it() 
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(!resuming.is_finished(), "answered before the NAR was whole");
     upstream.open();
-    while let Some(piece) = response.chunk().await.expect("a whole body") {
-        received.extend_from_slice(&piece);
-    }
+    read_rest(&mut response, &mut received).await;
     assert!(
         received == nix::dump(Path::new(&path)),
         "other bytes than the NAR"
@@ -406,17 +418,11 @@ async fn a_client_that_asks_while_the_nar_arrives_is_sent_it_from_its_start() {
     // waiting for the stored copy.
     let mut second = get().send().await.expect("request");
     assert_eq!(second.status(), StatusCode::OK);
-    let mut received = Vec::new();
-    while received.is_empty() {
-        let piece = second.chunk().await.expect("body").expect("more body");
-        received.extend_from_slice(&piece);
-    }
+    let mut received = first_bytes(&mut second).await;
     assert_eq!(upstream.nars_finished(), 0, "the upstream had sent it all");
     assert_eq!(server.row_counts().await.paths, 0, "stored before whole");
     upstream.open();
-    while let Some(piece) = second.chunk().await.expect("a whole body") {
-        received.extend_from_slice(&piece);
-    }
+    read_rest(&mut second, &mut received).await;
     assert!(
         received == nix::dump(Path::new(&path)),
         "other bytes than the NAR"

@@ -198,46 +198,35 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let (expect, parser, refusal) = (&this.expect, &mut this.parser, &mut this.refusal);
-        let listing = &mut this.listing;
-        let debug_info = &mut this.debug_info;
-        let mut check = |total: u64, new: &[u8]| {
-            let refused = if total > expect.max_size() {
-                Some(Refusal::Oversize)
-            } else {
-                let mut on_event = |event: attic::nar::NarEvent<'_>| {
-                    if let Some(listing) = listing.as_mut() {
-                        listing.event(&event);
-                    }
-                    debug_info.event(&event);
-                };
-                parser
-                    .feed(new, &mut on_event)
-                    .err()
-                    .map(Refusal::Malformed)
-            };
-            let Some(refused) = refused else {
-                return Ok(());
-            };
-            *refusal = Some(refused);
-            Err(io::Error::other("upload refused"))
-        };
-        let inner = Pin::new(&mut this.inner);
         let before = buf.filled().len();
-        match &mut this.hasher {
-            Some(hasher) => {
-                std::task::ready!(hasher.poll_read_checked(inner, cx, buf, check))?;
-            }
-            None => {
-                std::task::ready!(inner.poll_read(cx, buf))?;
-                let new = &buf.filled()[before..];
-                if let Err(refused) = check(this.read + new.len() as u64, new) {
-                    buf.set_filled(before);
-                    return Poll::Ready(Err(refused));
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        let total = this.read + new.len() as u64;
+        let refused = if total > this.expect.max_size() {
+            Some(Refusal::Oversize)
+        } else {
+            let (listing, debug_info) = (&mut this.listing, &mut this.debug_info);
+            let mut on_event = |event: attic::nar::NarEvent<'_>| {
+                if let Some(listing) = listing.as_mut() {
+                    listing.event(&event);
                 }
-            }
+                debug_info.event(&event);
+            };
+            this.parser
+                .feed(new, &mut on_event)
+                .err()
+                .map(Refusal::Malformed)
+        };
+        if let Some(refused) = refused {
+            // A failed read hands out no bytes.
+            buf.set_filled(before);
+            this.refusal = Some(refused);
+            return Poll::Ready(Err(io::Error::other("upload refused")));
         }
-        this.read += (buf.filled().len() - before) as u64;
+        if let Some(hasher) = &mut this.hasher {
+            hasher.update(new);
+        }
+        this.read = total;
         Poll::Ready(Ok(()))
     }
 }

@@ -62,7 +62,7 @@ pub struct Tee {
 
 /// Every piece sent so far, verdicts included, while their bytes fit in
 /// [`REPLAY_MAX`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Replay {
     /// `None` once the bytes outgrew [`REPLAY_MAX`]: nobody joins after.
     pieces: Option<Vec<Piece>>,
