@@ -22,6 +22,7 @@ mod m20261208_000002_create_realisations;
 mod m20261208_000003_add_cache_upstreams;
 mod m20261208_000004_add_object_nix_upload_file;
 mod m20261209_000001_add_pack_level;
+mod m20261210_000001_create_cache_usage;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000003_add_cache_upstreams::Migration),
             Box::new(m20261208_000004_add_object_nix_upload_file::Migration),
             Box::new(m20261209_000001_add_pack_level::Migration),
+            Box::new(m20261210_000001_create_cache_usage::Migration),
         ]
     }
 }

@@ -2,7 +2,7 @@
 //! stored and how big it is; the bytes live in blob storage (rows written
 //! before logs moved there hold them inline).
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::build_log;
@@ -103,22 +103,6 @@ impl Database {
             .await?
             .map(LogRecord::try_from)
             .transpose()
-    }
-
-    /// Stored bytes of a cache's build logs.
-    pub async fn log_usage(&self, cache_id: CacheId) -> Result<i64, DatabaseError> {
-        let total: Option<Option<i64>> = build_log::Entity::find()
-            .select_only()
-            .expr(
-                Expr::col(build_log::Column::StoredSize)
-                    .sum()
-                    .cast_as(Alias::new("BIGINT")),
-            )
-            .filter(build_log::Column::CacheId.eq(cache_id))
-            .into_tuple()
-            .one(&self.conn)
-            .await?;
-        Ok(total.flatten().unwrap_or(0))
     }
 
     /// Deletes a cache's logs stored before `cutoff` (retention); how many.

@@ -34,6 +34,7 @@ mod tokens;
 mod unheld;
 mod upload_rows;
 mod uploads;
+mod usage;
 
 pub use attach::{NewObject, PathTimestamps};
 pub use audit::{Actor, AuditAction, AuditEvent, AuditQuery, AuditRecord, AuditScope};

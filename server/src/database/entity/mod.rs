@@ -4,6 +4,7 @@
 pub mod audit_event;
 pub mod build_log;
 pub mod cache;
+pub mod cache_usage;
 pub mod chunk;
 pub mod chunkref;
 pub mod gc_lease;

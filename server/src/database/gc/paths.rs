@@ -1,7 +1,7 @@
 //! Which paths leave a cache: retention, quotas and destroyed caches, and
 //! how much a cache stores.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, JoinType, QueryFilter, QueryOrder,
     QuerySelect, RelationTrait,
@@ -69,59 +69,6 @@ impl Database {
             .count(&self.conn)
             .await
             .map_err(DatabaseError::from)
-    }
-
-    /// Stored bytes of a cache: its paths' NARs, its build logs and the NARs
-    /// staged for it.
-    pub async fn cache_usage(&self, cache_id: CacheId) -> Result<i64, DatabaseError> {
-        #[derive(FromQueryResult)]
-        struct Usage {
-            bytes: Option<i64>,
-        }
-        let usage = object::Entity::find()
-            .select_only()
-            .join(JoinType::InnerJoin, object::Relation::Nar.def())
-            .expr_as(
-                Expr::col((nar::Entity, nar::Column::FileSize))
-                    .sum()
-                    .cast_as(Alias::new("BIGINT")),
-                "bytes",
-            )
-            .filter(object::Column::CacheId.eq(cache_id))
-            .into_model::<Usage>()
-            .one(&self.conn)
-            .await?;
-        let paths = usage.and_then(|u| u.bytes).unwrap_or(0);
-        Ok(paths + self.log_usage(cache_id).await? + self.staged_usage(cache_id).await?)
-    }
-
-    /// Stored bytes of the NARs `nix copy` staged for a cache and no
-    /// narinfo has claimed yet: the uploader's, until claimed or reclaimed.
-    async fn staged_usage(&self, cache_id: CacheId) -> Result<i64, DbErr> {
-        #[derive(FromQueryResult)]
-        struct Usage {
-            bytes: Option<i64>,
-        }
-        let usage = staged_nar::Entity::find()
-            .select_only()
-            .join(
-                JoinType::InnerJoin,
-                staged_nar::Entity::belongs_to(nar::Entity)
-                    .from(staged_nar::Column::NarId)
-                    .to(nar::Column::Id)
-                    .into(),
-            )
-            .expr_as(
-                Expr::col((nar::Entity, nar::Column::FileSize))
-                    .sum()
-                    .cast_as(Alias::new("BIGINT")),
-                "bytes",
-            )
-            .filter(staged_nar::Column::CacheId.eq(cache_id))
-            .into_model::<Usage>()
-            .one(&self.conn)
-            .await?;
-        Ok(usage.and_then(|u| u.bytes).unwrap_or(0))
     }
 
     /// A page of a cache's objects, least recently read first, whether
