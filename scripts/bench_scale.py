@@ -146,6 +146,21 @@ def fill(server, cache_id, template_id, rows):
                 f"WHERE t.id = {source_id}")
 
     nar_of_template = f"(SELECT nar_id FROM object WHERE id = {template_id})"
+    # The schema's triggers add a usage row per filled path; a cache grown
+    # by uploads keeps them folded into a few (the server folds them every
+    # so many uploads), so the fill folds them too.
+    if server.postgres:
+        has_usage = run("SELECT to_regclass('cache_usage') IS NOT NULL").strip() == "t"
+    else:
+        has_usage = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'cache_usage'").fetchone() is not None
+    fold = [
+        "CREATE TABLE scale_usage AS SELECT cache_id, SUM(bytes) AS bytes "
+        "FROM cache_usage GROUP BY cache_id",
+        "DELETE FROM cache_usage",
+        "INSERT INTO cache_usage (cache_id, bytes) SELECT cache_id, bytes FROM scale_usage",
+        "DROP TABLE scale_usage",
+    ] if has_usage else []
     statements = [
         copy("nar", nar_cols, nar_of_template, {"id": None, "nar_hash": hash_of}),
         copy("object", object_cols, template_id, {
@@ -153,10 +168,15 @@ def fill(server, cache_id, template_id, rows):
             "sigs": "'[]'", "nix_upload_file": "NULL", "cache_id": str(cache_id),
             "nar_id": f"(SELECT n.id FROM nar n WHERE n.nar_hash = {hash_of})"}),
         "DROP TABLE scale_fill",
+        *fold,
         "ANALYZE",
     ]
     if server.postgres:
         run(";\n".join(statements))
+        if has_usage:
+            # What autovacuum does to the folded rows in time: a first read
+            # should not pay for skipping a million dead index entries.
+            run("VACUUM cache_usage")
     else:
         with db:
             for statement in statements[:-1]:

@@ -4,7 +4,10 @@
 //! attaching the path to its cache with its audit record (a `push`, built
 //! by [`new_object`], or an `import`; written in the transaction that
 //! attaches the path, one row per path), dropping what the read cache
-//! holds of the path, and counting the upload.
+//! holds of the path, counting the upload, and now and then folding the
+//! cache's usage rows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
@@ -18,6 +21,15 @@ use crate::error::{ServerError, ServerResult};
 use crate::ingest::{self, Expect, StoredNar};
 use crate::metrics::Metrics;
 use crate::state::AppState;
+
+/// Uploads between two looks at the usage rows of the cache uploaded to.
+/// Each upload adds a row, and a look folds them once there are many, so a
+/// cache only ever pushed to (`nix copy` never reads a cache's settings)
+/// keeps a few hundred rows rather than one per path.
+const UPLOADS_PER_USAGE_LOOK: u64 = 64;
+
+/// Uploads this process has attached, for [`UPLOADS_PER_USAGE_LOOK`].
+static UPLOADS_ATTACHED: AtomicU64 = AtomicU64::new(0);
 
 /// Uploads into the store and its caches, on behalf of one request.
 pub struct Uploads<'a> {
@@ -105,6 +117,7 @@ impl<'a> Uploads<'a> {
             self.record_listing(nar, listing).await;
         }
         self.state.read_cache.forget_path(cache_id, &hash);
+        self.look_at_usage_now_and_then(cache_id);
         Metrics::count(&self.state.metrics.uploads, "deduplicated");
         self.state.metrics.upload_nar_bytes.inc_by(nar.nar_size);
         Ok(())
@@ -115,6 +128,7 @@ impl<'a> Uploads<'a> {
         let (cache_id, hash) = (object.cache_id, object.info.store_path_hash.clone());
         self.state.database.claim_staged(staged, object).await?;
         self.state.read_cache.forget_path(cache_id, &hash);
+        self.look_at_usage_now_and_then(cache_id);
         Ok(())
     }
 
@@ -124,6 +138,10 @@ impl<'a> Uploads<'a> {
         claim: Claim,
         outcome: &'static str,
     ) -> ServerResult<NarRecord> {
+        let cache_id = match &claim {
+            Claim::Object(object) => object.cache_id,
+            Claim::Staged { cache_id, .. } => *cache_id,
+        };
         let stored_bytes = stored.bytes_stored();
         let nar_size = stored.nar_size;
         let listing = stored.listing;
@@ -157,7 +175,23 @@ impl<'a> Uploads<'a> {
         Metrics::count(&metrics.uploads, outcome);
         metrics.upload_nar_bytes.inc_by(nar_size);
         metrics.stored_bytes.inc_by(stored_bytes);
+        self.look_at_usage_now_and_then(cache_id);
         Ok(nar)
+    }
+
+    /// Every [`UPLOADS_PER_USAGE_LOOK`]th upload, reads the usage of the
+    /// cache it went to, which folds its rows if there are many; off the
+    /// request, since the upload is done.
+    fn look_at_usage_now_and_then(&self, cache_id: CacheId) {
+        if UPLOADS_ATTACHED.fetch_add(1, Ordering::Relaxed) % UPLOADS_PER_USAGE_LOOK != 0 {
+            return;
+        }
+        let database = self.state.database.clone();
+        tokio::spawn(async move {
+            if let Err(e) = database.cache_usage(cache_id).await {
+                tracing::warn!(error = %e, cache = cache_id.get(), "cannot fold a cache's usage rows");
+            }
+        });
     }
 
     /// Keeps a NAR's `.ls` listing, compressed, unless it has one. Best
