@@ -183,7 +183,10 @@ impl<'a> Uploads<'a> {
     /// cache it went to, which folds its rows if there are many; off the
     /// request, since the upload is done.
     fn look_at_usage_now_and_then(&self, cache_id: CacheId) {
-        if UPLOADS_ATTACHED.fetch_add(1, Ordering::Relaxed) % UPLOADS_PER_USAGE_LOOK != 0 {
+        if !UPLOADS_ATTACHED
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(UPLOADS_PER_USAGE_LOOK)
+        {
             return;
         }
         let database = self.state.database.clone();
