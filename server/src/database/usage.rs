@@ -211,6 +211,16 @@ mod tests {
         .await;
         db.exec("UPDATE build_log SET stored_size = 70").await;
         assert_counted(&db, &both).await;
+        // A path pushed again with another NAR: the upsert `attach_object`
+        // makes, whose update fires the update triggers.
+        db.exec(&format!(
+            "INSERT INTO object (cache_id, nar_id, store_path_hash, store_path, \"references\", \
+             sigs, created_at) VALUES ({ia}, {n1}, '{}', '{}', '[]', '[]', 20) \
+             ON CONFLICT (cache_id, store_path_hash) DO UPDATE SET nar_id = excluded.nar_id",
+            p2.0, p2.1
+        ))
+        .await;
+        assert_counted(&db, &both).await;
 
         // A NAR deleted under its holders takes them with it.
         db.exec(&format!("DELETE FROM nar WHERE id = {n2}")).await;
