@@ -18,7 +18,20 @@
 //!   NAR goes, since the rows that cascade can no longer read its size.
 //!
 //! A change to a cache whose row is gone (a cascade from deleting it) adds
-//! no row, and deleting a cache deletes its rows.
+//! no row, and deleting a cache deletes its rows. An update that changes
+//! none of the columns counted (a path pushed again onto the same NAR)
+//! adds none either.
+//!
+//! On PostgreSQL a path's row reads its NAR's size under a share lock on
+//! the NAR: compaction resizing that NAR concurrently then either commits
+//! first (the size read is the new one) or waits for the path's change to
+//! commit (its count of the NAR's holders sees it), so the two never count
+//! the same path at two sizes. SQLite has one writer at a time.
+//!
+//! Everything here runs in one transaction with the triggers created
+//! before the backfill: on PostgreSQL creating a trigger waits for the
+//! table's writers and holds new ones off until the commit, so no change
+//! falls between the backfill and the triggers.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
@@ -47,6 +60,12 @@ const BACKFILL: &str = "INSERT INTO cache_usage (cache_id, bytes) \
      + COALESCE((SELECT SUM(build_log.stored_size) FROM build_log \
                  WHERE build_log.cache_id = cache.id), 0) \
      FROM cache";
+
+/// Locks the NAR `{row}` (`NEW` or `OLD`) of a holder names against a
+/// concurrent resize (PostgreSQL; see the module's documentation).
+fn share_nar(row: &str) -> String {
+    format!("PERFORM 1 FROM nar WHERE nar.id = {row}.nar_id FOR SHARE")
+}
 
 /// `INSERT` of one row for `{row}` (`NEW` or `OLD`) of a NAR holder, signed
 /// by `sign`, if the NAR and the cache are still there.
@@ -92,6 +111,7 @@ fn sqlite_triggers() -> Vec<String> {
         ));
         sql.push(format!(
             "CREATE TRIGGER cache_usage_{table}_update AFTER UPDATE OF cache_id, nar_id ON {table} \
+             WHEN OLD.cache_id IS NOT NEW.cache_id OR OLD.nar_id IS NOT NEW.nar_id \
              BEGIN {}; {}; END",
             holder_row("OLD", "-"),
             holder_row("NEW", "")
@@ -107,7 +127,8 @@ fn sqlite_triggers() -> Vec<String> {
     ));
     sql.push(format!(
         "CREATE TRIGGER cache_usage_build_log_update AFTER UPDATE OF cache_id, stored_size \
-         ON build_log BEGIN {}; {}; END",
+         ON build_log WHEN OLD.cache_id IS NOT NEW.cache_id OR OLD.stored_size IS NOT NEW.stored_size \
+         BEGIN {}; {}; END",
         log_row("OLD", "-"),
         log_row("NEW", "")
     ));
@@ -140,8 +161,11 @@ fn postgres_triggers() -> Vec<String> {
         pg_function(
             "cache_usage_of_holder",
             &format!(
-                "IF TG_OP <> 'INSERT' THEN {}; END IF; IF TG_OP <> 'DELETE' THEN {}; END IF;",
+                "IF TG_OP <> 'INSERT' THEN {}; {}; END IF; \
+                 IF TG_OP <> 'DELETE' THEN {}; {}; END IF;",
+                share_nar("OLD"),
                 holder_row("OLD", "-"),
+                share_nar("NEW"),
                 holder_row("NEW", "")
             ),
         ),
@@ -168,15 +192,26 @@ fn postgres_triggers() -> Vec<String> {
             "DELETE FROM cache_usage WHERE cache_id = OLD.id;",
         ),
     ];
+    // A WHEN clause may not name OLD on an INSERT trigger: updates have
+    // triggers of their own, which skip a row whose counted columns stay.
     for table in NAR_HOLDERS {
         sql.push(format!(
-            "CREATE TRIGGER cache_usage_{table} AFTER INSERT OR DELETE OR UPDATE OF cache_id, nar_id \
-             ON {table} FOR EACH ROW EXECUTE FUNCTION cache_usage_of_holder()"
+            "CREATE TRIGGER cache_usage_{table} AFTER INSERT OR DELETE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION cache_usage_of_holder()"
+        ));
+        sql.push(format!(
+            "CREATE TRIGGER cache_usage_{table}_update AFTER UPDATE OF cache_id, nar_id ON {table} \
+             FOR EACH ROW WHEN (OLD.cache_id IS DISTINCT FROM NEW.cache_id \
+             OR OLD.nar_id IS DISTINCT FROM NEW.nar_id) EXECUTE FUNCTION cache_usage_of_holder()"
         ));
     }
     sql.extend([
-        "CREATE TRIGGER cache_usage_build_log AFTER INSERT OR DELETE OR UPDATE OF cache_id, stored_size \
-         ON build_log FOR EACH ROW EXECUTE FUNCTION cache_usage_of_log()"
+        "CREATE TRIGGER cache_usage_build_log AFTER INSERT OR DELETE ON build_log \
+         FOR EACH ROW EXECUTE FUNCTION cache_usage_of_log()"
+            .to_owned(),
+        "CREATE TRIGGER cache_usage_build_log_update AFTER UPDATE OF cache_id, stored_size \
+         ON build_log FOR EACH ROW WHEN (OLD.cache_id IS DISTINCT FROM NEW.cache_id \
+         OR OLD.stored_size IS DISTINCT FROM NEW.stored_size) EXECUTE FUNCTION cache_usage_of_log()"
             .to_owned(),
         "CREATE TRIGGER cache_usage_nar_resize AFTER UPDATE OF file_size ON nar FOR EACH ROW \
          WHEN (NEW.file_size <> OLD.file_size) EXECUTE FUNCTION cache_usage_of_nar_resize()"
@@ -222,7 +257,6 @@ impl MigrationTrait for Migration {
             )
             .await?;
         let conn = manager.get_connection();
-        conn.execute_unprepared(BACKFILL).await?;
         let triggers = match conn.get_database_backend() {
             DbBackend::Postgres => postgres_triggers(),
             _ => sqlite_triggers(),
@@ -230,7 +264,13 @@ impl MigrationTrait for Migration {
         for statement in triggers {
             conn.execute_unprepared(&statement).await?;
         }
+        conn.execute_unprepared(BACKFILL).await?;
         Ok(())
+    }
+
+    /// On SQLite too: a migration cut short leaves nothing behind.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -240,8 +280,11 @@ impl MigrationTrait for Migration {
         if postgres {
             for (table, trigger) in [
                 ("object", "cache_usage_object"),
+                ("object", "cache_usage_object_update"),
                 ("staged_nar", "cache_usage_staged_nar"),
+                ("staged_nar", "cache_usage_staged_nar_update"),
                 ("build_log", "cache_usage_build_log"),
+                ("build_log", "cache_usage_build_log_update"),
                 ("nar", "cache_usage_nar_resize"),
                 ("nar", "cache_usage_nar_delete"),
                 ("cache", "cache_usage_cache_delete"),

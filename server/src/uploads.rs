@@ -7,7 +7,8 @@
 //! holds of the path, counting the upload, and now and then folding the
 //! cache's usage rows.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use attic::api::v1::upload_path::UploadPathNarInfo;
 use attic::store_path::{StoreDir, StorePath, StorePathError};
@@ -22,14 +23,14 @@ use crate::ingest::{self, Expect, StoredNar};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
-/// Uploads between two looks at the usage rows of the cache uploaded to.
-/// Each upload adds a row, and a look folds them once there are many, so a
+/// Uploads into one cache between two looks at its usage rows. Each
+/// upload adds a row, and a look folds them once there are many, so a
 /// cache only ever pushed to (`nix copy` never reads a cache's settings)
 /// keeps a few hundred rows rather than one per path.
-const UPLOADS_PER_USAGE_LOOK: u64 = 64;
+const UPLOADS_PER_USAGE_LOOK: u32 = 64;
 
-/// Uploads this process has attached, for [`UPLOADS_PER_USAGE_LOOK`].
-static UPLOADS_ATTACHED: AtomicU64 = AtomicU64::new(0);
+/// Uploads this process attached to each cache since its last look.
+static SINCE_USAGE_LOOK: Mutex<BTreeMap<CacheId, u32>> = Mutex::new(BTreeMap::new());
 
 /// Uploads into the store and its caches, on behalf of one request.
 pub struct Uploads<'a> {
@@ -179,19 +180,26 @@ impl<'a> Uploads<'a> {
         Ok(nar)
     }
 
-    /// Every [`UPLOADS_PER_USAGE_LOOK`]th upload, reads the usage of the
-    /// cache it went to, which folds its rows if there are many; off the
-    /// request, since the upload is done.
+    /// Every [`UPLOADS_PER_USAGE_LOOK`]th upload into a cache, folds its
+    /// usage rows if there are many; off the request, since the upload is
+    /// done.
     fn look_at_usage_now_and_then(&self, cache_id: CacheId) {
-        if !UPLOADS_ATTACHED
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(UPLOADS_PER_USAGE_LOOK)
-        {
+        let due = {
+            let mut counts = SINCE_USAGE_LOOK.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(cache_id).or_default();
+            *count += 1;
+            let due = *count >= UPLOADS_PER_USAGE_LOOK;
+            if due {
+                *count = 0;
+            }
+            due
+        };
+        if !due {
             return;
         }
         let database = self.state.database.clone();
         tokio::spawn(async move {
-            if let Err(e) = database.cache_usage(cache_id).await {
+            if let Err(e) = database.fold_usage_if_many(cache_id).await {
                 tracing::warn!(error = %e, cache = cache_id.get(), "cannot fold a cache's usage rows");
             }
         });

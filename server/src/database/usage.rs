@@ -3,12 +3,13 @@
 //! `used_bytes` reports. Triggers append a signed row to `cache_usage` in
 //! every transaction that changes it (the `migration` crate's
 //! `create_cache_usage` lists them), so reading it is a sum over a few rows
-//! of an index, never over the cache; a reader that finds many folds them
-//! into one.
+//! of an index, never over the cache. Reading never writes: the writers
+//! fold the rows they made, uploads every so often
+//! ([`crate::uploads`]) and the collector after each run.
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
     Statement,
 };
 
@@ -16,43 +17,48 @@ use super::entity::cache_usage;
 use super::ids::CacheId;
 use super::{Database, DatabaseError};
 
-/// Rows a cache may gather before a reader folds them: few enough that a
-/// read stays a short index range, many enough that folds are rare (one
-/// per this many uploads).
-const FOLD_AFTER: i64 = 512;
+/// Rows a cache may gather before a fold: few enough that a read stays a
+/// short index range, many enough that folds are rare.
+const FOLD_AFTER: u64 = 512;
 
 impl Database {
     /// Stored bytes of a cache: its paths' NARs, its build logs and the NARs
     /// staged for it, as of the last committed change.
     pub async fn cache_usage(&self, cache_id: CacheId) -> Result<i64, DatabaseError> {
-        let (bytes, rows): (Option<i64>, i64) = cache_usage::Entity::find()
+        let bytes: Option<Option<i64>> = cache_usage::Entity::find()
             .select_only()
             .expr(
                 Expr::col(cache_usage::Column::Bytes)
                     .sum()
                     .cast_as(Alias::new("BIGINT")),
             )
-            .expr(
-                Expr::col(cache_usage::Column::Id)
-                    .count()
-                    .cast_as(Alias::new("BIGINT")),
-            )
             .filter(cache_usage::Column::CacheId.eq(cache_id))
             .into_tuple()
             .one(&self.conn)
-            .await?
-            .unwrap_or((None, 0));
-        if rows > FOLD_AFTER {
-            self.fold_usage(cache_id).await?;
-        }
-        Ok(bytes.unwrap_or(0))
+            .await?;
+        Ok(bytes.flatten().unwrap_or(0))
     }
 
-    /// Replaces a cache's usage rows by one holding their sum. Rows that
-    /// commit meanwhile are left for the next fold, never lost: on
-    /// PostgreSQL the rows summed are exactly those one statement deleted;
-    /// on SQLite the transaction holds the write lock throughout.
-    async fn fold_usage(&self, cache_id: CacheId) -> Result<(), DbErr> {
+    /// Folds a cache's usage rows into one if there are more than a few
+    /// hundred; whether it did.
+    pub async fn fold_usage_if_many(&self, cache_id: CacheId) -> Result<bool, DatabaseError> {
+        let rows = cache_usage::Entity::find()
+            .filter(cache_usage::Column::CacheId.eq(cache_id))
+            .count(&self.conn)
+            .await?;
+        if rows <= FOLD_AFTER {
+            return Ok(false);
+        }
+        self.fold_usage(cache_id).await?;
+        Ok(true)
+    }
+
+    /// Replaces a cache's usage rows by one holding their sum, unless the
+    /// cache is gone. Rows that commit meanwhile are left for the next
+    /// fold, never lost: on PostgreSQL the rows summed are exactly those
+    /// one statement deleted; on SQLite the transaction holds the write
+    /// lock throughout.
+    async fn fold_usage(&self, cache_id: CacheId) -> Result<(), DatabaseError> {
         let id = cache_id.get();
         match self.backend() {
             DbBackend::Postgres => {
@@ -61,7 +67,8 @@ impl Database {
                         DbBackend::Postgres,
                         "WITH folded AS (DELETE FROM cache_usage WHERE cache_id = $1 RETURNING bytes) \
                          INSERT INTO cache_usage (cache_id, bytes) \
-                         SELECT $1, COALESCE(SUM(bytes), 0) FROM folded",
+                         SELECT $1, total FROM (SELECT COALESCE(SUM(bytes), 0) AS total FROM folded) AS sum \
+                         WHERE EXISTS (SELECT 1 FROM cache WHERE cache.id = $1)",
                         [id.into()],
                     ))
                     .await?;
@@ -72,12 +79,22 @@ impl Database {
                     .execute_raw(Statement::from_sql_and_values(
                         backend,
                         "INSERT INTO cache_usage (cache_id, bytes) \
-                         SELECT $1, COALESCE(SUM(bytes), 0) FROM cache_usage WHERE cache_id = $1",
+                         SELECT $1, total FROM \
+                           (SELECT COALESCE(SUM(bytes), 0) AS total FROM cache_usage WHERE cache_id = $1) \
+                         WHERE EXISTS (SELECT 1 FROM cache WHERE cache.id = $1)",
                         [id.into()],
                     ))
                     .await?;
-                let kept = i64::try_from(sum.last_insert_id())
-                    .map_err(|_| DbErr::Custom("a cache_usage row id above i64".to_owned()))?;
+                // No row inserted (the cache is gone): the connection's last
+                // insert id is another statement's.
+                if sum.rows_affected() != 1 {
+                    return Ok(());
+                }
+                let kept = i64::try_from(sum.last_insert_id()).map_err(|_| {
+                    DatabaseError::Db(sea_orm::DbErr::Custom(
+                        "a cache_usage row id above i64".to_owned(),
+                    ))
+                })?;
                 cache_usage::Entity::delete_many()
                     .filter(cache_usage::Column::CacheId.eq(id))
                     .filter(cache_usage::Column::Id.lt(kept))
@@ -234,10 +251,48 @@ mod tests {
         db.exec(&format!("DELETE FROM cache WHERE id = {ib}")).await;
         assert_eq!(db.usage_rows(b).await, 0);
         assert_counted(&db, &[a]).await;
+        // Nor does a fold of it, which leaves other caches' rows alone.
+        db.fold_usage(b).await.expect("fold");
+        assert_eq!(db.usage_rows(b).await, 0);
+        assert_counted(&db, &[a]).await;
+    }
+
+    /// Compaction resizing a NAR while a path on it leaves, in either
+    /// order, with each change's transaction open while the other starts:
+    /// the path is counted off at the size it was counted on with.
+    #[tokio::test]
+    async fn a_nar_resized_while_a_path_on_it_leaves_is_counted_once() {
+        use sea_orm::TransactionTrait;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::for_tests(&dir).await;
+        let cache = db.seed_cache("race").await.id;
+        for (seed, path_first) in [("3", false), ("4", true)] {
+            let nar = db.seed_nar(seed, 10).await;
+            let hash = seed.repeat(32);
+            let path = format!("/nix/store/{hash}-p");
+            db.seed_path(cache, nar, (&hash, &path), &[], 10).await;
+            let resize = format!("UPDATE nar SET file_size = 60 WHERE id = {}", nar.get());
+            let leave = format!("DELETE FROM object WHERE nar_id = {}", nar.get());
+            let (first, second) = match path_first {
+                true => (leave, resize),
+                false => (resize, leave),
+            };
+            let txn = db.conn.begin().await.expect("begin");
+            txn.execute_unprepared(&first).await.expect("first change");
+            let other = db.clone();
+            let waiting = tokio::spawn(async move { other.conn.execute_unprepared(&second).await });
+            // Whether the second change waits for the first or not, the
+            // sum must come out right; this only makes waiting likely.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            txn.commit().await.expect("commit");
+            waiting.await.expect("join").expect("second change");
+            assert_counted(&db, &[cache]).await;
+            assert_eq!(db.cache_usage(cache).await.expect("usage"), 0);
+        }
     }
 
     #[tokio::test]
-    async fn a_reader_folds_many_rows_into_one_without_changing_the_sum() {
+    async fn many_rows_fold_into_one_without_changing_the_sum() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::for_tests(&dir).await;
         let cache = db.seed_cache("fold").await.id;
@@ -250,10 +305,12 @@ mod tests {
             })
             .collect();
         db.seed_paths(cache, nar, &paths).await;
-        assert!(db.usage_rows(cache).await > FOLD_AFTER);
-        let expected = 100 * (FOLD_AFTER + 10);
+        assert!(db.usage_rows(cache).await > FOLD_AFTER as i64);
+        let expected = 100 * (FOLD_AFTER as i64 + 10);
         assert_eq!(db.cache_usage(cache).await.expect("usage"), expected);
+        assert!(db.fold_usage_if_many(cache).await.expect("fold"));
         assert_eq!(db.usage_rows(cache).await, 1, "folded into one row");
+        assert!(!db.fold_usage_if_many(cache).await.expect("no fold"));
         assert_eq!(db.cache_usage(cache).await.expect("usage"), expected);
         // Changes after the fold are counted on top of it.
         db.exec(&format!(

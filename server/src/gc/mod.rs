@@ -303,6 +303,15 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// Folds the usage rows this run's expiry, evictions and compaction
+    /// added to each cache (see [`crate::database::Database::cache_usage`]).
+    async fn fold_usage(&mut self) -> Result<(), GcError> {
+        for cache in self.database.live_caches().await? {
+            self.database.fold_usage_if_many(cache.id).await?;
+        }
+        Ok(())
+    }
+
     async fn stages(&mut self) -> Result<(), GcError> {
         let start = now();
         let grace_cutoff = start - secs(self.config.grace_period);
@@ -332,6 +341,8 @@ impl<'a> Collector<'a> {
         self.progress.stage("compacting packs");
         self.compact(grace_cutoff).await?;
         crash_point("compact");
+        self.progress.stage("folding usage rows");
+        self.fold_usage().await?;
         self.progress.stage("deleting packs");
         self.delete_packs().await?;
         crash_point("delete-packs");
