@@ -1,7 +1,7 @@
 //! Reclaiming what no path holds any more: NARs, chunks and packs, and
 //! compacting packs that are mostly dead.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -330,11 +330,6 @@ impl Database {
                 .exec(&txn)
                 .await?;
         }
-        let _used = Query::select()
-            .expr(Expr::val(1))
-            .from(chunk::Entity)
-            .and_where(Expr::col((chunk::Entity, chunk::Column::PackId)).eq(old))
-            .to_owned();
         pack::Entity::update_many()
             .col_expr(pack::Column::State, Expr::value(BlobState::Deleting))
             .col_expr(pack::Column::DeletingSince, Expr::value(when))
