@@ -83,6 +83,7 @@ impl<'a> Uploads<'a> {
             .commit(stored, Claim::Object(Box::new(object)), "uploaded")
             .await?;
         self.state.read_cache.forget_path(cache_id, &hash);
+        self.look_at_usage_now_and_then(cache_id);
         Ok(nar)
     }
 
@@ -94,8 +95,11 @@ impl<'a> Uploads<'a> {
         cache_id: CacheId,
         file: String,
     ) -> ServerResult<NarRecord> {
-        self.commit(stored, Claim::Staged { cache_id, file }, "staged")
-            .await
+        let nar = self
+            .commit(stored, Claim::Staged { cache_id, file }, "staged")
+            .await?;
+        self.look_at_usage_now_and_then(cache_id);
+        Ok(nar)
     }
 
     /// Makes a NAR the store holds already the path `object`, once the
@@ -139,10 +143,6 @@ impl<'a> Uploads<'a> {
         claim: Claim,
         outcome: &'static str,
     ) -> ServerResult<NarRecord> {
-        let cache_id = match &claim {
-            Claim::Object(object) => object.cache_id,
-            Claim::Staged { cache_id, .. } => *cache_id,
-        };
         let stored_bytes = stored.bytes_stored();
         let nar_size = stored.nar_size;
         let listing = stored.listing;
@@ -176,7 +176,6 @@ impl<'a> Uploads<'a> {
         Metrics::count(&metrics.uploads, outcome);
         metrics.upload_nar_bytes.inc_by(nar_size);
         metrics.stored_bytes.inc_by(stored_bytes);
-        self.look_at_usage_now_and_then(cache_id);
         Ok(nar)
     }
 

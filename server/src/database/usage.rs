@@ -42,15 +42,20 @@ impl Database {
     /// Folds a cache's usage rows into one if there are more than a few
     /// hundred; whether it did.
     pub async fn fold_usage_if_many(&self, cache_id: CacheId) -> Result<bool, DatabaseError> {
-        let rows = cache_usage::Entity::find()
-            .filter(cache_usage::Column::CacheId.eq(cache_id))
-            .count(&self.conn)
-            .await?;
-        if rows <= FOLD_AFTER {
+        if self.usage_rows(cache_id).await? <= FOLD_AFTER {
             return Ok(false);
         }
         self.fold_usage(cache_id).await?;
         Ok(true)
+    }
+
+    /// How many usage rows a cache has.
+    async fn usage_rows(&self, cache_id: CacheId) -> Result<u64, DatabaseError> {
+        let rows = cache_usage::Entity::find()
+            .filter(cache_usage::Column::CacheId.eq(cache_id))
+            .count(&self.conn)
+            .await?;
+        Ok(rows)
     }
 
     /// Replaces a cache's usage rows by one holding their sum, unless the
@@ -141,18 +146,6 @@ mod tests {
             .expect("recount")
             .expect("one row")
             .bytes
-        }
-
-        async fn usage_rows(&self, cache_id: CacheId) -> i64 {
-            let sql = format!(
-                "SELECT id FROM cache_usage WHERE cache_id = {}",
-                cache_id.get()
-            );
-            self.conn
-                .query_all_raw(Statement::from_string(self.backend(), sql))
-                .await
-                .expect("usage rows")
-                .len() as i64
         }
 
         async fn exec(&self, sql: &str) {
@@ -249,11 +242,11 @@ mod tests {
 
         // A cache deleted leaves no rows behind, and its cascade none.
         db.exec(&format!("DELETE FROM cache WHERE id = {ib}")).await;
-        assert_eq!(db.usage_rows(b).await, 0);
+        assert_eq!(db.usage_rows(b).await.expect("rows"), 0);
         assert_counted(&db, &[a]).await;
         // Nor does a fold of it, which leaves other caches' rows alone.
         db.fold_usage(b).await.expect("fold");
-        assert_eq!(db.usage_rows(b).await, 0);
+        assert_eq!(db.usage_rows(b).await.expect("rows"), 0);
         assert_counted(&db, &[a]).await;
     }
 
@@ -305,11 +298,15 @@ mod tests {
             })
             .collect();
         db.seed_paths(cache, nar, &paths).await;
-        assert!(db.usage_rows(cache).await > FOLD_AFTER as i64);
+        assert!(db.usage_rows(cache).await.expect("rows") > FOLD_AFTER);
         let expected = 100 * (FOLD_AFTER as i64 + 10);
         assert_eq!(db.cache_usage(cache).await.expect("usage"), expected);
         assert!(db.fold_usage_if_many(cache).await.expect("fold"));
-        assert_eq!(db.usage_rows(cache).await, 1, "folded into one row");
+        assert_eq!(
+            db.usage_rows(cache).await.expect("rows"),
+            1,
+            "folded into one row"
+        );
         assert!(!db.fold_usage_if_many(cache).await.expect("no fold"));
         assert_eq!(db.cache_usage(cache).await.expect("usage"), expected);
         // Changes after the fold are counted on top of it.
