@@ -218,9 +218,9 @@ async fn a_ca_derivation_copied_with_nix_substitutes_from_the_cache() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Nix 2.8 says "resolved derivation" once it found no realisation of
     // the top derivation and sets out to build it. It then usually says
-    // "building", but not always: under load its realisation query races
-    // on a pipe ("error (ignored): closing file descriptor N: Bad file
-    // descriptor") and the build may end before it starts.
+    // "building", but not always: under load (seen in CI) it printed
+    // "error (ignored): closing file descriptor N: Bad file descriptor"
+    // instead and ended before the build started, a fault of its own.
     let fresh = nix::FreshStore::new();
     let rebuilt = stderr(&build(Some(&fresh), &file, &cache_url, &key, &netrc));
     assert!(
