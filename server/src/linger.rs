@@ -18,15 +18,13 @@
 //! starts clean.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
 use hyper::body::{Frame, SizeHint};
@@ -41,53 +39,71 @@ pub const LINGER_LIMIT: u64 = 64 * 1024 * 1024;
 /// Longest time spent reading and dropping them.
 pub const LINGER_TIME: Duration = Duration::from_secs(10);
 
-/// Middleware: once the handler has answered, reads and drops what it left
-/// of the request body (see the module's documentation).
-pub async fn read_rest_of_body(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // Most requests (every GET) have no body: nothing to read, and nothing
-    // to wrap, on the narinfo hot path.
-    if request.body().is_end_stream() {
-        return next.run(request).await;
+/// A request whose body the handler may leave unread: once it has
+/// answered, [`Linger::finish`] reads and drops the rest (see the module's
+/// documentation). Made by [`Linger::watch`] in the middleware around
+/// every request (`api::around_every_request`).
+pub struct Linger {
+    /// The body, if the handler dropped it unfinished.
+    returned: oneshot::Receiver<(Body, bool)>,
+    /// The client asked `Expect: 100-continue`.
+    waits_to_send: bool,
+}
+
+impl Linger {
+    /// Watches `request`'s body, unless it has none (every GET: nothing to
+    /// read, and nothing to wrap, on the narinfo hot path).
+    pub fn watch(request: Request) -> (Request, Option<Self>) {
+        if request.body().is_end_stream() {
+            return (request, None);
+        }
+        let (parts, body) = request.into_parts();
+        // A client that asked `Expect: 100-continue` sends nothing until
+        // told to, and hyper tells it as soon as the body is read: reading
+        // a body nobody began to read would only ask for bytes to drop.
+        let waits_to_send = waits_to_send(&parts.headers);
+        let (back, returned) = oneshot::channel();
+        let body = Body::new(Returning {
+            inner: Some(body),
+            read: false,
+            failed: false,
+            back: Some(back),
+        });
+        let linger = Self {
+            returned,
+            waits_to_send,
+        };
+        (Request::from_parts(parts, body), Some(linger))
     }
-    let (parts, body) = request.into_parts();
-    // A client that asked `Expect: 100-continue` sends nothing until told
-    // to, and hyper tells it as soon as the body is read: reading a body
-    // nobody began to read would only ask for bytes to drop.
-    let waits_to_send = waits_to_send(&parts.headers);
-    let (back, mut returned) = oneshot::channel();
-    let body = Body::new(Returning {
-        inner: Some(body),
-        read: false,
-        failed: false,
-        back: Some(back),
-    });
-    let mut response = next.run(Request::from_parts(parts, body)).await;
-    // Only a body the handler dropped unfinished comes back; one it still
-    // holds (streaming it elsewhere) is its own business.
-    let Ok((rest, read)) = returned.try_recv() else {
-        return response;
-    };
-    let mut drained = false;
-    if (read || !waits_to_send) && response.status() != StatusCode::REQUEST_TIMEOUT {
-        let timeout = state.config.http.body_timeout;
-        drained = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout))
-            .await
-            .unwrap_or(false);
-    }
-    // A success whose body was read to its end here leaves the connection
-    // clean: an upload whose handler stopped at the NAR's last byte, before
-    // the chunked body's terminator, keeps its connection (closing it cost
-    // every path `attic push` sends a new connection). A refusal closes.
-    if !(drained && response.status().is_success()) {
+
+    /// Reads and drops what the handler left of the body, then says
+    /// `Connection: close` on `response` unless it is a success whose body
+    /// was read to its end.
+    pub async fn finish(mut self, state: &AppState, mut response: Response) -> Response {
+        // Only a body the handler dropped unfinished comes back; one it
+        // still holds (streaming it elsewhere) is its own business.
+        let Ok((rest, read)) = self.returned.try_recv() else {
+            return response;
+        };
+        let mut drained = false;
+        if (read || !self.waits_to_send) && response.status() != StatusCode::REQUEST_TIMEOUT {
+            let timeout = state.config.http.body_timeout;
+            drained = tokio::time::timeout(LINGER_TIME, discard(rest, LINGER_LIMIT, timeout))
+                .await
+                .unwrap_or(false);
+        }
+        // A success whose body was read to its end here leaves the
+        // connection clean: an upload whose handler stopped at the NAR's
+        // last byte, before the chunked body's terminator, keeps its
+        // connection (closing it cost every path `attic push` sends a new
+        // connection). A refusal closes.
+        if !(drained && response.status().is_success()) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    response
 }
 
 /// Reads and drops up to `limit` bytes of `body`, each piece within
@@ -167,6 +183,7 @@ impl Drop for Returning {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;

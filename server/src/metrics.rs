@@ -208,4 +208,9 @@ impl Metrics {
     pub fn count(family: &Family<Outcome, Counter>, outcome: &'static str) {
         family.get_or_create(&Outcome { outcome }).inc();
     }
+
+    /// Counts one response with `status`.
+    pub fn count_response(&self, status: u16) {
+        self.responses.get_or_create(&Status { status }).inc();
+    }
 }

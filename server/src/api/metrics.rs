@@ -2,8 +2,7 @@
 //! OpenMetrics text format. Served on the operators' listener
 //! (`metrics-listen`), and on the public one only to holders of
 //! `metrics-token`: even aggregates such as stored bytes tell a pusher
-//! whether another tenant held what it pushed. Also the middleware that
-//! counts every response by status.
+//! whether another tenant held what it pushed.
 
 use std::sync::Arc;
 
@@ -13,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ServerError, ServerResult};
-use crate::metrics::Status;
 use crate::state::AppState;
 
 /// Serves the counters.
@@ -55,21 +53,4 @@ pub async fn require_metrics_token(
 /// Compares secrets in time that does not depend on where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Counts every response by status.
-pub async fn count_responses(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    state
-        .metrics
-        .responses
-        .get_or_create(&Status {
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
 }

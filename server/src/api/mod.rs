@@ -24,11 +24,13 @@ use axum::Router;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header::HOST;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ServerError, ServerResult};
+use crate::linger::Linger;
+use crate::request_log::{RequestLog, TagRouteLayer};
 use crate::state::AppState;
 
 /// Every route of the public listener. `/metrics` is among them only
@@ -49,19 +51,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(binary_cache::router())
         .merge(realisations::router())
         .merge(landing::router())
-        .route_layer(middleware::from_fn(crate::request_log::tag_route))
+        .route_layer(TagRouteLayer)
         .fallback(|| async { ServerError::NoSuchRoute })
-        .layer(middleware::from_fn_with_state(state.clone(), check_host))
-        .layer(middleware::from_fn(crate::request_log::log_requests))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            metrics::count_responses,
-        ))
-        // Outermost, so that every refusal, the host check's included,
-        // reads what is left of the body before it is sent.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::linger::read_rest_of_body,
+            around_every_request,
         ))
         .with_state(state)
 }
@@ -90,13 +84,39 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<&'static str, Serv
     }
 }
 
-/// Refuses requests for hosts not in `allowed-hosts` (when it is set),
-/// but for the health check.
-async fn check_host(
+/// What every request of the public listener goes through, outermost
+/// first: the rest of its body is read once it is answered
+/// ([`crate::linger`], so that every refusal, the host check's included,
+/// reaches a client still sending); its response is counted by status and
+/// logged ([`crate::request_log`]); and a request for a host not in
+/// `allowed-hosts` is refused. One layer, not one each: every layer boxes
+/// the rest of the router and its future again, per request.
+async fn around_every_request(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
-) -> Result<Response, ServerError> {
+) -> Response {
+    let log = RequestLog::start(&request);
+    let (request, linger) = Linger::watch(request);
+    let response = match check_host(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            // Dropped unread: the linger reads the body's rest.
+            drop(request);
+            refused.into_response()
+        }
+    };
+    state.metrics.count_response(response.status().as_u16());
+    log.finish(&response);
+    match linger {
+        Some(linger) => linger.finish(&state, response).await,
+        None => response,
+    }
+}
+
+/// Refuses requests for hosts not in `allowed-hosts` (when it is set),
+/// but for the health check.
+fn check_host(state: &AppState, request: &Request) -> ServerResult<()> {
     let allowed = &state.config.allowed_hosts;
     if !allowed.is_empty() && request.uri().path() != "/_health" {
         let host = request
@@ -111,7 +131,7 @@ async fn check_host(
             ));
         }
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 /// A cache name from a URL path.
