@@ -8,6 +8,22 @@ use thiserror::Error;
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
+/// Marks a byte outside the alphabet in [`DIGITS`].
+const NOT_A_DIGIT: u8 = 0xff;
+
+/// Each byte's value as a digit, or [`NOT_A_DIGIT`]: every store path hash
+/// a request names is checked, and a table answers in one load where a
+/// search of the alphabet scanned it per character.
+const DIGITS: [u8; 256] = {
+    let mut digits = [NOT_A_DIGIT; 256];
+    let mut value = 0;
+    while value < ALPHABET.len() {
+        digits[ALPHABET[value] as usize] = value as u8;
+        value += 1;
+    }
+    digits
+};
+
 /// Why a string is not valid nix-base32 for the expected length.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NixBase32Error {
@@ -83,15 +99,14 @@ pub fn decode(input: &str, byte_len: usize) -> Result<Vec<u8>, NixBase32Error> {
 
 /// Whether `c` is a character of the nix-base32 alphabet.
 pub fn is_valid_char(c: u8) -> bool {
-    ALPHABET.contains(&c)
+    DIGITS[c as usize] != NOT_A_DIGIT
 }
 
 fn digit_value(c: u8) -> Result<u8, NixBase32Error> {
-    ALPHABET
-        .iter()
-        .position(|&a| a == c)
-        .map(|p| p as u8)
-        .ok_or(NixBase32Error::InvalidCharacter(c as char))
+    match DIGITS[c as usize] {
+        NOT_A_DIGIT => Err(NixBase32Error::InvalidCharacter(c as char)),
+        digit => Ok(digit),
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +143,16 @@ mod tests {
             decode("abc", 20),
             Err(NixBase32Error::WrongLength { .. })
         ));
+    }
+
+    #[test]
+    fn accepts_exactly_the_alphabet() {
+        for c in 0..=u8::MAX {
+            assert_eq!(is_valid_char(c), ALPHABET.contains(&c), "byte {c}");
+        }
+        for (value, &c) in ALPHABET.iter().enumerate() {
+            assert_eq!(digit_value(c), Ok(value as u8));
+        }
     }
 
     #[test]
