@@ -28,6 +28,7 @@ pub mod key_rotation;
 pub mod landing_page;
 pub mod late_listing;
 pub mod linger;
+pub mod log_line;
 pub mod log_writer;
 pub mod metrics;
 pub mod nar_range;

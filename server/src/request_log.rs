@@ -75,7 +75,8 @@ impl RequestLog {
             uri,
             client,
         } = self;
-        let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        // Whole microseconds: `0.25`, not `0.25000000000000006`.
+        let latency_ms = start.elapsed().as_micros() as f64 / 1000.0;
         let path = uri.path();
         let status = response.status().as_u16();
         let route = response

@@ -217,7 +217,9 @@ fn init_logging(format: LogFormat) -> Result<server::log_writer::FlushGuard<std:
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(ansi).init(),
+        // In colour for a person; lean plain lines for a file or collector.
+        LogFormat::Text if ansi => builder.with_ansi(true).init(),
+        LogFormat::Text => builder.event_format(server::log_line::PlainLine).init(),
     }
     Ok(guard)
 }
