@@ -287,12 +287,18 @@ impl Caller {
 
     /// The cache if the caller may pull from it: with a token that grants
     /// pull, or from a public cache by anyone, whatever token they send.
-    pub async fn pullable_cache(&self, state: &AppState, name: &CacheName) -> ServerResult<Cache> {
+    /// Shared with the read cache: every pull reads it, and a copy of its
+    /// keys, names and upstreams per request was a handful of allocations.
+    pub async fn pullable_cache(
+        &self,
+        state: &AppState,
+        name: &CacheName,
+    ) -> ServerResult<Arc<Cache>> {
         let granted = self.require(name, Permission::Pull);
         let cache = match state.read_cache.caches.get(name) {
             Some(cache) => Some(cache),
             None => {
-                let cache = state.database.find_cache(name).await?;
+                let cache = state.database.find_cache(name).await?.map(Arc::new);
                 if let Some(cache) = &cache {
                     state.read_cache.caches.insert(name.clone(), cache.clone());
                 }

@@ -66,7 +66,7 @@ impl SignedNarinfo {
 #[derive(Debug)]
 pub struct ReadCache {
     /// Live caches by name.
-    pub caches: Recent<CacheName, Cache>,
+    pub caches: Recent<CacheName, Arc<Cache>>,
     /// Signed narinfos by (cache id, store path hash).
     pub narinfos: Recent<(CacheId, StorePathHash), SignedNarinfo>,
     /// Object ids and NARs by (cache id, store path hash), for NAR

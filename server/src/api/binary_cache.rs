@@ -86,15 +86,14 @@ async fn nix_cache_info(
 /// The path and NAR behind `hash` in `cache`.
 pub(super) async fn find_object(
     state: &AppState,
-    cache: Cache,
+    cache: &Cache,
     hash: &StorePathHash,
-) -> ServerResult<(Cache, StoredPath, NarRecord)> {
-    let (object, nar) = state
+) -> ServerResult<(StoredPath, NarRecord)> {
+    state
         .database
         .find_object(cache.id, hash)
         .await?
-        .ok_or(ServerError::NoSuchObject)?;
-    Ok((cache, object, nar))
+        .ok_or(ServerError::NoSuchObject)
 }
 
 async fn get_narinfo(
@@ -155,30 +154,31 @@ async fn get_narinfo(
 /// A path a narinfo request found.
 enum Found {
     /// Stored in the cache.
-    Stored(Box<(Cache, StoredPath, NarRecord)>),
+    Stored(Box<(Arc<Cache>, StoredPath, NarRecord)>),
     /// On its way from an upstream.
-    Pulling(Box<Cache>, Arc<Streaming>),
+    Pulling(Arc<Cache>, Arc<Streaming>),
 }
 
 /// The path behind `hash` in `cache`, or, on a miss, from the cache's
 /// upstreams if one has it ([`pull_through`]).
 async fn find_or_pull(
     state: &Arc<AppState>,
-    cache: Cache,
+    cache: Arc<Cache>,
     hash: &StorePathHash,
     caller: &Caller,
 ) -> ServerResult<Found> {
-    let stored = |found| Found::Stored(Box::new(found));
-    match find_object(state, cache.clone(), hash).await {
+    let found = match find_object(state, &cache, hash).await {
         Err(ServerError::NoSuchObject) => {
             match pull_through::pull(state, &cache, hash, caller.subject()).await {
-                Pulled::Stored => find_object(state, cache, hash).await.map(stored),
-                Pulled::Streaming(streaming) => Ok(Found::Pulling(Box::new(cache), streaming)),
+                Pulled::Stored => find_object(state, &cache, hash).await,
+                Pulled::Streaming(streaming) => return Ok(Found::Pulling(cache, streaming)),
                 Pulled::Missed => Err(ServerError::NoSuchObject),
             }
         }
-        found => found.map(stored),
-    }
+        found => found,
+    };
+    let (object, nar) = found?;
+    Ok(Found::Stored(Box::new((cache, object, nar))))
 }
 
 /// A NAR's chunks, from memory when recently read.
@@ -293,7 +293,7 @@ async fn get_nar(
 ) -> ServerResult<Response> {
     if uploaded_nar::is_nix_upload_name(&file) {
         let cache = caller.pullable_cache(&state, &cache_name(&name)?).await?;
-        return uploaded_nar::serve(state, cache, &file).await;
+        return uploaded_nar::serve(state, &cache, &file).await;
     }
     let (hash, encoding) = if let Some(hash) = file.strip_suffix(".nar.zst") {
         (hash, NarEncoding::Zstd)
@@ -312,7 +312,7 @@ async fn get_nar(
     let (object_id, nar) = match held {
         Some(held) => held,
         None => {
-            let (_, object, nar) = match find_object(&state, cache.clone(), &hash).await {
+            let (object, nar) = match find_object(&state, &cache, &hash).await {
                 // A path being pulled through: its NAR as it arrives.
                 Err(ServerError::NoSuchObject) if encoding == NarEncoding::Plain => {
                     let subject = caller.subject();
@@ -321,7 +321,7 @@ async fn get_nar(
                         .await?
                     {
                         Some(response) => return Ok(response),
-                        None => find_object(&state, cache, &hash).await?,
+                        None => find_object(&state, &cache, &hash).await?,
                     }
                 }
                 found => found?,

@@ -59,7 +59,7 @@ pub(super) async fn serve_while_pulling(
     let stages = match pull_through::in_flight(state, cache.id, hash) {
         Some(stages) => stages,
         // Stored since we looked?
-        None if find_object(state, cache.clone(), hash).await.is_ok() => return Ok(None),
+        None if find_object(state, cache, hash).await.is_ok() => return Ok(None),
         None => match pull_through::pull(state, cache, hash, subject).await {
             Pulled::Missed => return Err(ServerError::NoSuchObject),
             Pulled::Stored => return Ok(None),
@@ -164,7 +164,7 @@ impl Resume {
         if !in_flight::stored(self.stages).await {
             return Err(ServerError::NoSuchObject);
         }
-        let (_, _, nar) = find_object(&self.state, self.cache, &self.hash).await?;
+        let (_, nar) = find_object(&self.state, &self.cache, &self.hash).await?;
         // Another upload may have replaced the path with another NAR: its
         // bytes would not continue these.
         if nar.nar_hash != self.nar_hash {

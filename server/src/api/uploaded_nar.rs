@@ -49,7 +49,7 @@ pub fn is_nix_upload_name(file: &str) -> bool {
 
 /// Serves the NAR `nix copy` uploaded to `cache` as `file`; 404 when no
 /// path of the cache was created from it.
-pub async fn serve(state: Arc<AppState>, cache: Cache, file: &str) -> ServerResult<Response> {
+pub async fn serve(state: Arc<AppState>, cache: &Cache, file: &str) -> ServerResult<Response> {
     let (_, compression) = parse_nar_file(file).map_err(|_| ServerError::NoSuchObject)?;
     let (object, nar) = state
         .database

@@ -42,6 +42,7 @@ pub async fn get_cache_config(
         Err(denied) => caller
             .require_cache(&state, &name, Permission::Push)
             .await
+            .map(Arc::new)
             .map_err(|_| denied)?,
     };
     let overlapping = cache.overlapping_key(now());
