@@ -1,6 +1,6 @@
 //! Blobs as files under a directory, written atomically and durably.
 
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::read_buffer::ReadBuffer;
 use super::{BlobInfo, ByteStream, StorageBackend, StorageError, StorageKey};
 
 /// Where partially written blobs wait for their rename.
@@ -100,7 +101,7 @@ fn write_durably(
 /// after).
 #[derive(Debug)]
 struct Piece {
-    buffer: Vec<u8>,
+    buffer: ReadBuffer,
     /// Where `buffer` starts in the file.
     offset: u64,
     filled: usize,
@@ -112,7 +113,7 @@ impl Piece {
     fn new(start: u64, len: u64, size: u64) -> Self {
         let len = len.min(size.saturating_sub(start));
         Self {
-            buffer: vec![0; len as usize],
+            buffer: ReadBuffer::new(len as usize),
             offset: start,
             filled: 0,
         }
@@ -123,9 +124,10 @@ impl Piece {
     /// piece is now whole. `false` also where the file system cannot
     /// tell, and [`Self::fill`] then reads the rest.
     fn fill_cached(&mut self, file: &std::fs::File) -> bool {
-        while self.filled < self.buffer.len() {
+        let buffer = self.buffer.as_mut_slice();
+        while self.filled < buffer.len() {
             let at = self.offset + self.filled as u64;
-            let mut rest = [io::IoSliceMut::new(&mut self.buffer[self.filled..])];
+            let mut rest = [io::IoSliceMut::new(&mut buffer[self.filled..])];
             match rustix::io::preadv2(file, &mut rest, at, rustix::io::ReadWriteFlags::NOWAIT) {
                 Ok(0) | Err(_) => return false,
                 Ok(read) => self.filled += read,
@@ -137,34 +139,42 @@ impl Piece {
     /// Reads the rest, waiting for the disk as needed: on a blocking
     /// thread.
     fn fill(mut self, file: &std::fs::File) -> io::Result<Bytes> {
-        use std::os::unix::fs::FileExt;
-        while self.filled < self.buffer.len() {
-            let at = self.offset + self.filled as u64;
-            match file.read_at(&mut self.buffer[self.filled..], at) {
-                // The file ended sooner than it said: the piece is short.
-                Ok(0) => self.buffer.truncate(self.filled),
-                Ok(read) => self.filled += read,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let at = self.offset + self.filled as u64;
+        self.filled += read_at_most(file, &mut self.buffer.as_mut_slice()[self.filled..], at)?;
         Ok(self.into_bytes())
     }
 
-    fn into_bytes(self) -> Bytes {
-        debug_assert_eq!(self.filled, self.buffer.len());
-        self.buffer.into()
+    /// What was read. Only that: a kept buffer still holds an earlier
+    /// read's bytes past it.
+    fn into_bytes(mut self) -> Bytes {
+        self.buffer.truncate(self.filled);
+        self.buffer.into_bytes()
     }
 }
 
-/// The next `len` bytes of `file` from where the last read ended, fewer if
-/// it ends first, read into a buffer of their own that is never zeroed
-/// first nor copied after.
-fn read_next(file: &std::fs::File, len: u64) -> io::Result<Bytes> {
-    use std::io::Read;
-    let mut buffer = Vec::with_capacity(len as usize);
-    file.take(len).read_to_end(&mut buffer)?;
-    Ok(buffer.into())
+/// Reads into `buffer` from `offset` until it is full or the file ends;
+/// how many bytes it read.
+fn read_at_most(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// `len` bytes of `file` from `offset`, fewer if it ends first, read into
+/// a buffer of their own that is never copied after.
+fn read_next(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut buffer = ReadBuffer::new(len as usize);
+    let read = read_at_most(file, buffer.as_mut_slice(), offset)?;
+    buffer.truncate(read);
+    Ok(buffer.into_bytes())
 }
 
 /// A piece of `file`: in place when the page cache holds it, else on the
@@ -269,23 +279,20 @@ impl StorageBackend for LocalStorage {
                 Err(e) => Err(io_error(e)),
             };
         }
-        // Positioned once (a seek never waits for the disk); each piece
-        // then reads on from where the last ended.
-        (&*file)
-            .seek(io::SeekFrom::Start(range.start))
-            .map_err(io_error)?;
         // Read ahead of the consumer: the next piece is read while the
         // last is sent, on the blocking pool (a megabyte copied out of the
-        // page cache would hold an async worker), straight into a buffer
-        // never zeroed. A task (not a thread) drives it, so a slow client
-        // holds no thread; the queue bounds memory to a few pieces.
+        // page cache would hold an async worker), into a kept buffer. A
+        // task (not a thread) drives it, so a slow client holds no thread;
+        // the queue bounds memory to a few pieces.
         let (sender, receiver) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         tokio::spawn(async move {
             let mut left = len;
+            let mut offset = range.start;
             while left > 0 {
                 let want = left.min(READ_AT_ONCE);
                 let file = file.clone();
-                let read = tokio::task::spawn_blocking(move || read_next(&file, want)).await;
+                let read =
+                    tokio::task::spawn_blocking(move || read_next(&file, offset, want)).await;
                 let piece = read
                     .unwrap_or_else(|_| Err(io::Error::other("a blocking read ended abnormally")));
                 // A short piece means the file ended; an error ends too.
@@ -297,6 +304,7 @@ impl StorageBackend for LocalStorage {
                     break;
                 }
                 left -= want;
+                offset += want;
             }
         });
         Ok(Box::pin(futures::stream::unfold(

@@ -8,6 +8,7 @@
 mod local;
 mod memory;
 mod metered;
+mod read_buffer;
 mod s3;
 
 use std::fmt;
