@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -36,7 +37,11 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         write_time(&mut writer, SystemTime::now())?;
-        let metadata = event.metadata();
+        // An event from the `log` crate's bridge names its own target in
+        // `log.*` fields: as tracing's formatter does, show that one and
+        // leave the fields out.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str(level_label(metadata.level()))?;
         writer.write_str(metadata.target())?;
         writer.write_char(':')?;
@@ -127,7 +132,7 @@ struct Fields<'w, 'a> {
 
 impl Fields<'_, '_> {
     fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
-        if self.result.is_err() {
+        if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
         self.result = (|| {
@@ -282,6 +287,24 @@ mod tests {
             plain[0],
             " INFO server::log_line::tests: request method=GET path=/team-a/x.narinfo status=200 latency_ms=0.25"
         );
+    }
+
+    #[test]
+    fn a_log_crate_record_reads_as_tracings_own() {
+        let log = || {
+            let record = log::Record::builder()
+                .args(format_args!("peer sent an alert"))
+                .level(log::Level::Warn)
+                .target("rustls::conn")
+                .module_path(Some("rustls::conn"))
+                .file(Some("src/conn.rs"))
+                .line(Some(7))
+                .build();
+            tracing_log::format_trace(&record).expect("dispatched");
+        };
+        let plain = logged(true, log);
+        assert_eq!(plain, logged(false, log));
+        assert_eq!(plain, [" WARN rustls::conn: peer sent an alert"]);
     }
 
     #[test]
