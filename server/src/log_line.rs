@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -79,9 +79,10 @@ fn write_time(writer: &mut impl Write, time: SystemTime) -> fmt::Result {
     let seconds = since_epoch.as_secs();
     SECOND.with_borrow_mut(|(second, prefix)| {
         if *second != seconds {
-            *second = seconds;
             prefix.clear();
             write_date_and_time(prefix, seconds)?;
+            // Only once whole: a prefix that failed is made again.
+            *second = seconds;
         }
         writer.write_str(prefix)
     })?;
@@ -90,37 +91,12 @@ fn write_time(writer: &mut impl Write, time: SystemTime) -> fmt::Result {
 
 /// `YYYY-MM-DDTHH:MM:SS.` of a Unix time in seconds.
 fn write_date_and_time(out: &mut String, seconds: u64) -> fmt::Result {
-    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX);
-    let of_day = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // In range by construction: 1..=12 and 1..=31.
-    (year, month as u32, day as u32)
+    let second = UNIX_EPOCH + Duration::from_secs(seconds);
+    write!(out, "{}", humantime::format_rfc3339_seconds(second))?;
+    // `...:SSZ`: the fraction goes where the zone was.
+    out.pop();
+    out.push('.');
+    Ok(())
 }
 
 /// Writes an event's fields: the message bare, the others `name=value`,
@@ -192,22 +168,10 @@ impl<W: Write> Write for Escaped<W> {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
-
-    #[test]
-    fn dates_are_gregorian() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        // 2000 was a leap year, 2100 is not.
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28));
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1));
-        assert_eq!(civil_from_days(20_795), (2026, 12, 8));
-    }
 
     #[test]
     fn time_is_rfc_3339_with_microseconds() {
@@ -219,6 +183,11 @@ mod tests {
         let mut text = String::new();
         write_time(&mut text, time + Duration::from_micros(5)).expect("write");
         assert_eq!(text, "2026-12-08T01:31:25.311816Z");
+        // Another second, here a leap day, comes with its own prefix.
+        let mut text = String::new();
+        let leap_day = UNIX_EPOCH + Duration::new(951_868_799, 500_000_000);
+        write_time(&mut text, leap_day).expect("write");
+        assert_eq!(text, "2000-02-29T23:59:59.500000Z");
     }
 
     #[test]
